@@ -1,0 +1,1 @@
+"""metricsmith's agent layer: dataset, metric files, scoring jobs and the command line."""

@@ -1,0 +1,316 @@
+"""The scoring engine: a pool of sandbox workers fed chunks of images, with host-side deadlines.
+
+One thread, one selector over every worker's pipe. Each worker holds at most one chunk. Results
+come back in call order, so the host always knows which call is running: when a worker overruns
+its deadline, crashes or sends junk, that call, and only that call, is recorded as failed, the
+worker's process group is killed, a fresh worker starts, and the rest of the chunk is queued again.
+Metric code failing is a result, never an exception here; only the machine failing is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import selectors
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from sandbox.host import WorkerProcess
+from sandbox.isolation import KERNEL_LAYERS, IsolationUnavailable, SandboxConfig, planned_layers
+from sandbox.protocol import (
+    Call,
+    ChunkFrame,
+    ErrorKind,
+    ImageTask,
+    InitFrame,
+    LayerStatus,
+    MetricCode,
+    ProtocolViolation,
+    ReadyFrame,
+)
+
+_PR_SET_DUMPABLE = 4
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The outcome of one score() call."""
+
+    metric: int
+    image_id: int
+    obj: int | None
+    score: float | None
+    kind: ErrorKind | None = None
+    error: str | None = None
+
+
+class WorkerStartFailed(Exception):
+    """A worker could not start at all: the machine's problem, not the metric's."""
+
+
+@dataclass
+class RunReport:
+    layers: tuple[LayerStatus, ...] = ()
+    metric_errors: dict[str, str] = field(default_factory=dict)
+    calls_done: int = 0
+    worker_restarts: int = 0
+    interrupted: bool = False
+
+
+@dataclass
+class _Slot:
+    """A worker and the chunk it is working on."""
+
+    worker: WorkerProcess
+    chunk_id: int = -1
+    calls: list[tuple[ImageTask, Call]] = field(default_factory=list)
+    reported: int = 0
+    deadline: float = float("inf")
+
+
+def _hard_deadline_s(timeout_s: float) -> float:
+    # A soft timeout per call, plus room for decoding the image and flushing results.
+    return timeout_s * 1.5 + 2.0
+
+
+class ScoringEngine:
+    """Runs metrics over image tasks in sandboxed workers."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.layers = planned_layers(config)
+
+    def run(
+        self,
+        metrics: list[MetricCode],
+        tasks: Iterable[ImageTask],
+        sink: Callable[[list[CallResult]], None],
+    ) -> RunReport:
+        """Score every call of every task; hand results to `sink` as they arrive."""
+        run = _Run(self.config, self.layers, metrics, tasks, sink)
+        previous = _set_dumpable(False)
+        try:
+            return run.execute()
+        finally:
+            run.shutdown()
+            _set_dumpable(previous)
+
+
+def _set_dumpable(value: bool) -> bool:
+    """While workers run, make the host non-dumpable: its /proc/PID/environ (API keys) can't be read."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = bool(libc.prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+    libc.prctl(_PR_SET_DUMPABLE, int(value), 0, 0, 0)
+    return previous
+
+
+class _Run:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        layers: dict[str, bool],
+        metrics: list[MetricCode],
+        tasks: Iterable[ImageTask],
+        sink: Callable[[list[CallResult]], None],
+    ) -> None:
+        self.config = config
+        self.layers = layers
+        self.init = InitFrame(metrics=tuple(metrics), timeout_s=config.timeout_s)
+        self.pending: deque[tuple[ImageTask, bool]] = deque((task, False) for task in tasks if task.calls)
+        self.total_tasks = len(self.pending)
+        self.sink = sink
+        self.selector = selectors.DefaultSelector()
+        self.slots: list[_Slot] = []
+        self.report = RunReport()
+        self.next_chunk = 0
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _spawn(self) -> _Slot:
+        worker = WorkerProcess(
+            self.init, self.layers, self.config.memory_mb, self.config.scratch_mb, self.config.read_only_paths
+        )
+        slot = _Slot(worker=worker, deadline=time.monotonic() + self.config.startup_timeout_s)
+        self.selector.register(worker.stdout_fd, selectors.EVENT_READ, slot)
+        return slot
+
+    def _retire(self, slot: _Slot) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(slot.worker.stdout_fd)
+        slot.worker.kill()
+
+    def _replace(self, slot: _Slot) -> None:
+        self._retire(slot)
+        self.report.worker_restarts += 1
+        index = self.slots.index(slot)
+        self.slots[index] = self._spawn() if self._work_left() else slot
+
+    def shutdown(self) -> None:
+        for slot in self.slots:
+            self._retire(slot)
+        self.selector.close()
+
+    def _work_left(self) -> bool:
+        return bool(self.pending) or any(slot.calls for slot in self.slots)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def execute(self) -> RunReport:
+        if not self.pending:
+            return self.report
+        count = min(self.config.workers, len(self.pending))
+        self.slots = [self._spawn() for _ in range(count)]
+        try:
+            while self._work_left():
+                self._step()
+        except KeyboardInterrupt:
+            self.report.interrupted = True
+            raise
+        return self.report
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        timeout = max(0.0, min((slot.deadline for slot in self.slots), default=now + 1.0) - now)
+        for key, _ in self.selector.select(timeout=min(timeout, 1.0)):
+            self._on_readable(key.data)
+        now = time.monotonic()
+        for slot in list(self.slots):
+            if slot.deadline < now:
+                if slot.worker.ready is None:
+                    self._startup_failed(slot, f"did not start within {self.config.startup_timeout_s:g} s")
+                else:
+                    self._fail_current(slot, "hard_timeout", self._hard_timeout_message())
+        for slot in self.slots:
+            if slot.worker.ready is not None and not slot.calls and self.pending:
+                self._assign(slot)
+
+    def _hard_timeout_message(self) -> str:
+        return (
+            f"score() ran past the {self.config.timeout_s:g} s limit and ignored the soft timeout; "
+            "the worker was killed"
+        )
+
+    def _on_readable(self, slot: _Slot) -> None:
+        if slot not in self.slots:
+            return
+        try:
+            frames, still_open = slot.worker.read_frames()
+            for frame in frames:
+                self._on_frame(slot, frame)
+        except ProtocolViolation as violation:
+            if slot.worker.ready is None:
+                self._startup_failed(slot, str(violation))
+            else:
+                self._fail_current(slot, "protocol", f"the worker broke the protocol: {violation}")
+            return
+        if not still_open:
+            slot.worker.process.poll()
+            with contextlib.suppress(Exception):
+                slot.worker.process.wait(timeout=2)
+            if slot.worker.ready is None:
+                self._startup_failed(slot, slot.worker.exit_description())
+            else:
+                self._fail_current(slot, "crash", f"the worker {slot.worker.exit_description()}")
+
+    def _on_frame(self, slot: _Slot, frame: object) -> None:
+        if isinstance(frame, ReadyFrame):
+            if slot.worker.ready is not None:
+                raise ProtocolViolation("a second ready frame")
+            self._check_layers(slot, frame)
+            slot.worker.ready = frame
+            slot.deadline = float("inf")
+            if not self.report.layers:
+                self.report.layers = self._with_host_layers(frame.layers)
+                self.report.metric_errors = dict(frame.metric_errors)
+            return
+        assert not isinstance(frame, ReadyFrame)
+        if slot.worker.ready is None or frame.chunk != slot.chunk_id:
+            raise ProtocolViolation("results for a chunk the worker does not hold")
+        remaining = len(slot.calls) - slot.reported
+        if len(frame.rows) > remaining or (frame.done and len(frame.rows) != remaining):
+            raise ProtocolViolation(f"{len(frame.rows)} results where {remaining} calls were outstanding")
+        results = []
+        for row in frame.rows:
+            task, call = slot.calls[slot.reported]
+            slot.reported += 1
+            results.append(CallResult(call.metric, task.image_id, call.obj, row.score, row.kind, row.error))
+        self._emit(results)
+        slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
+        if frame.done:
+            slot.worker.images_done += len({task.image_id for task, _ in slot.calls})
+            slot.calls, slot.reported, slot.deadline = [], 0, float("inf")
+            if slot.worker.images_done >= self.config.recycle_after_images and self.pending:
+                self._replace(slot)
+
+    def _check_layers(self, slot: _Slot, ready: ReadyFrame) -> None:
+        missing = [
+            f"{layer.name} ({layer.detail})"
+            for layer in ready.layers
+            if not layer.active and self.layers.get(layer.name, False)
+        ]
+        if missing and self.config.require_isolation:
+            raise IsolationUnavailable("isolation required but the worker could not apply: " + "; ".join(missing))
+
+    def _with_host_layers(self, worker_layers: tuple[LayerStatus, ...]) -> tuple[LayerStatus, ...]:
+        bwrap_layer = LayerStatus(
+            name="bwrap",
+            active=self.layers.get("bwrap", False),
+            detail="separate user, pid, net, ipc and mount namespaces" if self.layers.get("bwrap") else "not used",
+        )
+        reported = {layer.name for layer in worker_layers}
+        missing = [
+            LayerStatus(name=name, active=False, detail="not used")
+            for name in KERNEL_LAYERS
+            if name not in reported and name != "bwrap"
+        ]
+        return (*worker_layers, *missing, bwrap_layer)
+
+    def _startup_failed(self, slot: _Slot, reason: str) -> None:
+        log = slot.worker.log_tail()
+        self._retire(slot)
+        raise WorkerStartFailed(f"a sandbox worker failed to start: {reason}" + (f"\n{log}" if log else ""))
+
+    # -- work ----------------------------------------------------------------------------------
+
+    def _assign(self, slot: _Slot) -> None:
+        share = max(1, len(self.pending) // (2 * len(self.slots)))
+        size = min(self.config.chunk_images, share)
+        tasks: list[ImageTask] = []
+        while self.pending and len(tasks) < size:
+            task, isolated = self.pending[0]
+            if isolated and tasks:
+                break  # a suspect call always runs alone
+            self.pending.popleft()
+            tasks.append(task)
+            if isolated:
+                break
+        self.next_chunk += 1
+        slot.chunk_id = self.next_chunk
+        slot.calls = [(task, call) for task in tasks for call in task.calls]
+        slot.reported = 0
+        slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
+        if not slot.worker.send(ChunkFrame(chunk=slot.chunk_id, tasks=tuple(tasks))):
+            self._fail_current(slot, "crash", f"the worker {slot.worker.exit_description()}")
+
+    def _fail_current(self, slot: _Slot, kind: ErrorKind, message: str) -> None:
+        """The worker died, hung or lied while running the chunk: find the call to blame.
+
+        Results come back a few at a time, so with several calls unreported it is not known which
+        one was running. Those calls are then queued again one per chunk, and the next failure
+        among them has a single suspect, which is recorded as failed. The worker is replaced.
+        """
+        unreported = slot.calls[slot.reported :]
+        if len(unreported) == 1:
+            task, call = unreported[0]
+            self._emit([CallResult(call.metric, task.image_id, call.obj, None, kind, message)])
+        else:
+            isolated = [(task.model_copy(update={"calls": (call,)}), True) for task, call in unreported]
+            self.pending.extendleft(reversed(isolated))
+        slot.calls, slot.reported = [], 0
+        self._replace(slot)
+
+    def _emit(self, results: list[CallResult]) -> None:
+        self.report.calls_done += len(results)
+        self.sink(results)

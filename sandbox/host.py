@@ -1,0 +1,150 @@
+"""The host's handle on one worker process: spawn it confined, talk frames, kill its group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from sandbox import bwrap
+from sandbox.protocol import (
+    ChunkFrame,
+    FrameReader,
+    InitFrame,
+    ProtocolViolation,
+    ReadyFrame,
+    ResultsFrame,
+    WorkerSettings,
+    decode_worker_frame,
+    encode_frame,
+)
+
+# Variables that change numeric results or stop old OpenBLAS builds from crashing on some CPUs.
+# None of them can carry a secret; everything else in the host's environment stays behind.
+_PASSED_THROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def worker_environment(scratch: str) -> dict[str, str]:
+    """A fresh minimal environment: never the host's, so no API key can reach metric code."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    env.update({name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ})
+    return env
+
+
+class WorkerProcess:
+    """One persistent worker. All I/O with it is non-blocking on the host's side of the pipe."""
+
+    def __init__(
+        self, init: InitFrame, layers: dict[str, bool], memory_mb: int, scratch_mb: int, read_only: tuple[str, ...]
+    ) -> None:
+        self.started_at = time.monotonic()
+        self.ready: ReadyFrame | None = None
+        self.images_done = 0
+        self._reader = FrameReader()
+        self._host_scratch: str | None = None
+        use_bwrap = layers.get("bwrap", False)
+        if use_bwrap:
+            scratch = bwrap.SCRATCH_IN_SANDBOX
+        else:
+            scratch = self._host_scratch = tempfile.mkdtemp(prefix="metricsmith-scratch-")
+        settings = WorkerSettings(
+            scratch=scratch,
+            read_only_paths=read_only,
+            memory_mb=memory_mb,
+            landlock=layers.get("landlock", False),
+            seccomp=layers.get("seccomp", False),
+            parent_pid=None if use_bwrap else os.getpid(),
+        )
+        argv = [os.path.realpath(sys.executable), "-I", "-m", "sandbox.worker", settings.model_dump_json()]
+        if use_bwrap:
+            argv = bwrap.command(argv, list(read_only), scratch_bytes=scratch_mb * 1024 * 1024)
+        self._log = tempfile.TemporaryFile(prefix="metricsmith-worker-log-")
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=worker_environment(scratch),
+            cwd=scratch if not use_bwrap else "/",
+            start_new_session=True,  # its own process group, killed as a whole
+            close_fds=True,
+        )
+        assert self.process.stdout is not None and self.process.stdin is not None
+        self.stdout_fd = self.process.stdout.fileno()
+        os.set_blocking(self.stdout_fd, False)
+        self.send(init)
+
+    def send(self, frame: InitFrame | ChunkFrame) -> bool:
+        """Write one frame; False when the worker is already gone."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(encode_frame(frame))
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def read_frames(self) -> tuple[list[ReadyFrame | ResultsFrame], bool]:
+        """Drain what the pipe holds now. Returns (frames, still_open). Raises ProtocolViolation."""
+        frames: list[ReadyFrame | ResultsFrame] = []
+        while True:
+            try:
+                data = os.read(self.stdout_fd, 1 << 20)
+            except BlockingIOError:
+                return frames, True
+            if not data:
+                return frames, False
+            frames.extend(decode_worker_frame(body) for body in self._reader.feed(data))
+
+    def exit_description(self) -> str:
+        """How the worker ended, for the failed item's message."""
+        code = self.process.poll()
+        if code is None:
+            return "closed its protocol pipe"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = {"SIGSEGV": " (segmentation fault)", "SIGXCPU": " (CPU limit)", "SIGSYS": " (forbidden system call)"}
+            return f"was killed by {name}{hint.get(name, '')}"
+        return f"exited with status {code}"
+
+    def log_tail(self, limit: int = 2000) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self._log.seek(0, os.SEEK_END)
+            size = self._log.tell()
+            self._log.seek(max(0, size - limit))
+            return self._log.read().decode("utf-8", "replace").strip()
+        return ""
+
+    def kill(self) -> None:
+        """Kill the whole process group and clean up; safe to call twice."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        self._log.close()
+        if self._host_scratch is not None:
+            shutil.rmtree(self._host_scratch, ignore_errors=True)
+            self._host_scratch = None
+
+
+__all__ = ["ProtocolViolation", "WorkerProcess", "worker_environment"]

@@ -1,0 +1,202 @@
+"""The wire protocol between the host and a sandbox worker.
+
+Frames are a 4-byte big-endian length followed by that many bytes of UTF-8 JSON. Nothing is ever
+pickled: the worker runs untrusted code, so everything it sends is parsed as JSON with NaN and
+Infinity refused, then validated by the pydantic models below before the host believes it.
+
+Host → worker: one `InitFrame`, then `ChunkFrame`s.
+Worker → host: one `ReadyFrame`, then `ResultsFrame`s (several per chunk, the last one `done`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+_LENGTH = struct.Struct(">I")
+
+# Why a call failed. "exception", "timeout" and "invalid_output" are reported by the worker;
+# "crash", "hard_timeout" and "protocol" are decided by the host when the worker misbehaves.
+ErrorKind = Literal[
+    "exception",
+    "timeout",
+    "invalid_output",
+    "image_unreadable",
+    "metric_load",
+    "crash",
+    "hard_timeout",
+    "protocol",
+]
+
+
+class ProtocolViolation(Exception):
+    """The worker sent something that is not a valid frame. The host kills it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricCode(_Strict):
+    """A metric as the worker receives it: already checked statically by the host."""
+
+    name: str
+    level: Literal["image", "object"]
+    source: str
+    filename: str
+
+
+class Call(_Strict):
+    """One score() call: metric index into InitFrame.metrics, annotation index into scene (or None)."""
+
+    metric: int
+    obj: int | None
+
+
+class ImageTask(_Strict):
+    """One image and every call to make on it, in order."""
+
+    image_id: int
+    path: str
+    scene: dict
+    calls: tuple[Call, ...]
+
+
+class InitFrame(_Strict):
+    t: Literal["init"] = "init"
+    metrics: tuple[MetricCode, ...]
+    timeout_s: float
+    flush_interval_s: float = 0.1
+
+
+class ChunkFrame(_Strict):
+    t: Literal["chunk"] = "chunk"
+    chunk: int
+    tasks: tuple[ImageTask, ...]
+
+
+class LayerStatus(_Strict):
+    """Whether one isolation layer is in force in the worker, and what exactly it does there."""
+
+    name: str
+    active: bool
+    detail: str
+
+
+class ReadyFrame(_Strict):
+    t: Literal["ready"]
+    pid: int
+    layers: tuple[LayerStatus, ...]
+    metric_errors: dict[str, str] = Field(default_factory=dict)
+
+
+class ResultRow(_Strict):
+    """The outcome of the next call of the current chunk, in call order."""
+
+    score: float | None
+    kind: ErrorKind | None = None
+    error: Annotated[str, Field(max_length=20_000)] | None = None
+
+    @field_validator("score")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("score must be finite")
+        return value
+
+
+class ResultsFrame(_Strict):
+    t: Literal["results"]
+    chunk: int
+    rows: tuple[ResultRow, ...]
+    done: bool = False
+
+
+WorkerFrame = Annotated[ReadyFrame | ResultsFrame, Field(discriminator="t")]
+_WORKER_FRAME = TypeAdapter(WorkerFrame)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} in frame")
+
+
+def encode_frame(message: BaseModel | dict) -> bytes:
+    """Serialise one frame, length prefix included."""
+    if isinstance(message, BaseModel):
+        body = message.model_dump_json().encode()
+    else:
+        body = json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
+    if len(body) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    return _LENGTH.pack(len(body)) + body
+
+
+def decode_worker_frame(body: bytes) -> ReadyFrame | ResultsFrame:
+    """Parse and validate one frame from a worker; anything off raises ProtocolViolation."""
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        return _WORKER_FRAME.validate_python(data)
+    except Exception as error:  # every way a frame can be bad means the same thing here
+        raise ProtocolViolation(f"invalid frame from worker: {str(error)[:300]}") from None
+
+
+class FrameReader:
+    """Accumulates bytes from a pipe and yields complete frame bodies."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        bodies: list[bytes] = []
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > MAX_FRAME_BYTES:
+                raise ProtocolViolation(f"worker announced a {length}-byte frame; the limit is {MAX_FRAME_BYTES}")
+            if len(self._buffer) < _LENGTH.size + length:
+                break
+            bodies.append(bytes(self._buffer[_LENGTH.size : _LENGTH.size + length]))
+            del self._buffer[: _LENGTH.size + length]
+        return bodies
+
+
+def read_frame_blocking(fd: int) -> dict | None:
+    """Worker side: read one host frame from a blocking fd. None at end of input."""
+    header = _read_exactly(fd, _LENGTH.size)
+    if header is None:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    body = _read_exactly(fd, length)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        piece = os.read(fd, size - len(chunks))
+        if not piece:
+            return None
+        chunks += piece
+    return bytes(chunks)
+
+
+class WorkerSettings(_Strict):
+    """What the host tells a worker on its command line, before any untrusted code exists."""
+
+    scratch: str
+    read_only_paths: tuple[str, ...] = ()
+    memory_mb: int = 2048
+    cpu_seconds: int = 4 * 3600
+    file_size_mb: int = 64
+    open_files: int = 64
+    landlock: bool = True
+    seccomp: bool = True
+    parent_pid: int | None = None

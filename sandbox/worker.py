@@ -1,0 +1,282 @@
+"""The sandbox worker: a persistent process that confines itself, then runs metric code.
+
+Started by the host as `python -I -m sandbox.worker SETTINGS_JSON` with a minimal environment.
+Before it reads a single line of metric code it:
+1. dies with its parent, and can never gain privileges (no_new_privs);
+2. imports numpy and cv2, so that their files are read while the filesystem is still open;
+3. moves the protocol pipes off stdin/stdout, so a metric's print() cannot corrupt a frame;
+4. sets rlimits (address space, CPU, file size, open files, no core dumps);
+5. applies Landlock and the seccomp deny-list, when asked and available, and reports what held.
+
+Then it loads the metrics sent in the init frame and serves chunks: each image is decoded once
+and every requested metric runs on it in the same pass. Results go back a few per frame, not
+one frame per item. Every failure of metric code is data in a result row, never a worker crash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import linecache
+import math
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+
+from sandbox import landlock, seccomp_filter
+from sandbox.paths import SYSTEM_READ_ONLY, python_runtime_dirs
+from sandbox.protocol import LayerStatus, WorkerSettings, encode_frame, read_frame_blocking
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_MAX_ERROR_CHARS = 4000
+_SOFT_TIMEOUT_REPEAT_S = 0.05
+
+
+class _SoftTimeout(BaseException):
+    """Raised by SIGALRM inside a metric call. A BaseException, so `except Exception` can't eat it."""
+
+
+class _InvalidOutput(Exception):
+    pass
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _bind_to_parent(parent_pid: int | None) -> None:
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(70)  # the host died before the death signal was armed
+
+
+def _take_protocol_fds() -> tuple[int, int]:
+    """Keep the pipes on private descriptors; stdin becomes /dev/null, stdout goes to the log."""
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    return proto_in, proto_out
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[0])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _set_rlimits(settings: WorkerSettings) -> LayerStatus:
+    # The memory budget is on top of what the interpreter, numpy and cv2 already map.
+    address_space = _address_space_bytes() + settings.memory_mb * 1024 * 1024
+    highest_fd = max(int(name) for name in os.listdir("/proc/self/fd"))
+    limits = {
+        resource.RLIMIT_AS: address_space,
+        resource.RLIMIT_CPU: settings.cpu_seconds,
+        resource.RLIMIT_FSIZE: settings.file_size_mb * 1024 * 1024,
+        resource.RLIMIT_NOFILE: max(settings.open_files, highest_fd + 16),
+        resource.RLIMIT_CORE: 0,
+    }
+    for which, value in limits.items():
+        resource.setrlimit(which, (value, value))
+    return LayerStatus(
+        name="rlimits",
+        active=True,
+        detail=(
+            f"memory +{settings.memory_mb} MB, CPU {settings.cpu_seconds} s, files <= {settings.file_size_mb} MB, "
+            f"{limits[resource.RLIMIT_NOFILE]} open files, no core dumps"
+        ),
+    )
+
+
+def _confine(settings: WorkerSettings) -> list[LayerStatus]:
+    layers = [_set_rlimits(settings)]
+    if settings.landlock:
+        try:
+            detail = landlock.restrict_self(
+                read_only=[*python_runtime_dirs(), *SYSTEM_READ_ONLY, *settings.read_only_paths],
+                read_write=[settings.scratch],
+                read_write_files=["/dev/null"],
+            )
+            layers.append(LayerStatus(name="landlock", active=True, detail=detail))
+        except landlock.LandlockUnavailable as error:
+            layers.append(LayerStatus(name="landlock", active=False, detail=str(error)))
+    if settings.seccomp:
+        try:
+            layers.append(LayerStatus(name="seccomp", active=True, detail=seccomp_filter.install_deny_list()))
+        except seccomp_filter.SeccompUnavailable as error:
+            layers.append(LayerStatus(name="seccomp", active=False, detail=str(error)))
+    return layers
+
+
+def _send(fd: int, message: dict) -> None:
+    data = memoryview(encode_frame(message))
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _trimmed_traceback(error: BaseException, filename: str) -> str:
+    """The exception with the worker's own frames cut off: the metric's frames and below only."""
+    frames = traceback.extract_tb(error.__traceback__)
+    start = next((i for i, frame in enumerate(frames) if frame.filename == filename), 0)
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames[start:])]
+    lines.extend(traceback.format_exception_only(type(error), error))
+    text = "".join(lines)
+    if len(text) > _MAX_ERROR_CHARS:
+        half = _MAX_ERROR_CHARS // 2
+        text = text[:half] + "\n...\n" + text[-half:]
+    return text
+
+
+def _load_metric(name: str, source: str, filename: str) -> Callable[..., Any]:
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": f"metric_{name}", "__file__": filename}
+    exec(compile(source, filename, "exec"), namespace)
+    function = namespace.get("score")
+    if not callable(function):
+        raise TypeError("the metric defines no callable score()")
+    return function
+
+
+def _as_score(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise _InvalidOutput(f"score() returned {type(value).__name__}; expected a float or None")
+    number = float(value)
+    if not math.isfinite(number):
+        raise _InvalidOutput(f"score() returned {number}; expected a finite float or None")
+    return number
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _SoftTimeout
+
+
+def _run_call(function: Callable[..., Any], args: tuple, timeout_s: float, filename: str) -> dict:
+    try:
+        signal.setitimer(signal.ITIMER_REAL, timeout_s, _SOFT_TIMEOUT_REPEAT_S)
+        try:
+            value = function(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        return {"score": _as_score(value)}
+    except _SoftTimeout:
+        return {"score": None, "kind": "timeout", "error": f"score() ran past the {timeout_s:g} s time limit"}
+    except _InvalidOutput as error:
+        return {"score": None, "kind": "invalid_output", "error": str(error)}
+    except BaseException as error:  # the metric's failure is a result, whatever it raised
+        return {"score": None, "kind": "exception", "error": _trimmed_traceback(error, filename)}
+
+
+def _decode(path: str, scene: dict) -> tuple[np.ndarray | None, str | None]:
+    try:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    except Exception as error:
+        return None, f"cannot decode {os.path.basename(path)}: {error}"
+    if bgr is None:
+        reason = "file not found" if not os.path.exists(path) else "not a readable image"
+        return None, f"cannot decode {os.path.basename(path)}: {reason}"
+    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    image.setflags(write=False)
+    info = scene.get("image", {})
+    expected = (info.get("height"), info.get("width"))
+    if expected != image.shape[:2]:
+        return None, (
+            f"{os.path.basename(path)} is {image.shape[1]}x{image.shape[0]} but the annotations say "
+            f"{expected[1]}x{expected[0]}"
+        )
+    return image, None
+
+
+class _Worker:
+    def __init__(self, proto_in: int, proto_out: int, init: dict) -> None:
+        self.proto_in, self.proto_out = proto_in, proto_out
+        self.timeout_s = float(init["timeout_s"])
+        self.flush_interval_s = float(init.get("flush_interval_s", 0.1))
+        self.metrics: list[tuple[str, str, str, Callable[..., Any] | None]] = []
+        self.metric_errors: dict[str, str] = {}
+        for metric in init["metrics"]:
+            function = None
+            try:
+                function = _load_metric(metric["name"], metric["source"], metric["filename"])
+            except BaseException as error:  # module-level code of the metric failed
+                self.metric_errors[metric["name"]] = _trimmed_traceback(error, metric["filename"])
+            self.metrics.append((metric["name"], metric["level"], metric["filename"], function))
+
+    def serve(self) -> None:
+        while (frame := read_frame_blocking(self.proto_in)) is not None:
+            if frame.get("t") == "chunk":
+                self._run_chunk(frame)
+
+    def _run_chunk(self, frame: dict) -> None:
+        chunk_id = frame["chunk"]
+        rows: list[dict] = []
+        last_flush = time.monotonic()
+        for task in frame["tasks"]:
+            image, image_error = _decode(task["path"], task["scene"])
+            scene_json = json.dumps(task["scene"])
+            copies: dict[int, dict] = {}
+            for call in task["calls"]:
+                rows.append(self._call(call, image, image_error, scene_json, copies))
+                if time.monotonic() - last_flush >= self.flush_interval_s:
+                    _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": False})
+                    rows, last_flush = [], time.monotonic()
+        _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": True})
+
+    def _call(
+        self, call: dict, image: np.ndarray | None, image_error: str | None, scene_json: str, copies: dict[int, dict]
+    ) -> dict:
+        name, level, filename, function = self.metrics[call["metric"]]
+        if function is None:
+            return {"score": None, "kind": "metric_load", "error": f"metric {name} failed to load"}
+        if image_error is not None:
+            return {"score": None, "kind": "image_unreadable", "error": image_error}
+        # Each metric gets its own copy of the scene, so one metric mutating it can't skew the next.
+        scene = copies.get(call["metric"])
+        if scene is None:
+            scene = copies[call["metric"]] = json.loads(scene_json)
+        args = (image, scene) if level == "image" else (image, scene["annotations"][call["obj"]], scene)
+        return _run_call(function, args, self.timeout_s, filename)
+
+
+def main() -> None:
+    settings = WorkerSettings.model_validate_json(sys.argv[1])
+    _bind_to_parent(settings.parent_pid)
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    cv2.setNumThreads(1)
+    proto_in, proto_out = _take_protocol_fds()
+    layers = _confine(settings)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    init = read_frame_blocking(proto_in)
+    if init is None or init.get("t") != "init":
+        os._exit(0)
+    worker = _Worker(proto_in, proto_out, init)
+    _send(
+        proto_out,
+        {
+            "t": "ready",
+            "pid": os.getpid(),
+            "layers": [layer.model_dump() for layer in layers],
+            "metric_errors": worker.metric_errors,
+        },
+    )
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()
