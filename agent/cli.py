@@ -1,0 +1,249 @@
+"""The `metricsmith` command line: parse, call one function of the agent layer, render.
+
+Errors become one line on stderr and an exit code here, and only here. `--debug` shows the
+traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agent.dataset import DatasetInvalid, load_coco
+from agent.demo_data import generate_demo_dataset
+from agent.doctor import DoctorReport, run_doctor
+from agent.errors import MetricsmithError, UserError
+from agent.metric_file import MetricSpec, list_builtin_metrics, load_metric_file
+from agent.results_io import Journal, output_format, write_rows
+from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
+from sandbox.engine import WorkerStartFailed
+from sandbox.isolation import IsolationUnavailable, SandboxConfig
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metricsmith", description="Write, run and measure data-quality metrics for CV datasets.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    score = commands.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
+    score.add_argument("--annotations", required=True, type=Path, help="COCO JSON file")
+    score.add_argument("--images", type=Path, help="image folder (default: the JSON's folder or its images/)")
+    score.add_argument(
+        "--metric", action="append", required=True, help="metric file or builtin:NAME (repeatable)", dest="metrics"
+    )
+    score.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
+    score.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+    score.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per score() call")
+    score.add_argument("--memory", type=_positive_int, default=2048, help="MB each worker may allocate")
+    score.add_argument(
+        "--require-isolation", action="store_true", help="refuse to run unless Landlock, seccomp and bwrap all hold"
+    )
+    score.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    score.set_defaults(handler=cmd_score)
+
+    doctor = commands.add_parser("doctor", help=cmd_doctor.__doc__, description=cmd_doctor.__doc__)
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    doctor.set_defaults(handler=cmd_doctor)
+
+    demo = commands.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
+    demo.add_argument("out_dir", type=Path)
+    demo.add_argument("--images", type=_positive_int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(handler=cmd_demo_data)
+
+    library = commands.add_parser("library", help=cmd_library.__doc__, description=cmd_library.__doc__)
+    library.add_argument("action", choices=["list"])
+    library.add_argument("--json", action="store_true")
+    library.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    library.set_defaults(handler=cmd_library)
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Run metric files over a COCO dataset in the sandbox and write one row per (metric, item)."""
+    output_format(args.out)
+    specs = _load_metrics(args.metrics)
+    dataset = load_coco(args.annotations, args.images)
+    for warning in dataset.warnings[:10]:
+        stderr.print(f"[yellow]warning[/]: {args.annotations}: {warning}")
+    if len(dataset.warnings) > 10:
+        stderr.print(f"[yellow]warning[/]: ... and {len(dataset.warnings) - 10} more warnings")
+    config = SandboxConfig(
+        workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory, require_isolation=args.require_isolation
+    )
+    journal = Journal(args.out)
+    with _ProgressBar() as (progress, advance):
+        outcome = score_dataset(dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(rows)))
+        progress.stop()
+    write_rows(args.out, outcome.rows)
+    journal.discard()
+    _print_summary(outcome, args.out)
+    if outcome.interrupted:
+        stderr.print(f"interrupted: wrote the {len(outcome.rows)} of {outcome.expected_rows} rows scored to {args.out}")
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Report which sandbox layers are active on this machine and what is left unprotected."""
+    report = run_doctor()
+    if args.json:
+        stdout.print_json(report.model_dump_json())
+    else:
+        _print_doctor(report)
+    return EXIT_OK if report.worker_ok else EXIT_USAGE
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    """Generate a small procedural COCO dataset (pandas, bears, foxes) to try metricsmith on."""
+    path = generate_demo_dataset(args.out_dir, n_images=args.images, seed=args.seed)
+    stderr.print(f"wrote {args.images} images and {path}")
+    return EXIT_OK
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    """List the built-in reference metrics, usable as --metric builtin:NAME."""
+    specs = list_builtin_metrics()
+    if args.json:
+        stdout.print_json(json.dumps([_spec_summary(spec) for spec in specs]))
+        return EXIT_OK
+    table = Table("name", "level", "suspicious", "description")
+    for spec in specs:
+        table.add_row(spec.name, spec.level, spec.suspicious, spec.description.strip().splitlines()[0])
+    stdout.print(table)
+    return EXIT_OK
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def _load_metrics(refs: list[str]) -> list[MetricSpec]:
+    specs = [load_metric_file(ref) for ref in refs]
+    seen: dict[str, str] = {}
+    for ref, spec in zip(refs, specs, strict=True):
+        if spec.name in seen:
+            raise UserError(f"{ref}: metric name {spec.name!r} is already used by {seen[spec.name]}")
+        seen[spec.name] = ref
+    return specs
+
+
+class _ProgressBar:
+    """A progress bar on a terminal; nothing when stderr is not one."""
+
+    def __enter__(self) -> tuple[Progress, Callable[[list[ScoreRow]], None]]:
+        self.progress = Progress(
+            TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=stderr,
+            disable=not stderr.is_terminal, transient=True,
+        )  # fmt: skip
+        self.task = self.progress.add_task("scoring", total=None)
+        self.progress.start()
+        return self.progress, lambda rows: self.progress.advance(self.task, len(rows))
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _print_summary(outcome: ScoreOutcome, out: Path) -> None:
+    table = Table("metric", "level", "scored", "n/a", "failed", "min", "median", "max", title=f"wrote {out}")
+    for summary in outcome.summaries:
+        failures = ", ".join(f"{count} {kind}" for kind, count in summary.failures.most_common()) or "0"
+        quantiles = summary.quantiles()
+        cells = [f"{value:.4g}" for value in quantiles] if quantiles else ["-", "-", "-"]
+        table.add_row(summary.name, summary.level, str(summary.scored), str(summary.not_applicable), failures, *cells)
+    stderr.print(table)
+    for name, error in outcome.metric_errors.items():
+        stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
+    active = [layer.name for layer in outcome.layers if layer.active]
+    inactive = [layer.name for layer in outcome.layers if not layer.active]
+    line = f"sandbox: {', '.join(active) or 'no kernel layers'} active"
+    if inactive:
+        line += f"; not active: {', '.join(inactive)} (see `metricsmith doctor`)"
+    stderr.print(line)
+
+
+def _print_doctor(report: DoctorReport) -> None:
+    table = Table("layer", "state", "what it does here", title="metricsmith sandbox layers")
+    for item in report.always_on:
+        table.add_row("always", "[green]active[/]", item)
+    for layer in report.layers:
+        state = "[green]active[/]" if layer.active else "[red]missing[/]"
+        table.add_row(layer.name, state, layer.detail)
+    stdout.print(table)
+    for line in report.missing_protections:
+        stdout.print(f"[red]missing protection[/]: {line}")
+    for note in report.notes:
+        stdout.print(f"[yellow]note[/]: {note}")
+    if report.worker_error:
+        stdout.print(f"[red]error[/]: {report.worker_error}")
+    verdict = "fully isolated" if report.fully_isolated else "partly isolated: see above"
+    stdout.print(f"verdict: {verdict}")
+
+
+def _spec_summary(spec: MetricSpec) -> dict:
+    return {"name": spec.name, "level": spec.level, "suspicious": spec.suspicious, "description": spec.description}
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.handler(args))
+    except DatasetInvalid as error:
+        stderr.print(f"error: {error}", markup=False)
+        for line in error.details()[1:]:
+            stderr.print(f"  {line}", markup=False)
+        return EXIT_USAGE
+    except (MetricsmithError, IsolationUnavailable, WorkerStartFailed) as error:
+        if debug:
+            traceback.print_exc()
+        stderr.print(f"error: {error}", markup=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

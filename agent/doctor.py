@@ -1,0 +1,103 @@
+"""`metricsmith doctor`: which sandbox layers are really in force on this machine.
+
+The kernel layers are probed, then confirmed by starting a real worker on a one-pixel dataset and
+reading back what the worker itself managed to apply. The report lists what is active and, for
+every layer that is not, what the sandbox then fails to stop.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel
+
+from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed
+from sandbox.isolation import KERNEL_LAYERS, PROTECTS, SandboxConfig, probe_machine
+from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
+
+ALWAYS_ON = (
+    "fresh minimal environment (no host variables, no API keys)",
+    "own process group, killed as a whole on a hard deadline",
+    "no_new_privs and a parent-death signal",
+    "per-call soft timeout (SIGALRM) and host-side hard deadline",
+    "JSON-only protocol, validated; nothing unpickled",
+)
+
+_PROBE_METRIC = (
+    '"""probe"""\nNAME = "probe"\nLEVEL = "image"\nSUSPICIOUS = "high"\n\ndef score(image, scene):\n    return 1.0\n'
+)
+
+
+class DoctorReport(BaseModel):
+    python: str
+    running_as_root: bool
+    always_on: tuple[str, ...]
+    layers: tuple[LayerStatus, ...]
+    missing_protections: tuple[str, ...]
+    notes: tuple[str, ...]
+    worker_ok: bool
+    worker_error: str | None = None
+
+    @property
+    def fully_isolated(self) -> bool:
+        return self.worker_ok and all(layer.active for layer in self.layers if layer.name in KERNEL_LAYERS)
+
+
+def run_doctor() -> DoctorReport:
+    machine = probe_machine()
+    layers: tuple[LayerStatus, ...]
+    worker_error = None
+    try:
+        layers = _layers_in_a_real_worker()
+    except WorkerStartFailed as error:
+        worker_error = str(error)
+        layers = tuple(
+            LayerStatus(name=layer.name, active=False, detail=f"available, but the worker failed: {layer.detail}")
+            for layer in machine.layers
+        )
+    missing = tuple(
+        f"{layer.name} is off: nothing stops {PROTECTS[layer.name]}"
+        for layer in layers
+        if layer.name in PROTECTS and not layer.active
+    )
+    notes = []
+    if machine.running_as_root:
+        notes.append("running as root: RLIMIT_NPROC does not apply to root; prefer an ordinary user")
+    active = {layer.name for layer in layers if layer.active}
+    if not {"landlock", "bwrap"} & active:
+        notes.append("neither Landlock nor bwrap is active: same-user processes' /proc/PID/environ may be readable")
+    if "seccomp" not in active:
+        notes.append("seccomp is off: a metric can fork; children are still killed with the worker's process group")
+    return DoctorReport(
+        python=sys.version.split()[0],
+        running_as_root=machine.running_as_root,
+        always_on=ALWAYS_ON,
+        layers=layers,
+        missing_protections=missing,
+        notes=tuple(notes),
+        worker_ok=worker_error is None,
+        worker_error=worker_error,
+    )
+
+
+def _layers_in_a_real_worker() -> tuple[LayerStatus, ...]:
+    with tempfile.TemporaryDirectory(prefix="metricsmith-doctor-") as folder:
+        image_path = Path(folder) / "probe.png"
+        cv2.imwrite(str(image_path), np.zeros((1, 1, 3), np.uint8))
+        task = ImageTask(
+            image_id=1,
+            path=str(image_path),
+            scene={"image": {"id": 1, "file_name": "probe.png", "width": 1, "height": 1}, "annotations": []},
+            calls=(Call(metric=0, obj=None),),
+        )
+        results: list[CallResult] = []
+        config = SandboxConfig(workers=1, read_only_paths=(folder,))
+        metric = MetricCode(name="probe", level="image", source=_PROBE_METRIC, filename="probe.py")
+        report = ScoringEngine(config).run([metric], [task], results.extend)
+    if not results or results[0].score != 1.0:
+        raise WorkerStartFailed(f"the probe metric did not run: {results[0].error if results else 'no result'}")
+    return report.layers

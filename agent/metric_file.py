@@ -1,0 +1,538 @@
+"""Static validation of the metric file contract (see prompts/CONTRACT.md).
+
+A metric file is untrusted code, often written by a model, so everything here reads it with `ast`
+only: nothing in this module imports, compiles to bytecode or executes the file. The sandbox runs
+it later; this module decides whether it is worth running and what it claims to be.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent import resources
+from agent.errors import UserError
+
+BUILTIN_PREFIX = "builtin:"
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+NAME_MAX_LENGTH = 64
+# Besides the standard library, only what the sandbox image ships; anything else would fail at
+# import time inside the sandbox, far from the line that caused it.
+ALLOWED_THIRD_PARTY: frozenset[str] = frozenset({"numpy", "cv2", "math"})
+LEVEL_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "image": ("image", "scene"),
+    "object": ("image", "obj", "scene"),
+}
+
+_NAME_RE = re.compile(NAME_PATTERN)
+_CONTRACT_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS", "TITLE", "RANGE", "TAGS")
+_REQUIRED_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS")
+_CONTRACT_NAMES = frozenset({*_CONTRACT_CONSTANTS, "score"})
+_IMPORT_RULE = "a metric may import only numpy, cv2, math and the standard library"
+
+Origin = Literal["file", "builtin"]
+
+
+class MetricSpec(BaseModel):
+    """What a metric file declares, plus the exact text that approval and execution will use."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
+    level: Literal["image", "object"]
+    suspicious: Literal["high", "low"]
+    description: str = Field(min_length=1)
+    title: str | None = None
+    value_range: tuple[float | None, float | None] | None = None
+    tags: tuple[str, ...] = ()
+    source: str
+    path: str
+    origin: Origin
+    imports: tuple[str, ...]
+    code_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class MetricFileError(UserError):
+    """A metric file breaks the contract; `str(err)` is `path:line: reason` (or `path: reason`)."""
+
+    def __init__(
+        self,
+        path: str,
+        line: int | None,
+        reason: str,
+        problems: tuple[tuple[int | None, str], ...] = (),
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.reason = reason
+        # Every problem found, first one included, so a repair prompt can list them all in one round.
+        self.problems: tuple[tuple[int | None, str], ...] = problems or ((line, reason),)
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default reduce passes only the message back to __init__, which needs three arguments;
+        # keep errors picklable so they can cross a process boundary (a worker pool, a sandbox).
+        return (type(self), (self.path, self.line, self.reason, self.problems))
+
+
+# A problem is (line or None, reason). Collected rather than raised at once so that the one
+# reported is the first by line, whatever order the checks happen to run in.
+_Problem = tuple[int | None, str]
+
+
+def _raise_first(path: str, problems: list[_Problem]) -> None:
+    if not problems:
+        return
+    # Stable sort: line-less problems (missing things) go last, ties keep check order.
+    ordered = sorted(problems, key=lambda p: (p[0] is None, p[0] or 0))
+    line, reason = ordered[0]
+    raise MetricFileError(path, line, reason, tuple(ordered))
+
+
+def _allowed_module(top: str) -> bool:
+    return top in ALLOWED_THIRD_PARTY or top in sys.stdlib_module_names
+
+
+def _import_problems(tree: ast.AST) -> tuple[tuple[str, ...], list[_Problem]]:
+    """Top-level module names imported anywhere in `tree`, and the imports that break the rule."""
+    names: set[str] = set()
+    problems: list[_Problem] = []
+    # The whole tree, not just the module body: an import inside score() fails just the same.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                dots = "." * node.level
+                problems.append(
+                    (
+                        node.lineno,
+                        f"relative import 'from {dots}{node.module or ''} import ...' is not allowed; "
+                        "a metric is one self-contained file",
+                    )
+                )
+                continue
+            modules = [node.module or ""]
+        else:
+            continue
+        for module in modules:
+            top = module.split(".")[0]
+            if not _allowed_module(top):
+                problems.append((node.lineno, f"imports '{top}'; {_IMPORT_RULE}"))
+            elif top != "__future__":
+                # __future__ is a compiler switch, not a dependency worth listing.
+                names.add(top)
+    return tuple(sorted(names)), problems
+
+
+def check_imports(tree: ast.AST, path: str = "<metric>") -> tuple[str, ...]:
+    """Sorted top-level modules that `tree` imports; raises MetricFileError on the first bad import.
+
+    Only static `import` statements are seen; `__import__` and friends are the sandbox's job.
+    """
+    names, problems = _import_problems(tree)
+    _raise_first(path, problems)
+    return names
+
+
+_NEW_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Lambda,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+def _scope_nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """`node` and its descendants that still belong to the module scope.
+
+    Function, lambda, class and comprehension bodies have their own scopes, so a local called
+    `score` or `NAME` there is harmless; their names (def/class) do bind in the module.
+    """
+    yield node
+    if isinstance(node, _NEW_SCOPES):
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _scope_nodes(child)
+
+
+def _bound_names(node: ast.AST) -> list[str]:
+    """Names that `node` itself binds in its scope (not counting its descendants)."""
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+        return [node.id]
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return [alias.asname or alias.name.split(".")[0] for alias in node.names]
+    if isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
+        return [node.name]
+    if isinstance(node, ast.MatchMapping) and node.rest:
+        return [node.rest]
+    return []
+
+
+def _is_plain_assignment(stmt: ast.stmt) -> bool:
+    """`X = literal` / `X = Y = literal` / `X: T = literal` with plain names only."""
+    if isinstance(stmt, ast.Assign):
+        return all(isinstance(target, ast.Name) for target in stmt.targets)
+    return isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None
+
+
+def _stray_binding_problems(tree: ast.Module) -> tuple[list[_Problem], set[str]]:
+    """Contract names bound other than by a top-level `X = literal` or a top-level `def score`.
+
+    Anything else (inside an `if`, through an import, a loop, `global`) would make the value
+    depend on running the file, which is exactly what this module refuses to do.
+    """
+    problems: list[_Problem] = []
+    names: set[str] = set()
+    for stmt in tree.body:
+        if _is_plain_assignment(stmt):
+            # Constants are checked by _constant_values; only `score = ...` is out of place here.
+            assert isinstance(stmt, ast.Assign | ast.AnnAssign)
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            if any(isinstance(t, ast.Name) and t.id == "score" for t in targets):
+                problems.append((stmt.lineno, _stray_reason("score")))
+            # A walrus in the value (`X = [(NAME := ...)]`) still binds at module scope.
+            candidates: list[ast.AST] = list(_scope_nodes(stmt.value)) if stmt.value is not None else []
+        elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name == "score":
+            # Its name is fine; its decorators and defaults are still module-scope expressions.
+            candidates = []
+            for part in [*stmt.decorator_list, *stmt.args.defaults, *stmt.args.kw_defaults]:
+                if part is not None:
+                    candidates.extend(_scope_nodes(part))
+        else:
+            candidates = list(_scope_nodes(stmt))
+        for node in candidates:
+            for name in _bound_names(node):
+                if name in _CONTRACT_NAMES:
+                    line = getattr(node, "lineno", stmt.lineno)
+                    problems.append((line, _stray_reason(name)))
+                    names.add(name)
+    # `global NAME` inside a function lets runtime code rebind a constant after validation.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            for name in node.names:
+                if name in _CONTRACT_NAMES:
+                    problems.append((node.lineno, f"'global {name}' is not allowed; {name} is fixed"))
+    return problems, names
+
+
+def _stray_reason(name: str) -> str:
+    if name == "score":
+        return "score must be defined once with a plain top-level 'def score(...)'"
+    return f"{name} must be set once by a plain top-level assignment '{name} = <literal>'"
+
+
+def _constant_values(
+    tree: ast.Module,
+) -> tuple[dict[str, tuple[int, Any]], list[_Problem], set[str]]:
+    """The literal value and line of each contract constant assigned at the top level.
+
+    Also returns every constant name assigned at all, literal or not, so that a computed NAME is
+    reported as computed rather than as missing.
+    """
+    values: dict[str, tuple[int, Any]] = {}
+    problems: list[_Problem] = []
+    assigned: set[str] = set()
+    for stmt in tree.body:
+        if not _is_plain_assignment(stmt):
+            continue
+        assert isinstance(stmt, ast.Assign | ast.AnnAssign)
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        names = [t.id for t in targets if isinstance(t, ast.Name) and t.id in _CONTRACT_CONSTANTS]
+        if not names:
+            continue
+        assigned.update(names)
+        assert stmt.value is not None
+        try:
+            value = ast.literal_eval(stmt.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            for name in names:
+                problems.append((stmt.lineno, f"{name} must be a literal value, not a computed expression"))
+            continue
+        for name in names:
+            if name in values:
+                first_line, first_value = values[name]
+                # Identical repeats are harmless; a different value means the file says two things.
+                if first_value != value:
+                    problems.append(
+                        (
+                            stmt.lineno,
+                            f"{name} is assigned again with a different value (first at line {first_line})",
+                        )
+                    )
+                continue
+            values[name] = (stmt.lineno, value)
+    return values, problems, assigned
+
+
+def _check_constants(
+    values: dict[str, tuple[int, Any]], mentioned: set[str], problems: list[_Problem]
+) -> dict[str, Any]:
+    """Validate each constant's value; return the normalized ones that passed.
+
+    `mentioned` holds names already reported with a line (computed, bound oddly), which are
+    therefore not also "not defined".
+    """
+    out: dict[str, Any] = {}
+    for name in _REQUIRED_CONSTANTS:
+        if name not in values and name not in mentioned:
+            problems.append((None, f"{name} is not defined; a metric must set NAME, LEVEL and SUSPICIOUS"))
+
+    for name, (line, value) in values.items():
+        error = _constant_error(name, value)
+        if error is not None:
+            problems.append((line, error))
+        else:
+            out[name] = _normalize(name, value)
+    return out
+
+
+def _constant_error(name: str, value: Any) -> str | None:
+    if name == "NAME":
+        if not isinstance(value, str):
+            return f"NAME must be a string, got {value!r}"
+        if len(value) > NAME_MAX_LENGTH:
+            return f"NAME must be at most {NAME_MAX_LENGTH} characters, got {len(value)}"
+        if not _NAME_RE.match(value):
+            return (
+                "NAME must be snake_case (lowercase letters, digits and underscores, "
+                f"starting with a letter), got {value!r}"
+            )
+    elif name == "LEVEL":
+        if not isinstance(value, str) or value not in ("image", "object"):
+            return f"LEVEL must be 'image' or 'object', got {value!r}"
+    elif name == "SUSPICIOUS":
+        if not isinstance(value, str) or value not in ("high", "low"):
+            return f"SUSPICIOUS must be 'high' or 'low', got {value!r}"
+    elif name == "TITLE":
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            return f"TITLE must be a non-empty string, got {value!r}"
+    elif name == "RANGE":
+        return _range_error(value)
+    elif name == "TAGS" and not _is_tag_list(value):
+        return f"TAGS must be a list of non-empty strings, got {value!r}"
+    return None
+
+
+def _is_tag_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(t, str) and t.strip() for t in value)
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but RANGE = (False, True) is surely a mistake.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _range_error(value: Any) -> str | None:
+    if value is None:
+        return None
+    shape = "RANGE must be (low, high) where each bound is a number or None"
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return f"{shape}, got {value!r}"
+    if not all(bound is None or _is_number(bound) for bound in value):
+        return f"{shape}, got {value!r}"
+    if not all(bound is None or math.isfinite(bound) for bound in value):
+        return f"RANGE bounds must be finite (use None for an open end), got {value!r}"
+    low, high = value
+    if low is not None and high is not None and low >= high:
+        return f"RANGE low bound must be below the high bound, got {value!r}"
+    return None
+
+
+def _normalize(name: str, value: Any) -> Any:
+    if name == "RANGE" and value is not None:
+        return tuple(None if bound is None else float(bound) for bound in value)
+    if name == "TAGS":
+        return tuple(value)
+    if name == "TITLE" and value is not None:
+        return value.strip()
+    return value
+
+
+def _format_parameters(args: ast.arguments) -> str:
+    """Render a parameter list as written, so the error shows what the file actually declares."""
+    positional = [*args.posonlyargs, *args.args]
+    first_default = len(positional) - len(args.defaults)
+    parts = [a.arg + ("=..." if i >= first_default else "") for i, a in enumerate(positional)]
+    if args.posonlyargs:
+        parts.insert(len(args.posonlyargs), "/")
+    if args.vararg is not None:
+        parts.append("*" + args.vararg.arg)
+    elif args.kwonlyargs:
+        parts.append("*")
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
+        parts.append(arg.arg + ("=..." if default is not None else ""))
+    if args.kwarg is not None:
+        parts.append("**" + args.kwarg.arg)
+    return ", ".join(parts)
+
+
+def _score_problems(tree: ast.Module, level: str | None) -> list[_Problem]:
+    problems: list[_Problem] = []
+    defs = [
+        stmt for stmt in tree.body if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name == "score"
+    ]
+    if not defs:
+        problems.append((None, "defines no function 'score'"))
+        return problems
+    first = defs[0]
+    for extra in defs[1:]:
+        problems.append((extra.lineno, f"score is defined more than once (first at line {first.lineno})"))
+    if isinstance(first, ast.AsyncFunctionDef):
+        problems.append((first.lineno, "score must be a plain 'def', not 'async def'"))
+    if first.decorator_list:
+        # A decorator can replace the function, so the signature checked here would mean nothing.
+        problems.append((first.decorator_list[0].lineno, "score must not be decorated"))
+    if level in LEVEL_PARAMETERS:
+        expected = LEVEL_PARAMETERS[level]
+        args = first.args
+        exact = (
+            not args.posonlyargs
+            and not args.vararg
+            and not args.kwonlyargs
+            and not args.kwarg
+            and not args.defaults
+            and tuple(a.arg for a in args.args) == expected
+        )
+        if not exact:
+            problems.append(
+                (
+                    first.lineno,
+                    f"score must take ({', '.join(expected)}) for LEVEL '{level}', got ({_format_parameters(args)})",
+                )
+            )
+    return problems
+
+
+def _docstring(tree: ast.Module, problems: list[_Problem]) -> str | None:
+    text = ast.get_docstring(tree, clean=True)
+    if text is None:
+        problems.append((None, "has no module docstring; its text is the metric's description"))
+        return None
+    if not text.strip():
+        problems.append((tree.body[0].lineno, "the module docstring is empty; describe what the metric measures"))
+        return None
+    return text.strip()
+
+
+def _parse_tree(source: str, path: str) -> ast.Module:
+    try:
+        return ast.parse(source, filename=path)
+    except SyntaxError as err:
+        raise MetricFileError(path, err.lineno, f"syntax error: {err.msg}") from None
+    except ValueError as err:  # older Pythons report NUL bytes this way
+        raise MetricFileError(path, None, f"cannot parse: {err}") from None
+    except (RecursionError, MemoryError):
+        raise MetricFileError(path, None, "cannot parse: the code is nested too deeply") from None
+
+
+def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "file") -> MetricSpec:
+    """Validate a metric's text against the contract and describe it. Pure: no I/O, no execution.
+
+    Raises MetricFileError for the first problem by line (problems without a line come last);
+    `err.problems` holds all of them.
+    """
+    if origin not in ("file", "builtin"):
+        raise ValueError(f"origin must be 'file' or 'builtin', got {origin!r}")
+    tree = _parse_tree(source, path)
+
+    problems: list[_Problem] = []
+    description = _docstring(tree, problems)
+    values, value_problems, assigned = _constant_values(tree)
+    problems.extend(value_problems)
+    stray_problems, stray_names = _stray_binding_problems(tree)
+    problems.extend(stray_problems)
+    constants = _check_constants(values, assigned | stray_names, problems)
+    problems.extend(_score_problems(tree, constants.get("LEVEL")))
+    imports, import_problems = _import_problems(tree)
+    problems.extend(import_problems)
+    _raise_first(path, problems)
+
+    assert description is not None  # every missing piece above was reported as a problem
+    return MetricSpec(
+        name=constants["NAME"],
+        level=constants["LEVEL"],
+        suspicious=constants["SUSPICIOUS"],
+        description=description,
+        title=constants.get("TITLE"),
+        value_range=constants.get("RANGE"),
+        tags=constants.get("TAGS", ()),
+        source=source,
+        path=path,
+        origin=origin,
+        imports=imports,
+        # Over the exact text that will run, so approving a metric pins this very code.
+        code_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest(),
+    )
+
+
+def _read_source(file: Path, shown: str) -> str:
+    """The file's text, or a MetricFileError naming `shown` (what the user typed)."""
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise MetricFileError(shown, None, "no such metric file") from None
+    except IsADirectoryError:
+        raise MetricFileError(shown, None, "is a directory, not a metric .py file") from None
+    except PermissionError:
+        raise MetricFileError(shown, None, "cannot read the file: permission denied") from None
+    except OSError as err:
+        raise MetricFileError(shown, None, f"cannot read the file: {err.strerror or err}") from None
+    try:
+        # utf-8-sig: a BOM from a Windows editor is not part of the code (and ast rejects it).
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise MetricFileError(
+            shown, line, f"is not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+def builtin_metric_names() -> list[str]:
+    """Names usable as `builtin:NAME`, from file names alone (no parsing, so never fails on content)."""
+    folder = resources.builtin_metrics_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.py") if p.is_file() and _NAME_RE.match(p.stem))
+
+
+def _load_builtin(ref: str) -> MetricSpec:
+    name = ref[len(BUILTIN_PREFIX) :]
+    available = builtin_metric_names()
+    # Checking membership (not just existence) also stops 'builtin:../x' from leaving the folder.
+    if name not in available:
+        listing = ", ".join(available) if available else "none are installed"
+        raise MetricFileError(ref, None, f"unknown builtin metric '{name}'; available: {listing}")
+    file = resources.builtin_metrics_dir() / f"{name}.py"
+    spec = parse_metric_source(_read_source(file, ref), path=ref, origin="builtin")
+    if spec.name != name:
+        # builtin:NAME must mean the metric called NAME, or reports would disagree with the command line.
+        raise MetricFileError(ref, None, f"declares NAME '{spec.name}' but its file is {name}.py")
+    return spec
+
+
+def load_metric_file(ref: str) -> MetricSpec:
+    """Read and validate a metric: `ref` is a file path, or `builtin:NAME` for a shipped metric."""
+    if ref.startswith(BUILTIN_PREFIX):
+        return _load_builtin(ref)
+    return parse_metric_source(_read_source(Path(ref), ref), path=ref, origin="file")
+
+
+def list_builtin_metrics() -> list[MetricSpec]:
+    """Every shipped metric, validated, sorted by name. A broken one raises: it is our bug to fix."""
+    return [_load_builtin(BUILTIN_PREFIX + name) for name in builtin_metric_names()]

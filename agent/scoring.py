@@ -1,0 +1,164 @@
+"""A scoring job: every metric over every image or box of a dataset, through the sandbox.
+
+Pure glue between the dataset layer, the metric files and the sandbox engine: it builds one task
+per image holding every call on that image (so each image is decoded once for all metrics), turns
+engine results into rows keyed by annotation id, and summarises them per metric.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from agent.dataset import Dataset
+from agent.metric_file import MetricSpec
+from sandbox.engine import CallResult, RunReport, ScoringEngine
+from sandbox.isolation import SandboxConfig
+from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
+
+
+class ScoreRow(BaseModel):
+    """One (metric, item) result as written to the output file."""
+
+    metric: str
+    level: str
+    image_id: int
+    annotation_id: int | None
+    score: float | None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class MetricSummary:
+    name: str
+    level: str
+    scored: int = 0
+    not_applicable: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    scores: list[float] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def quantiles(self) -> tuple[float, float, float] | None:
+        if not self.scores:
+            return None
+        return min(self.scores), statistics.median(self.scores), max(self.scores)
+
+
+@dataclass
+class ScoreOutcome:
+    rows: list[ScoreRow]
+    expected_rows: int
+    summaries: list[MetricSummary]
+    layers: tuple[LayerStatus, ...]
+    metric_errors: dict[str, str]
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(summary.failed for summary in self.summaries)
+
+
+def build_tasks(dataset: Dataset, specs: list[MetricSpec]) -> list[ImageTask]:
+    """One task per image with every call on it: image metrics once, object metrics per box."""
+    tasks = []
+    for image in dataset.images:
+        scene = dataset.scene(image.id)
+        calls: list[Call] = []
+        for index, spec in enumerate(specs):
+            if spec.level == "image":
+                calls.append(Call(metric=index, obj=None))
+            else:
+                calls.extend(Call(metric=index, obj=obj) for obj in range(len(scene["annotations"])))
+        if calls:
+            path = os.path.realpath(dataset.image_path(image.id))
+            tasks.append(ImageTask(image_id=image.id, path=path, scene=scene, calls=tuple(calls)))
+    return tasks
+
+
+def data_roots(dataset: Dataset, tasks: Iterable[ImageTask]) -> tuple[str, ...]:
+    """The folders workers may read: the image root, plus where symlinked images really live."""
+    roots = [os.path.realpath(dataset.image_root)]
+    for task in tasks:
+        folder = os.path.dirname(task.path)
+        if not any(folder == root or folder.startswith(root + os.sep) for root in roots):
+            roots.append(folder)
+    return tuple(roots)
+
+
+class _Collector:
+    """Turns engine results into rows and keeps running summaries."""
+
+    def __init__(self, dataset: Dataset, specs: list[MetricSpec], on_rows: Callable[[list[ScoreRow]], None]) -> None:
+        self.dataset, self.specs, self.on_rows = dataset, specs, on_rows
+        self.rows: list[ScoreRow] = []
+        self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
+
+    def __call__(self, results: list[CallResult]) -> None:
+        batch = [self._row(result) for result in results]
+        self.rows.extend(batch)
+        self.on_rows(batch)
+
+    def _row(self, result: CallResult) -> ScoreRow:
+        spec = self.specs[result.metric]
+        summary = self.summaries[result.metric]
+        annotation_id = None
+        if result.obj is not None:
+            annotation_id = self.dataset.objects_of(result.image_id)[result.obj]["id"]
+        if result.kind is not None:
+            summary.failures[result.kind] += 1
+        elif result.score is None:
+            summary.not_applicable += 1
+        else:
+            summary.scored += 1
+            summary.scores.append(result.score)
+        return ScoreRow(
+            metric=spec.name,
+            level=spec.level,
+            image_id=result.image_id,
+            annotation_id=annotation_id,
+            score=result.score,
+            error_kind=result.kind,
+            error=result.error,
+        )
+
+
+def score_dataset(
+    dataset: Dataset,
+    specs: list[MetricSpec],
+    config: SandboxConfig,
+    on_rows: Callable[[list[ScoreRow]], None] = lambda rows: None,
+) -> ScoreOutcome:
+    """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted."""
+    tasks = build_tasks(dataset, specs)
+    config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *data_roots(dataset, tasks))})
+    metrics = [MetricCode(name=spec.name, level=spec.level, source=spec.source, filename=spec.path) for spec in specs]
+    collector = _Collector(dataset, specs, on_rows)
+    engine = ScoringEngine(config)
+    report = RunReport()
+    interrupted = False
+    try:
+        report = engine.run(metrics, tasks, collector)
+    except KeyboardInterrupt:
+        interrupted = True
+    collector.rows.sort(key=lambda row: (_order(specs, row.metric), row.image_id, row.annotation_id or 0))
+    return ScoreOutcome(
+        rows=collector.rows,
+        expected_rows=sum(len(task.calls) for task in tasks),
+        summaries=collector.summaries,
+        layers=report.layers,
+        metric_errors=report.metric_errors,
+        interrupted=interrupted,
+    )
+
+
+def _order(specs: list[MetricSpec], name: str) -> int:
+    return next(index for index, spec in enumerate(specs) if spec.name == name)

@@ -1,0 +1,22 @@
+"""Global contrast: the standard deviation of the grey image divided by 255 (0 to 0.5).
+
+Grey is OpenCV's RGB→GRAY luminance. A flat, washed-out or fogged image has little spread of
+intensities and scores low; at 0 the image is a single uniform colour (blank, corrupt or a
+placeholder), which can hold no visible object.
+"""
+
+import cv2
+import numpy as np
+
+NAME = "contrast"
+TITLE = "Contrast"
+LEVEL = "image"
+SUSPICIOUS = "low"
+RANGE = (0.0, 0.5)
+
+
+def score(image: np.ndarray, scene: dict) -> float | None:
+    if image.size == 0:
+        return None
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return float(grey.std()) / 255.0

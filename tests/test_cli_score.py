@@ -1,0 +1,243 @@
+"""`metricsmith score` driven as a real command, on real files, through the real sandbox."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+BRIGHTNESS = '''"""Mean brightness of the image."""
+NAME = "mean_brightness"
+LEVEL = "image"
+SUSPICIOUS = "low"
+
+
+def score(image, scene):
+    return float(image.mean() / 255.0)
+'''
+
+BOX_AREA = '''"""Box area in pixels."""
+NAME = "box_area"
+LEVEL = "object"
+SUSPICIOUS = "low"
+
+
+def score(image, obj, scene):
+    x, y, w, h = obj["bbox"]
+    return w * h
+'''
+
+SLOW = '''"""Sleeps, so that a run can be interrupted half-way."""
+import time
+
+NAME = "slow"
+LEVEL = "image"
+SUSPICIOUS = "low"
+
+
+def score(image, scene):
+    time.sleep(0.4)
+    return 1.0
+'''
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def make_dataset(root: Path, n_images: int = 4) -> Path:
+    """A small valid COCO dataset: grey-level images with two boxes each."""
+    (root / "images").mkdir(parents=True)
+    images, annotations = [], []
+    for index in range(1, n_images + 1):
+        pixels = np.full((48, 64, 3), (40 * index) % 256, np.uint8)
+        cv2.imwrite(str(root / "images" / f"{index}.png"), pixels)
+        images.append({"id": index, "file_name": f"{index}.png", "width": 64, "height": 48})
+        for k, box in enumerate(([2, 2, 10, 10], [20, 10, 30, 20])):
+            annotations.append(
+                {"id": index * 10 + k, "image_id": index, "category_id": 1, "bbox": box, "area": 1.0, "iscrowd": 0}
+            )
+    document = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    path = root / "annotations.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.fixture()
+def metrics(tmp_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "brightness.py").write_text(BRIGHTNESS)
+    (folder / "area.py").write_text(BOX_AREA)
+    return folder / "brightness.py", folder / "area.py"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scores_every_item_and_writes_csv(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    annotations = make_dataset(tmp_path / "data")
+    before = annotations.read_bytes()
+    out = tmp_path / "scores.csv"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[0]),
+                     "--metric", str(metrics[1]), "--out", str(out), "--workers", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(out)
+    assert [row["metric"] for row in rows] == ["mean_brightness"] * 4 + ["box_area"] * 8
+    brightness = {int(row["image_id"]): float(row["score"]) for row in rows if row["metric"] == "mean_brightness"}
+    assert brightness == pytest.approx({i: 40 * i / 255 for i in range(1, 5)})
+    areas = {int(row["annotation_id"]): float(row["score"]) for row in rows if row["metric"] == "box_area"}
+    assert areas[10] == 100.0 and areas[41] == 600.0
+    assert all(row["error"] == "" and row["annotation_id"] == "" for row in rows[:4])
+    assert "mean_brightness" in result.stderr and "sandbox:" in result.stderr
+    assert annotations.read_bytes() == before, "the user's file must never be modified"
+    assert not (tmp_path / "scores.csv.partial").exists()
+
+
+def test_jsonl_and_parquet_outputs_hold_the_same_rows(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    annotations = make_dataset(tmp_path / "data")
+    outputs = {}
+    for suffix in ("jsonl", "parquet"):
+        if suffix == "parquet":
+            pytest.importorskip("pyarrow", reason="pyarrow is needed for .parquet output")
+        out = tmp_path / f"scores.{suffix}"
+        result = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[1]), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        outputs[suffix] = out
+    from agent.results_io import read_rows
+
+    as_jsonl = [row.model_dump() for row in read_rows(outputs["jsonl"])]
+    as_parquet = [row.model_dump() for row in read_rows(outputs["parquet"])]
+    assert len(as_jsonl) == 8
+    assert as_jsonl == as_parquet
+
+
+def test_malformed_coco_is_one_clear_line_and_exit_2(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],\n "annotations": [}')
+    result = run_cli("score", "--annotations", str(bad), "--metric", str(metrics[0]), "--out", str(tmp_path / "o.csv"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "line 2" in lines[0]
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_invalid_coco_lists_every_problem(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    document = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 2, 2]},
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 2]},
+        ],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    path = tmp_path / "invalid.json"
+    path.write_text(json.dumps(document))
+    result = run_cli("score", "--annotations", str(path), "--metric", str(metrics[0]), "--out", str(tmp_path / "o.csv"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    text = result.stderr
+    assert "already used" in text and "image_id 7" in text and "w=0" in text
+    assert len(text.strip().splitlines()) >= 3, "all problems are reported, not only the first"
+
+
+def test_missing_and_corrupt_images_are_per_item_errors(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    annotations = make_dataset(tmp_path / "data")
+    (tmp_path / "data" / "images" / "2.png").unlink()
+    (tmp_path / "data" / "images" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated garbage")
+    out = tmp_path / "scores.csv"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[0]),
+                     "--metric", str(metrics[1]), "--out", str(out))  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "2.png" in result.stderr, "the missing file is named in a warning"
+    rows = read_csv(out)
+    by_image: dict[int, set[str]] = {}
+    for row in rows:
+        by_image.setdefault(int(row["image_id"]), set()).add(row["error_kind"])
+    assert by_image[2] == {"image_unreadable"} and by_image[3] == {"image_unreadable"}
+    assert by_image[1] == {""} and by_image[4] == {""}
+    errors = {row["error"] for row in rows if row["image_id"] == "3"}
+    assert any("3.png" in error for error in errors)
+
+
+def test_bad_metric_file_is_refused_before_scoring(tmp_path: Path) -> None:
+    annotations = make_dataset(tmp_path / "data")
+    metric = tmp_path / "broken.py"
+    metric.write_text('"""x"""\nNAME = "broken"\nLEVEL = "box"\nSUSPICIOUS = "low"\n\ndef score(image, scene):\n    return 1\n')
+    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metric), "--out", str(tmp_path / "o.csv"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {metric}:3: LEVEL must be 'image' or 'object', got 'box'"
+
+
+def test_require_isolation_refuses_when_a_layer_is_missing(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    annotations = make_dataset(tmp_path / "data")
+    # Without /usr/bin on PATH, bwrap can't be found: the run must refuse rather than run less isolated.
+    env = {"PATH": os.path.dirname(sys.executable)}
+    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[0]),
+                     "--out", str(tmp_path / "o.csv"), "--require-isolation", env=env)  # fmt: skip
+    assert result.returncode == 2
+    assert "isolation required" in result.stderr and "bwrap" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_ctrl_c_kills_workers_and_keeps_what_was_scored(tmp_path: Path) -> None:
+    annotations = make_dataset(tmp_path / "data", n_images=40)
+    metric = tmp_path / "slow.py"
+    metric.write_text(SLOW)
+    out = tmp_path / "scores.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric", str(metric),
+         "--out", str(out), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    journal = tmp_path / "scores.jsonl.partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (journal.exists() and journal.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 2 <= len(rows) < 40
+    assert all(row["score"] == 1.0 for row in rows)
+    leftover = subprocess.run(["pgrep", "-f", "sandbox.worker"], capture_output=True, text=True).stdout.split()
+    ours = [pid for pid in leftover if str(tmp_path) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+    assert ours == [], "every worker was killed"
+
+
+def test_doctor_json_reports_each_layer() -> None:
+    result = run_cli("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [layer["name"] for layer in report["layers"]]
+    assert names[0] == "rlimits" and {"landlock", "seccomp", "bwrap"} <= set(names)
+    from sandbox.isolation import probe_machine
+
+    machine = probe_machine()
+    for layer in report["layers"]:
+        if layer["name"] in ("landlock", "seccomp", "bwrap"):
+            assert layer["active"] == machine.get(layer["name"]).available, layer
+    inactive = [layer["name"] for layer in report["layers"] if not layer["active"]]
+    assert len(report["missing_protections"]) == len(inactive)
