@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--annotations", required=True, type=Path, help="COCO JSON file")
     score.add_argument("--images", type=Path, help="image folder (default: the JSON's folder or its images/)")
     score.add_argument(
-        "--metric", action="append", required=True, help="metric file or builtin:NAME (repeatable)", dest="metrics"
+        "--metric",
+        action="append",
+        dest="metrics",
+        help="metric file or builtin:NAME (repeatable; default: every built-in metric)",
     )
     score.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
     score.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
@@ -100,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_score(args: argparse.Namespace) -> int:
     """Run metric files over a COCO dataset in the sandbox and write one row per (metric, item)."""
     output_format(args.out)
-    specs = _load_metrics(args.metrics)
+    specs = _load_metrics(args.metrics) if args.metrics else list_builtin_metrics()
+    if not specs:
+        raise UserError("no metrics given and no built-in metrics installed; pass --metric FILE")
     dataset = load_coco(args.annotations, args.images)
     for warning in dataset.warnings[:10]:
         stderr.print(f"[yellow]warning[/]: {args.annotations}: {warning}")

@@ -55,7 +55,7 @@ def probe() -> tuple[bool, str]:
     if bwrap_path() is None:
         return False, "bwrap not installed (Debian/Ubuntu: apt-get install bubblewrap)"
     try:
-        args = command([os.path.realpath(sys.executable), "-I", "-c", "pass"], [], 1024 * 1024)
+        args = command([sys.executable, "-I", "-c", "pass"], [], 1024 * 1024)
         result = subprocess.run(args, capture_output=True, text=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
     except (OSError, subprocess.TimeoutExpired) as error:
         return False, f"bwrap failed to start: {error}"

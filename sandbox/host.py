@@ -69,7 +69,7 @@ class WorkerProcess:
             seccomp=layers.get("seccomp", False),
             parent_pid=None if use_bwrap else os.getpid(),
         )
-        argv = [os.path.realpath(sys.executable), "-I", "-m", "sandbox.worker", settings.model_dump_json()]
+        argv = [sys.executable, "-I", "-m", "sandbox.worker", settings.model_dump_json()]
         if use_bwrap:
             argv = bwrap.command(argv, list(read_only), scratch_bytes=scratch_mb * 1024 * 1024)
         self._log = tempfile.TemporaryFile(prefix="metricsmith-worker-log-")

@@ -1,0 +1,25 @@
+"""The README's two opening commands stay true: CI runs the documented test command verbatim."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def opening_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)[:2]
+
+
+def test_readme_opens_with_main_job_then_tests() -> None:
+    main_job, tests = opening_commands()
+    assert "pip install ." in main_job and "metricsmith score" in main_job
+    assert "pytest" in tests
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    _, tests = opening_commands()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert tests in ci.splitlines()
