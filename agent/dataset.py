@@ -82,7 +82,12 @@ def _whole_number(value: Any) -> Any:
 
 def _crowd_flag(value: Any) -> Any:
     # Files written without crowd regions often omit iscrowd or write null; both mean "not a crowd".
-    return 0 if value is None else _whole_number(value)
+    # Python-made files sometimes write the flag as true/false, which is unambiguous too.
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return int(value)
+    return _whole_number(value)
 
 
 # Strict so that "57" or true are reported rather than silently coerced: a string id would never
@@ -150,7 +155,11 @@ def _box_area(bbox: Any) -> float:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded, checked COCO dataset. Lookups by image id are O(1) via indexes built on creation."""
+    """A loaded, checked COCO dataset. Lookups by image id are O(1) via indexes built on creation.
+
+    `annotations_path` is absolute and `image_root` fully resolved, so paths stay valid whatever the
+    working directory later is. Unknown image ids raise `KeyError`.
+    """
 
     annotations_path: Path
     image_root: Path
@@ -176,6 +185,14 @@ class Dataset:
         object.__setattr__(self, "_images_by_id", images_by_id)
         object.__setattr__(self, "_category_names", category_names)
         object.__setattr__(self, "_annotations_by_image", by_image)
+
+    def __repr__(self) -> str:
+        # The generated repr would print every record; a dataset ends up in logs and tracebacks.
+        return (
+            f"Dataset({str(self.annotations_path)!r}, {len(self.images)} images, "
+            f"{len(self.categories)} categories, {len(self.annotations)} annotations, "
+            f"{len(self.warnings)} warnings)"
+        )
 
     def _image(self, image_id: int) -> ImageInfo:
         try:
@@ -368,7 +385,9 @@ def _read_json(path: Path) -> Any:
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        raise UserError(
+            f"{path} is not readable text ({exc.encoding} decoding failed at byte {exc.start}: {exc.reason})"
+        ) from None
     except RecursionError:
         raise UserError(f"{path} is nested too deeply to be a COCO annotations file") from None
 
@@ -492,16 +511,22 @@ def _box_placement(bbox: tuple[float, float, float, float], image: ImageInfo) ->
     """An error for a box with no overlap with its image, a warning for one spilling past its border."""
     x, y, w, h = bbox
     width, height = image.width, image.height
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "error", f"{_show_box(bbox)} lies entirely outside {_show_image(image)}"
     overshoot = {"left": -x, "top": -y, "right": x + w - width, "bottom": y + h - height}
     # Nearly every box fits; decide that before building any message text.
     if max(overshoot.values()) <= _BORDER_TOLERANCE_PX:
         return None
-    shown = f"bbox [{x:g}, {y:g}, {w:g}, {h:g}]"
-    size = f"image {image.id} ({width}x{height})"
-    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-        return "error", f"{shown} lies entirely outside {size}"
     sides = [f"{amount:g} px on the {side}" for side, amount in overshoot.items() if amount > _BORDER_TOLERANCE_PX]
-    return "warning", f"{shown} extends past {size} by {', '.join(sides)}"
+    return "warning", f"{_show_box(bbox)} extends past {_show_image(image)} by {', '.join(sides)}"
+
+
+def _show_box(bbox: tuple[float, float, float, float]) -> str:
+    return "bbox [" + ", ".join(f"{value:g}" for value in bbox) + "]"
+
+
+def _show_image(image: ImageInfo) -> str:
+    return f"image {image.id} ({image.width}x{image.height})"
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -560,11 +585,15 @@ def _schema_messages(exc: ValidationError) -> list[str]:
         kind = error["type"]
         value = error.get("input")
         field_name = _field_label(loc)
-        if loc == ("bbox",) and kind in ("too_short", "too_long"):
-            if isinstance(value, list | tuple) and len(value) == 4:
-                continue  # four items, some of them bad: those items are already reported
-            count = len(value) if isinstance(value, list | tuple) else "?"
-            messages.append(f"bbox must have 4 numbers [x, y, w, h], got {count}")
+        # pydantic reports a short bbox as one "missing" error per absent item and a long one as
+        # "too_long"; either way the user needs one line saying how many numbers there were.
+        wrong_length = loc[:1] == ("bbox",) and (
+            kind in ("too_short", "too_long") or (kind == "missing" and len(loc) == 2)
+        )
+        if wrong_length:
+            length_line = f"bbox must have 4 numbers [x, y, w, h], got {len(value)}"
+            if length_line not in messages:
+                messages.append(length_line)
         elif kind == "missing":
             messages.append(f"missing required field '{field_name}'")
         elif kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
