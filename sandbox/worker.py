@@ -262,6 +262,9 @@ def main() -> None:
     proto_in, proto_out = _take_protocol_fds()
     layers = _confine(settings)
     signal.signal(signal.SIGALRM, _on_alarm)
+    # Past the file-size limit a write then fails with EFBIG (an ordinary metric error) instead of
+    # killing the worker.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     init = read_frame_blocking(proto_in)
     if init is None or init.get("t") != "init":
         os._exit(0)
