@@ -34,6 +34,7 @@ __all__ = [
     "CATEGORIES",
     "AnimalSpec",
     "RenderedAnimal",
+    "annotate",
     "compose_scene",
     "generate_demo_dataset",
     "render_animal",
@@ -67,6 +68,7 @@ _SIZE_RANGE = (40.0, 250.0)
 _MAX_ANIMALS = 6
 
 Float32Array = NDArray[np.float32]
+RGBImage = NDArray[np.uint8]
 Polygon = NDArray[np.float64]
 
 # ---------------------------------------------------------------------------------------------
@@ -213,9 +215,10 @@ def sample_animals(rng: np.random.Generator, width: int, height: int) -> list[An
             prev = specs[-1]
             cx, cy = np.asarray(prev.center) + rng.normal(0.0, 0.35 * prev.size, 2)
         else:
-            cx, cy = rng.uniform(0.08 * width, 0.92 * width), rng.uniform(0.1 * height, 0.9 * height)
-        # Keep the centre inside the frame: animals may be cut by the border, never lost to it.
-        center = (float(np.clip(cx, 0, width - 1)), float(np.clip(cy, 0, height - 1)))
+            cx, cy = rng.uniform(0.0, width), rng.uniform(0.0, height)
+        # Centres stay off the outer margin: large animals may be cut by the border, but even
+        # the smallest keeps enough pixels in frame to be labelled.
+        center = (float(np.clip(cx, 0.08 * width, 0.92 * width)), float(np.clip(cy, 0.1 * height, 0.9 * height)))
         specs.append(
             AnimalSpec(
                 category_id=category_id,
@@ -245,20 +248,29 @@ _SCENE_PALETTES: tuple[tuple[tuple[float, float, float], ...], ...] = (
 
 
 def _fractal_noise(rng: np.random.Generator, width: int, height: int, octaves: int = 4) -> Float32Array:
-    """Smooth noise with roughly unit spread: coarse random grids upsampled and summed."""
-    total = np.zeros((height, width), np.float32)
+    """Smooth noise with roughly unit spread: coarse random grids upsampled and summed.
+
+    The octaves are summed at a quarter of the requested size and upsampled once: OpenCV's cubic
+    resize from a tiny grid straight to full size is surprisingly slow, and the result is just
+    as smooth.
+    """
+    w, h = max(2, width // 4), max(2, height // 4)
+    total = np.zeros((h, w), np.float32)
     for octave in range(octaves):
         cells = 2 ** (octave + 2)
         grid = rng.standard_normal((cells, max(2, cells * width // height)), dtype=np.float32)
-        total += cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC) * (0.5**octave)
-    return total / np.float32(1.3)
+        total += cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC) * np.float32(0.5**octave)
+    return cv2.resize(total, (width, height), interpolation=cv2.INTER_LINEAR) / np.float32(1.3)
 
 
-def render_background(rng: np.random.Generator, width: int, height: int) -> Float32Array:
-    """An H×W×3 float32 RGB background in 0..255: gradient, fractal texture, stripes or foliage.
+def render_background(rng: np.random.Generator, width: int, height: int) -> RGBImage:
+    """An H×W×3 uint8 RGB background: gradient, fractal texture, stripes or foliage.
 
-    Drawn at half resolution and upsampled: a background is smooth anyway (it even reads as a
-    shallow depth of field behind the sharp animals), and this stage is most of the cost.
+    Drawn in float at half resolution, then upsampled as uint8: a background is smooth anyway
+    (it even reads as a shallow depth of field behind the sharp animals), and full-size float
+    buffers cost more in fresh memory than in arithmetic. For the same reason every layer is a
+    single-channel field, coloured per channel at the end: numpy is several times slower
+    broadcasting over a trailing axis of 3 than on flat planes.
     """
     w, h = (width + 1) // 2, (height + 1) // 2
     palette = np.asarray(_SCENE_PALETTES[int(rng.integers(len(_SCENE_PALETTES)))], np.float32)
@@ -268,13 +280,13 @@ def render_background(rng: np.random.Generator, width: int, height: int) -> Floa
     a = rng.uniform(0.0, 2.0 * math.pi)
     xs = np.arange(w, dtype=np.float32) * np.float32(math.cos(a))
     ys = np.arange(h, dtype=np.float32) * np.float32(math.sin(a))
-    t = ys[:, None] + xs[None, :]
-    t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
-    image = c_a + t[..., None] * (c_b - c_a)
+    gradient = ys[:, None] + xs[None, :]
+    gradient = (gradient - gradient.min()) / np.float32(max(float(gradient.max() - gradient.min()), 1.0))
 
     noise = _fractal_noise(rng, w, h)
-    image *= (1.0 + np.float32(rng.uniform(0.06, 0.2)) * noise)[..., None]
+    texture = 1.0 + np.float32(rng.uniform(0.06, 0.2)) * noise
 
+    stripes: Float32Array | None = None
     if rng.random() < 0.5:
         # Stripes (grass, bamboo, rock strata), warped by the noise so they are not ruler-straight.
         b = rng.uniform(0.0, math.pi)
@@ -284,10 +296,10 @@ def render_background(rng: np.random.Generator, width: int, height: int) -> Floa
             + np.arange(w, dtype=np.float32)[None, :] * np.float32(math.cos(b))
             + noise * np.float32(rng.uniform(0.0, 0.5) * period)
         )
-        stripes = 0.5 + 0.5 * np.sin(proj * np.float32(2.0 * math.pi / period))
-        alpha = (stripes * np.float32(rng.uniform(0.2, 0.5)))[..., None]
-        image += alpha * (c_c - image)
+        wave = 0.5 + 0.5 * np.sin(proj * np.float32(2.0 * math.pi / period))
+        stripes = wave * np.float32(rng.uniform(0.2, 0.5))
 
+    blobs: tuple[list[NDArray[np.uint8]], Float32Array] | None = None
     if rng.random() < 0.6:
         # Foliage-like blobs; the blurred alpha gives them soft, slightly dark rims.
         layer = np.zeros((h, w, 3), np.uint8)
@@ -303,10 +315,19 @@ def render_background(rng: np.random.Generator, width: int, height: int) -> Floa
             centre, axes = (int(xs_[i]), int(ys_[i])), (int(ax_[i]), int(ay_[i]))
             cv2.ellipse(layer, centre, axes, float(angles[i]), 0, 360, colours[i], -1)
             cv2.ellipse(alpha8, centre, axes, float(angles[i]), 0, 360, 255, -1)
-        alpha = cv2.GaussianBlur(alpha8, (0, 0), 0.8).astype(np.float32)[..., None] / np.float32(255.0 / 0.85)
-        image += alpha * (layer.astype(np.float32) - image)
+        alpha = cv2.GaussianBlur(alpha8, (0, 0), 0.8).astype(np.float32) * np.float32(0.85 / 255.0)
+        blobs = (list(cv2.split(layer)), alpha)
 
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    channels = []
+    for k in range(3):
+        channel = (c_a[k] + gradient * (c_b[k] - c_a[k])) * texture
+        if stripes is not None:
+            channel += stripes * (c_c[k] - channel)
+        if blobs is not None:
+            channel += blobs[1] * (blobs[0][k] - channel)
+        channels.append(channel)
+    half = np.clip(cv2.merge(channels), 0, 255).astype(np.uint8)
+    return cv2.resize(half, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)
@@ -314,7 +335,7 @@ class RenderedAnimal:
     """An animal's pixels on its own small canvas; (x0, y0) is the canvas corner in the scene."""
 
     category_id: int
-    rgb: Float32Array  # h×w×3, meaningful only where mask is set
+    rgb: RGBImage  # h×w×3, meaningful only where mask is set
     mask: NDArray[np.bool_]  # h×w
     x0: int
     y0: int
@@ -347,8 +368,8 @@ def render_animal(spec: AnimalSpec, rng: np.random.Generator) -> RenderedAnimal:
     # Fur texture and light from above, so animals are not flat stickers.
     fur = rng.standard_normal((max(2, h // 6), max(2, w // 6)), dtype=np.float32)
     fur = cv2.resize(fur, (w, h), interpolation=cv2.INTER_LINEAR)
-    light = np.linspace(1.06, 0.9, h, dtype=np.float32)[:, None]
-    rgb *= (light * (1.0 + np.float32(0.06) * fur))[..., None]
+    shade = np.linspace(1.06, 0.9, h, dtype=np.float32)[:, None] * (1.0 + np.float32(0.06) * fur)
+    rgb = np.clip(cv2.multiply(rgb, cv2.merge([shade, shade, shade])), 0, 255).astype(np.uint8)
     return RenderedAnimal(spec.category_id, rgb, mask.astype(bool), x0, y0)
 
 
@@ -391,27 +412,30 @@ def _visible(animals: list[RenderedAnimal], width: int, height: int) -> list[Ren
         in_frame = 0 if clip is None else int(np.count_nonzero(animal.mask[clip[2], clip[3]]))
         if counts[k] >= _MIN_VISIBLE_PIXELS and counts[k] >= _MIN_VISIBLE_FRACTION * in_frame:
             kept.append(animal)
-    return kept
+    # Every scene holds at least one animal; the front one is never occluded, and its centre
+    # is inside the frame, so it always has visible pixels.
+    return kept or animals[-1:]
 
 
-def _shadow_map(animals: list[RenderedAnimal], rng: np.random.Generator, width: int, height: int) -> Float32Array:
-    """Soft ground shadows under the animals, as an H×W brightness factor (1 = no shadow).
+def _shadow_map(animals: list[RenderedAnimal], rng: np.random.Generator, width: int, height: int) -> RGBImage:
+    """Soft ground shadows under the animals: an H×W×3 brightness factor, 255 = no shadow.
 
     Drawn at quarter resolution: a shadow this blurred has no detail to lose, and a full-size
     blur with this radius would cost more than the rest of compositing.
     """
-    small = np.ones(((height + 3) // 4, (width + 3) // 4), np.float32)
+    small = np.full(((height + 3) // 4, (width + 3) // 4), 255, np.uint8)
     for animal in animals:
         h, w = animal.mask.shape
         centre = (int((animal.x0 + w / 2) / 4), int((animal.y0 + 0.9 * h) / 4))
         axes = (max(1, int(0.45 * w / 4)), max(1, int(0.1 * h / 4)))
-        cv2.ellipse(small, centre, axes, 0.0, 0, 360, float(rng.uniform(0.55, 0.8)), -1)
-    return cv2.resize(cv2.GaussianBlur(small, (0, 0), 1.5), (width, height), interpolation=cv2.INTER_LINEAR)
+        cv2.ellipse(small, centre, axes, 0.0, 0, 360, int(rng.uniform(140, 205)), -1)
+    shade = cv2.resize(cv2.GaussianBlur(small, (0, 0), 1.5), (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.merge([shade, shade, shade])
 
 
 def compose_scene(
-    background: Float32Array, animals: list[RenderedAnimal], rng: np.random.Generator
-) -> tuple[NDArray[np.uint8], list[RenderedAnimal], NDArray[np.uint8]]:
+    background: RGBImage, animals: list[RenderedAnimal], rng: np.random.Generator
+) -> tuple[RGBImage, list[RenderedAnimal], NDArray[np.uint8]]:
     """Paste animals in order over the background and apply the per-image camera look.
 
     Returns the uint8 RGB image, the animals that stayed visible enough to be labelled, and the
@@ -420,8 +444,7 @@ def compose_scene(
     """
     height, width = background.shape[:2]
     kept = _visible(animals, width, height)
-    shade = _shadow_map(kept, rng, width, height)
-    image = cv2.multiply(background, cv2.merge([shade, shade, shade]))
+    image = cv2.multiply(background, _shadow_map(kept, rng, width, height), scale=1.0 / 255.0)
     for animal in kept:
         clip = _clip(animal, width, height)
         if clip is not None:
@@ -597,8 +620,12 @@ def generate_demo_dataset(
 ) -> Path:
     """Write a demo COCO dataset to out_dir/annotations.json and out_dir/images/*.jpg.
 
-    Returns the path of annotations.json. The content depends only on (n_images, seed, width,
-    height). Raises UserError if out_dir is non-empty and is not an earlier demo dataset.
+    Returns the path of annotations.json. The content depends only on (seed, width, height) and,
+    for how many images, on n_images; image k is the same whatever n_images and workers are.
+    Raises UserError if out_dir is non-empty and is not an earlier demo dataset.
+
+    Large runs render in "spawn" worker processes, so a script that calls this at import time
+    needs the usual `if __name__ == "__main__":` guard.
     """
     out_dir = Path(out_dir)
     _check_arguments(n_images, seed, width, height, workers)
@@ -624,7 +651,7 @@ def generate_demo_dataset(
 
     # Images left over from an earlier, larger demo run would be files no annotation refers to.
     for stale in images_dir.iterdir():
-        if _IMAGE_NAME.match(stale.name) and int(stale.name[:6]) > n_images:
+        if _IMAGE_NAME.match(stale.name) and int(stale.name[:6]) > n_images and not stale.is_dir():
             stale.unlink()
 
     document = {

@@ -1,0 +1,319 @@
+"""The reference metrics in prompts/metrics, called directly on small crafted images.
+
+They are our own trusted files, so they are imported in-process here; running untrusted metrics
+in the sandbox is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import sys
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+METRICS_DIR = Path(__file__).resolve().parents[1] / "prompts" / "metrics"
+METRIC_FILES = sorted(METRICS_DIR.glob("*.py"))
+EXPECTED = {
+    "brightness": ("image", "low"),
+    "contrast": ("image", "low"),
+    "sharpness": ("image", "low"),
+    "object_count": ("image", "high"),
+    "object_area_relative": ("object", "low"),
+    "border_closeness": ("object", "high"),
+    "annotation_duplicates": ("object", "high"),
+    "black_white_share": ("object", "low"),
+    "box_tightness": ("object", "low"),
+    "object_aspect_ratio": ("object", "high"),
+}
+ALLOWED_IMPORTS = {"numpy", "cv2", "math"}
+
+
+@cache
+def metric(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"reference_metric_{name}", METRICS_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # No __pycache__ next to the metrics: prompts/ ships inside the wheel as it is on disk.
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = previous
+    return module
+
+
+def frozen(image: np.ndarray) -> np.ndarray:
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    image.setflags(write=False)
+    return image
+
+
+def flat(value: int, height: int = 48, width: int = 64) -> np.ndarray:
+    return frozen(np.full((height, width, 3), value, np.uint8))
+
+
+def obj(bbox: list[float], category: str = "panda", category_id: int = 1, ann_id: int = 1) -> dict[str, Any]:
+    return {
+        "id": ann_id,
+        "image_id": 1,
+        "category_id": category_id,
+        "category": category,
+        "bbox": bbox,
+        "area": float(bbox[2] * bbox[3]),
+        "iscrowd": 0,
+    }
+
+
+def scene(image: np.ndarray, annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    height, width = image.shape[:2]
+    return {
+        "image": {"id": 1, "file_name": "000001.jpg", "width": width, "height": height},
+        "annotations": annotations or [],
+        "categories": [{"id": 1, "name": "panda"}, {"id": 2, "name": "bear"}, {"id": 3, "name": "fox"}],
+    }
+
+
+def call(name: str, image: np.ndarray, ann: dict[str, Any] | None = None, sc: dict[str, Any] | None = None) -> Any:
+    module = metric(name)
+    sc = sc if sc is not None else scene(image, [ann] if ann else [])
+    if module.LEVEL == "image":
+        return module.score(image, sc)
+    assert ann is not None
+    return module.score(image, ann, sc)
+
+
+def textured(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
+    """Mid-grey background with mild noise, so gradients exist everywhere but are weak."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(110, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+# --- the contract -----------------------------------------------------------------------------
+
+
+def test_the_reference_set_is_complete() -> None:
+    assert {p.stem for p in METRIC_FILES} >= set(EXPECTED)
+
+
+@pytest.mark.parametrize("path", METRIC_FILES, ids=lambda p: p.stem)
+def test_file_follows_the_contract(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstring = ast.get_docstring(tree)
+    assert docstring and len(docstring.split()) >= 8, "the docstring is the metric's description"
+
+    constants: dict[str, Any] = {}
+    for stmt in tree.body:
+        if (
+            isinstance(stmt, ast.Assign)
+            and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name)
+            and stmt.targets[0].id in {"NAME", "LEVEL", "SUSPICIOUS", "TITLE", "RANGE"}
+        ):
+            constants[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+    assert constants.get("NAME") == path.stem
+    assert constants.get("LEVEL") in ("image", "object")
+    assert constants.get("SUSPICIOUS") in ("high", "low")
+    if path.stem in EXPECTED:
+        assert (constants["LEVEL"], constants["SUSPICIOUS"]) == EXPECTED[path.stem]
+    if "TITLE" in constants:
+        assert isinstance(constants["TITLE"], str) and constants["TITLE"]
+    if constants.get("RANGE") is not None:
+        low, high = constants["RANGE"]
+        assert all(b is None or isinstance(b, int | float) for b in (low, high))
+        assert low is None or high is None or low < high
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports"
+            modules = [node.module or ""]
+        else:
+            continue
+        for module in modules:
+            top = module.split(".")[0]
+            assert top in ALLOWED_IMPORTS or top in sys.stdlib_module_names, f"imports {top}"
+
+    scores = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == "score"]
+    assert len(scores) == 1
+    expected_args = ["image", "scene"] if constants["LEVEL"] == "image" else ["image", "obj", "scene"]
+    assert [a.arg for a in scores[0].args.args] == expected_args
+
+
+# --- image level ----------------------------------------------------------------------------
+
+
+def test_brightness_black_is_0_white_is_1() -> None:
+    assert call("brightness", flat(0)) == 0.0
+    assert call("brightness", flat(255)) == pytest.approx(1.0)
+    assert call("brightness", flat(51)) == pytest.approx(0.2)
+
+
+def test_contrast_flat_is_0_and_grows_with_spread() -> None:
+    assert call("contrast", flat(128)) == 0.0
+    half = np.zeros((40, 40, 3), np.uint8)
+    half[:, 20:] = 255
+    assert call("contrast", frozen(half)) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_sharpness_checkerboard_beats_blurred_checkerboard() -> None:
+    board = (np.indices((64, 64)).sum(axis=0) // 4 % 2 * 255).astype(np.uint8)
+    board = np.repeat(board[..., None], 3, axis=2)
+    blurred = cv2.GaussianBlur(board, (0, 0), 2.0)
+    assert call("sharpness", flat(90)) == 0.0
+    assert call("sharpness", frozen(board)) > 4 * call("sharpness", frozen(blurred)) > 0
+
+
+def test_object_count_counts_annotations() -> None:
+    image = flat(0)
+    anns = [obj([1, 1, 5, 5], ann_id=i) for i in range(1, 4)]
+    assert call("object_count", image, sc=scene(image, anns)) == 3
+    assert call("object_count", image, sc=scene(image, [])) == 0
+
+
+# --- object level ----------------------------------------------------------------------------
+
+
+def test_relative_area_is_exact() -> None:
+    image = flat(0, height=100, width=200)
+    assert call("object_area_relative", image, obj([10, 20, 50, 40])) == pytest.approx(2000 / 20000)
+    assert call("object_area_relative", image, obj([0, 0, 200, 100])) == pytest.approx(1.0)
+    # Clipped to the image: only the half inside counts.
+    assert call("object_area_relative", image, obj([-25, 0, 50, 40])) == pytest.approx(1000 / 20000)
+    assert call("object_area_relative", image, obj([10, 10, 0, 5])) == 0.0
+
+
+def test_border_closeness_is_1_touching_and_lower_in_the_middle() -> None:
+    image = flat(0, height=100, width=200)
+    assert call("border_closeness", image, obj([0, 40, 20, 20])) == pytest.approx(1.0)
+    assert call("border_closeness", image, obj([180, 40, 20, 20])) == pytest.approx(1.0)
+    assert call("border_closeness", image, obj([-5, -5, 20, 20])) == pytest.approx(1.0)
+    middle = call("border_closeness", image, obj([90, 40, 20, 20]))
+    # The nearest side is top or bottom: 40 px from a border at most 50 px away.
+    assert middle == pytest.approx(1 - 40 / 50)
+    assert call("border_closeness", image, obj([100, 50, 0, 0])) == pytest.approx(0.0)
+    near = call("border_closeness", image, obj([5, 40, 20, 20]))
+    assert middle < near < 1.0
+
+
+def test_duplicates_iou_is_exact_and_class_aware() -> None:
+    image = flat(0, height=100, width=100)
+    a = obj([0, 0, 10, 10], category="fox", category_id=3, ann_id=1)
+    b = obj([5, 0, 10, 10], category="fox", category_id=3, ann_id=2)
+    c = obj([0, 0, 10, 10], category="bear", category_id=2, ann_id=3)
+    sc = scene(image, [a, b, c])
+    assert call("annotation_duplicates", image, a, sc) == pytest.approx(50 / 150)
+    assert call("annotation_duplicates", image, dict(b), sc) == pytest.approx(50 / 150)
+    # c overlaps a perfectly, but is another class.
+    assert call("annotation_duplicates", image, c, sc) == 0.0
+    exact = obj([0, 0, 10, 10], category="fox", category_id=3, ann_id=4)
+    assert call("annotation_duplicates", image, exact, scene(image, [a, b, c, exact])) == pytest.approx(1.0)
+    assert call("annotation_duplicates", image, a, scene(image, [a])) == 0.0
+
+
+def test_black_white_share_panda_patch_high_orange_low_others_none() -> None:
+    patch = np.zeros((40, 40, 3), np.uint8)
+    patch[:, :20] = 240
+    patch[:, 20:] = (22, 20, 24)
+    panda_like = frozen(patch)
+    orange = flat(0, 40, 40).copy()
+    orange[:] = (220, 110, 30)
+    orange = frozen(orange)
+    box = [0, 0, 40, 40]
+    assert call("black_white_share", panda_like, obj(box)) > 0.95
+    assert call("black_white_share", orange, obj(box)) < 0.05
+    assert call("black_white_share", panda_like, obj(box, category="fox", category_id=3)) is None
+    # Dark brown is dark but clearly coloured: not "black".
+    brown = np.full((40, 40, 3), (67, 41, 22), np.uint8)
+    assert call("black_white_share", frozen(brown), obj(box)) < 0.05
+
+
+def rectangle_image() -> np.ndarray:
+    image = textured()
+    image[40:80, 50:110] = 230  # the object: rows 40..79, columns 50..109
+    return frozen(image)
+
+
+def test_box_tightness_ranks_tight_above_loose_and_shifted() -> None:
+    image = rectangle_image()
+    tight = call("box_tightness", image, obj([50, 40, 60, 40]))
+    loose = call("box_tightness", image, obj([35, 25, 90, 70]))
+    shifted = call("box_tightness", image, obj([62, 48, 60, 40]))
+    # 3 px inside the object on every side: the object's edges fall in the outside bands.
+    too_small = call("box_tightness", image, obj([53, 43, 54, 34]))
+    assert tight > 0.9
+    assert tight > loose + 0.2
+    assert tight > shifted + 0.2
+    assert tight > too_small + 0.2
+    assert loose == pytest.approx(0.5, abs=0.1)
+    # A box that cuts through the object has the strong edges outside it.
+    assert too_small < 0.5
+
+
+def test_box_tightness_on_flat_image_is_neutral() -> None:
+    assert call("box_tightness", flat(100, 80, 80), obj([20, 20, 30, 30])) == pytest.approx(0.5)
+
+
+def test_aspect_ratio() -> None:
+    image = flat(0)
+    assert call("object_aspect_ratio", image, obj([0, 0, 30, 10])) == pytest.approx(3.0)
+    assert call("object_aspect_ratio", image, obj([0, 0, 10, 40])) == pytest.approx(0.25)
+    assert call("object_aspect_ratio", image, obj([0, 0, 10, 0])) is None
+
+
+OBJECT_METRICS = [name for name, (level, _) in EXPECTED.items() if level == "object"]
+AWKWARD_BOXES = [
+    [-50, -50, 20, 20],  # entirely outside, top-left
+    [500, 400, 30, 30],  # entirely outside, bottom-right
+    [-10, -10, 30, 30],  # partly outside
+    [150, 100, 40, 40],  # overflowing bottom-right
+    [0, 0, 160, 120],  # the whole image
+    [20, 20, 0, 0],  # empty
+    [20, 20, 0.4, 0.4],  # sub-pixel
+    [159.5, 119.5, 3, 3],  # a sliver of the last pixel
+    [20, 20, -5, 10],  # negative width
+    [10.3, 7.7, 33.3, 21.9],  # fractional
+]
+
+
+@pytest.mark.parametrize("name", OBJECT_METRICS)
+@pytest.mark.parametrize("bbox", AWKWARD_BOXES, ids=str)
+def test_awkward_boxes_give_none_or_a_finite_number(name: str, bbox: list[float]) -> None:
+    image = rectangle_image()
+    ann = obj(bbox)
+    other = obj([12, 9, 30, 20], ann_id=2)
+    value = call(name, image, ann, scene(image, [ann, other]))
+    assert value is None or (isinstance(value, int | float) and math.isfinite(value))
+
+
+def test_boxes_entirely_outside_are_not_applicable() -> None:
+    image = rectangle_image()
+    for name in ("object_area_relative", "border_closeness", "black_white_share", "box_tightness"):
+        assert call(name, image, obj([-50, -50, 20, 20])) is None, name
+        assert call(name, image, obj([500, 400, 30, 30])) is None, name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_metrics_never_modify_the_image(name: str) -> None:
+    image = rectangle_image()
+    before = image.copy()
+    anns = [obj([50, 40, 60, 40]), obj([55, 42, 50, 36], ann_id=2)]
+    value = call(name, image, anns[0], scene(image, anns))
+    assert value is None or math.isfinite(value)
+    assert np.array_equal(image, before)
+    assert not image.flags.writeable
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_metrics_on_a_tiny_image(name: str) -> None:
+    image = flat(128, height=1, width=1)
+    value = call(name, image, obj([0, 0, 1, 1]))
+    assert value is None or math.isfinite(value)
