@@ -183,8 +183,12 @@ def test_missing_and_corrupt_images_are_per_item_errors(tmp_path: Path, metrics:
 def test_bad_metric_file_is_refused_before_scoring(tmp_path: Path) -> None:
     annotations = make_dataset(tmp_path / "data")
     metric = tmp_path / "broken.py"
-    metric.write_text('"""x"""\nNAME = "broken"\nLEVEL = "box"\nSUSPICIOUS = "low"\n\ndef score(image, scene):\n    return 1\n')
-    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metric), "--out", str(tmp_path / "o.csv"))
+    metric.write_text(
+        '"""x"""\nNAME = "broken"\nLEVEL = "box"\nSUSPICIOUS = "low"\n\ndef score(image, scene):\n    return 1\n'
+    )
+    result = run_cli(
+        "score", "--annotations", str(annotations), "--metric", str(metric), "--out", str(tmp_path / "o.csv")
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {metric}:3: LEVEL must be 'image' or 'object', got 'box'"
 
