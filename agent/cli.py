@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--require-isolation", action="store_true", help="refuse to run unless Landlock, seccomp and bwrap all hold"
     )
+    score.add_argument(
+        "--separate-workers",
+        action="store_true",
+        help="give each metric workers of its own, so an untrusted metric can't alter the others' scores "
+        "(slower: each image is decoded once per metric)",
+    )
     score.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     score.set_defaults(handler=cmd_score)
 
@@ -112,7 +118,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     if len(dataset.warnings) > 10:
         stderr.print(f"[yellow]warning[/]: ... and {len(dataset.warnings) - 10} more warnings")
     config = SandboxConfig(
-        workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory, require_isolation=args.require_isolation
+        workers=args.workers,
+        timeout_s=args.timeout,
+        memory_mb=args.memory,
+        require_isolation=args.require_isolation,
+        share_workers=not args.separate_workers,
     )
     journal = Journal(args.out)
     with _ProgressBar() as (progress, advance):

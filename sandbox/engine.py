@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import selectors
 import time
 from collections import deque
@@ -26,9 +27,11 @@ from sandbox.protocol import (
     ImageTask,
     InitFrame,
     LayerStatus,
+    LoadingFrame,
     MetricCode,
     ProtocolViolation,
     ReadyFrame,
+    ResultsFrame,
 )
 
 _PR_SET_DUMPABLE = 4
@@ -68,6 +71,7 @@ class _Slot:
     calls: list[tuple[ImageTask, Call]] = field(default_factory=list)
     reported: int = 0
     deadline: float = float("inf")
+    loading: int | None = None  # the metric whose module-level code the starting worker is running
 
 
 def _hard_deadline_s(timeout_s: float) -> float:
@@ -89,6 +93,13 @@ class ScoringEngine:
         sink: Callable[[list[CallResult]], None],
     ) -> RunReport:
         """Score every call of every task; hand results to `sink` as they arrive."""
+        if self.config.share_workers or len(metrics) == 1:
+            return self._run_once(metrics, list(tasks), sink)
+        return self._run_each_metric_alone(metrics, list(tasks), sink)
+
+    def _run_once(
+        self, metrics: list[MetricCode], tasks: list[ImageTask], sink: Callable[[list[CallResult]], None]
+    ) -> RunReport:
         run = _Run(self.config, self.layers, metrics, tasks, sink)
         previous = _set_dumpable(False)
         try:
@@ -96,6 +107,29 @@ class ScoringEngine:
         finally:
             run.shutdown()
             _set_dumpable(previous)
+
+    def _run_each_metric_alone(
+        self, metrics: list[MetricCode], tasks: list[ImageTask], sink: Callable[[list[CallResult]], None]
+    ) -> RunReport:
+        """One pass per metric, each in workers of its own: no metric can tamper with another's scores."""
+        combined = RunReport()
+        for index, metric in enumerate(metrics):
+            own_tasks = [
+                task.model_copy(
+                    update={"calls": tuple(Call(metric=0, obj=c.obj) for c in task.calls if c.metric == index)}
+                )
+                for task in tasks
+            ]
+
+            def renumbered(results: list[CallResult], index: int = index) -> None:
+                sink([dataclasses.replace(result, metric=index) for result in results])
+
+            report = self._run_once([metric], own_tasks, renumbered)
+            combined.layers = combined.layers or report.layers
+            combined.metric_errors.update(report.metric_errors)
+            combined.calls_done += report.calls_done
+            combined.worker_restarts += report.worker_restarts
+        return combined
 
 
 def _set_dumpable(value: bool) -> bool:
@@ -178,7 +212,9 @@ class _Run:
         now = time.monotonic()
         for slot in list(self.slots):
             if slot.deadline < now:
-                if slot.worker.ready is None:
+                if slot.loading is not None:
+                    self._startup_failed(slot, f"ran past the {self.config.timeout_s:g} s limit")
+                elif slot.worker.ready is None:
                     self._startup_failed(slot, f"did not start within {self.config.startup_timeout_s:g} s")
                 else:
                     self._fail_current(slot, "hard_timeout", self._hard_timeout_message())
@@ -214,18 +250,24 @@ class _Run:
             else:
                 self._fail_current(slot, "crash", f"the worker {slot.worker.exit_description()}")
 
-    def _on_frame(self, slot: _Slot, frame: object) -> None:
+    def _on_frame(self, slot: _Slot, frame: LoadingFrame | ReadyFrame | ResultsFrame) -> None:
+        if isinstance(frame, LoadingFrame):
+            if slot.worker.ready is not None or not 0 <= frame.metric < len(self.init.metrics):
+                raise ProtocolViolation("an unexpected loading frame")
+            slot.loading = frame.metric
+            slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
+            return
         if isinstance(frame, ReadyFrame):
             if slot.worker.ready is not None:
                 raise ProtocolViolation("a second ready frame")
             self._check_layers(slot, frame)
             slot.worker.ready = frame
+            slot.loading = None
             slot.deadline = float("inf")
             if not self.report.layers:
                 self.report.layers = self._with_host_layers(frame.layers)
-                self.report.metric_errors = dict(frame.metric_errors)
+            self.report.metric_errors.update(frame.metric_errors)
             return
-        assert not isinstance(frame, ReadyFrame)
         if slot.worker.ready is None or frame.chunk != slot.chunk_id:
             raise ProtocolViolation("results for a chunk the worker does not hold")
         remaining = len(slot.calls) - slot.reported
@@ -268,6 +310,16 @@ class _Run:
         return (*worker_layers, *missing, bwrap_layer)
 
     def _startup_failed(self, slot: _Slot, reason: str) -> None:
+        """Before ready: blame the metric whose module code was running, or else the machine."""
+        if slot.loading is not None:
+            metric = self.init.metrics[slot.loading]
+            message = f"module-level code {reason}; the metric is disabled for this run"
+            self.report.metric_errors[metric.name] = message
+            disabled = metric.model_copy(update={"disabled": message})
+            metrics = tuple(disabled if m is metric else m for m in self.init.metrics)
+            self.init = self.init.model_copy(update={"metrics": metrics})
+            self._replace(slot)
+            return
         log = slot.worker.log_tail()
         self._retire(slot)
         raise WorkerStartFailed(f"a sandbox worker failed to start: {reason}" + (f"\n{log}" if log else ""))

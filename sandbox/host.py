@@ -16,6 +16,7 @@ from sandbox.protocol import (
     ChunkFrame,
     FrameReader,
     InitFrame,
+    LoadingFrame,
     ProtocolViolation,
     ReadyFrame,
     ResultsFrame,
@@ -27,6 +28,7 @@ from sandbox.protocol import (
 # Variables that change numeric results or stop old OpenBLAS builds from crashing on some CPUs.
 # None of them can carry a secret; everything else in the host's environment stays behind.
 _PASSED_THROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_SIGNAL_NUMBERS = {int(number) for number in signal.Signals}
 
 
 def worker_environment(scratch: str) -> dict[str, str]:
@@ -56,7 +58,7 @@ class WorkerProcess:
         self.images_done = 0
         self._reader = FrameReader()
         self._host_scratch: str | None = None
-        use_bwrap = layers.get("bwrap", False)
+        use_bwrap = self.in_bwrap = layers.get("bwrap", False)
         if use_bwrap:
             scratch = bwrap.SCRATCH_IN_SANDBOX
         else:
@@ -98,9 +100,9 @@ class WorkerProcess:
             return False
         return True
 
-    def read_frames(self) -> tuple[list[ReadyFrame | ResultsFrame], bool]:
+    def read_frames(self) -> tuple[list[LoadingFrame | ReadyFrame | ResultsFrame], bool]:
         """Drain what the pipe holds now. Returns (frames, still_open). Raises ProtocolViolation."""
-        frames: list[ReadyFrame | ResultsFrame] = []
+        frames: list[LoadingFrame | ReadyFrame | ResultsFrame] = []
         while True:
             try:
                 data = os.read(self.stdout_fd, 1 << 20)
@@ -115,6 +117,8 @@ class WorkerProcess:
         code = self.process.poll()
         if code is None:
             return "closed its protocol pipe"
+        if self.in_bwrap and code > 128 and code - 128 in _SIGNAL_NUMBERS:
+            code = -(code - 128)  # bwrap reports a child killed by signal N as exit status 128 + N
         if code < 0:
             name = signal.Signals(-code).name
             hint = {"SIGSEGV": " (segmentation fault)", "SIGXCPU": " (CPU limit)", "SIGSYS": " (forbidden system call)"}

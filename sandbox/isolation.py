@@ -38,6 +38,9 @@ class SandboxConfig(BaseModel):
     seccomp: bool | None = None
     bwrap: bool | None = None
     require_isolation: bool = False
+    # True: every metric of a run shares the workers, so each image is decoded once for all of them,
+    # but a hostile metric can tamper with the others' scores. False: a worker pool per metric.
+    share_workers: bool = True
     chunk_images: int = Field(default=8, ge=1)
     startup_timeout_s: float = 60.0
     recycle_after_images: int = 2000

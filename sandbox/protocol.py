@@ -5,7 +5,8 @@ pickled: the worker runs untrusted code, so everything it sends is parsed as JSO
 Infinity refused, then validated by the pydantic models below before the host believes it.
 
 Host → worker: one `InitFrame`, then `ChunkFrame`s.
-Worker → host: one `ReadyFrame`, then `ResultsFrame`s (several per chunk, the last one `done`).
+Worker → host: a `LoadingFrame` before each metric's module code runs, one `ReadyFrame`, then
+`ResultsFrame`s (several per chunk, the last one `done`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class MetricCode(_Strict):
     level: Literal["image", "object"]
     source: str
     filename: str
+    # Set by the host when this metric's module-level code killed or hung a worker: it is not loaded again.
+    disabled: str | None = None
 
 
 class Call(_Strict):
@@ -89,6 +92,13 @@ class LayerStatus(_Strict):
     detail: str
 
 
+class LoadingFrame(_Strict):
+    """Sent before the worker runs a metric's module-level code, so a crash there has a culprit."""
+
+    t: Literal["loading"]
+    metric: int
+
+
 class ReadyFrame(_Strict):
     t: Literal["ready"]
     pid: int
@@ -118,7 +128,7 @@ class ResultsFrame(_Strict):
     done: bool = False
 
 
-WorkerFrame = Annotated[ReadyFrame | ResultsFrame, Field(discriminator="t")]
+WorkerFrame = Annotated[LoadingFrame | ReadyFrame | ResultsFrame, Field(discriminator="t")]
 _WORKER_FRAME = TypeAdapter(WorkerFrame)
 
 
@@ -137,7 +147,7 @@ def encode_frame(message: BaseModel | dict) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-def decode_worker_frame(body: bytes) -> ReadyFrame | ResultsFrame:
+def decode_worker_frame(body: bytes) -> LoadingFrame | ReadyFrame | ResultsFrame:
     """Parse and validate one frame from a worker; anything off raises ProtocolViolation."""
     try:
         data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)

@@ -35,7 +35,19 @@ DENIED_SYSCALLS: tuple[str, ...] = (
     "name_to_handle_at", "open_by_handle_at", "iopl", "ioperm", "settimeofday", "clock_settime",
     "adjtimex", "clock_adjtime", "sethostname", "setdomainname", "personality", "lookup_dcookie",
     "fanotify_init", "landlock_create_ruleset",
+    # memory that the address-space rlimit does not count, and that may outlive the worker
+    "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl", "msgget", "semget",
+    # file metadata, which Landlock does not cover: modes, owners, times, extended attributes
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "utimensat", "futimesat",
+    "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+    "setxattrat", "removexattrat",
 )  # fmt: skip
+
+# fcntl and ioctl commands that make the kernel signal a chosen process (F_SETOWN, F_SETOWN_EX,
+# FIOSETOWN, SIOCSPGRP): a way to kill another process without calling kill().
+_FCNTL_SET_OWNER = (8, 15)
+_IOCTL_SET_OWNER = (0x8901, 0x8902)
 
 
 class SeccompUnavailable(Exception):
@@ -78,17 +90,26 @@ def install_deny_list() -> str:
     # clone3 passes its flags in memory, which seccomp cannot read: refuse it as "not implemented"
     # so that glibc falls back to clone, whose flags seccomp can check.
     flt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-    flt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))
-    # Signals only to this very process (its own threads included).
-    flt.add_rule(deny, "kill", sc.Arg(0, sc.NE, own_pid))
-    flt.add_rule(deny, "tgkill", sc.Arg(0, sc.NE, own_pid))
-    flt.add_rule(deny, "rt_sigqueueinfo", sc.Arg(0, sc.NE, own_pid))
-    flt.add_rule(deny, "rt_tgsigqueueinfo", sc.Arg(0, sc.NE, own_pid))
+    by_argument = [
+        ("clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0)),  # a new process, not a thread
+        # Signals only to this very process (its own threads included).
+        ("kill", sc.Arg(0, sc.NE, own_pid)),
+        ("tgkill", sc.Arg(0, sc.NE, own_pid)),
+        ("rt_sigqueueinfo", sc.Arg(0, sc.NE, own_pid)),
+        ("rt_tgsigqueueinfo", sc.Arg(0, sc.NE, own_pid)),
+        # Resource limits of this process only: prlimit64 on another pid could starve or kill the host.
+        ("prlimit64", sc.Arg(0, sc.NE, 0)),
+        *(("fcntl", sc.Arg(1, sc.EQ, command)) for command in _FCNTL_SET_OWNER),
+        *(("ioctl", sc.Arg(1, sc.EQ, request)) for request in _IOCTL_SET_OWNER),
+    ]
+    for name, condition in by_argument:
+        flt.add_rule(deny, name, condition)
     try:
         flt.load()
     except Exception as error:
         raise SeccompUnavailable(f"the kernel refused the seccomp filter: {error}") from None
     return (
-        f"{len(denied) + 6} calls denied: exec, fork and non-thread clone, sockets, ptrace, signals to "
-        "other processes, namespaces and mounts, io_uring, bpf, keyrings; foreign architectures killed"
+        f"{len(denied) + 1} calls denied outright, {len(by_argument)} by argument: exec, fork and non-thread "
+        "clone, sockets, ptrace, signals and rlimits of other processes, namespaces and mounts, io_uring, "
+        "bpf, keyrings, shared memory, file metadata; foreign architectures killed"
     )

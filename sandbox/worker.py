@@ -37,6 +37,10 @@ from sandbox.protocol import LayerStatus, WorkerSettings, encode_frame, read_fra
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _MAX_ERROR_CHARS = 4000
 _SOFT_TIMEOUT_REPEAT_S = 0.05
 
@@ -89,6 +93,10 @@ def _set_rlimits(settings: WorkerSettings) -> LayerStatus:
         resource.RLIMIT_CORE: 0,
     }
     for which, value in limits.items():
+        _, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)  # the machine may already allow less than we would
+        limits[which] = value
         resource.setrlimit(which, (value, value))
     return LayerStatus(
         name="rlimits",
@@ -100,8 +108,42 @@ def _set_rlimits(settings: WorkerSettings) -> LayerStatus:
     )
 
 
+class _CapabilityHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapabilitySet(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> LayerStatus:
+    """Give up every capability for good, so that a worker started by root is not root in power.
+
+    The bounding set goes first (which needs CAP_SETPCAP, so it must precede the capset): without
+    it, root would regain full capabilities on exec wherever seccomp is not there to deny exec.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    had = _capability_mask()
+    for capability in range(64):
+        libc.prctl(_PR_CAPBSET_DROP, ctypes.c_ulong(capability), 0, 0, 0)  # EINVAL past the last one
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = _CapabilityHeader(version=_LINUX_CAPABILITY_VERSION_3, pid=0)
+    if libc.capset(ctypes.byref(header), (_CapabilitySet * 2)()) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    detail = "no_new_privs; " + ("all capabilities dropped" if had else "no capabilities held")
+    return LayerStatus(name="privileges", active=True, detail=detail)
+
+
+def _capability_mask() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
 def _confine(settings: WorkerSettings) -> list[LayerStatus]:
-    layers = [_set_rlimits(settings)]
+    layers = [_set_rlimits(settings), _drop_capabilities()]
     if settings.landlock:
         try:
             detail = landlock.restrict_self(
@@ -210,13 +252,26 @@ class _Worker:
         self.flush_interval_s = float(init.get("flush_interval_s", 0.1))
         self.metrics: list[tuple[str, str, str, Callable[..., Any] | None]] = []
         self.metric_errors: dict[str, str] = {}
-        for metric in init["metrics"]:
-            function = None
+        for index, metric in enumerate(init["metrics"]):
+            self.metrics.append((metric["name"], metric["level"], metric["filename"], self._load(index, metric)))
+
+    def _load(self, index: int, metric: dict) -> Callable[..., Any] | None:
+        """Run the metric's module-level code, under the same time limit as a call."""
+        if metric.get("disabled"):
+            self.metric_errors[metric["name"]] = metric["disabled"]
+            return None
+        _send(self.proto_out, {"t": "loading", "metric": index})
+        try:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout_s, _SOFT_TIMEOUT_REPEAT_S)
             try:
-                function = _load_metric(metric["name"], metric["source"], metric["filename"])
-            except BaseException as error:  # module-level code of the metric failed
-                self.metric_errors[metric["name"]] = _trimmed_traceback(error, metric["filename"])
-            self.metrics.append((metric["name"], metric["level"], metric["filename"], function))
+                return _load_metric(metric["name"], metric["source"], metric["filename"])
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _SoftTimeout:
+            self.metric_errors[metric["name"]] = f"module-level code ran past the {self.timeout_s:g} s time limit"
+        except BaseException as error:  # module-level code of the metric failed
+            self.metric_errors[metric["name"]] = _trimmed_traceback(error, metric["filename"])
+        return None
 
     def serve(self) -> None:
         while (frame := read_frame_blocking(self.proto_in)) is not None:
@@ -243,7 +298,8 @@ class _Worker:
     ) -> dict:
         name, level, filename, function = self.metrics[call["metric"]]
         if function is None:
-            return {"score": None, "kind": "metric_load", "error": f"metric {name} failed to load"}
+            reason = self.metric_errors.get(name, "").strip().splitlines()
+            return {"score": None, "kind": "metric_load", "error": f"metric {name} failed to load: {reason[-1:]}"}
         if image_error is not None:
             return {"score": None, "kind": "image_unreadable", "error": image_error}
         # Each metric gets its own copy of the scene, so one metric mutating it can't skew the next.

@@ -6,7 +6,9 @@ images, through the real ScoringEngine, and gets back every CallResult split by 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import textwrap
 import time
 from collections.abc import Iterable
@@ -42,7 +44,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "landlock_only": ("landlock",),
     "seccomp_only": ("seccomp",),
     "bwrap_only": ("bwrap",),
-    "landlock_seccomp": ("landlock", "seccomp"),
+    "no_bwrap": ("landlock", "seccomp"),  # what a machine without user namespaces gets
     "unconfined": (),
 }
 
@@ -64,7 +66,7 @@ def require_layers(name: str) -> None:
 
 def brightness(index: int) -> int:
     """The uniform grey level of image `index`; also the benign metric's expected score."""
-    return 20 + 30 * index
+    return 10 + 24 * (index % 10)
 
 
 def make_dataset(folder: Path, count: int, objects: int = 0) -> list[tuple[str, dict]]:
@@ -73,7 +75,8 @@ def make_dataset(folder: Path, count: int, objects: int = 0) -> list[tuple[str, 
     items = []
     for index in range(count):
         path = folder / f"img{index}.png"
-        cv2.imwrite(str(path), np.full((HEIGHT, WIDTH, 3), brightness(index), np.uint8))
+        if not path.exists():  # a test may have made the dataset already, to snapshot it
+            cv2.imwrite(str(path), np.full((HEIGHT, WIDTH, 3), brightness(index), np.uint8))
         annotations = [
             {
                 "id": 100 * index + k,
@@ -95,9 +98,56 @@ def make_dataset(folder: Path, count: int, objects: int = 0) -> list[tuple[str, 
     return items
 
 
+# Put in front of every hostile metric: its parameters, and helpers that record each attack step.
+# A step that fails is recorded as "denied: <exception>", one that works as "ok: <what it returned>";
+# report() raises them all as JSON, so the test reads them back from the call's error text.
+PRELUDE = textwrap.dedent(
+    """
+    import ctypes as _ctypes
+    import json as _json
+    import os as _os
+
+    LIBC = _ctypes.CDLL(None, use_errno=True)
+    LIBC.syscall.restype = _ctypes.c_long
+    OUTCOMES = {}
+
+
+    def attempt(name, action):
+        try:
+            value = action()
+        except Exception as error:
+            OUTCOMES[name] = f"denied: {type(error).__name__}: {error}"[:300]
+            return None
+        OUTCOMES[name] = f"ok: {value!r}"[:300]
+        return value
+
+
+    def libc_call(function, *args):
+        _ctypes.set_errno(0)
+        result = function(*args)
+        if result == -1:
+            code = _ctypes.get_errno()
+            raise OSError(code, _os.strerror(code))
+        return result
+
+
+    def report():
+        text = _json.dumps(OUTCOMES)
+        OUTCOMES.clear()
+        raise RuntimeError("OUTCOMES=" + text)
+    """
+)
+
+
 def hostile_source(body: str, params: dict | None = None) -> str:
-    """A metric source: `P = {...}` (test parameters as a literal) followed by the dedented body."""
-    return f"P = {params or {}!r}\n" + textwrap.dedent(body)
+    """A metric source: `P = {...}` (the test's parameters), the prelude, then the dedented body."""
+    return f"P = {params or {}!r}\n" + PRELUDE + textwrap.dedent(body)
+
+
+def outcomes_of(result: CallResult) -> dict[str, str]:
+    """The attack steps a hostile call recorded with report(); {} when it never got that far."""
+    match = re.search(r"OUTCOMES=(\{.*\})\s*$", result.error or "", re.MULTILINE)
+    return json.loads(match.group(1)) if match else {}
 
 
 @dataclass
@@ -129,7 +179,8 @@ class Outcome:
         return {result.kind for result in self.hostile}
 
     def describe(self) -> str:
-        return "\n".join(f"{r.metric}/{r.image_id}: score={r.score} kind={r.kind} error={r.error!r}" for r in self.results)
+        lines = [f"{r.metric}/{r.image_id}: score={r.score} kind={r.kind} error={r.error!r}" for r in self.results]
+        return "\n".join(lines)
 
 
 def run_hostile(
@@ -175,6 +226,8 @@ def run_hostile(
     report = ScoringEngine(sandbox_config).run(metrics, tasks, results.extend)
     elapsed = time.monotonic() - started
     outcome = Outcome(results=results, report=report, elapsed_s=elapsed, images=items, dataset=dataset)
+    # Every worker (and bwrap) has the dataset path on its command line: none may outlive the run.
+    assert wait_until_gone(str(dataset)) == [], "sandbox processes outlived the run"
     assert_benign_complete(outcome)
     expected_hostile = len(hostile_images) * (1 if level == "image" else objects)
     assert len(outcome.hostile) == expected_hostile, outcome.describe()
@@ -211,6 +264,14 @@ def processes_with(marker: str) -> list[int]:
         if marker in cmdline and state != "Z":
             found.append(int(entry))
     return found
+
+
+def wait_until_gone(marker: str, timeout_s: float = 5.0) -> list[int]:
+    """Wait for every process whose command line holds `marker` to end; return those still alive."""
+    deadline = time.monotonic() + timeout_s
+    while (alive := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
 
 
 def process_state(pid: int) -> str | None:
