@@ -70,6 +70,8 @@ def run_doctor() -> DoctorReport:
     active = {layer.name for layer in layers if layer.active}
     if not {"landlock", "bwrap"} & active:
         notes.append("neither Landlock nor bwrap is active: same-user processes' /proc/PID/environ may be readable")
+    if "bwrap" not in active:
+        notes.append("bwrap is off: scratch is a host folder whose total size is not bounded (each file is)")
     if "seccomp" not in active:
         notes.append("seccomp is off: a metric can fork; children are still killed with the worker's process group")
     return DoctorReport(
