@@ -30,8 +30,9 @@ from sandbox.isolation import IsolationUnavailable, SandboxConfig
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+# Piped output has no terminal width; 120 columns keep the tables readable in logs.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,6 +199,7 @@ class _ProgressBar:
 
 def _print_summary(outcome: ScoreOutcome, out: Path) -> None:
     table = Table("metric", "level", "scored", "n/a", "failed", "min", "median", "max", title=f"wrote {out}")
+    table.columns[0].no_wrap = True
     for summary in outcome.summaries:
         failures = ", ".join(f"{count} {kind}" for kind, count in summary.failures.most_common()) or "0"
         quantiles = summary.quantiles()
