@@ -28,7 +28,7 @@ from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
 from sandbox.engine import WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
 # Piped output has no terminal width; 120 columns keep the tables readable in logs.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
@@ -260,6 +260,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         stderr.print("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as error:  # a file we were told to read or write: the user's to fix
+        if debug:
+            traceback.print_exc()
+        where = f"{error.filename}: " if error.filename else ""
+        stderr.print(f"error: {where}{error.strerror or error}", markup=False)
+        return EXIT_USAGE
+    except Exception as error:  # a bug in metricsmith: say so in one line, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        stderr.print(
+            f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback, and report it)",
+            markup=False,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -245,3 +245,15 @@ def test_doctor_json_reports_each_layer() -> None:
             assert layer["active"] == machine.get(layer["name"]).available, layer
     inactive = [layer["name"] for layer in report["layers"] if not layer["active"]]
     assert len(report["missing_protections"]) == len(inactive)
+
+
+def test_unwritable_output_is_one_line_and_exit_2(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    annotations = make_dataset(tmp_path / "data")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    out = blocker / "scores.csv"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[0]), "--out", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(blocker) in lines[0]
+    assert "Traceback" not in result.stderr
