@@ -204,6 +204,11 @@ class Dataset:
         """`image_root / file_name`; the root is already resolved, so this touches no file system."""
         return self.image_root / self._image(image_id).file_name
 
+    def annotation_ids(self, image_id: int) -> list[int]:
+        """The ids of the image's annotations in file order: the order of `objects_of`."""
+        self._image(image_id)
+        return [annotation.id for annotation in self._annotations_by_image[image_id]]
+
     def objects_of(self, image_id: int) -> list[dict[str, Any]]:
         """Fresh plain dicts for the image's annotations in file order; `[]` when it has none."""
         self._image(image_id)

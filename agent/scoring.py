@@ -112,7 +112,7 @@ class _Collector:
         summary = self.summaries[result.metric]
         annotation_id = None
         if result.obj is not None:
-            annotation_id = self.dataset.objects_of(result.image_id)[result.obj]["id"]
+            annotation_id = self.dataset.annotation_ids(result.image_id)[result.obj]
         if result.kind is not None:
             summary.failures[result.kind] += 1
         elif result.score is None:

@@ -22,7 +22,7 @@ from sandbox.protocol import (
     ResultsFrame,
     WorkerSettings,
     decode_worker_frame,
-    encode_frame,
+    encode_model,
 )
 
 # Variables that change numeric results or stop old OpenBLAS builds from crashing on some CPUs.
@@ -94,7 +94,7 @@ class WorkerProcess:
         """Write one frame; False when the worker is already gone."""
         assert self.process.stdin is not None
         try:
-            self.process.stdin.write(encode_frame(frame))
+            self.process.stdin.write(encode_model(frame))
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             return False

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import struct
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-MAX_FRAME_BYTES = 32 * 1024 * 1024
-_LENGTH = struct.Struct(">I")
+from sandbox.framing import MAX_FRAME_BYTES, FrameReader, ProtocolViolation, frame_bytes, refuse_constant
 
 # Why a call failed. "exception", "timeout" and "invalid_output" are reported by the worker;
 # "crash", "hard_timeout" and "protocol" are decided by the host when the worker misbehaves.
@@ -34,10 +31,6 @@ ErrorKind = Literal[
     "hard_timeout",
     "protocol",
 ]
-
-
-class ProtocolViolation(Exception):
-    """The worker sent something that is not a valid frame. The host kills it."""
 
 
 class _Strict(BaseModel):
@@ -132,70 +125,13 @@ WorkerFrame = Annotated[LoadingFrame | ReadyFrame | ResultsFrame, Field(discrimi
 _WORKER_FRAME = TypeAdapter(WorkerFrame)
 
 
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name} in frame")
-
-
-def encode_frame(message: BaseModel | dict) -> bytes:
-    """Serialise one frame, length prefix included."""
-    if isinstance(message, BaseModel):
-        body = message.model_dump_json().encode()
-    else:
-        body = json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
-    if len(body) > MAX_FRAME_BYTES:
-        raise ValueError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
-    return _LENGTH.pack(len(body)) + body
-
-
 def decode_worker_frame(body: bytes) -> LoadingFrame | ReadyFrame | ResultsFrame:
     """Parse and validate one frame from a worker; anything off raises ProtocolViolation."""
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        data = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
         return _WORKER_FRAME.validate_python(data)
     except Exception as error:  # every way a frame can be bad means the same thing here
         raise ProtocolViolation(f"invalid frame from worker: {str(error)[:300]}") from None
-
-
-class FrameReader:
-    """Accumulates bytes from a pipe and yields complete frame bodies."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
-        bodies: list[bytes] = []
-        while len(self._buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self._buffer)
-            if length > MAX_FRAME_BYTES:
-                raise ProtocolViolation(f"worker announced a {length}-byte frame; the limit is {MAX_FRAME_BYTES}")
-            if len(self._buffer) < _LENGTH.size + length:
-                break
-            bodies.append(bytes(self._buffer[_LENGTH.size : _LENGTH.size + length]))
-            del self._buffer[: _LENGTH.size + length]
-        return bodies
-
-
-def read_frame_blocking(fd: int) -> dict | None:
-    """Worker side: read one host frame from a blocking fd. None at end of input."""
-    header = _read_exactly(fd, _LENGTH.size)
-    if header is None:
-        return None
-    (length,) = _LENGTH.unpack(header)
-    body = _read_exactly(fd, length)
-    if body is None:
-        return None
-    return json.loads(body)
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < size:
-        piece = os.read(fd, size - len(chunks))
-        if not piece:
-            return None
-        chunks += piece
-    return bytes(chunks)
 
 
 class WorkerSettings(_Strict):
@@ -210,3 +146,11 @@ class WorkerSettings(_Strict):
     landlock: bool = True
     seccomp: bool = True
     parent_pid: int | None = None
+
+
+def encode_model(message: BaseModel) -> bytes:
+    """One frame from a host-side model."""
+    return frame_bytes(message.model_dump_json().encode())
+
+
+__all__ = ["MAX_FRAME_BYTES", "FrameReader", "ProtocolViolation", "encode_model"]

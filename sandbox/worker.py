@@ -26,14 +26,15 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
 from sandbox import landlock, seccomp_filter
+from sandbox.framing import encode_frame, read_frame_blocking
 from sandbox.paths import SYSTEM_READ_ONLY, python_runtime_dirs
-from sandbox.protocol import LayerStatus, WorkerSettings, encode_frame, read_frame_blocking
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
@@ -43,6 +44,28 @@ _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _MAX_ERROR_CHARS = 4000
 _SOFT_TIMEOUT_REPEAT_S = 0.05
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The worker's view of `sandbox.protocol.WorkerSettings`, which the host validated and sent.
+
+    A plain dataclass, because importing pydantic would double the worker's start-up time.
+    """
+
+    scratch: str
+    read_only_paths: list[str]
+    memory_mb: int
+    cpu_seconds: int
+    file_size_mb: int
+    open_files: int
+    landlock: bool
+    seccomp: bool
+    parent_pid: int | None
+
+
+def _layer(name: str, active: bool, detail: str) -> dict:
+    return {"name": name, "active": active, "detail": detail}
 
 
 class _SoftTimeout(BaseException):
@@ -81,7 +104,7 @@ def _address_space_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _set_rlimits(settings: WorkerSettings) -> LayerStatus:
+def _set_rlimits(settings: _Settings) -> dict:
     # The memory budget is on top of what the interpreter, numpy and cv2 already map.
     address_space = _address_space_bytes() + settings.memory_mb * 1024 * 1024
     highest_fd = max(int(name) for name in os.listdir("/proc/self/fd"))
@@ -98,7 +121,7 @@ def _set_rlimits(settings: WorkerSettings) -> LayerStatus:
             value = min(value, hard)  # the machine may already allow less than we would
         limits[which] = value
         resource.setrlimit(which, (value, value))
-    return LayerStatus(
+    return _layer(
         name="rlimits",
         active=True,
         detail=(
@@ -116,7 +139,7 @@ class _CapabilitySet(ctypes.Structure):
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
-def _drop_capabilities() -> LayerStatus:
+def _drop_capabilities() -> dict:
     """Give up every capability for good, so that a worker started by root is not root in power.
 
     The bounding set goes first (which needs CAP_SETPCAP, so it must precede the capset): without
@@ -131,7 +154,7 @@ def _drop_capabilities() -> LayerStatus:
     if libc.capset(ctypes.byref(header), (_CapabilitySet * 2)()) != 0:
         raise OSError(ctypes.get_errno(), "capset failed")
     detail = "no_new_privs; " + ("all capabilities dropped" if had else "no capabilities held")
-    return LayerStatus(name="privileges", active=True, detail=detail)
+    return _layer(name="privileges", active=True, detail=detail)
 
 
 def _capability_mask() -> int:
@@ -142,7 +165,7 @@ def _capability_mask() -> int:
     return 0
 
 
-def _confine(settings: WorkerSettings) -> list[LayerStatus]:
+def _confine(settings: _Settings) -> list[dict]:
     layers = [_set_rlimits(settings), _drop_capabilities()]
     if settings.landlock:
         try:
@@ -151,14 +174,14 @@ def _confine(settings: WorkerSettings) -> list[LayerStatus]:
                 read_write=[settings.scratch],
                 read_write_files=["/dev/null"],
             )
-            layers.append(LayerStatus(name="landlock", active=True, detail=detail))
+            layers.append(_layer(name="landlock", active=True, detail=detail))
         except landlock.LandlockUnavailable as error:
-            layers.append(LayerStatus(name="landlock", active=False, detail=str(error)))
+            layers.append(_layer(name="landlock", active=False, detail=str(error)))
     if settings.seccomp:
         try:
-            layers.append(LayerStatus(name="seccomp", active=True, detail=seccomp_filter.install_deny_list()))
+            layers.append(_layer(name="seccomp", active=True, detail=seccomp_filter.install_deny_list()))
         except seccomp_filter.SeccompUnavailable as error:
-            layers.append(LayerStatus(name="seccomp", active=False, detail=str(error)))
+            layers.append(_layer(name="seccomp", active=False, detail=str(error)))
     return layers
 
 
@@ -245,6 +268,44 @@ def _decode(path: str, scene: dict) -> tuple[np.ndarray | None, str | None]:
     return image, None
 
 
+def _freeze(value: Any) -> Any:
+    """Lists become tuples, all the way down: what is immutable can be shared between metrics."""
+    if isinstance(value, list):
+        return tuple(_freeze(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _freeze(item) for key, item in value.items()}
+    return value
+
+
+def _freeze_nested(scene: dict) -> dict:
+    """Once per image: freeze each object's segmentation, the one large nested value of a scene."""
+    for obj in scene.get("annotations", ()):
+        if "segmentation" in obj:
+            obj["segmentation"] = _freeze(obj["segmentation"])
+    return scene
+
+
+def _copy_scene(scene: dict) -> dict:
+    """A metric's own scene: fresh dicts and lists wherever it may write.
+
+    Segmentations stay frozen and shared: copying every polygon for every metric cost more than the
+    metrics themselves on typical scenes.
+    """
+    return {
+        "image": dict(scene.get("image", {})),
+        "annotations": [_copy_object(obj) for obj in scene.get("annotations", ())],
+        "categories": [dict(category) for category in scene.get("categories", ())],
+    }
+
+
+def _copy_object(obj: dict) -> dict:
+    fresh = dict(obj)
+    fresh["bbox"] = list(obj.get("bbox", ()))
+    if isinstance(obj.get("segmentation"), dict):  # RLE: its counts are frozen, the dict is not
+        fresh["segmentation"] = dict(obj["segmentation"])
+    return fresh
+
+
 class _Worker:
     def __init__(self, proto_in: int, proto_out: int, init: dict) -> None:
         self.proto_in, self.proto_out = proto_in, proto_out
@@ -284,17 +345,17 @@ class _Worker:
         last_flush = time.monotonic()
         for task in frame["tasks"]:
             image, image_error = _decode(task["path"], task["scene"])
-            scene_json = json.dumps(task["scene"])
+            scene = _freeze_nested(task["scene"])
             copies: dict[int, dict] = {}
             for call in task["calls"]:
-                rows.append(self._call(call, image, image_error, scene_json, copies))
+                rows.append(self._call(call, image, image_error, scene, copies))
                 if time.monotonic() - last_flush >= self.flush_interval_s:
                     _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": False})
                     rows, last_flush = [], time.monotonic()
         _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": True})
 
     def _call(
-        self, call: dict, image: np.ndarray | None, image_error: str | None, scene_json: str, copies: dict[int, dict]
+        self, call: dict, image: np.ndarray | None, image_error: str | None, scene: dict, copies: dict[int, dict]
     ) -> dict:
         name, level, filename, function = self.metrics[call["metric"]]
         if function is None:
@@ -303,15 +364,15 @@ class _Worker:
         if image_error is not None:
             return {"score": None, "kind": "image_unreadable", "error": image_error}
         # Each metric gets its own copy of the scene, so one metric mutating it can't skew the next.
-        scene = copies.get(call["metric"])
-        if scene is None:
-            scene = copies[call["metric"]] = json.loads(scene_json)
-        args = (image, scene) if level == "image" else (image, scene["annotations"][call["obj"]], scene)
+        own = copies.get(call["metric"])
+        if own is None:
+            own = copies[call["metric"]] = _copy_scene(scene)
+        args = (image, own) if level == "image" else (image, own["annotations"][call["obj"]], own)
         return _run_call(function, args, self.timeout_s, filename)
 
 
 def main() -> None:
-    settings = WorkerSettings.model_validate_json(sys.argv[1])
+    settings = _Settings(**json.loads(sys.argv[1]))
     _bind_to_parent(settings.parent_pid)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
     cv2.setNumThreads(1)
@@ -330,7 +391,7 @@ def main() -> None:
         {
             "t": "ready",
             "pid": os.getpid(),
-            "layers": [layer.model_dump() for layer in layers],
+            "layers": layers,
             "metric_errors": worker.metric_errors,
         },
     )

@@ -1,0 +1,76 @@
+"""Length-prefixed JSON frames: the byte level of the host–worker protocol.
+
+Kept free of pydantic so the worker, which imports it, starts fast; the host validates what it
+reads with the models in `sandbox.protocol`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+_LENGTH = struct.Struct(">I")
+
+
+def refuse_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} in frame")
+
+
+class ProtocolViolation(Exception):
+    """The worker sent something that is not a valid frame. The host kills it."""
+
+
+def frame_bytes(body: bytes) -> bytes:
+    """One frame around an already serialised JSON body, length prefix included."""
+    if len(body) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    return _LENGTH.pack(len(body)) + body
+
+
+def encode_frame(message: dict) -> bytes:
+    """Serialise one frame from plain data; NaN and infinity are refused."""
+    return frame_bytes(json.dumps(message, allow_nan=False, separators=(",", ":")).encode())
+
+
+class FrameReader:
+    """Accumulates bytes from a pipe and yields complete frame bodies."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        bodies: list[bytes] = []
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > MAX_FRAME_BYTES:
+                raise ProtocolViolation(f"worker announced a {length}-byte frame; the limit is {MAX_FRAME_BYTES}")
+            if len(self._buffer) < _LENGTH.size + length:
+                break
+            bodies.append(bytes(self._buffer[_LENGTH.size : _LENGTH.size + length]))
+            del self._buffer[: _LENGTH.size + length]
+        return bodies
+
+
+def read_frame_blocking(fd: int) -> dict | None:
+    """Worker side: read one host frame from a blocking fd. None at end of input."""
+    header = _read_exactly(fd, _LENGTH.size)
+    if header is None:
+        return None
+    (length,) = _LENGTH.unpack(header)
+    body = _read_exactly(fd, length)
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        piece = os.read(fd, size - len(chunks))
+        if not piece:
+            return None
+        chunks += piece
+    return bytes(chunks)
