@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import UserError
 
@@ -117,6 +117,17 @@ class CategoryInfo(BaseModel):
     supercategory: str | None = None
 
 
+def _freeze_json(value: Any) -> Any:
+    """Lists become tuples, all the way down; a flat list of numbers in one C-level step."""
+    if isinstance(value, list):
+        if value and isinstance(value[0], list | dict):
+            return tuple(_freeze_json(item) for item in value)
+        return tuple(value)
+    if isinstance(value, dict):
+        return {key: _freeze_json(item) for key, item in value.items()}
+    return value
+
+
 class AnnotationInfo(BaseModel):
     """One entry of `annotations`; `area` is always set (w*h when the file has none)."""
 
@@ -128,8 +139,9 @@ class AnnotationInfo(BaseModel):
     bbox: tuple[_FiniteNumber, _FiniteNumber, _FiniteNumber, _FiniteNumber]
     area: _FiniteNumber
     iscrowd: Annotated[int, BeforeValidator(_crowd_flag), Field(strict=True)] = 0
-    # Polygons or RLE, passed through untouched; None means the file had no segmentation.
-    segmentation: Any = None
+    # Polygons or RLE; None means the file had no segmentation. Lists are frozen into tuples once,
+    # here, so every consumer can share them instead of copying thousands of points each time.
+    segmentation: Annotated[Any, AfterValidator(_freeze_json)] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -243,9 +255,10 @@ def _object_dict(annotation: AnnotationInfo, category_name: str) -> dict[str, An
         "area": annotation.area,
         "iscrowd": annotation.iscrowd,
     }
-    if annotation.segmentation is not None:
-        # Copied so that a metric editing its polygons in place cannot change the dataset.
-        obj["segmentation"] = _copy_json(annotation.segmentation)
+    segmentation = annotation.segmentation
+    if segmentation is not None:
+        # Polygons are frozen tuples and shared; an RLE dict gets a fresh dict around frozen counts.
+        obj["segmentation"] = dict(segmentation) if isinstance(segmentation, dict) else segmentation
     return obj
 
 
@@ -254,14 +267,6 @@ def _category_dict(category: CategoryInfo) -> dict[str, Any]:
     if category.supercategory is not None:
         result["supercategory"] = category.supercategory
     return result
-
-
-def _copy_json(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_copy_json(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _copy_json(item) for key, item in value.items()}
-    return value
 
 
 def default_image_root(annotations_path: Path) -> Path:
@@ -537,8 +542,8 @@ def _show_image(image: ImageInfo) -> str:
 def _has_non_finite(value: Any) -> bool:
     if isinstance(value, float):
         return not math.isfinite(value)
-    if isinstance(value, list):
-        if value and isinstance(value[0], list | dict):
+    if isinstance(value, list | tuple):
+        if value and isinstance(value[0], list | tuple | dict):
             return any(_has_non_finite(item) for item in value)
         try:
             # Fast path for a flat polygon or RLE counts: one C-level pass, no Python recursion.

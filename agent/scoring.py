@@ -101,6 +101,7 @@ class _Collector:
         self.dataset, self.specs, self.on_rows = dataset, specs, on_rows
         self.rows: list[ScoreRow] = []
         self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
+        self._annotation_ids: dict[int, list[int]] = {}
 
     def __call__(self, results: list[CallResult]) -> None:
         batch = [self._row(result) for result in results]
@@ -112,7 +113,10 @@ class _Collector:
         summary = self.summaries[result.metric]
         annotation_id = None
         if result.obj is not None:
-            annotation_id = self.dataset.annotation_ids(result.image_id)[result.obj]
+            ids = self._annotation_ids.get(result.image_id)
+            if ids is None:
+                ids = self._annotation_ids[result.image_id] = self.dataset.annotation_ids(result.image_id)
+            annotation_id = ids[result.obj]
         if result.kind is not None:
             summary.failures[result.kind] += 1
         elif result.score is None:

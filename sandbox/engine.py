@@ -63,15 +63,26 @@ class RunReport:
 
 
 @dataclass
+class _Chunk:
+    id: int
+    tasks: list[tuple[ImageTask, bool]]  # (task, isolated), as they came off the queue
+    calls: list[tuple[ImageTask, Call]]
+
+
+@dataclass
 class _Slot:
-    """A worker and the chunk it is working on."""
+    """A worker and the chunks sent to it: the first is running, the next waits in its pipe."""
 
     worker: WorkerProcess
-    chunk_id: int = -1
-    calls: list[tuple[ImageTask, Call]] = field(default_factory=list)
-    reported: int = 0
+    chunks: deque[_Chunk] = field(default_factory=deque)
+    reported: int = 0  # results received for chunks[0]
     deadline: float = float("inf")
     loading: int | None = None  # the metric whose module-level code the starting worker is running
+    writing: bool = False  # registered with the selector for EVENT_WRITE
+
+
+# A second chunk queued behind the running one hides the round trip between chunks.
+_CHUNKS_IN_FLIGHT = 2
 
 
 def _hard_deadline_s(timeout_s: float) -> float:
@@ -171,8 +182,9 @@ class _Run:
         return slot
 
     def _retire(self, slot: _Slot) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(slot.worker.stdout_fd)
+        for fd in (slot.worker.stdout_fd, slot.worker.stdin_fd):
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
         slot.worker.kill()
 
     def _replace(self, slot: _Slot) -> None:
@@ -187,7 +199,7 @@ class _Run:
         self.selector.close()
 
     def _work_left(self) -> bool:
-        return bool(self.pending) or any(slot.calls for slot in self.slots)
+        return bool(self.pending) or any(slot.chunks for slot in self.slots)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -207,8 +219,16 @@ class _Run:
     def _step(self) -> None:
         now = time.monotonic()
         timeout = max(0.0, min((slot.deadline for slot in self.slots), default=now + 1.0) - now)
+        self._watch_writes()
         for key, _ in self.selector.select(timeout=min(timeout, 1.0)):
-            self._on_readable(key.data)
+            slot = key.data
+            if slot not in self.slots:
+                continue
+            if key.fd == slot.worker.stdin_fd:
+                if not slot.worker.flush():
+                    self._on_pipe_closed(slot)
+            else:
+                self._on_readable(slot)
         now = time.monotonic()
         for slot in list(self.slots):
             if slot.deadline < now:
@@ -218,9 +238,20 @@ class _Run:
                     self._startup_failed(slot, f"did not start within {self.config.startup_timeout_s:g} s")
                 else:
                     self._fail_current(slot, "hard_timeout", self._hard_timeout_message())
+        for slot in list(self.slots):
+            while slot.worker.ready is not None and len(slot.chunks) < _CHUNKS_IN_FLIGHT and self.pending:
+                if not self._assign(slot):
+                    break
+
+    def _watch_writes(self) -> None:
+        """Listen for a worker's stdin becoming writable only while its outbox holds something."""
         for slot in self.slots:
-            if slot.worker.ready is not None and not slot.calls and self.pending:
-                self._assign(slot)
+            if slot.worker.wants_write and not slot.writing:
+                self.selector.register(slot.worker.stdin_fd, selectors.EVENT_WRITE, slot)
+                slot.writing = True
+            elif slot.writing and not slot.worker.wants_write:
+                self.selector.unregister(slot.worker.stdin_fd)
+                slot.writing = False
 
     def _hard_timeout_message(self) -> str:
         return (
@@ -242,13 +273,15 @@ class _Run:
                 self._fail_current(slot, "protocol", f"the worker broke the protocol: {violation}")
             return
         if not still_open:
-            slot.worker.process.poll()
-            with contextlib.suppress(Exception):
-                slot.worker.process.wait(timeout=2)
-            if slot.worker.ready is None:
-                self._startup_failed(slot, slot.worker.exit_description())
-            else:
-                self._fail_current(slot, "crash", f"the worker {slot.worker.exit_description()}")
+            self._on_pipe_closed(slot)
+
+    def _on_pipe_closed(self, slot: _Slot) -> None:
+        with contextlib.suppress(Exception):
+            slot.worker.process.wait(timeout=2)
+        if slot.worker.ready is None:
+            self._startup_failed(slot, slot.worker.exit_description())
+        else:
+            self._fail_current(slot, "crash", f"the worker {slot.worker.exit_description()}")
 
     def _on_frame(self, slot: _Slot, frame: LoadingFrame | ReadyFrame | ResultsFrame) -> None:
         if isinstance(frame, LoadingFrame):
@@ -268,23 +301,27 @@ class _Run:
                 self.report.layers = self._with_host_layers(frame.layers)
             self.report.metric_errors.update(frame.metric_errors)
             return
-        if slot.worker.ready is None or frame.chunk != slot.chunk_id:
-            raise ProtocolViolation("results for a chunk the worker does not hold")
-        remaining = len(slot.calls) - slot.reported
+        if slot.worker.ready is None or not slot.chunks or frame.chunk != slot.chunks[0].id:
+            raise ProtocolViolation("results for a chunk the worker is not running")
+        chunk = slot.chunks[0]
+        remaining = len(chunk.calls) - slot.reported
         if len(frame.rows) > remaining or (frame.done and len(frame.rows) != remaining):
             raise ProtocolViolation(f"{len(frame.rows)} results where {remaining} calls were outstanding")
         results = []
         for row in frame.rows:
-            task, call = slot.calls[slot.reported]
+            task, call = chunk.calls[slot.reported]
             slot.reported += 1
             results.append(CallResult(call.metric, task.image_id, call.obj, row.score, row.kind, row.error))
         self._emit(results)
         slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
         if frame.done:
-            slot.worker.images_done += len({task.image_id for task, _ in slot.calls})
-            slot.calls, slot.reported, slot.deadline = [], 0, float("inf")
-            if slot.worker.images_done >= self.config.recycle_after_images and self.pending:
-                self._replace(slot)
+            slot.chunks.popleft()
+            slot.reported = 0
+            slot.worker.images_done += len(chunk.tasks)
+            if not slot.chunks:
+                slot.deadline = float("inf")
+                if slot.worker.images_done >= self.config.recycle_after_images and self.pending:
+                    self._replace(slot)
 
     def _check_layers(self, slot: _Slot, ready: ReadyFrame) -> None:
         missing = [
@@ -326,41 +363,52 @@ class _Run:
 
     # -- work ----------------------------------------------------------------------------------
 
-    def _assign(self, slot: _Slot) -> None:
+    def _assign(self, slot: _Slot) -> bool:
+        """Send the worker its next chunk; False when the worker turned out to be gone."""
         share = max(1, len(self.pending) // (2 * len(self.slots)))
         size = min(self.config.chunk_images, share)
-        tasks: list[ImageTask] = []
-        while self.pending and len(tasks) < size:
-            task, isolated = self.pending[0]
-            if isolated and tasks:
+        taken: list[tuple[ImageTask, bool]] = []
+        while self.pending and len(taken) < size:
+            _, isolated = self.pending[0]
+            if isolated and taken:
                 break  # a suspect call always runs alone
-            self.pending.popleft()
-            tasks.append(task)
+            taken.append(self.pending.popleft())
             if isolated:
                 break
         self.next_chunk += 1
-        slot.chunk_id = self.next_chunk
-        slot.calls = [(task, call) for task in tasks for call in task.calls]
-        slot.reported = 0
-        slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
-        if not slot.worker.send(ChunkFrame(chunk=slot.chunk_id, tasks=tuple(tasks))):
+        chunk = _Chunk(
+            id=self.next_chunk, tasks=taken, calls=[(task, call) for task, _ in taken for call in task.calls]
+        )
+        if not slot.chunks:
+            slot.reported = 0
+            slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
+        slot.chunks.append(chunk)
+        if not slot.worker.send(ChunkFrame(chunk=chunk.id, tasks=tuple(task for task, _ in taken))):
             self._fail_current(slot, "crash", f"the worker {slot.worker.exit_description()}")
+            return False
+        return True
 
     def _fail_current(self, slot: _Slot, kind: ErrorKind, message: str) -> None:
-        """The worker died, hung or lied while running the chunk: find the call to blame.
+        """The worker died, hung or lied while running a chunk: find the call to blame.
 
         Results come back a few at a time, so with several calls unreported it is not known which
         one was running. Those calls are then queued again one per chunk, and the next failure
-        among them has a single suspect, which is recorded as failed. The worker is replaced.
+        among them has a single suspect, which is recorded as failed. Chunks still waiting in the
+        worker's pipe never started, so they go back to the queue as they were. The worker is replaced.
         """
-        unreported = slot.calls[slot.reported :]
-        if len(unreported) == 1:
-            task, call = unreported[0]
-            self._emit([CallResult(call.metric, task.image_id, call.obj, None, kind, message)])
-        else:
-            isolated = [(task.model_copy(update={"calls": (call,)}), True) for task, call in unreported]
-            self.pending.extendleft(reversed(isolated))
-        slot.calls, slot.reported = [], 0
+        requeue: list[tuple[ImageTask, bool]] = []
+        if slot.chunks:
+            unreported = slot.chunks[0].calls[slot.reported :]
+            if len(unreported) == 1:
+                task, call = unreported[0]
+                self._emit([CallResult(call.metric, task.image_id, call.obj, None, kind, message)])
+            else:
+                requeue = [(task.model_copy(update={"calls": (call,)}), True) for task, call in unreported]
+            for waiting in list(slot.chunks)[1:]:
+                requeue.extend(waiting.tasks)
+        self.pending.extendleft(reversed(requeue))
+        slot.chunks.clear()
+        slot.reported = 0
         self._replace(slot)
 
     def _emit(self, results: list[CallResult]) -> None:

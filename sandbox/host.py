@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from sandbox.protocol import (
 # None of them can carry a secret; everything else in the host's environment stays behind.
 _PASSED_THROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _SIGNAL_NUMBERS = {int(number) for number in signal.Signals}
+_F_SETPIPE_SZ = 1031
 
 
 def worker_environment(scratch: str) -> dict[str, str]:
@@ -87,18 +89,36 @@ class WorkerProcess:
         )
         assert self.process.stdout is not None and self.process.stdin is not None
         self.stdout_fd = self.process.stdout.fileno()
+        self.stdin_fd = self.process.stdin.fileno()
+        # Never block on a worker: one that stops reading (a metric can make it) must not freeze the
+        # host, whose deadlines are what kill it. Frames wait in an outbox until the pipe takes them.
         os.set_blocking(self.stdout_fd, False)
+        os.set_blocking(self.stdin_fd, False)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.stdin_fd, _F_SETPIPE_SZ, 1 << 20)  # room for a queued chunk
+        self._outbox = bytearray()
         self.send(init)
 
     def send(self, frame: InitFrame | ChunkFrame) -> bool:
-        """Write one frame; False when the worker is already gone."""
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(encode_model(frame))
-            self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return False
+        """Queue one frame and write what the pipe takes now; False when the worker is gone."""
+        self._outbox += encode_model(frame)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write as much of the outbox as the pipe takes without blocking; False when the worker is gone."""
+        while self._outbox:
+            try:
+                written = os.write(self.stdin_fd, self._outbox)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            del self._outbox[:written]
         return True
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._outbox)
 
     def read_frames(self) -> tuple[list[LoadingFrame | ReadyFrame | ResultsFrame], bool]:
         """Drain what the pipe holds now. Returns (frames, still_open). Raises ProtocolViolation."""

@@ -91,7 +91,7 @@ def test_valid_dataset_round_trip(coco_dir: Path) -> None:
             "bbox": [1.0, 2.0, 10.0, 20.0],
             "area": 150.5,
             "iscrowd": 0,
-            "segmentation": [[1, 2, 11, 2, 11, 22]],
+            "segmentation": ((1, 2, 11, 2, 11, 22),),
         },
         {
             "id": 11,
@@ -128,12 +128,14 @@ def test_valid_dataset_round_trip(coco_dir: Path) -> None:
 def test_returned_dicts_are_fresh_copies(coco_dir: Path) -> None:
     dataset = load_coco(coco_dir / "annotations.json")
     objects = dataset.objects_of(1)
-    objects[0]["segmentation"][0].append(99)
+    with pytest.raises(AttributeError):
+        objects[0]["segmentation"][0].append(99)  # polygons are frozen tuples, shared, never copied
+    objects[0]["segmentation"] = None
     objects[0]["bbox"][0] = -5.0
     dataset.scene(1)["categories"][0]["name"] = "changed"
 
     again = dataset.objects_of(1)
-    assert again[0]["segmentation"] == [[1, 2, 11, 2, 11, 22]]
+    assert again[0]["segmentation"] == ((1, 2, 11, 2, 11, 22),)
     assert again[0]["bbox"][0] == 1.0
     assert dataset.scene(1)["categories"][0]["name"] == "cat"
 
