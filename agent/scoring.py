@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -67,28 +67,39 @@ class ScoreOutcome:
         return sum(summary.failed for summary in self.summaries)
 
 
-def build_tasks(dataset: Dataset, specs: list[MetricSpec]) -> list[ImageTask]:
-    """One task per image with every call on it: image metrics once, object metrics per box."""
-    tasks = []
+def image_paths(dataset: Dataset) -> dict[int, str]:
+    """Each image's real path (symlinks resolved): what the workers open, and must be allowed to read."""
+    return {image.id: os.path.realpath(dataset.image_path(image.id)) for image in dataset.images}
+
+
+def build_tasks(dataset: Dataset, specs: list[MetricSpec], paths: dict[int, str] | None = None) -> Iterator[ImageTask]:
+    """One task per image with every call on it: image metrics once, object metrics per box.
+
+    A generator, so the engine can start its workers while the tasks are still being built.
+    """
+    paths = image_paths(dataset) if paths is None else paths
+    image_metrics = [Call(metric=index, obj=None) for index, spec in enumerate(specs) if spec.level == "image"]
+    object_metrics = [index for index, spec in enumerate(specs) if spec.level == "object"]
     for image in dataset.images:
         scene = dataset.scene(image.id)
-        calls: list[Call] = []
-        for index, spec in enumerate(specs):
-            if spec.level == "image":
-                calls.append(Call(metric=index, obj=None))
-            else:
-                calls.extend(Call(metric=index, obj=obj) for obj in range(len(scene["annotations"])))
+        objects = range(len(scene["annotations"]))
+        calls = [*image_metrics, *(Call(metric=index, obj=obj) for index in object_metrics for obj in objects)]
         if calls:
-            path = os.path.realpath(dataset.image_path(image.id))
-            tasks.append(ImageTask(image_id=image.id, path=path, scene=scene, calls=tuple(calls)))
-    return tasks
+            yield ImageTask(image_id=image.id, path=paths[image.id], scene=scene, calls=tuple(calls))
 
 
-def data_roots(dataset: Dataset, tasks: Iterable[ImageTask]) -> tuple[str, ...]:
+def count_calls(dataset: Dataset, specs: list[MetricSpec]) -> int:
+    """How many rows a complete run writes."""
+    per_image = sum(spec.level == "image" for spec in specs)
+    per_object = sum(spec.level == "object" for spec in specs)
+    return len(dataset.images) * per_image + len(dataset.annotations) * per_object
+
+
+def data_roots(dataset: Dataset, paths: Iterable[str]) -> tuple[str, ...]:
     """The folders workers may read: the image root, plus where symlinked images really live."""
     roots = [os.path.realpath(dataset.image_root)]
-    for task in tasks:
-        folder = os.path.dirname(task.path)
+    for path in paths:
+        folder = os.path.dirname(path)
         if not any(folder == root or folder.startswith(root + os.sep) for root in roots):
             roots.append(folder)
     return tuple(roots)
@@ -142,21 +153,22 @@ def score_dataset(
     on_rows: Callable[[list[ScoreRow]], None] = lambda rows: None,
 ) -> ScoreOutcome:
     """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted."""
-    tasks = build_tasks(dataset, specs)
-    config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *data_roots(dataset, tasks))})
+    paths = image_paths(dataset)
+    roots = data_roots(dataset, paths.values())
+    config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
     metrics = [MetricCode(name=spec.name, level=spec.level, source=spec.source, filename=spec.path) for spec in specs]
     collector = _Collector(dataset, specs, on_rows)
     engine = ScoringEngine(config)
     report = RunReport()
     interrupted = False
     try:
-        report = engine.run(metrics, tasks, collector)
+        report = engine.run(metrics, build_tasks(dataset, specs, paths), collector)
     except KeyboardInterrupt:
         interrupted = True
     collector.rows.sort(key=lambda row: (_order(specs, row.metric), row.image_id, row.annotation_id or 0))
     return ScoreOutcome(
         rows=collector.rows,
-        expected_rows=sum(len(task.calls) for task in tasks),
+        expected_rows=count_calls(dataset, specs),
         summaries=collector.summaries,
         layers=report.layers,
         metric_errors=report.metric_errors,

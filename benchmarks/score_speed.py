@@ -264,8 +264,8 @@ def cold_start(dataset: Dataset, spec: MetricSpec, repeats: int) -> list[float]:
     from sandbox.isolation import SandboxConfig
     from sandbox.protocol import MetricCode
 
-    tasks = build_tasks(dataset, [spec])[:1]
-    config = SandboxConfig(workers=1, read_only_paths=data_roots(dataset, tasks))
+    tasks = list(build_tasks(dataset, [spec]))[:1]
+    config = SandboxConfig(workers=1, read_only_paths=data_roots(dataset, [task.path for task in tasks]))
     metric = MetricCode(name=spec.name, level=spec.level, source=spec.source, filename=spec.path)
     times: list[float] = []
     for _ in range(repeats):

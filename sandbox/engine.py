@@ -15,7 +15,7 @@ import dataclasses
 import selectors
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 
 from sandbox.host import WorkerProcess
@@ -163,8 +163,8 @@ class _Run:
         self.config = config
         self.layers = layers
         self.init = InitFrame(metrics=tuple(metrics), timeout_s=config.timeout_s)
-        self.pending: deque[tuple[ImageTask, bool]] = deque((task, False) for task in tasks if task.calls)
-        self.total_tasks = len(self.pending)
+        self.tasks = tasks
+        self.pending: deque[tuple[ImageTask, bool]] = deque()
         self.sink = sink
         self.selector = selectors.DefaultSelector()
         self.slots: list[_Slot] = []
@@ -204,10 +204,14 @@ class _Run:
     # -- the loop ------------------------------------------------------------------------------
 
     def execute(self) -> RunReport:
-        if not self.pending:
+        # Workers start first: they import numpy and cv2 while the tasks are being built here.
+        count = self.config.workers
+        if isinstance(self.tasks, Sized):
+            count = min(count, len(self.tasks))
+        if count == 0:
             return self.report
-        count = min(self.config.workers, len(self.pending))
         self.slots = [self._spawn() for _ in range(count)]
+        self.pending.extend((task, False) for task in self.tasks if task.calls)
         try:
             while self._work_left():
                 self._step()
@@ -311,7 +315,9 @@ class _Run:
         for row in frame.rows:
             task, call = chunk.calls[slot.reported]
             slot.reported += 1
-            results.append(CallResult(call.metric, task.image_id, call.obj, row.score, row.kind, row.error))
+            results.append(
+                CallResult(call.metric, task.image_id, call.obj, row["score"], row.get("kind"), row.get("error"))
+            )
         self._emit(results)
         slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
         if frame.done:

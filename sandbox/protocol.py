@@ -12,10 +12,10 @@ Worker → host: a `LoadingFrame` before each metric's module code runs, one `Re
 from __future__ import annotations
 
 import json
-import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from typing_extensions import TypedDict
 
 from sandbox.framing import MAX_FRAME_BYTES, FrameReader, ProtocolViolation, frame_bytes, refuse_constant
 
@@ -99,19 +99,16 @@ class ReadyFrame(_Strict):
     metric_errors: dict[str, str] = Field(default_factory=dict)
 
 
-class ResultRow(_Strict):
-    """The outcome of the next call of the current chunk, in call order."""
+class ResultRow(TypedDict, closed=True):  # type: ignore[call-arg]
+    """The outcome of the next call of the current chunk, in call order.
 
-    score: float | None
-    kind: ErrorKind | None = None
-    error: Annotated[str, Field(max_length=20_000)] | None = None
+    A TypedDict, not a model: a run has one row per call, and pydantic checks these in its core
+    without building a Python object each.
+    """
 
-    @field_validator("score")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("score must be finite")
-        return value
+    score: Annotated[float, Field(allow_inf_nan=False)] | None
+    kind: NotRequired[ErrorKind | None]
+    error: NotRequired[Annotated[str, Field(max_length=20_000)] | None]
 
 
 class ResultsFrame(_Strict):

@@ -269,9 +269,14 @@ def _decode(path: str, scene: dict) -> tuple[np.ndarray | None, str | None]:
 
 
 def _freeze(value: Any) -> Any:
-    """Lists become tuples, all the way down: what is immutable can be shared between metrics."""
+    """Lists become tuples, all the way down: what is immutable can be shared between metrics.
+
+    A flat list of numbers (a polygon, RLE counts) is converted in one C-level step.
+    """
     if isinstance(value, list):
-        return tuple(_freeze(item) for item in value)
+        if value and isinstance(value[0], list | dict):
+            return tuple(_freeze(item) for item in value)
+        return tuple(value)
     if isinstance(value, dict):
         return {key: _freeze(item) for key, item in value.items()}
     return value
