@@ -22,7 +22,6 @@ from sandbox.host import WorkerProcess
 from sandbox.isolation import KERNEL_LAYERS, IsolationUnavailable, SandboxConfig, planned_layers
 from sandbox.protocol import (
     Call,
-    ChunkFrame,
     ErrorKind,
     ImageTask,
     InitFrame,
@@ -32,6 +31,7 @@ from sandbox.protocol import (
     ProtocolViolation,
     ReadyFrame,
     ResultsFrame,
+    encode_chunk,
 )
 
 _PR_SET_DUMPABLE = 4
@@ -389,7 +389,7 @@ class _Run:
             slot.reported = 0
             slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)
         slot.chunks.append(chunk)
-        if not slot.worker.send(ChunkFrame(chunk=chunk.id, tasks=tuple(task for task, _ in taken))):
+        if not slot.worker.send(encode_chunk(chunk.id, [task for task, _ in taken])):
             self._fail_current(slot, "crash", f"the worker {slot.worker.exit_description()}")
             return False
         return True

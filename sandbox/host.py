@@ -14,7 +14,6 @@ import time
 
 from sandbox import bwrap
 from sandbox.protocol import (
-    ChunkFrame,
     FrameReader,
     InitFrame,
     LoadingFrame,
@@ -99,9 +98,12 @@ class WorkerProcess:
         self._outbox = bytearray()
         self.send(init)
 
-    def send(self, frame: InitFrame | ChunkFrame) -> bool:
-        """Queue one frame and write what the pipe takes now; False when the worker is gone."""
-        self._outbox += encode_model(frame)
+    def send(self, frame: InitFrame | bytes) -> bool:
+        """Queue one frame (a model, or already encoded) and write what the pipe takes now.
+
+        False when the worker is gone.
+        """
+        self._outbox += frame if isinstance(frame, bytes) else encode_model(frame)
         return self.flush()
 
     def flush(self) -> bool:

@@ -12,12 +12,19 @@ Worker → host: a `LoadingFrame` before each metric's module code runs, one `Re
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Literal, NamedTuple, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict
 
-from sandbox.framing import MAX_FRAME_BYTES, FrameReader, ProtocolViolation, frame_bytes, refuse_constant
+from sandbox.framing import (
+    MAX_FRAME_BYTES,
+    FrameReader,
+    ProtocolViolation,
+    encode_frame,
+    frame_bytes,
+    refuse_constant,
+)
 
 # Why a call failed. "exception", "timeout" and "invalid_output" are reported by the worker;
 # "crash", "hard_timeout" and "protocol" are decided by the host when the worker misbehaves.
@@ -48,8 +55,11 @@ class MetricCode(_Strict):
     disabled: str | None = None
 
 
-class Call(_Strict):
-    """One score() call: metric index into InitFrame.metrics, annotation index into scene (or None)."""
+class Call(NamedTuple):
+    """One score() call: metric index into InitFrame.metrics, annotation index into scene (or None).
+
+    A named tuple: a run has one per item, and on the wire it is the pair `[metric, obj]`.
+    """
 
     metric: int
     obj: int | None
@@ -62,6 +72,18 @@ class ImageTask(_Strict):
     path: str
     scene: dict
     calls: tuple[Call, ...]
+
+
+def encode_chunk(chunk: int, tasks: tuple[ImageTask, ...] | list[ImageTask]) -> bytes:
+    """A ChunkFrame, serialised directly: scenes are plain JSON data, and this is the host's hot path."""
+    message = {
+        "t": "chunk",
+        "chunk": chunk,
+        "tasks": [
+            {"image_id": task.image_id, "path": task.path, "scene": task.scene, "calls": task.calls} for task in tasks
+        ],
+    }
+    return encode_frame(message)
 
 
 class InitFrame(_Strict):

@@ -360,19 +360,20 @@ class _Worker:
         _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": True})
 
     def _call(
-        self, call: dict, image: np.ndarray | None, image_error: str | None, scene: dict, copies: dict[int, dict]
+        self, call: list, image: np.ndarray | None, image_error: str | None, scene: dict, copies: dict[int, dict]
     ) -> dict:
-        name, level, filename, function = self.metrics[call["metric"]]
+        metric, obj = call
+        name, level, filename, function = self.metrics[metric]
         if function is None:
             reason = self.metric_errors.get(name, "").strip().splitlines()
             return {"score": None, "kind": "metric_load", "error": f"metric {name} failed to load: {reason[-1:]}"}
         if image_error is not None:
             return {"score": None, "kind": "image_unreadable", "error": image_error}
         # Each metric gets its own copy of the scene, so one metric mutating it can't skew the next.
-        own = copies.get(call["metric"])
+        own = copies.get(metric)
         if own is None:
-            own = copies[call["metric"]] = _copy_scene(scene)
-        args = (image, own) if level == "image" else (image, own["annotations"][call["obj"]], own)
+            own = copies[metric] = _copy_scene(scene)
+        args = (image, own) if level == "image" else (image, own["annotations"][obj], own)
         return _run_call(function, args, self.timeout_s, filename)
 
 
