@@ -1,7 +1,8 @@
 """Length-prefixed JSON frames: the byte level of the host–worker protocol.
 
 Kept free of pydantic so the worker, which imports it, starts fast; the host validates what it
-reads with the models in `sandbox.protocol`.
+reads with the models in `sandbox.protocol`. Frames are parsed with orjson: strict JSON (NaN and
+Infinity are refused) and several times faster than the standard library on scenes full of polygons.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ import json
 import os
 import struct
 
+import orjson
+
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
-
-
-def refuse_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name} in frame")
 
 
 class ProtocolViolation(Exception):
@@ -30,7 +29,7 @@ def frame_bytes(body: bytes) -> bytes:
 
 
 def encode_frame(message: dict) -> bytes:
-    """Serialise one frame from plain data; NaN and infinity are refused."""
+    """Serialise one frame from plain data; NaN and infinity are refused (orjson would write null)."""
     return frame_bytes(json.dumps(message, allow_nan=False, separators=(",", ":")).encode())
 
 
@@ -63,7 +62,7 @@ def read_frame_blocking(fd: int) -> dict | None:
     body = _read_exactly(fd, length)
     if body is None:
         return None
-    return json.loads(body)
+    return orjson.loads(body)
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:

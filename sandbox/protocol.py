@@ -11,9 +11,9 @@ Worker → host: a `LoadingFrame` before each metric's module code runs, one `Re
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal, NamedTuple, NotRequired
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict
 
@@ -21,9 +21,7 @@ from sandbox.framing import (
     MAX_FRAME_BYTES,
     FrameReader,
     ProtocolViolation,
-    encode_frame,
     frame_bytes,
-    refuse_constant,
 )
 
 # Why a call failed. "exception", "timeout" and "invalid_output" are reported by the worker;
@@ -80,10 +78,12 @@ def encode_chunk(chunk: int, tasks: tuple[ImageTask, ...] | list[ImageTask]) -> 
         "t": "chunk",
         "chunk": chunk,
         "tasks": [
-            {"image_id": task.image_id, "path": task.path, "scene": task.scene, "calls": task.calls} for task in tasks
+            {"image_id": task.image_id, "path": task.path, "scene": task.scene, "calls": list(map(tuple, task.calls))}
+            for task in tasks
         ],
     }
-    return encode_frame(message)
+    # orjson writes NaN as null rather than refusing it; the dataset layer has refused NaN already.
+    return frame_bytes(orjson.dumps(message))
 
 
 class InitFrame(_Strict):
@@ -147,7 +147,7 @@ _WORKER_FRAME = TypeAdapter(WorkerFrame)
 def decode_worker_frame(body: bytes) -> LoadingFrame | ReadyFrame | ResultsFrame:
     """Parse and validate one frame from a worker; anything off raises ProtocolViolation."""
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+        data = orjson.loads(body)
         return _WORKER_FRAME.validate_python(data)
     except Exception as error:  # every way a frame can be bad means the same thing here
         raise ProtocolViolation(f"invalid frame from worker: {str(error)[:300]}") from None
