@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import IO, Literal
 
 from agent.errors import UserError
-from agent.scoring import ScoreRow
+from agent.scoring import ROW_COLUMNS, ROW_SCHEMA, ScoreRow
 
 OutputFormat = Literal["csv", "jsonl", "parquet"]
-COLUMNS = ("metric", "level", "image_id", "annotation_id", "score", "error_kind", "error")
+COLUMNS = ROW_COLUMNS
 
 
 def output_format(path: Path) -> OutputFormat:
@@ -49,7 +49,7 @@ class Journal:
         self._file: IO[str] = self.path.open("w", encoding="utf-8")
 
     def append(self, rows: list[ScoreRow]) -> None:
-        self._file.writelines(row.model_dump_json() + "\n" for row in rows)
+        self._file.writelines(json.dumps(row.as_dict(), allow_nan=False) + "\n" for row in rows)
         self._file.flush()
 
     def discard(self) -> None:
@@ -86,14 +86,14 @@ def _write_csv(path: Path, rows: list[ScoreRow]) -> None:
 
 def _write_jsonl(path: Path, rows: list[ScoreRow]) -> None:
     with path.open("w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row.model_dump(), allow_nan=False) + "\n" for row in rows)
+        handle.writelines(json.dumps(row.as_dict(), allow_nan=False) + "\n" for row in rows)
 
 
 def _write_parquet(path: Path, rows: list[ScoreRow]) -> None:
     import pyarrow as pa  # optional extra, checked by output_format()
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([row.model_dump() for row in rows], schema=_parquet_schema(pa))
+    table = pa.Table.from_pylist([row.as_dict() for row in rows], schema=_parquet_schema(pa))
     pq.write_table(table, path)
 
 
@@ -116,13 +116,13 @@ def read_rows(path: Path) -> list[ScoreRow]:
     fmt = output_format(path) if path.suffix != ".partial" else "jsonl"
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as handle:
-            return [ScoreRow.model_validate_json(line) for line in handle if line.strip()]
+            return [ROW_SCHEMA.validate_json(line) for line in handle if line.strip()]
     if fmt == "csv":
         with path.open(newline="", encoding="utf-8") as handle:
             return [
-                ScoreRow.model_validate({key: (value if value != "" else None) for key, value in record.items()})
+                ROW_SCHEMA.validate_python({key: (value if value != "" else None) for key, value in record.items()})
                 for record in csv.DictReader(handle)
             ]
     import pyarrow.parquet as pq
 
-    return [ScoreRow.model_validate(record) for record in pq.read_table(path).to_pylist()]
+    return [ROW_SCHEMA.validate_python(record) for record in pq.read_table(path).to_pylist()]

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from agent.dataset import Dataset
 from agent.metric_file import MetricSpec
@@ -22,8 +22,13 @@ from sandbox.isolation import SandboxConfig
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
 
 
-class ScoreRow(BaseModel):
-    """One (metric, item) result as written to the output file."""
+@dataclass(frozen=True, slots=True)
+class ScoreRow:
+    """One (metric, item) result as written to the output file.
+
+    A plain dataclass: a run makes one per item from results the engine has already validated.
+    Rows read back from files are validated by `ROW_SCHEMA`.
+    """
 
     metric: str
     level: str
@@ -32,6 +37,13 @@ class ScoreRow(BaseModel):
     score: float | None
     error_kind: str | None = None
     error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in ROW_COLUMNS}
+
+
+ROW_COLUMNS = ("metric", "level", "image_id", "annotation_id", "score", "error_kind", "error")
+ROW_SCHEMA = TypeAdapter(ScoreRow)
 
 
 @dataclass
@@ -165,7 +177,8 @@ def score_dataset(
         report = engine.run(metrics, build_tasks(dataset, specs, paths), collector)
     except KeyboardInterrupt:
         interrupted = True
-    collector.rows.sort(key=lambda row: (_order(specs, row.metric), row.image_id, row.annotation_id or 0))
+    order = {spec.name: index for index, spec in enumerate(specs)}
+    collector.rows.sort(key=lambda row: (order[row.metric], row.image_id, row.annotation_id or 0))
     return ScoreOutcome(
         rows=collector.rows,
         expected_rows=count_calls(dataset, specs),
@@ -174,7 +187,3 @@ def score_dataset(
         metric_errors=report.metric_errors,
         interrupted=interrupted,
     )
-
-
-def _order(specs: list[MetricSpec], name: str) -> int:
-    return next(index for index, spec in enumerate(specs) if spec.name == name)

@@ -124,8 +124,8 @@ def test_jsonl_and_parquet_outputs_hold_the_same_rows(tmp_path: Path, metrics: t
         outputs[suffix] = out
     from agent.results_io import read_rows
 
-    as_jsonl = [row.model_dump() for row in read_rows(outputs["jsonl"])]
-    as_parquet = [row.model_dump() for row in read_rows(outputs["parquet"])]
+    as_jsonl = read_rows(outputs["jsonl"])
+    as_parquet = read_rows(outputs["parquet"])
     assert len(as_jsonl) == 8
     assert as_jsonl == as_parquet
 
