@@ -41,7 +41,7 @@ class SandboxConfig(BaseModel):
     # True: every metric of a run shares the workers, so each image is decoded once for all of them,
     # but a hostile metric can tamper with the others' scores. False: a worker pool per metric.
     share_workers: bool = True
-    chunk_images: int = Field(default=8, ge=1)
+    chunk_images: int = Field(default=16, ge=1)
     startup_timeout_s: float = 60.0
     recycle_after_images: int = 2000
     read_only_paths: tuple[str, ...] = ()
