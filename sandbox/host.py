@@ -157,6 +157,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """Kill the whole process group and clean up; safe to call twice."""
+        self._outbox.clear()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
