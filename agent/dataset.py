@@ -454,12 +454,7 @@ def _validate_records(
 
 def _check_images(records: list[Any], problems: list[Problem]) -> tuple[list[tuple[int, ImageInfo]], dict[int, int]]:
     images, ids = _validate_records(records, "images", ImageInfo, problems)
-    first_with_name: dict[str, int] = {}
-    for index, image in images:
-        earlier = first_with_name.setdefault(image.file_name, index)
-        if earlier != index:
-            first = _where("images", earlier, records[earlier])
-            problems.append(_warning(_where("images", index, records[index]), f"file_name is also used by {first}"))
+    _warn_shared_values(records, "images", [(index, image.file_name) for index, image in images], "file_name", problems)
     return images, ids
 
 
@@ -468,13 +463,21 @@ def _check_categories(
 ) -> tuple[list[tuple[int, CategoryInfo]], dict[int, int]]:
     categories, ids = _validate_records(records, "categories", CategoryInfo, problems)
     # Metrics see categories by name, so two categories sharing one would be indistinguishable there.
-    first_with_name: dict[str, int] = {}
-    for index, category in categories:
-        earlier = first_with_name.setdefault(category.name, index)
-        if earlier != index:
-            first = _where("categories", earlier, records[earlier])
-            problems.append(_warning(_where("categories", index, records[index]), f"name is also used by {first}"))
+    named = [(index, category.name) for index, category in categories]
+    _warn_shared_values(records, "categories", named, "name", problems)
     return categories, ids
+
+
+def _warn_shared_values(
+    records: list[Any], section: str, values: list[tuple[int, str]], field_name: str, problems: list[Problem]
+) -> None:
+    """A warning for each record whose `field_name` repeats an earlier record's."""
+    first_index: dict[str, int] = {}
+    for index, value in values:
+        earlier = first_index.setdefault(value, index)
+        if earlier != index:
+            first = _where(section, earlier, records[earlier])
+            problems.append(_warning(_where(section, index, records[index]), f"{field_name} is also used by {first}"))
 
 
 def _check_annotations(

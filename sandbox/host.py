@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 from sandbox import bwrap
 from sandbox.protocol import (
@@ -54,7 +53,6 @@ class WorkerProcess:
     def __init__(
         self, init: InitFrame, layers: dict[str, bool], memory_mb: int, scratch_mb: int, read_only: tuple[str, ...]
     ) -> None:
-        self.started_at = time.monotonic()
         self.ready: ReadyFrame | None = None
         self.images_done = 0
         self._reader = FrameReader()
