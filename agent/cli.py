@@ -7,6 +7,7 @@ traceback as well.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -22,8 +24,18 @@ from agent.dataset import DatasetInvalid, load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.doctor import DoctorReport, run_doctor
 from agent.errors import MetricsmithError, UserError
-from agent.metric_file import MetricSpec, list_builtin_metrics, load_metric_file
-from agent.results_io import Journal, output_format, write_rows
+from agent.evaluation import (
+    DEFAULT_BUDGET,
+    Direction,
+    EvaluationReport,
+    GroundTruth,
+    check_files,
+    evaluate,
+    load_error_labels,
+    scores_from_rows,
+)
+from agent.metric_file import MetricSpec, builtin_metric_names, list_builtin_metrics, load_metric_file
+from agent.results_io import Journal, output_format, read_rows, write_rows
 from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
 from sandbox.engine import WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig
@@ -52,6 +64,21 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+EVAL_EPILOG = (
+    "Object metrics are ranked over every annotation, image metrics over every image; a missing or failed "
+    "score ranks last and ties earn no credit. A metric's direction comes from its file (--metric), from the "
+    "built-in metric of that name, or from --direction NAME=high|low. The `random` and `combined` (mean "
+    "suspicion rank of all metrics) rows are baselines. Exit 2 when the files do not belong together."
+)
+
+
+def _direction(text: str) -> tuple[str, str]:
+    name, _, direction = text.partition("=")
+    if not name or direction not in ("high", "low"):
+        raise argparse.ArgumentTypeError(f"expected NAME=high or NAME=low, got {text!r}")
+    return name, direction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +120,45 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--images", type=_positive_int, default=64)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.2,
+        help="share of labels given a known error (default 0.2; see errors.json)",
+    )
     demo.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     demo.set_defaults(handler=cmd_demo_data)
+
+    evaluation = commands.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__, epilog=EVAL_EPILOG)
+    evaluation.add_argument("--annotations", required=True, type=Path, help="COCO JSON file (the noisy labels)")
+    evaluation.add_argument("--errors", required=True, type=Path, help="errors.json listing the injected errors")
+    evaluation.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        default=[],
+        help="metric file or builtin:NAME to score in the sandbox, then evaluate (repeatable)",
+    )
+    evaluation.add_argument(
+        "--scores",
+        action="append",
+        default=[],
+        type=Path,
+        help="results file of `metricsmith score` (.csv, .jsonl, .parquet) to evaluate as is (repeatable)",
+    )
+    evaluation.add_argument(
+        "--direction",
+        action="append",
+        default=[],
+        type=_direction,
+        metavar="NAME=high|low",
+        help="SUSPICIOUS direction of a metric in --scores that is not built in and not given with --metric",
+    )
+    evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluation.add_argument("--images", type=Path, help="image folder for --metric (default: as for score)")
+    evaluation.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+    evaluation.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    evaluation.set_defaults(handler=cmd_eval)
 
     library = commands.add_parser("library", help=cmd_library.__doc__, description=cmd_library.__doc__)
     library.add_argument("action", choices=["list"])
@@ -150,8 +214,59 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     """Generate a small procedural COCO dataset (pandas, bears, foxes) to try metricsmith on."""
-    path = generate_demo_dataset(args.out_dir, n_images=args.images, seed=args.seed)
+    path = generate_demo_dataset(args.out_dir, n_images=args.images, seed=args.seed, error_rate=args.error_rate)
     stderr.print(f"wrote {args.images} images and {path}")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Measure how well metrics rank the known label errors of errors.json first (AP, AUROC, P@K, recall)."""
+    if not args.metrics and not args.scores:
+        raise UserError("metricsmith eval: give at least one --metric FILE or --scores FILE")
+    for path in args.scores:
+        output_format(path)
+    specs = _load_metrics(args.metrics)
+    errors = load_error_labels(args.errors)
+    dataset = load_coco(args.annotations, args.images)
+    truth = GroundTruth(
+        annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
+        image_ids=[image.id for image in dataset.images],
+        errors=errors,
+    )
+    directions: dict[str, Direction] = {spec.name: spec.suspicious for spec in specs}
+    check_files(truth, errors_name=str(args.errors))
+    rows: list[ScoreRow] = []
+    for path in args.scores:
+        read = read_rows(path)
+        check_files(dataclasses.replace(truth, errors=()), read, scores_name=str(path))
+        rows.extend(read)
+    given: dict[str, Direction] = dict(args.direction)  # _direction() admits only high and low
+    builtins = set(builtin_metric_names())
+    for name in dict.fromkeys(row.metric for row in rows):
+        if name in given:
+            directions[name] = given[name]
+        elif name not in directions and name in builtins:
+            directions[name] = load_metric_file(f"builtin:{name}").suspicious
+    if specs:
+        config = SandboxConfig(workers=args.workers)
+        with _ProgressBar() as (progress, advance):
+            outcome = score_dataset(dataset, specs, config, on_rows=advance)
+            progress.stop()
+        for name, error in outcome.metric_errors.items():
+            stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
+        if outcome.interrupted:
+            stderr.print("interrupted")
+            return EXIT_INTERRUPTED
+        scored = {spec.name for spec in specs}
+        clash = next((row.metric for row in rows if row.metric in scored), None)
+        if clash is not None:
+            raise UserError(f"metric {clash} is both scored with --metric and read from --scores")
+        rows.extend(outcome.rows)
+    report = evaluate(truth, scores_from_rows(rows, directions), budget=DEFAULT_BUDGET)
+    if args.json:
+        stdout.print_json(report.model_dump_json())
+    else:
+        _print_evaluation(report)
     return EXIT_OK
 
 
@@ -214,6 +329,38 @@ def _print_summary(outcome: ScoreOutcome, out: Path) -> None:
     if inactive:
         line += f"; not active: {', '.join(inactive)} (see `metricsmith doctor`)"
     stderr.print(line)
+
+
+_SHORT_TYPES = {"spurious": "spur.", "duplicate": "dupl."}
+
+
+def _print_evaluation(report: EvaluationReport) -> None:
+    types = list(report.items.errors_by_type)
+    title = f"{report.items.errors} errors in {report.items.annotations} annotations and {report.items.images} images"
+    # Error-type AP columns get short headers (spur. = spurious): the table must fit 120 piped columns.
+    short = [_SHORT_TYPES.get(t, t[:5]) for t in types]
+    headers = ["metric", "level", "AP", "AUROC", "P@K", f"R@{report.budget:.0%}", *short, "img AP"]
+    table = Table(
+        *headers,
+        title=f"{title}; AP per error type under its name",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in table.columns[1:]:
+        column.no_wrap = True
+    table.columns[0].no_wrap = True
+    for result in report.metrics:
+        cells = [result.ap, result.auroc, result.precision_at_k, result.recall_at_5pct]
+        cells += [result.ap_by_type.get(t) for t in types] + [result.image_ap]
+        style = "dim" if result.metric in ("random", "combined") else None
+        table.add_row(
+            result.metric,
+            "obj" if result.level == "object" else "img",
+            *("-" if v is None else f"{v:.3f}" for v in cells),
+            style=style,
+        )
+    stdout.print(table)
 
 
 def _print_doctor(report: DoctorReport) -> None:

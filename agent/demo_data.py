@@ -12,6 +12,11 @@ example inject label errors between compositing and writing) without touching th
 
 Each image gets its own random generator seeded from (seed, image index), so the output depends on
 the seed only, never on how many worker processes drew it or in which order.
+
+After rendering, `agent.label_errors` corrupts a known share of the labels: annotations.json holds
+the noisy labels, clean.json the exact truth and errors.json the list of injected errors (its
+schema is documented in `agent.label_errors`). The errors have a random stream of their own, so
+the images are the same whatever the error rate.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.errors import UserError
+from agent.label_errors import inject_label_errors
 
 __all__ = [
     "CATEGORIES",
@@ -53,6 +59,10 @@ CATEGORIES: tuple[dict[str, object], ...] = tuple(
 _MARKER = "metricsmith demo dataset"
 _MARKER_PREFIX = '{"info": {"description": "' + _MARKER + '"'
 _IMAGE_NAME = re.compile(r"^\d{6}\.jpg$")
+_ERRORS_PREFIX = '{"version": 1, "description": "'
+# The files we write next to images/, each recognised by how it starts; an interrupted run may
+# also leave their .partial versions.
+_OWN_FILES = {"annotations.json": _MARKER_PREFIX, "clean.json": _MARKER_PREFIX, "errors.json": _ERRORS_PREFIX}
 
 _JPEG_QUALITY = 90
 _MIN_SIDE = 64
@@ -573,15 +583,25 @@ def _is_previous_demo(out_dir: Path) -> bool:
     if annotations.is_file() and not annotations.is_symlink():
         with open(annotations, "rb") as handle:
             return handle.read(len(_MARKER_PREFIX)).decode("utf-8", "replace") == _MARKER_PREFIX
-    # An interrupted run leaves only images/ with our file names, and maybe a partial json.
+    # An interrupted run leaves only images/ with our file names, maybe some of our json files
+    # (annotations.json is renamed into place last), and maybe partial ones.
     for entry in out_dir.iterdir():
-        if entry.name == "annotations.json.partial" and entry.is_file():
+        if entry.name.endswith(".json.partial") and entry.name[: -len(".partial")] in _OWN_FILES and entry.is_file():
+            continue
+        if entry.name in _OWN_FILES:
+            if entry.is_symlink() or not entry.is_file() or not _starts_with(entry, _OWN_FILES[entry.name]):
+                return False
             continue
         if entry.name != "images" or entry.is_symlink() or not entry.is_dir():
             return False
         if not all(_IMAGE_NAME.match(f.name) and f.is_file() for f in entry.iterdir()):
             return False
     return True
+
+
+def _starts_with(path: Path, prefix: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(prefix)).decode("utf-8", "replace") == prefix
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:
@@ -599,7 +619,7 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     return images_dir
 
 
-def _check_arguments(n_images: int, seed: int, width: int, height: int, workers: int | None) -> None:
+def _check_arguments(n_images: int, seed: int, width: int, height: int, workers: int | None, error_rate: float) -> None:
     if n_images < 1:
         raise UserError(f"demo dataset: the number of images must be at least 1, not {n_images}")
     if seed < 0:
@@ -608,6 +628,9 @@ def _check_arguments(n_images: int, seed: int, width: int, height: int, workers:
         raise UserError(f"demo dataset: images must be at least {_MIN_SIDE}×{_MIN_SIDE} px, not {width}×{height}")
     if workers is not None and workers < 1:
         raise UserError(f"demo dataset: workers must be at least 1, not {workers}")
+    # Written as a negated range so that NaN is refused too.
+    if not 0.0 <= error_rate < 1.0:
+        raise UserError(f"demo dataset: the error rate must be at least 0 and below 1, not {error_rate}")
 
 
 def generate_demo_dataset(
@@ -617,18 +640,22 @@ def generate_demo_dataset(
     width: int = 640,
     height: int = 480,
     workers: int | None = None,
+    error_rate: float = 0.2,
 ) -> Path:
     """Write a demo COCO dataset to out_dir/annotations.json and out_dir/images/*.jpg.
 
-    Returns the path of annotations.json. The content depends only on (seed, width, height) and,
-    for how many images, on n_images; image k is the same whatever n_images and workers are.
+    Returns the path of annotations.json, which holds the NOISY labels: a share `error_rate` of
+    the true annotations carries a known error (see `agent.label_errors`). clean.json, next to
+    it, holds the true labels and errors.json the list of injected errors. The content depends
+    only on (seed, width, height, error_rate) and, for how many images, on n_images; image k is
+    the same whatever n_images, workers and error_rate are.
     Raises UserError if out_dir is non-empty and is not an earlier demo dataset.
 
     Large runs render in "spawn" worker processes, so a script that calls this at import time
     needs the usual `if __name__ == "__main__":` guard.
     """
     out_dir = Path(out_dir)
-    _check_arguments(n_images, seed, width, height, workers)
+    _check_arguments(n_images, seed, width, height, workers, error_rate)
     images_dir = _prepare_out_dir(out_dir)
 
     tasks = [(str(images_dir), index, seed, width, height) for index in range(1, n_images + 1)]
@@ -654,16 +681,38 @@ def generate_demo_dataset(
         if _IMAGE_NAME.match(stale.name) and int(stale.name[:6]) > n_images and not stale.is_dir():
             stale.unlink()
 
-    document = {
-        "info": {"description": _MARKER, "seed": seed, "generator": "metricsmith.agent.demo_data", "version": 1},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [dict(c) for c in CATEGORIES],
-    }
-    target = out_dir / "annotations.json"
-    partial = out_dir / "annotations.json.partial"
-    # Written last and renamed into place: a complete annotations.json means a complete dataset.
-    _write_new(partial, json.dumps(document, separators=(", ", ": ")).encode("utf-8"))
-    os.replace(partial, target)
-    return target
+    categories = [dict(c) for c in CATEGORIES]
+    noisy, errors = inject_label_errors(images, annotations, [int(c["id"]) for c in CATEGORIES], seed, error_rate)
+
+    def coco(annotations: list[dict[str, object]]) -> bytes:
+        # The same info in both files, so that at error rate 0 they are byte for byte equal.
+        info = {
+            "description": _MARKER,
+            "seed": seed,
+            "generator": "metricsmith.agent.demo_data",
+            "version": 1,
+            "error_rate": error_rate,
+        }
+        document = {
+            "info": info,
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
+        return json.dumps(document, separators=(", ", ": ")).encode("utf-8")
+
+    # One error per line: small enough to read, and still one plain JSON object.
+    header = errors.model_dump(mode="json", exclude={"errors"})
+    lines = [json.dumps(record.model_dump(mode="json")) for record in errors.errors]
+    errors_text = json.dumps(header)[:-1] + ', "errors": [\n' + ",\n".join(lines) + "\n]}\n"
+    # annotations.json is written last: a complete annotations.json means a complete dataset.
+    for name, data in (
+        ("clean.json", coco(annotations)),
+        ("errors.json", errors_text.encode("utf-8")),
+        ("annotations.json", coco(noisy)),
+    ):
+        partial = out_dir / f"{name}.partial"
+        _write_new(partial, data)
+        os.replace(partial, out_dir / name)
+    return out_dir / "annotations.json"

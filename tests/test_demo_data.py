@@ -20,7 +20,9 @@ N_IMAGES = 16
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("demo")
-    path = generate_demo_dataset(root / "data", n_images=N_IMAGES, seed=0)
+    # Without injected errors annotations.json is the exact truth these tests check; the noisy
+    # labels have tests of their own in test_label_errors.py.
+    path = generate_demo_dataset(root / "data", n_images=N_IMAGES, seed=0, error_rate=0.0)
     return path, json.loads(path.read_text())
 
 
@@ -187,7 +189,7 @@ def test_overwrites_an_earlier_demo_dataset(tmp_path: Path) -> None:
     assert len(coco["images"]) == 2
     # Images of the larger earlier run are removed, not left behind unannotated.
     assert sorted(p.name for p in (target / "images").iterdir()) == ["000001.jpg", "000002.jpg"]
-    assert sorted(p.name for p in target.iterdir()) == ["annotations.json", "images"]
+    assert sorted(p.name for p in target.iterdir()) == ["annotations.json", "clean.json", "errors.json", "images"]
 
 
 def test_creates_missing_parents(tmp_path: Path) -> None:
@@ -198,9 +200,9 @@ def test_creates_missing_parents(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"n_images": 0}, {"seed": -1}, {"width": 10}, {"workers": 0}],
+    [{"n_images": 0}, {"seed": -1}, {"width": 10}, {"workers": 0}, {"error_rate": 1.0}, {"error_rate": -0.1}],
 )
-def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, int]) -> None:
+def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, float]) -> None:
     with pytest.raises(UserError):
         generate_demo_dataset(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
