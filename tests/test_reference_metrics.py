@@ -32,6 +32,8 @@ EXPECTED = {
     "black_white_share": ("object", "low"),
     "box_tightness": ("object", "low"),
     "object_aspect_ratio": ("object", "high"),
+    "object_area_absolute": ("object", "low"),
+    "frame_object_density": ("image", "high"),
 }
 ALLOWED_IMPORTS = {"numpy", "cv2", "math"}
 
@@ -179,7 +181,22 @@ def test_object_count_counts_annotations() -> None:
     assert call("object_count", image, sc=scene(image, [])) == 0
 
 
+def test_frame_object_density_counts_the_union_once() -> None:
+    image = flat(0, height=10, width=20)
+    two_overlapping = [obj([0, 0, 10, 10], ann_id=1), obj([5, 0, 10, 10], ann_id=2)]
+    assert call("frame_object_density", image, sc=scene(image, two_overlapping)) == pytest.approx(150 / 200)
+    assert call("frame_object_density", image, sc=scene(image, [obj([-5, -5, 100, 100])])) == 1.0
+    assert call("frame_object_density", image, sc=scene(image, [])) == 0.0
+
+
 # --- object level ----------------------------------------------------------------------------
+
+
+def test_absolute_area_is_exact_and_clipped() -> None:
+    image = flat(0, height=100, width=200)
+    assert call("object_area_absolute", image, obj([10, 20, 50, 40])) == pytest.approx(2000.0)
+    assert call("object_area_absolute", image, obj([-25, 0, 50, 40])) == pytest.approx(1000.0)
+    assert call("object_area_absolute", image, obj([300, 0, 5, 5])) is None
 
 
 def test_relative_area_is_exact() -> None:
