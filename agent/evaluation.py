@@ -393,23 +393,10 @@ class _Level:
         return keys, [error_type in self.types.get(key, ()) for key in keys]
 
 
-@dataclass(frozen=True, slots=True)
-class _Stats:
-    n_items: int
-    n_positive: int
-    ap: float | None
-    auroc: float | None
-    precision_at_k: float | None
-    recall_at_5pct: float | None
-    ap_by_type: dict[str, float | None]
-
-    def as_fields(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
 def _ranking_stats(
     level: _Level, scores: Mapping[int, ScoreValue], direction: Direction, type_names: Sequence[str], budget: float
-) -> _Stats:
+) -> dict[str, object]:
+    """The ranking fields of a `MetricEvaluation` (all but its name, level, direction and image AP)."""
     keys, labels = level.labels()
     values = [scores.get(key) for key in keys]
     by_type: dict[str, float | None] = {}
@@ -419,7 +406,7 @@ def _ranking_stats(
             continue
         type_keys, type_labels = level.labels(error_type)
         by_type[error_type] = average_precision([scores.get(key) for key in type_keys], type_labels, direction)
-    return _Stats(
+    return dict(
         n_items=len(keys),
         n_positive=sum(labels),
         ap=average_precision(values, labels, direction),
@@ -483,9 +470,9 @@ def _evaluate_one(
         image_ap = _image_ap(images, pooled, metric.direction)
     else:
         stats = _ranking_stats(images, metric.scores, metric.direction, type_names, budget)
-        image_ap = stats.ap
+        image_ap = stats["ap"]
     return MetricEvaluation(
-        metric=metric.name, level=metric.level, direction=metric.direction, image_ap=image_ap, **stats.as_fields()
+        metric=metric.name, level=metric.level, direction=metric.direction, image_ap=image_ap, **stats
     )
 
 
@@ -541,4 +528,4 @@ def _combined_row(
     else:
         stats = _ranking_stats(images, image_scores, "high", type_names, budget)
         level = "image"
-    return MetricEvaluation(metric="combined", level=level, direction="high", image_ap=image_ap, **stats.as_fields())
+    return MetricEvaluation(metric="combined", level=level, direction="high", image_ap=image_ap, **stats)
