@@ -633,6 +633,22 @@ def _check_arguments(n_images: int, seed: int, width: int, height: int, workers:
         raise UserError(f"demo dataset: the error rate must be at least 0 and below 1, not {error_rate}")
 
 
+def boxes_only(annotations: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The annotations as a detection dataset holds them: a box, `area` = w·h, no segmentation.
+
+    The noisy labels must not carry the true masks: a corrupted box next to its object's exact
+    polygon (or an `area` counted from that mask) gives every error away to a metric that merely
+    compares the two, which no real dataset allows.
+    """
+    stripped = []
+    for annotation in annotations:
+        box = {key: value for key, value in annotation.items() if key != "segmentation"}
+        _, _, width, height = box["bbox"]  # type: ignore[misc]
+        box["area"] = round(float(width) * float(height), 2)
+        stripped.append(box)
+    return stripped
+
+
 def generate_demo_dataset(
     out_dir: Path,
     n_images: int = 64,
@@ -710,7 +726,7 @@ def generate_demo_dataset(
     for name, data in (
         ("clean.json", coco(annotations)),
         ("errors.json", errors_text.encode("utf-8")),
-        ("annotations.json", coco(noisy)),
+        ("annotations.json", coco(boxes_only(noisy))),
     ):
         partial = out_dir / f"{name}.partial"
         _write_new(partial, data)

@@ -3,8 +3,11 @@
 The demo generator (`agent.demo_data`) draws exact ground truth, then corrupts a known share of it
 so that data-quality metrics can be scored against the truth. A demo folder holds three files:
 
-- `annotations.json`: the NOISY labels, valid COCO, annotation ids 1..M without gaps;
-- `clean.json`: the true labels, exactly as drawn, same images and categories;
+- `annotations.json`: the NOISY labels, valid COCO, annotation ids 1..M without gaps. Boxes only:
+  every `area` is the box's w·h and no annotation has a `segmentation`, so nothing but the pixels
+  tells a corrupted box from a true one;
+- `clean.json`: the true labels, exactly as drawn (polygons, and mask areas), same images and
+  categories;
 - `errors.json`: one record per injected error, described below.
 
 `errors.json` schema (version 1), a JSON object:
@@ -53,9 +56,10 @@ annotations than exist, each type is cut to N // 5; and a spurious box is abando
 placement is found within a bounded number of draws (only plausible for a single image or for
 extremely crowded ones). The records always list exactly what was injected.
 
-Boxes whose geometry changed (shift, loose, spurious, duplicate) have `area` = w·h and no
-`segmentation` in annotations.json, since the true polygon no longer matches them; swapped and
-untouched annotations keep theirs.
+`inject_label_errors` itself gives boxes whose geometry changed (shift, loose, spurious,
+duplicate) `area` = w·h and no `segmentation`, since the true polygon no longer matches them;
+swapped and untouched annotations keep theirs. The demo generator then strips every annotation of
+annotations.json down to its box (`agent.demo_data.boxes_only`).
 """
 
 from __future__ import annotations

@@ -33,12 +33,16 @@ LEVEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 _NAME_RE = re.compile(NAME_PATTERN)
-_CONTRACT_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS", "TITLE", "RANGE", "TAGS")
+_CONTRACT_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS", "TITLE", "RANGE", "TAGS", "OUTPUT", "NEIGHBOURS")
 _REQUIRED_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS")
 _CONTRACT_NAMES = frozenset({*_CONTRACT_CONSTANTS, "score"})
 _IMPORT_RULE = "a metric may import only numpy, cv2, math and the standard library"
 
 Origin = Literal["file", "builtin"]
+
+
+DEFAULT_NEIGHBOURS = 10
+MAX_NEIGHBOURS = 100
 
 
 class MetricSpec(BaseModel):
@@ -53,6 +57,10 @@ class MetricSpec(BaseModel):
     title: str | None = None
     value_range: tuple[float | None, float | None] | None = None
     tags: tuple[str, ...] = ()
+    # "features": score() returns a feature vector; metricsmith turns the vectors into scores
+    # (the share of each box's nearest neighbours labelled with another class).
+    output: Literal["score", "features"] = "score"
+    neighbours: int = Field(default=DEFAULT_NEIGHBOURS, ge=1, le=MAX_NEIGHBOURS)
     source: str
     path: str
     origin: Origin
@@ -326,7 +334,29 @@ def _constant_error(name: str, value: Any) -> str | None:
         return _range_error(value)
     elif name == "TAGS" and not _is_tag_list(value):
         return f"TAGS must be a list of non-empty strings, got {value!r}"
+    elif name == "OUTPUT":
+        if not isinstance(value, str) or value not in ("score", "features"):
+            return f"OUTPUT must be 'score' or 'features', got {value!r}"
+    elif name == "NEIGHBOURS" and (
+        not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_NEIGHBOURS
+    ):
+        return f"NEIGHBOURS must be a whole number from 1 to {MAX_NEIGHBOURS}, got {value!r}"
     return None
+
+
+def _feature_problems(values: dict[str, tuple[int, Any]], constants: dict[str, Any]) -> list[_Problem]:
+    """A feature metric's score is a class-disagreement share, so only one LEVEL and direction fit."""
+    if constants.get("OUTPUT") != "features":
+        if "NEIGHBOURS" in values:
+            return [(values["NEIGHBOURS"][0], "NEIGHBOURS applies only to OUTPUT = 'features'")]
+        return []
+    line = values["OUTPUT"][0]
+    problems: list[_Problem] = []
+    if constants.get("LEVEL", "object") != "object":
+        problems.append((line, "OUTPUT = 'features' needs LEVEL = 'object': neighbours are compared by class"))
+    if constants.get("SUSPICIOUS", "high") != "high":
+        problems.append((line, "OUTPUT = 'features' needs SUSPICIOUS = 'high': the score is a disagreement share"))
+    return problems
 
 
 def _is_tag_list(value: Any) -> bool:
@@ -458,6 +488,7 @@ def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "f
     stray_problems, stray_names = _stray_binding_problems(tree)
     problems.extend(stray_problems)
     constants = _check_constants(values, assigned | stray_names, problems)
+    problems.extend(_feature_problems(values, constants))
     problems.extend(_score_problems(tree, constants.get("LEVEL")))
     imports, import_problems = _import_problems(tree)
     problems.extend(import_problems)
@@ -472,6 +503,8 @@ def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "f
         title=constants.get("TITLE"),
         value_range=constants.get("RANGE"),
         tags=constants.get("TAGS", ()),
+        output=constants.get("OUTPUT", "score"),
+        neighbours=constants.get("NEIGHBOURS", DEFAULT_NEIGHBOURS),
         source=source,
         path=path,
         origin=origin,

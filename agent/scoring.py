@@ -7,6 +7,7 @@ engine results into rows keyed by annotation id, and summarises them per metric.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 from collections import Counter
@@ -17,6 +18,7 @@ from pydantic import TypeAdapter
 
 from agent.dataset import Dataset
 from agent.metric_file import MetricSpec
+from agent.neighbours import class_disagreement
 from sandbox.engine import CallResult, RunReport, ScoringEngine
 from sandbox.isolation import SandboxConfig
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -118,28 +120,68 @@ def data_roots(dataset: Dataset, paths: Iterable[str]) -> tuple[str, ...]:
 
 
 class _Collector:
-    """Turns engine results into rows and keeps running summaries."""
+    """Turns engine results into rows and keeps running summaries.
+
+    A feature metric's results are held back until `finish()`: its scores compare every box's
+    vector with every other one, so none is known before the last vector arrives.
+    """
 
     def __init__(self, dataset: Dataset, specs: list[MetricSpec], on_rows: Callable[[list[ScoreRow]], None]) -> None:
         self.dataset, self.specs, self.on_rows = dataset, specs, on_rows
         self.rows: list[ScoreRow] = []
         self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
         self._annotation_ids: dict[int, list[int]] = {}
+        self._held: dict[int, list[CallResult]] = {i: [] for i, spec in enumerate(specs) if spec.output == "features"}
 
     def __call__(self, results: list[CallResult]) -> None:
-        batch = [self._row(result) for result in results]
+        batch = []
+        for result in results:
+            held = self._held.get(result.metric)
+            if held is None:
+                batch.append(self._row(result))
+            else:
+                held.append(result)
         self.rows.extend(batch)
-        self.on_rows(batch)
+        if batch:
+            self.on_rows(batch)
+
+    def finish(self) -> None:
+        """Score the feature metrics from the vectors gathered, and emit their rows."""
+        for metric, results in self._held.items():
+            batch = [self._row(result) for result in self._feature_scores(metric, results)]
+            self.rows.extend(batch)
+            self.on_rows(batch)
+            results.clear()
+
+    def _feature_scores(self, metric: int, results: list[CallResult]) -> list[CallResult]:
+        vectors = [result for result in results if result.kind is None and result.features is not None]
+        lengths = sorted({len(result.features or ()) for result in vectors})
+        if len(lengths) > 1:
+            message = f"score() returned feature vectors of different lengths ({', '.join(map(str, lengths))})"
+            return [
+                dataclasses.replace(result, kind="invalid_output", error=message) if result.kind is None else result
+                for result in results
+            ]
+        category_of = {annotation.id: annotation.category_id for annotation in self.dataset.annotations}
+        categories = [category_of[self._annotation_id(result)] for result in vectors]
+        scores = class_disagreement(
+            [result.features or () for result in vectors], categories, self.specs[metric].neighbours
+        )
+        scored = {id(result): score for result, score in zip(vectors, scores, strict=True)}
+        return [dataclasses.replace(result, score=scored.get(id(result)), features=None) for result in results]
+
+    def _annotation_id(self, result: CallResult) -> int | None:
+        if result.obj is None:
+            return None
+        ids = self._annotation_ids.get(result.image_id)
+        if ids is None:
+            ids = self._annotation_ids[result.image_id] = self.dataset.annotation_ids(result.image_id)
+        return ids[result.obj]
 
     def _row(self, result: CallResult) -> ScoreRow:
         spec = self.specs[result.metric]
         summary = self.summaries[result.metric]
-        annotation_id = None
-        if result.obj is not None:
-            ids = self._annotation_ids.get(result.image_id)
-            if ids is None:
-                ids = self._annotation_ids[result.image_id] = self.dataset.annotation_ids(result.image_id)
-            annotation_id = ids[result.obj]
+        annotation_id = self._annotation_id(result)
         if result.kind is not None:
             summary.failures[result.kind] += 1
         elif result.score is None:
@@ -168,13 +210,17 @@ def score_dataset(
     paths = image_paths(dataset)
     roots = data_roots(dataset, paths.values())
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
-    metrics = [MetricCode(name=spec.name, level=spec.level, source=spec.source, filename=spec.path) for spec in specs]
+    metrics = [
+        MetricCode(name=spec.name, level=spec.level, source=spec.source, filename=spec.path, output=spec.output)
+        for spec in specs
+    ]
     collector = _Collector(dataset, specs, on_rows)
     engine = ScoringEngine(config)
     report = RunReport()
     interrupted = False
     try:
         report = engine.run(metrics, build_tasks(dataset, specs, paths), collector)
+        collector.finish()
     except KeyboardInterrupt:
         interrupted = True
     order = {spec.name: index for index, spec in enumerate(specs)}

@@ -47,6 +47,7 @@ class CallResult:
     score: float | None
     kind: ErrorKind | None = None
     error: str | None = None
+    features: tuple[float, ...] | None = None  # what a feature metric returned, instead of a score
 
 
 class WorkerStartFailed(Exception):
@@ -316,7 +317,15 @@ class _Run:
             task, call = chunk.calls[slot.reported]
             slot.reported += 1
             results.append(
-                CallResult(call.metric, task.image_id, call.obj, row["score"], row.get("kind"), row.get("error"))
+                CallResult(
+                    call.metric,
+                    task.image_id,
+                    call.obj,
+                    row["score"],
+                    row.get("kind"),
+                    row.get("error"),
+                    row.get("features"),
+                )
             )
         self._emit(results)
         slot.deadline = time.monotonic() + _hard_deadline_s(self.config.timeout_s)

@@ -14,6 +14,9 @@ import struct
 import orjson
 
 MAX_FRAME_BYTES = 32 * 1024 * 1024
+# The longest feature vector a feature metric may return: here, not in protocol, because the
+# worker checks it too and imports no pydantic.
+MAX_FEATURES = 1024
 _LENGTH = struct.Struct(">I")
 
 

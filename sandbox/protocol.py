@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict
 
 from sandbox.framing import (
+    MAX_FEATURES,
     MAX_FRAME_BYTES,
     FrameReader,
     ProtocolViolation,
@@ -49,6 +50,8 @@ class MetricCode(_Strict):
     level: Literal["image", "object"]
     source: str
     filename: str
+    # "features": score() returns a vector (a feature metric); "score": one number.
+    output: Literal["score", "features"] = "score"
     # Set by the host when this metric's module-level code killed or hung a worker: it is not loaded again.
     disabled: str | None = None
 
@@ -129,6 +132,12 @@ class ResultRow(TypedDict, closed=True):  # type: ignore[call-arg]
     """
 
     score: Annotated[float, Field(allow_inf_nan=False)] | None
+    features: NotRequired[
+        Annotated[
+            tuple[Annotated[float, Field(allow_inf_nan=False)], ...], Field(min_length=1, max_length=MAX_FEATURES)
+        ]
+        | None
+    ]
     kind: NotRequired[ErrorKind | None]
     error: NotRequired[Annotated[str, Field(max_length=20_000)] | None]
 

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from sandbox import landlock, seccomp_filter
-from sandbox.framing import encode_frame, read_frame_blocking
+from sandbox.framing import MAX_FEATURES, encode_frame, read_frame_blocking
 from sandbox.paths import SYSTEM_READ_ONLY, python_runtime_dirs
 
 _PR_SET_PDEATHSIG = 1
@@ -228,17 +228,38 @@ def _as_score(value: object) -> float | None:
     return number
 
 
+def _as_features(value: object) -> list[float] | None:
+    """A feature metric's vector: 1 to MAX_FEATURES finite numbers, as a flat list of floats."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | dict) or not hasattr(value, "__len__"):
+        raise _InvalidOutput(f"score() returned {type(value).__name__}; a feature metric returns a list of floats")
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _InvalidOutput("score() returned a sequence that is not all numbers") from None
+    if vector.ndim != 1 or not 1 <= vector.size <= MAX_FEATURES:
+        raise _InvalidOutput(
+            f"score() returned an array of shape {vector.shape}; expected 1 to {MAX_FEATURES} numbers in one row"
+        )
+    if not np.isfinite(vector).all():
+        raise _InvalidOutput("score() returned a feature vector with NaN or infinity")
+    return vector.tolist()
+
+
 def _on_alarm(signum: int, frame: object) -> None:
     raise _SoftTimeout
 
 
-def _run_call(function: Callable[..., Any], args: tuple, timeout_s: float, filename: str) -> dict:
+def _run_call(function: Callable[..., Any], args: tuple, timeout_s: float, filename: str, output: str) -> dict:
     try:
         signal.setitimer(signal.ITIMER_REAL, timeout_s, _SOFT_TIMEOUT_REPEAT_S)
         try:
             value = function(*args)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        if output == "features":
+            return {"score": None, "features": _as_features(value)}
         return {"score": _as_score(value)}
     except _SoftTimeout:
         return {"score": None, "kind": "timeout", "error": f"score() ran past the {timeout_s:g} s time limit"}
@@ -316,10 +337,12 @@ class _Worker:
         self.proto_in, self.proto_out = proto_in, proto_out
         self.timeout_s = float(init["timeout_s"])
         self.flush_interval_s = float(init.get("flush_interval_s", 0.1))
-        self.metrics: list[tuple[str, str, str, Callable[..., Any] | None]] = []
+        self.metrics: list[tuple[str, str, str, str, Callable[..., Any] | None]] = []
         self.metric_errors: dict[str, str] = {}
         for index, metric in enumerate(init["metrics"]):
-            self.metrics.append((metric["name"], metric["level"], metric["filename"], self._load(index, metric)))
+            loaded = self._load(index, metric)
+            output = metric.get("output", "score")
+            self.metrics.append((metric["name"], metric["level"], metric["filename"], output, loaded))
 
     def _load(self, index: int, metric: dict) -> Callable[..., Any] | None:
         """Run the metric's module-level code, under the same time limit as a call."""
@@ -363,7 +386,7 @@ class _Worker:
         self, call: list, image: np.ndarray | None, image_error: str | None, scene: dict, copies: dict[int, dict]
     ) -> dict:
         metric, obj = call
-        name, level, filename, function = self.metrics[metric]
+        name, level, filename, output, function = self.metrics[metric]
         if function is None:
             reason = self.metric_errors.get(name, "").strip().splitlines()
             return {"score": None, "kind": "metric_load", "error": f"metric {name} failed to load: {reason[-1:]}"}
@@ -374,7 +397,7 @@ class _Worker:
         if own is None:
             own = copies[metric] = _copy_scene(scene)
         args = (image, own) if level == "image" else (image, own["annotations"][obj], own)
-        return _run_call(function, args, self.timeout_s, filename)
+        return _run_call(function, args, self.timeout_s, filename, output)
 
 
 def main() -> None:

@@ -20,10 +20,10 @@ N_IMAGES = 16
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     root = tmp_path_factory.mktemp("demo")
-    # Without injected errors annotations.json is the exact truth these tests check; the noisy
-    # labels have tests of their own in test_label_errors.py.
+    # clean.json is the exact truth these tests check (annotations.json holds the same boxes when
+    # no error is injected); the noisy labels have tests of their own in test_label_errors.py.
     path = generate_demo_dataset(root / "data", n_images=N_IMAGES, seed=0, error_rate=0.0)
-    return path, json.loads(path.read_text())
+    return path, json.loads((path.parent / "clean.json").read_text())
 
 
 def _image(root: Path, file_name: str) -> np.ndarray:
@@ -108,6 +108,17 @@ def test_valid_coco_structure(dataset: tuple[Path, dict[str, Any]]) -> None:
         per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
     assert all(1 <= n <= 6 for n in per_image.values())
     assert len(per_image) == N_IMAGES, "every image holds at least one animal"
+
+
+def test_annotations_json_holds_boxes_only(dataset: tuple[Path, dict[str, Any]]) -> None:
+    path, clean = dataset
+    noisy = json.loads(path.read_text())
+    assert noisy["images"] == clean["images"] and noisy["categories"] == clean["categories"]
+    assert len(noisy["annotations"]) == len(clean["annotations"])
+    for box, truth in zip(noisy["annotations"], clean["annotations"], strict=True):
+        assert "segmentation" not in box, "the true mask would give corrupted boxes away"
+        assert box["bbox"] == truth["bbox"] and box["category_id"] == truth["category_id"]
+        assert box["area"] == pytest.approx(box["bbox"][2] * box["bbox"][3], abs=0.01)
 
 
 def test_images_match_the_declared_size(dataset: tuple[Path, dict[str, Any]]) -> None:

@@ -34,7 +34,11 @@ EXPECTED = {
     "object_aspect_ratio": ("object", "high"),
     "object_area_absolute": ("object", "low"),
     "frame_object_density": ("image", "high"),
+    "object_proximity": ("object", "low"),
+    "appearance_neighbours": ("object", "high"),
 }
+# Feature metrics return a vector per box; metricsmith turns the vectors into scores.
+FEATURE_METRICS = {"appearance_neighbours": 24}
 ALLOWED_IMPORTS = {"numpy", "cv2", "math"}
 
 
@@ -90,6 +94,19 @@ def call(name: str, image: np.ndarray, ann: dict[str, Any] | None = None, sc: di
         return module.score(image, sc)
     assert ann is not None
     return module.score(image, ann, sc)
+
+
+def valid_output(name: str, value: Any) -> bool:
+    """None, or what the metric's OUTPUT promises: one finite number, or a fixed-length finite vector."""
+    if value is None:
+        return True
+    if name in FEATURE_METRICS:
+        return (
+            isinstance(value, list)
+            and len(value) == FEATURE_METRICS[name]
+            and all(isinstance(v, float) and math.isfinite(v) for v in value)
+        )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def textured(height: int = 120, width: int = 160, seed: int = 0) -> np.ndarray:
@@ -253,6 +270,48 @@ def test_black_white_share_panda_patch_high_orange_low_others_none() -> None:
     assert call("black_white_share", frozen(brown), obj(box)) < 0.05
 
 
+def test_object_proximity_in_box_diagonals() -> None:
+    image = flat(0, height=200, width=200)
+    a = obj([0, 0, 30, 40], ann_id=1)  # diagonal 50, centre (15, 20)
+    b = obj([60, 0, 30, 40], category="bear", category_id=2, ann_id=2)  # centre (75, 20): 60 px away
+    far = obj([150, 150, 30, 40], ann_id=3)
+    sc = scene(image, [a, b, far])
+    assert call("object_proximity", image, a, sc) == pytest.approx(60 / 50)
+    twin = obj([3, 4, 30, 40], ann_id=4)  # 5 px from a
+    assert call("object_proximity", image, a, scene(image, [a, b, twin])) == pytest.approx(5 / 50)
+    assert call("object_proximity", image, dict(a), scene(image, [dict(a)])) is None
+    empty = obj([100, 100, 0, 10], ann_id=5)
+    assert call("object_proximity", image, a, scene(image, [a, empty])) is None
+
+
+def _panda_bear_fox() -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Three cartoon animals side by side on grass: black-and-white, brown and orange blobs."""
+    image = np.zeros((100, 300, 3), np.uint8)
+    image[:] = (60, 120, 40)
+    cv2.ellipse(image, (50, 50), (40, 35), 0, 0, 360, (235, 235, 235), -1)
+    cv2.circle(image, (35, 40), 8, (20, 20, 20), -1)
+    cv2.circle(image, (65, 40), 8, (20, 20, 20), -1)
+    cv2.ellipse(image, (150, 50), (40, 35), 0, 0, 360, (110, 70, 35), -1)
+    cv2.ellipse(image, (250, 50), (40, 35), 0, 0, 360, (225, 105, 25), -1)
+    boxes = [[10, 15, 80, 70], [110, 15, 80, 70], [210, 15, 80, 70]]
+    anns = [obj(box, ann_id=i + 1) for i, box in enumerate(boxes)]
+    return frozen(image), anns
+
+
+def test_appearance_features_describe_colours_not_size() -> None:
+    image, anns = _panda_bear_fox()
+    panda, bear, fox = (np.asarray(call("appearance_neighbours", image, ann)) for ann in anns)
+    for vector in (panda, bear, fox):
+        assert vector.sum() == pytest.approx(2.0)  # hue+grey bins share one whole, saturation bins another
+        assert (vector >= 0).all()
+    # The panda is all grey levels (no hue), the fox mostly one hue bin, and it differs from the bear.
+    assert panda[:12].sum() < 0.3 < fox[:12].sum()
+    assert np.linalg.norm(panda - bear) > 0.3 and np.linalg.norm(bear - fox) > 0.3
+    # Half the size, same look: nearly the same vector.
+    small = obj([30, 32, 40, 36], ann_id=9)
+    assert np.linalg.norm(np.asarray(call("appearance_neighbours", image, small)) - panda) < 0.35
+
+
 def rectangle_image() -> np.ndarray:
     image = textured()
     image[40:80, 50:110] = 230  # the object: rows 40..79, columns 50..109
@@ -308,12 +367,12 @@ def test_awkward_boxes_give_none_or_a_finite_number(name: str, bbox: list[float]
     ann = obj(bbox)
     other = obj([12, 9, 30, 20], ann_id=2)
     value = call(name, image, ann, scene(image, [ann, other]))
-    assert value is None or (isinstance(value, int | float) and math.isfinite(value))
+    assert valid_output(name, value)
 
 
 def test_boxes_entirely_outside_are_not_applicable() -> None:
     image = rectangle_image()
-    for name in ("object_area_relative", "border_closeness", "black_white_share", "box_tightness"):
+    for name in ("object_area_relative", "border_closeness", "black_white_share", "box_tightness", *FEATURE_METRICS):
         assert call(name, image, obj([-50, -50, 20, 20])) is None, name
         assert call(name, image, obj([500, 400, 30, 30])) is None, name
 
@@ -324,7 +383,7 @@ def test_metrics_never_modify_the_image(name: str) -> None:
     before = image.copy()
     anns = [obj([50, 40, 60, 40]), obj([55, 42, 50, 36], ann_id=2)]
     value = call(name, image, anns[0], scene(image, anns))
-    assert value is None or math.isfinite(value)
+    assert valid_output(name, value)
     assert np.array_equal(image, before)
     assert not image.flags.writeable
 
@@ -333,4 +392,4 @@ def test_metrics_never_modify_the_image(name: str) -> None:
 def test_metrics_on_a_tiny_image(name: str) -> None:
     image = flat(128, height=1, width=1)
     value = call(name, image, obj([0, 0, 1, 1]))
-    assert value is None or math.isfinite(value)
+    assert valid_output(name, value)

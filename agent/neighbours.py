@@ -1,0 +1,70 @@
+"""Feature metrics' scores: how many of a box's nearest neighbours carry another class.
+
+A feature metric (`OUTPUT = "features"` in its file) returns a vector per box instead of a score,
+because one box alone cannot say whether it looks like the rest of its class. metricsmith
+gathers every box's vector and scores each box here, with plain numpy:
+
+1. Each feature is standardised over the dataset (mean 0, standard deviation 1; a constant
+   feature is dropped), so no feature dominates the distance by its units alone.
+2. The k nearest other boxes by Euclidean distance are found by brute force, in blocks of rows
+   so that memory stays near `_BLOCK_BYTES` whatever the dataset size.
+3. The score is the share of those k neighbours whose class differs from the box's own label:
+   0 when every neighbour agrees, 1 when none does. High is suspicious.
+
+The result is deterministic: the same vectors in the same order give the same scores. With fewer than two
+boxes there are no neighbours and every score is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["class_disagreement", "nearest_neighbours"]
+
+_BLOCK_BYTES = 64 * 1024 * 1024
+
+
+def _standardised(vectors: NDArray[np.float64]) -> NDArray[np.float64]:
+    spread = vectors.std(axis=0)
+    varying = spread > 1e-12
+    return (vectors[:, varying] - vectors[:, varying].mean(axis=0)) / spread[varying]
+
+
+def nearest_neighbours(vectors: NDArray[np.float64], k: int) -> NDArray[np.intp]:
+    """Row i: the indices of the k rows nearest to row i, itself excluded, nearest first."""
+    count = len(vectors)
+    k = min(k, count - 1)
+    if k < 1:
+        return np.empty((count, 0), dtype=np.intp)
+    squared = np.einsum("ij,ij->i", vectors, vectors)
+    block = max(1, _BLOCK_BYTES // (8 * count))
+    result = np.empty((count, k), dtype=np.intp)
+    for start in range(0, count, block):
+        stop = min(start + block, count)
+        distances = squared[start:stop, None] + squared[None, :] - 2.0 * (vectors[start:stop] @ vectors.T)
+        rows = np.arange(stop - start)
+        distances[rows, rows + start] = np.inf
+        candidates = np.argpartition(distances, k - 1, axis=1)[:, :k]
+        picked = np.take_along_axis(distances, candidates, axis=1)
+        order = np.lexsort((candidates, picked), axis=1)
+        result[start:stop] = np.take_along_axis(candidates, order, axis=1)
+    return result
+
+
+def class_disagreement(vectors: Sequence[Sequence[float]], classes: Sequence[int], k: int) -> list[float | None]:
+    """Each item's share of its k nearest neighbours (in standardised feature space) of another class.
+
+    All vectors must have the same length; the caller checks that with the user-facing message.
+    """
+    if len(vectors) != len(classes):
+        raise ValueError("one class per vector")
+    if len(vectors) < 2:
+        return [None] * len(vectors)
+    matrix = _standardised(np.asarray(vectors, dtype=np.float64))
+    labels = np.asarray(classes)
+    neighbours = nearest_neighbours(matrix, k)
+    differing = labels[neighbours] != labels[:, None]
+    return differing.mean(axis=1).tolist()
