@@ -32,13 +32,17 @@ Conventions (every number of the report follows them):
   `image_ap` equals `ap`.
 * Baselines. `random`: the value an uninformative ranking gets: AP = prevalence (and per type, the
   per-type prevalence), AUROC = 0.5, precision@K = prevalence, recall@budget = reviewed share. One
-  row per level the metrics use. `combined` (with two metrics or more): each metric's scores become
-  suspicion ranks in (0, 1] (mid-ranks over its scored items divided by their count, missing = 0)
-  and are averaged per item. Object level averages the object metrics; its image AP, and the image
-  level when there are image metrics, averages every metric's image scores (object metrics pooled
-  as above). It looks at no label, so it needs no cross-validation. (A logistic regression stacked
-  on these rank features was left out: with a few hundred items it would need by-image k-fold
-  cross-validation to be honest, and the rank average is already a fair, label-free reference.)
+  row per level the metrics use. With two metrics or more, two combinations follow, each at object
+  level when any metric scores boxes (image metrics then give each box the score of its image),
+  else at image level; their image AP ranks images by the same combination made of every metric's
+  image scores (object metrics pooled as above):
+  - `combined`: learned. Each metric's scores become suspicion ranks in (0, 1] (mid-ranks over its
+    scored items divided by their count, missing = 0); a logistic regression on those ranks, their
+    missing flags and their pairwise products predicts "has an error" (`agent.stacking`). It is
+    cross-validated: items are split into 5 folds by image (a seeded shuffle, seed 0), and every
+    item is scored by a model fitted on the other folds only, so no item's own label, nor that of
+    any box of its image, ever reaches its score.
+  - `rank_average`: the mean of the suspicion ranks, per item. It looks at no label at all.
 
 JSON schema of `metricsmith eval --json` (`EvaluationReport.model_dump_json()`):
 
@@ -55,7 +59,7 @@ JSON schema of `metricsmith eval --json` (`EvaluationReport.model_dump_json()`):
 
 TYPE runs over the error types present in errors.json. A statistic is null when it is undefined
 (no positives, or for AUROC no negatives). `metrics` lists the given metrics in order, then
-`random` (one row per level) and `combined`.
+`random` (one row per level), `combined` and `rank_average`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from pydantic import BaseModel, ConfigDict
 from agent.errors import UserError
 from agent.label_errors import load_errors
 from agent.scoring import ScoreRow
+from agent.stacking import cross_validated_scores
 
 Direction = Literal["high", "low"]
 Level = Literal["object", "image"]
@@ -441,7 +446,7 @@ def evaluate(truth: GroundTruth, metrics: Sequence[MetricScores], budget: float 
         if any(metric.level == level_name for metric in metrics):
             results.append(_random_row(level_name, objects if level_name == "object" else images, prevalence, budget))
     if len(metrics) >= 2:
-        results.append(_combined_row(truth, metrics, objects, images, type_names, budget))
+        results.extend(_combined_rows(truth, metrics, objects, images, type_names, budget))
     counts = Counter(error.type for error in truth.errors)
     return EvaluationReport(
         items=ItemCounts(
@@ -502,30 +507,50 @@ def _random_row(level: Level, items: _Level, prevalence: Prevalence, budget: flo
     )
 
 
-def _combined_row(
+def _metric_columns(
+    truth: GroundTruth, metrics: Sequence[MetricScores], level: _Level
+) -> list[tuple[list[ScoreValue], Direction]]:
+    """Every metric's scores over one level's items: object metrics pooled to images, image metrics spread to boxes."""
+    columns: list[tuple[list[ScoreValue], Direction]] = []
+    for metric in metrics:
+        scores = metric.scores
+        if level.kind == "image" and metric.level == "object":
+            scores = pool_to_images(scores, truth.annotation_image, metric.direction)
+        if level.kind == "object" and metric.level == "image":
+            columns.append(([scores.get(truth.annotation_image[key]) for key in level.keys], metric.direction))
+        else:
+            columns.append(([scores.get(key) for key in level.keys], metric.direction))
+    return columns
+
+
+def _learned(truth: GroundTruth, metrics: Sequence[MetricScores], level: _Level) -> dict[int, ScoreValue]:
+    columns = _metric_columns(truth, metrics, level)
+    ranks = np.column_stack([suspicion_ranks(scores, direction) for scores, direction in columns])
+    _, labels = level.labels()
+    groups = [truth.annotation_image[key] for key in level.keys] if level.kind == "object" else level.keys
+    return dict(zip(level.keys, cross_validated_scores(ranks, labels, groups), strict=True))
+
+
+def _combined_rows(
     truth: GroundTruth,
     metrics: Sequence[MetricScores],
     objects: _Level,
     images: _Level,
     type_names: Sequence[str],
     budget: float,
-) -> MetricEvaluation:
-    # Image level: every metric, object metrics pooled to their most suspicious box.
-    image_columns = []
-    for metric in metrics:
-        scores = metric.scores
-        if metric.level == "object":
-            scores = pool_to_images(scores, truth.annotation_image, metric.direction)
-        image_columns.append(([scores.get(key) for key in images.keys], metric.direction))
-    image_scores = dict(zip(images.keys, rank_average(image_columns), strict=True))
-    image_ap = _image_ap(images, image_scores, "high")
-    object_metrics = [metric for metric in metrics if metric.level == "object"]
-    if object_metrics:
-        columns = [([m.scores.get(key) for key in objects.keys], m.direction) for m in object_metrics]
-        object_scores = dict(zip(objects.keys, rank_average(columns), strict=True))
-        stats = _ranking_stats(objects, object_scores, "high", type_names, budget)
-        level: Level = "object"
-    else:
-        stats = _ranking_stats(images, image_scores, "high", type_names, budget)
-        level = "image"
-    return MetricEvaluation(metric="combined", level=level, direction="high", image_ap=image_ap, **stats)
+) -> list[MetricEvaluation]:
+    """`combined` (learned, cross-validated by image) and `rank_average` (label-free)."""
+    # Object level when any metric scores boxes: every metric, image metrics spread to their boxes.
+    main = objects if any(metric.level == "object" for metric in metrics) else images
+    rows = []
+    for name in ("combined", "rank_average"):
+        if name == "combined":
+            main_scores = _learned(truth, metrics, main)
+            image_scores = main_scores if main is images else _learned(truth, metrics, images)
+        else:
+            main_scores = dict(zip(main.keys, rank_average(_metric_columns(truth, metrics, main)), strict=True))
+            image_scores = dict(zip(images.keys, rank_average(_metric_columns(truth, metrics, images)), strict=True))
+        stats = _ranking_stats(main, main_scores, "high", type_names, budget)
+        image_ap = _image_ap(images, image_scores, "high")
+        rows.append(MetricEvaluation(metric=name, level=main.kind, direction="high", image_ap=image_ap, **stats))
+    return rows

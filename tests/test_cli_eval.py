@@ -89,7 +89,7 @@ def test_json_report_from_a_scores_file(files: tuple[Path, Path, Path]) -> None:
     by_name = {(row["metric"], row["level"]): row for row in report["metrics"]}
     assert set(by_name) == {
         ("my_boxes", "object"), ("brightness", "image"), ("random", "object"), ("random", "image"),
-        ("combined", "object"),
+        ("combined", "object"), ("rank_average", "object"),
     }  # fmt: skip
     boxes = by_name["my_boxes", "object"]
     assert boxes["ap"] == 1.0 and boxes["auroc"] == 1.0 and boxes["ap_by_type"]["drop"] is None
@@ -104,7 +104,7 @@ def test_table_output(files: tuple[Path, Path, Path]) -> None:
     result = run_cli("eval", "--annotations", str(annotations), "--errors", str(errors), "--scores", str(scores),
                      "--direction", "my_boxes=high")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for word in ("my_boxes", "brightness", "random", "combined", "AUROC", "shift", "img AP"):
+    for word in ("my_boxes", "brightness", "random", "combined", "rank_average", "AUROC", "shift", "img AP"):
         assert word in result.stdout
 
 

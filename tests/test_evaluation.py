@@ -187,10 +187,10 @@ def test_combined_rank_average_on_a_toy_case() -> None:
         truth, [MetricScores("shift", "object", "high", shift), MetricScores("dup", "object", "low", dup)]
     )
     names = [row.metric for row in report.metrics]
-    assert names == ["shift", "dup", "random", "combined"]
-    combined = report.metrics[-1]
-    assert combined.ap == 1.0 and combined.auroc == 1.0
-    assert combined.precision_at_k == 1.0
+    assert names == ["shift", "dup", "random", "combined", "rank_average"]
+    averaged = report.metrics[-1]
+    assert averaged.ap == 1.0 and averaged.auroc == 1.0
+    assert averaged.precision_at_k == 1.0
 
 
 def test_report_json_has_the_documented_keys() -> None:

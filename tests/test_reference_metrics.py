@@ -36,6 +36,7 @@ EXPECTED = {
     "frame_object_density": ("image", "high"),
     "object_proximity": ("object", "low"),
     "appearance_neighbours": ("object", "high"),
+    "duplicate_copy": ("object", "high"),
 }
 # Feature metrics return a vector per box; metricsmith turns the vectors into scores.
 FEATURE_METRICS = {"appearance_neighbours": 24}
@@ -282,6 +283,23 @@ def test_object_proximity_in_box_diagonals() -> None:
     assert call("object_proximity", image, dict(a), scene(image, [dict(a)])) is None
     empty = obj([100, 100, 0, 10], ann_id=5)
     assert call("object_proximity", image, a, scene(image, [a, empty])) is None
+
+
+def test_duplicate_copy_flags_the_looser_twin_only() -> None:
+    image = rectangle_image()  # the object spans columns 50..109, rows 40..79
+    tight = obj([50, 40, 60, 40], ann_id=1)
+    jittered = obj([52, 38, 61, 43], ann_id=2)
+    other_class = obj([50, 40, 60, 40], category="bear", category_id=2, ann_id=3)
+    sc = scene(image, [tight, jittered, other_class])
+    overlap = call("annotation_duplicates", image, jittered, scene(image, [tight, jittered]))
+    assert overlap > 0.8
+    assert call("duplicate_copy", image, jittered, sc) == pytest.approx(overlap)
+    assert call("duplicate_copy", image, tight, sc) == 0.0
+    # Alone, beside another class, or beside a box that overlaps too little: no twin.
+    assert call("duplicate_copy", image, tight, scene(image, [tight])) == 0.0
+    assert call("duplicate_copy", image, other_class, sc) == 0.0
+    far = obj([80, 40, 60, 40], ann_id=4)  # IoU 1/3 with tight
+    assert call("duplicate_copy", image, far, scene(image, [tight, far])) == 0.0
 
 
 def _panda_bear_fox() -> tuple[np.ndarray, list[dict[str, Any]]]:
