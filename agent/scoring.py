@@ -154,6 +154,8 @@ class _Collector:
             results.clear()
 
     def _feature_scores(self, metric: int, results: list[CallResult]) -> list[CallResult]:
+        # Results arrive in whatever order the workers finish; neighbours must not depend on it.
+        results = sorted(results, key=lambda result: (result.image_id, result.obj or 0))
         vectors = [result for result in results if result.kind is None and result.features is not None]
         lengths = sorted({len(result.features or ()) for result in vectors})
         if len(lengths) > 1:

@@ -144,6 +144,13 @@ def test_reference_feature_metric_scores_every_box_in_0_1(demo: Path) -> None:
     assert outcome.summaries[0].scored == len(rows)
 
 
+def test_feature_scores_do_not_depend_on_worker_order(demo: Path) -> None:
+    dataset = load_coco(demo)
+    spec = load_metric_file("builtin:appearance_neighbours")
+    runs = [score_dataset(dataset, [spec], SandboxConfig(workers=workers, chunk_images=1)) for workers in (1, 3)]
+    assert [row.score for row in runs[0].rows] == [row.score for row in runs[1].rows]
+
+
 def test_feature_scores_follow_the_labels(demo: Path, tmp_path: Path) -> None:
     # The vector is the box's category as the scene says it: every neighbour agrees, so all 0.
     rows = _run(demo, tmp_path, '    return [float(obj["category_id"]), 0.5]\n')

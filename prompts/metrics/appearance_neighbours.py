@@ -50,8 +50,8 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
     x, y, w, h = (float(v) for v in obj["bbox"])
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 4 or h < 4:
         return None
-    x0, y0 = max(int(math.floor(x)), 0), max(int(math.floor(y)), 0)
-    x1, y1 = min(int(math.ceil(x + w)), width), min(int(math.ceil(y + h)), height)
+    x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
+    x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
     crop = cv2.resize(image[y0:y1, x0:x1], (_SIDE, _SIDE), interpolation=cv2.INTER_AREA)
