@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agent.dataset import DatasetInvalid, load_coco
+from agent.dataset import Dataset, DatasetInvalid, load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.doctor import DoctorReport, run_doctor
 from agent.errors import MetricsmithError, UserError
@@ -34,7 +34,14 @@ from agent.evaluation import (
     load_error_labels,
     scores_from_rows,
 )
-from agent.metric_file import MetricSpec, builtin_metric_names, list_builtin_metrics, load_metric_file
+from agent.metric_file import (
+    BUILTIN_PREFIX,
+    MetricSpec,
+    builtin_metric_names,
+    list_builtin_metrics,
+    load_metric_file,
+)
+from agent.report import build_report, ground_truth, human_size, render_html, write_report
 from agent.results_io import Journal, output_format, read_rows, write_rows
 from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
 from sandbox.engine import WorkerStartFailed
@@ -71,6 +78,14 @@ EVAL_EPILOG = (
     "score ranks last and ties earn no credit. A metric's direction comes from its file (--metric), from the "
     "built-in metric of that name, or from --direction NAME=high|low. The `random` and `combined` (mean "
     "suspicion rank of all metrics) rows are baselines. Exit 2 when the files do not belong together."
+)
+
+
+REPORT_EPILOG = (
+    "Per metric: a histogram of the scores with IQR outlier fences (moderate 1.5, severe 2.5 IQR), the "
+    "outlier counts on the suspicious side, and thumbnails of the top and bottom K items. With --errors, "
+    "each thumbnail shows its true error type and each metric its eval table. Directions resolve as for eval. "
+    "The page is self-contained: inline CSS and SVG, base64 images, nothing fetched."
 )
 
 
@@ -160,6 +175,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     evaluation.set_defaults(handler=cmd_eval)
 
+    report = commands.add_parser(
+        "report", help=cmd_report.__doc__, description=cmd_report.__doc__, epilog=REPORT_EPILOG
+    )
+    report.add_argument("--annotations", required=True, type=Path, help="COCO JSON file")
+    report.add_argument("--images", type=Path, help="image folder (default: the JSON's folder or its images/)")
+    report.add_argument(
+        "--scores",
+        action="append",
+        default=[],
+        type=Path,
+        help="results file of `metricsmith score` (.csv, .jsonl, .parquet) (repeatable)",
+    )
+    report.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        default=[],
+        help="metric file or builtin:NAME to score in the sandbox first (repeatable)",
+    )
+    report.add_argument(
+        "--errors", type=Path, help="errors.json of known label errors: marks each item and adds the eval tables"
+    )
+    report.add_argument(
+        "--direction",
+        action="append",
+        default=[],
+        type=_direction,
+        metavar="NAME=high|low",
+        help="SUSPICIOUS direction of a metric in --scores that is not built in",
+    )
+    report.add_argument("--top", type=_positive_int, default=8, help="items shown at each end per metric (default 8)")
+    report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
+    report.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+    report.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    report.set_defaults(handler=cmd_report)
+
     library = commands.add_parser("library", help=cmd_library.__doc__, description=cmd_library.__doc__)
     library.add_argument("action", choices=["list"])
     library.add_argument("--json", action="store_true")
@@ -228,45 +279,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     specs = _load_metrics(args.metrics)
     errors = load_error_labels(args.errors)
     dataset = load_coco(args.annotations, args.images)
-    truth = GroundTruth(
-        annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
-        image_ids=[image.id for image in dataset.images],
-        errors=errors,
-    )
-    directions: dict[str, Direction] = {spec.name: spec.suspicious for spec in specs}
+    truth = ground_truth(dataset, errors)
     check_files(truth, errors_name=str(args.errors))
-    rows: list[ScoreRow] = []
-    for path in args.scores:
-        read = read_rows(path)
-        check_files(dataclasses.replace(truth, errors=()), read, scores_name=str(path))
-        rows.extend(read)
-    given: dict[str, Direction] = dict(args.direction)  # _direction() admits only high and low
-    builtins = set(builtin_metric_names())
-    for name in dict.fromkeys(row.metric for row in rows):
-        if name in given:
-            directions[name] = given[name]
-        elif name not in directions and name in builtins:
-            directions[name] = load_metric_file(f"builtin:{name}").suspicious
-    if specs:
-        config = SandboxConfig(workers=args.workers)
-        with _ProgressBar() as (progress, advance):
-            outcome = score_dataset(dataset, specs, config, on_rows=advance)
-            progress.stop()
-        for name, error in outcome.metric_errors.items():
-            stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
-        if outcome.interrupted:
-            stderr.print("interrupted")
-            return EXIT_INTERRUPTED
-        scored = {spec.name for spec in specs}
-        clash = next((row.metric for row in rows if row.metric in scored), None)
-        if clash is not None:
-            raise UserError(f"metric {clash} is both scored with --metric and read from --scores")
-        rows.extend(outcome.rows)
+    rows, directions, _ = _gather_scores(args, specs, dataset, truth)
     report = evaluate(truth, scores_from_rows(rows, directions), budget=DEFAULT_BUDGET)
     if args.json:
         stdout.print_json(report.model_dump_json())
     else:
         _print_evaluation(report)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write one self-contained HTML page: per metric a histogram with outlier fences and the top and bottom items."""
+    if not args.metrics and not args.scores:
+        raise UserError("metricsmith report: give at least one --scores FILE or --metric FILE")
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{args.out}: the report is HTML; name it with .html")
+    for path in args.scores:
+        output_format(path)
+    specs = _load_metrics(args.metrics)
+    errors = load_error_labels(args.errors) if args.errors is not None else None
+    dataset = load_coco(args.annotations, args.images)
+    truth = ground_truth(dataset, errors or ())
+    if errors is not None:
+        check_files(truth, errors_name=str(args.errors))
+    rows, directions, known = _gather_scores(args, specs, dataset, truth)
+    report = build_report(dataset, rows, directions, errors=errors, specs=known, top_k=args.top)
+    size = write_report(args.out, render_html(report))
+    stderr.print(f"wrote {args.out} ({human_size(size)})", markup=False)
     return EXIT_OK
 
 
@@ -294,6 +335,50 @@ def _load_metrics(refs: list[str]) -> list[MetricSpec]:
             raise UserError(f"{ref}: metric name {spec.name!r} is already used by {seen[spec.name]}")
         seen[spec.name] = ref
     return specs
+
+
+def _gather_scores(
+    args: argparse.Namespace, specs: list[MetricSpec], dataset: Dataset, truth: GroundTruth
+) -> tuple[list[ScoreRow], dict[str, Direction], dict[str, MetricSpec]]:
+    """The rows of every --scores file and of every --metric scored in the sandbox, each metric's SUSPICIOUS
+    direction, and the metric files known by name.
+
+    Scores files don't carry a direction. A metric's comes from its file (--metric), else from
+    --direction NAME=high|low, else from the built-in metric of that name; a metric with none is refused
+    later, by `scores_from_rows`, with a message naming the --direction to pass.
+    """
+    rows: list[ScoreRow] = []
+    for path in args.scores:
+        read = read_rows(path)
+        check_files(dataclasses.replace(truth, errors=()), read, scores_name=str(path))
+        rows.extend(read)
+    known = {spec.name: spec for spec in specs}
+    names = list(dict.fromkeys(row.metric for row in rows))
+    given: dict[str, Direction] = {name: direction for name, direction in args.direction if name in names}
+    builtins = set(builtin_metric_names())
+    for name in names:
+        if name not in given and name not in known and name in builtins:
+            known[name] = load_metric_file(f"{BUILTIN_PREFIX}{name}")
+    directions: dict[str, Direction] = {name: spec.suspicious for name, spec in known.items()} | given
+    if specs:
+        scored = _score_in_sandbox(dataset, specs, args.workers)
+        clash = next((name for name in names if name in {spec.name for spec in specs}), None)
+        if clash is not None:
+            raise UserError(f"metric {clash} is both scored with --metric and read from --scores")
+        rows.extend(scored)
+    return rows, directions, known
+
+
+def _score_in_sandbox(dataset: Dataset, specs: list[MetricSpec], workers: int) -> list[ScoreRow]:
+    """Score the metric files with a progress bar; Ctrl-C raises KeyboardInterrupt (exit 130) once workers stop."""
+    with _ProgressBar() as (progress, advance):
+        outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers), on_rows=advance)
+        progress.stop()
+    for name, error in outcome.metric_errors.items():
+        stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    return outcome.rows
 
 
 class _ProgressBar:

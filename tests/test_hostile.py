@@ -1172,7 +1172,7 @@ import sys
 
 def score(image, scene):
     worker = sys.modules["__main__"]  # the worker runs as `python -m sandbox.worker`
-    worker._run_call = lambda function, args, timeout_s, filename: {"score": 999.0}
+    worker._run_call = lambda *args: {"score": 999.0}
     return 1.0
 """
 

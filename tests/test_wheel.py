@@ -44,6 +44,7 @@ def test_wheel_lists_prompts_and_metrics(tmp_path: Path) -> None:
     in_repo = {path.name for path in (REPO / "prompts" / "metrics").glob("*.py")}
     assert in_repo and in_repo <= shipped
     assert "sandbox/worker.py" in names
+    assert "agent/templates/report.html.j2" in names  # `metricsmith report` renders it
 
 
 def test_installed_wheel_runs_builtin_metrics_without_the_checkout(installed: Path, tmp_path: Path) -> None:
@@ -66,3 +67,8 @@ def test_installed_wheel_runs_builtin_metrics_without_the_checkout(installed: Pa
     assert lines[0].startswith("metric,level,image_id,annotation_id,score")
     assert sum(line.startswith("brightness,image,") for line in lines) == 6
     assert any(line.startswith("border_closeness,object,") for line in lines)
+
+    report = tmp_path / "report.html"  # the HTML template ships in the wheel too
+    _run([str(installed / "metricsmith"), "report", "--annotations", str(tmp_path / "demo" / "annotations.json"),
+          "--scores", str(out), "--out", str(report)], cwd=tmp_path)  # fmt: skip
+    assert 'id="metric-brightness"' in report.read_text()
