@@ -1,0 +1,127 @@
+"""The model boundary: one request type, one reply type, one method.
+
+Every backend (`openai`, `local`, `replay`) and every test model implements `ModelBackend`:
+`complete(request) -> ModelReply`. The authoring loop sees nothing else, so a recorded session
+replays through exactly the code path that produced it.
+
+A request is complete and self-describing: it carries the conversation (chat mode) or the rendered
+prompt (completion mode), every sampling parameter (the temperature is never left to a server's
+default), and the hash of each prompt template that produced it, so a replay mismatch can name the
+template that changed. Its JSON form (`ModelRequest.normalised()`) is what transcripts record and
+what replay compares.
+
+Failures are split by who must act:
+- `ModelUnreachable` (the environment): the server is down, refuses the key, or keeps failing
+  after the retry budget. The CLI exits with code 3.
+- An empty or truncated reply is the model's behaviour, not an exception: it comes back as a
+  `ModelReply` (`text == ""`, or `finish_reason == "length"`) and the loop decides what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import MetricsmithError
+
+__all__ = [
+    "Message",
+    "ModelBackend",
+    "ModelReply",
+    "ModelRequest",
+    "ModelUnreachable",
+    "Usage",
+    "estimate_tokens",
+]
+
+Mode = Literal["chat", "completion"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Message(_Frozen):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ModelRequest(_Frozen):
+    """What the loop asks of a model. Chat mode sends `messages`; completion mode sends `prompt`.
+
+    In completion mode `messages` still holds the conversation the prompt was rendered from, and
+    `reply_prefix` is the part of the prompt (the start of the code) that the completion continues:
+    the reply text is `reply_prefix + completion`.
+    """
+
+    mode: Mode
+    messages: tuple[Message, ...]
+    prompt: str | None = None
+    reply_prefix: str = ""
+    temperature: float = Field(ge=0.0, le=2.0)
+    max_tokens: int = Field(gt=0)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    # Template name -> sha256 of its source, for every template that went into this request.
+    templates: dict[str, str] = Field(default_factory=dict)
+
+    def normalised(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace variation. Replay compares these strings."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, indent=1)
+
+
+class Usage(_Frozen):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    # True when the server sent no usage and the counts are `estimate_tokens` guesses.
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ModelReply(_Frozen):
+    """What came back. `text` is the whole reply (in completion mode, prefix included)."""
+
+    text: str
+    # "stop": the model finished; "length": cut at max_tokens; anything else as the server said it.
+    finish_reason: str
+    usage: Usage
+    model: str
+    latency_s: float = Field(ge=0.0)
+
+
+@runtime_checkable
+class ModelBackend(Protocol):
+    """The one-method interface every backend implements."""
+
+    @property
+    def name(self) -> str:
+        """"openai", "local", "replay", or a test model's name."""
+        ...
+
+    @property
+    def model(self) -> str:
+        """The model identifier as the backend knows it (recorded in transcripts)."""
+        ...
+
+    @property
+    def mode(self) -> Mode:
+        """The mode the loop should build requests in: "chat", or "completion" for base models."""
+        ...
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        """Send one request. Raises ModelUnreachable when the model cannot be reached."""
+        ...
+
+
+class ModelUnreachable(MetricsmithError):
+    """The model server failed or could not be reached after retries. Exit code 3."""
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count for servers that report no usage: about 4 characters per token."""
+    return max(1, (len(text) + 3) // 4) if text else 0
