@@ -18,6 +18,7 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.syntax import Syntax
 from rich.table import Table
 
 from agent.dataset import Dataset, DatasetInvalid, load_coco
@@ -33,6 +34,13 @@ from agent.evaluation import (
     evaluate,
     load_error_labels,
     scores_from_rows,
+)
+from agent.library import (
+    default_library_dir,
+    library_versions,
+    list_library,
+    remove_metric,
+    resolve_metric,
 )
 from agent.metric_file import (
     BUILTIN_PREFIX,
@@ -123,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give each metric workers of its own, so an untrusted metric can't alter the others' scores "
         "(slower: each image is decoded once per metric)",
     )
+    _add_library_option(score)
     score.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     score.set_defaults(handler=cmd_score)
 
@@ -172,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluation.add_argument("--images", type=Path, help="image folder for --metric (default: as for score)")
     evaluation.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+    _add_library_option(evaluation)
     evaluation.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     evaluation.set_defaults(handler=cmd_eval)
 
@@ -197,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--errors", type=Path, help="errors.json of known label errors: marks each item and adds the eval tables"
     )
+    _add_library_option(report)
     report.add_argument(
         "--direction",
         action="append",
@@ -212,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=cmd_report)
 
     library = commands.add_parser("library", help=cmd_library.__doc__, description=cmd_library.__doc__)
-    library.add_argument("action", choices=["list"])
+    library.add_argument("action", choices=["list", "show", "remove"])
+    library.add_argument("name", nargs="?", help="the metric to show or remove")
     library.add_argument("--json", action="store_true")
+    _add_library_option(library)
     library.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     library.set_defaults(handler=cmd_library)
     return parser
@@ -225,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_score(args: argparse.Namespace) -> int:
     """Run metric files over a COCO dataset in the sandbox and write one row per (metric, item)."""
     output_format(args.out)
-    specs = _load_metrics(args.metrics) if args.metrics else list_builtin_metrics()
+    specs = _load_metrics(args.metrics, args.library) if args.metrics else list_builtin_metrics()
     if not specs:
         raise UserError("no metrics given and no built-in metrics installed; pass --metric FILE")
     dataset = load_coco(args.annotations, args.images)
@@ -276,7 +289,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("metricsmith eval: give at least one --metric FILE or --scores FILE")
     for path in args.scores:
         output_format(path)
-    specs = _load_metrics(args.metrics)
+    specs = _load_metrics(args.metrics, args.library)
     errors = load_error_labels(args.errors)
     dataset = load_coco(args.annotations, args.images)
     truth = ground_truth(dataset, errors)
@@ -298,7 +311,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out}: the report is HTML; name it with .html")
     for path in args.scores:
         output_format(path)
-    specs = _load_metrics(args.metrics)
+    specs = _load_metrics(args.metrics, args.library)
     errors = load_error_labels(args.errors) if args.errors is not None else None
     dataset = load_coco(args.annotations, args.images)
     truth = ground_truth(dataset, errors or ())
@@ -312,14 +325,73 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_library(args: argparse.Namespace) -> int:
-    """List the built-in reference metrics, usable as --metric builtin:NAME."""
-    specs = list_builtin_metrics()
-    if args.json:
-        stdout.print_json(json.dumps([_spec_summary(spec) for spec in specs]))
+    """The metrics you can use: built-ins (--metric builtin:NAME) and promoted ones (--metric lib:NAME[@VERSION]).
+
+    list: every built-in and the latest version of every promoted metric; show NAME: every version of a
+    promoted metric with its approval, and the latest code; remove NAME: delete every version of it.
+    """
+    library = default_library_dir(args.library)
+    if args.action != "list" and not args.name:
+        raise UserError(f"metricsmith library {args.action}: name the metric (metricsmith library {args.action} NAME)")
+    if args.action == "remove":
+        count = remove_metric(library, args.name)
+        stderr.print(f"removed {args.name} ({count} version{'s' if count != 1 else ''}) from {library}")
         return EXIT_OK
-    table = Table("name", "level", "suspicious", "description")
-    for spec in specs:
-        table.add_row(spec.name, spec.level, spec.suspicious, spec.description.strip().splitlines()[0])
+    if args.action == "show":
+        entries = library_versions(library, args.name)
+        if not entries and args.name in builtin_metric_names():
+            spec = load_metric_file(f"{BUILTIN_PREFIX}{args.name}")
+            if args.json:
+                stdout.print_json(json.dumps([_spec_summary(spec) | {"source": "builtin", "code": spec.source}]))
+            else:
+                stdout.print(f"{spec.name}: built-in, use as --metric builtin:{spec.name}")
+                stdout.print(Syntax(spec.source, "python", line_numbers=True))
+            return EXIT_OK
+        if not entries:
+            raise UserError(f"no metric named {args.name} in the library {library} nor among the built-ins")
+        if args.json:
+            stdout.print_json(json.dumps([entry.manifest.model_dump(mode="json") for entry in entries]))
+            return EXIT_OK
+        table = Table("version", "sha256", "promoted", "approver", "note")
+        for entry in entries:
+            manifest = entry.manifest
+            approval = manifest.approval
+            approver = approval.approver + (f" (policy: {approval.policy})" if approval.policy else "")
+            table.add_row(
+                f"v{manifest.version}", manifest.code_sha256[:12], manifest.promoted_at, approver, approval.note or ""
+            )
+        stdout.print(table)
+        stdout.print(Syntax(entries[-1].path.read_text(encoding="utf-8"), "python", line_numbers=True))
+        return EXIT_OK
+    builtins = list_builtin_metrics()
+    promoted = list_library(library)
+    if args.json:
+        rows = [_spec_summary(spec) | {"source": "builtin"} for spec in builtins]
+        rows += [
+            {
+                "name": entry.manifest.name,
+                "level": entry.manifest.level,
+                "suspicious": entry.manifest.suspicious,
+                "description": entry.manifest.description,
+                "source": "library",
+                "version": entry.manifest.version,
+            }
+            for entry in promoted
+        ]
+        stdout.print_json(json.dumps(rows))
+        return EXIT_OK
+    table = Table("name", "source", "level", "suspicious", "description")
+    for spec in builtins:
+        table.add_row(spec.name, "builtin", spec.level, spec.suspicious, spec.description.strip().splitlines()[0])
+    for entry in promoted:
+        manifest = entry.manifest
+        table.add_row(
+            manifest.name,
+            f"lib v{manifest.version}",
+            manifest.level,
+            manifest.suspicious,
+            manifest.description.strip().splitlines()[0],
+        )
     stdout.print(table)
     return EXIT_OK
 
@@ -327,8 +399,16 @@ def cmd_library(args: argparse.Namespace) -> int:
 # -- rendering ----------------------------------------------------------------------------------
 
 
-def _load_metrics(refs: list[str]) -> list[MetricSpec]:
-    specs = [load_metric_file(ref) for ref in refs]
+def _add_library_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--library",
+        type=Path,
+        help="metric library folder for lib:NAME (default: $METRICSMITH_LIBRARY or ./metricsmith-library)",
+    )
+
+
+def _load_metrics(refs: list[str], library: Path | None = None) -> list[MetricSpec]:
+    specs = [resolve_metric(ref, library) for ref in refs]
     seen: dict[str, str] = {}
     for ref, spec in zip(refs, specs, strict=True):
         if spec.name in seen:

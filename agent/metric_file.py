@@ -38,7 +38,7 @@ _REQUIRED_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS")
 _CONTRACT_NAMES = frozenset({*_CONTRACT_CONSTANTS, "score"})
 _IMPORT_RULE = "a metric may import only numpy, cv2, math and the standard library"
 
-Origin = Literal["file", "builtin"]
+Origin = Literal["file", "builtin", "library"]
 
 
 DEFAULT_NEIGHBOURS = 10
@@ -477,8 +477,8 @@ def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "f
     Raises MetricFileError for the first problem by line (problems without a line come last);
     `err.problems` holds all of them.
     """
-    if origin not in ("file", "builtin"):
-        raise ValueError(f"origin must be 'file' or 'builtin', got {origin!r}")
+    if origin not in ("file", "builtin", "library"):
+        raise ValueError(f"origin must be 'file', 'builtin' or 'library', got {origin!r}")
     tree = _parse_tree(source, path)
 
     problems: list[_Problem] = []
