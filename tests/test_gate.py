@@ -1,0 +1,120 @@
+"""The approval gate: decisions bound to the code's hash, the state machine, promotion, the log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.candidates import CandidateRecord, code_sha256, list_candidates, load_candidate, now_iso, save_candidate
+from agent.gate import GateRefused, approve, promote_candidate, record_edit, reject
+from agent.library import load_library_metric
+
+CODE = '''"""Box area, for the gate tests."""
+
+NAME = "box_area"
+LEVEL = "object"
+SUSPICIOUS = "low"
+
+
+def score(image, obj, scene):
+    return obj["bbox"][2] * obj["bbox"][3]
+'''
+
+
+def make_candidate(run_dir: Path, code: str = CODE, passed: bool = True) -> str:
+    sha = code_sha256(code)
+    record = CandidateRecord(
+        id=f"box_area-{sha[:8]}",
+        name="box_area",
+        level="object",
+        suspicious="low",
+        idea="flag tiny boxes",
+        code_sha256=sha,
+        created_at=now_iso(),
+        validation_passed=passed,
+        backend="replay",
+        model="test",
+    )
+    folder = run_dir / "candidates" / record.id
+    folder.mkdir(parents=True)
+    (folder / "metric.py").write_text(code)
+    (folder / "validation.json").write_text(json.dumps({"passed": passed}))
+    save_candidate(run_dir, record)
+    return record.id
+
+
+def decisions(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "decisions.jsonl").read_text().splitlines()]
+
+
+def test_approve_then_promote_binds_the_library_to_the_approved_code(tmp_path: Path) -> None:
+    candidate = make_candidate(tmp_path)
+    approved = approve(tmp_path, candidate, by="ana", note="good for tiny boxes")
+    assert approved.status == "approved" and approved.approval is not None
+    assert approved.approval.code_sha256 == code_sha256(CODE)
+    entry = promote_candidate(tmp_path, candidate, tmp_path / "library", by="ana")
+    assert entry.manifest.version == 1 and entry.manifest.approval.approver == "ana"
+    assert entry.manifest.approval.note == "good for tiny boxes"
+    assert entry.manifest.provenance.backend == "replay" and entry.manifest.validation == {"passed": True}
+    assert load_library_metric("lib:box_area", tmp_path / "library").source == CODE
+    assert load_candidate(tmp_path, candidate).status == "promoted"
+    assert [(d["action"], d["by"], d["code_sha256"]) for d in decisions(tmp_path)] == [
+        ("approve", "ana", code_sha256(CODE)),
+        ("promote", "ana", code_sha256(CODE)),
+    ]
+
+
+def test_a_hand_edit_after_validation_voids_the_decision(tmp_path: Path) -> None:
+    candidate = make_candidate(tmp_path)
+    approve(tmp_path, candidate, by="ana")
+    (tmp_path / "candidates" / candidate / "metric.py").write_text(CODE.replace("* obj", "+ obj"))
+    with pytest.raises(GateRefused, match="changed since it was validated"):
+        promote_candidate(tmp_path, candidate, tmp_path / "library")
+    record = load_candidate(tmp_path, candidate)
+    assert record.status == "pending" and record.approval is None
+    with pytest.raises(GateRefused, match="changed since it was validated"):
+        approve(tmp_path, candidate)
+    assert not (tmp_path / "library").exists()
+
+
+def test_edit_through_the_gate_needs_validation_again(tmp_path: Path) -> None:
+    candidate = make_candidate(tmp_path)
+    approve(tmp_path, candidate, by="ana")
+    edited = record_edit(tmp_path, candidate, CODE.replace("* obj", "+ obj"), by="ana")
+    assert edited.status == "pending" and edited.approval is None and not edited.validation_passed
+    assert edited.code_sha256 == code_sha256(CODE.replace("* obj", "+ obj"))
+    with pytest.raises(GateRefused, match="did not pass validation"):
+        approve(tmp_path, candidate)
+    assert [d["action"] for d in decisions(tmp_path)] == ["approve", "edit"]
+
+
+def test_reject_needs_a_reason_and_ends_the_candidate(tmp_path: Path) -> None:
+    candidate = make_candidate(tmp_path)
+    with pytest.raises(GateRefused, match="needs a reason"):
+        reject(tmp_path, candidate, "  ")
+    rejected = reject(tmp_path, candidate, "duplicates object_area_relative", by="bo")
+    assert rejected.status == "rejected" and rejected.rejection is not None
+    assert rejected.rejection.note == "duplicates object_area_relative"
+    with pytest.raises(GateRefused, match="only a pending candidate can be approved"):
+        approve(tmp_path, candidate)
+    with pytest.raises(GateRefused, match="only an approved candidate can be promoted"):
+        promote_candidate(tmp_path, candidate, tmp_path / "library")
+
+
+def test_unknown_candidates_and_failed_validation(tmp_path: Path) -> None:
+    failing = make_candidate(tmp_path, passed=False)
+    with pytest.raises(GateRefused, match="did not pass validation"):
+        approve(tmp_path, failing)
+    with pytest.raises(Exception, match=f"candidates: {failing}"):
+        approve(tmp_path, "other_name-0123abcd")
+    with pytest.raises(Exception, match="is not a candidate id"):
+        approve(tmp_path, "../../etc")
+    assert [record.id for record in list_candidates(tmp_path)] == [failing]
+
+
+def test_policy_approval_is_recorded_as_such(tmp_path: Path) -> None:
+    candidate = make_candidate(tmp_path)
+    approve(tmp_path, candidate, by="batch", policy="--approve-passing: every validation check passed")
+    assert decisions(tmp_path)[0]["policy"].startswith("--approve-passing")
