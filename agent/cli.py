@@ -16,11 +16,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 from rich.table import Table
 
+from agent.console import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    ArgumentParser,
+    positive_float,
+    positive_int,
+    stderr,
+    stdout,
+)
 from agent.dataset import Dataset, DatasetInvalid, load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.doctor import DoctorReport, run_doctor
@@ -55,37 +66,12 @@ from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
 from sandbox.engine import WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
-
-# Piped output has no terminal width; 120 columns keep the tables readable in logs.
-stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
-stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 EVAL_EPILOG = (
     "Object metrics are ranked over every annotation, image metrics over every image; a missing or failed "
     "score ranks last and ties earn no credit. A metric's direction comes from its file (--metric), from the "
-    "built-in metric of that name, or from --direction NAME=high|low. The `random` and `combined` (mean "
-    "suspicion rank of all metrics) rows are baselines. Exit 2 when the files do not belong together."
+    "built-in metric of that name, or from --direction NAME=high|low. Baselines: `random`, `combined` (a "
+    "logistic regression on the metrics' ranks, cross-validated by image) and `rank_average` (label-free). "
+    "Exit 2 when the files do not belong together."
 )
 
 
@@ -105,9 +91,11 @@ def _direction(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="metricsmith", description="Write, run and measure data-quality metrics for CV datasets.")
+    parser = ArgumentParser(
+        prog="metricsmith", description="Write, run and measure data-quality metrics for CV datasets."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     score = commands.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
     score.add_argument("--annotations", required=True, type=Path, help="COCO JSON file")
@@ -119,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="metric file or builtin:NAME (repeatable; default: every built-in metric)",
     )
     score.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
-    score.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
-    score.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per score() call")
-    score.add_argument("--memory", type=_positive_int, default=2048, help="MB each worker may allocate")
+    score.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    score.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per score() call")
+    score.add_argument("--memory", type=positive_int, default=2048, help="MB each worker may allocate")
     score.add_argument(
         "--require-isolation", action="store_true", help="refuse to run unless Landlock, seccomp and bwrap all hold"
     )
@@ -142,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     demo.add_argument("out_dir", type=Path)
-    demo.add_argument("--images", type=_positive_int, default=64)
+    demo.add_argument("--images", type=positive_int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--error-rate",
@@ -180,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluation.add_argument("--images", type=Path, help="image folder for --metric (default: as for score)")
-    evaluation.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+    evaluation.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
     _add_library_option(evaluation)
     evaluation.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     evaluation.set_defaults(handler=cmd_eval)
@@ -216,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=high|low",
         help="SUSPICIOUS direction of a metric in --scores that is not built in",
     )
-    report.add_argument("--top", type=_positive_int, default=8, help="items shown at each end per metric (default 8)")
+    report.add_argument("--top", type=positive_int, default=8, help="items shown at each end per metric (default 8)")
     report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
-    report.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+    report.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
     report.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     report.set_defaults(handler=cmd_report)
 
