@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
+from agent import cli_gate
 from agent.console import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library_option(library)
     library.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     library.set_defaults(handler=cmd_library)
+
+    cli_gate.register(commands)
     return parser
 
 

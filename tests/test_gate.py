@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,25 @@ def test_policy_approval_is_recorded_as_such(tmp_path: Path) -> None:
     candidate = make_candidate(tmp_path)
     approve(tmp_path, candidate, by="batch", policy="--approve-passing: every validation check passed")
     assert decisions(tmp_path)[0]["policy"].startswith("--approve-passing")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_approve_and_reject_commands(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    candidate = make_candidate(run_dir)
+    other = make_candidate(run_dir, CODE.replace("* obj", "+ obj"))
+    library = tmp_path / "library"
+    result = _cli("approve", str(run_dir), candidate, "--note", "ok", "--by", "ana", "--library", str(library))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"approved {candidate} (code {code_sha256(CODE)[:12]}), promoted as lib:box_area@1 in {library}"
+    )
+    again = _cli("approve", str(run_dir), candidate, "--library", str(library))
+    assert again.returncode == 2 and again.stderr.strip().endswith("only a pending candidate can be approved")
+    assert _cli("reject", str(run_dir), other).returncode == 2  # --reason is required
+    rejected = _cli("reject", str(run_dir), other, "--reason", "adds nothing")
+    assert rejected.returncode == 0 and rejected.stderr.strip() == f"rejected {other}: adds nothing"
+    assert [d["action"] for d in decisions(run_dir)] == ["approve", "promote", "reject"]
