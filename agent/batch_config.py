@@ -1,0 +1,184 @@
+"""The batch job's configuration: a TOML file, then environment variables, then flags.
+
+    [dataset]
+    annotations = "demo/annotations.json"   # required; relative paths are relative to the config file
+    images = "demo/images"                  # optional (default: as for `metricsmith score`)
+    description = "Pandas, bears and foxes"  # or description_file = "dataset.md"
+    errors = "demo/errors.json"             # optional: known label errors, for eval figures
+
+    ideas = ["flag boxes that are not on a panda"]   # the ideas to author ...
+    # brainstorm = 3                                # ... or ask the model for N ideas first
+
+    [model]
+    backend = "local"            # "local" (embedded), "openai" (any OpenAI-compatible server) or "replay"
+    model = "gpt-4o-mini"        # openai: the model name
+    base_url = "http://127.0.0.1:8080/v1"
+    model_path = "model.gguf"    # local: another GGUF than the embedded default
+    transcript = "session.jsonl" # replay: the recording to play
+    temperature = 0.2
+
+    [budgets]
+    max_repairs = 3
+    max_drafts = 2
+    max_tokens_per_idea = 60000
+    cost_ceiling_usd = 2.0       # optional: stop authoring new ideas past this estimated spend
+
+    library = "metricsmith-library"
+
+Environment variables override the file (METRICSMITH_BACKEND, METRICSMITH_MODEL,
+OPENAI_BASE_URL, METRICSMITH_MODEL_PATH, METRICSMITH_LIBRARY), and the command line's flags
+override both. Every problem in the file is reported at once, one line each, naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import UserError
+
+__all__ = ["BatchConfig", "ConfigInvalid", "load_batch_config"]
+
+Backend = Literal["openai", "local", "replay"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSection(_Section):
+    annotations: Path
+    images: Path | None = None
+    description: str | None = None
+    description_file: Path | None = None
+    errors: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_description(self) -> DatasetSection:
+        if self.description is not None and self.description_file is not None:
+            raise ValueError("give description or description_file, not both")
+        return self
+
+
+class ModelSection(_Section):
+    backend: Backend = "local"
+    model: str | None = None
+    base_url: str | None = None
+    model_path: Path | None = None
+    transcript: Path | None = None
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+
+    @model_validator(mode="after")
+    def _replay_needs_a_recording(self) -> ModelSection:
+        if self.backend == "replay" and self.transcript is None:
+            raise ValueError("backend 'replay' needs transcript = \"RECORDING.jsonl\"")
+        return self
+
+
+class Budgets(_Section):
+    max_repairs: int = Field(default=3, ge=0, le=20)
+    max_drafts: int = Field(default=2, ge=1, le=20)
+    max_tokens_per_idea: int = Field(default=60_000, ge=1_000)
+    cost_ceiling_usd: float | None = Field(default=None, gt=0)
+
+
+class BatchConfig(_Section):
+    dataset: DatasetSection
+    ideas: list[str] = Field(default_factory=list)
+    brainstorm: int | None = Field(default=None, ge=1, le=50)
+    model: ModelSection = Field(default_factory=ModelSection)
+    budgets: Budgets = Field(default_factory=Budgets)
+    library: Path = Path("metricsmith-library")
+
+    @model_validator(mode="after")
+    def _ideas_or_brainstorm(self) -> BatchConfig:
+        if bool(self.ideas) == (self.brainstorm is not None):
+            raise ValueError("give either ideas = [...] or brainstorm = N (exactly one of them)")
+        if any(not idea.strip() for idea in self.ideas):
+            raise ValueError("ideas: an idea is empty")
+        if len({idea.strip() for idea in self.ideas}) != len(self.ideas):
+            raise ValueError("ideas: the same idea is listed twice")
+        return self
+
+    def description_text(self) -> str:
+        if self.dataset.description_file is not None:
+            return self.dataset.description_file.read_text(encoding="utf-8")
+        return self.dataset.description or ""
+
+
+class ConfigInvalid(UserError):
+    """Every problem of a config file; `str()` is the first line, `problems` all of them."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{path}: {len(problems)} {noun}: " + "; ".join(problems))
+
+
+_ENVIRONMENT: dict[str, tuple[str, ...]] = {
+    "METRICSMITH_BACKEND": ("model", "backend"),
+    "METRICSMITH_MODEL": ("model", "model"),
+    "OPENAI_BASE_URL": ("model", "base_url"),
+    "METRICSMITH_MODEL_PATH": ("model", "model_path"),
+    "METRICSMITH_LIBRARY": ("library",),
+}
+
+
+def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def _relative_to(base: Path, config: BatchConfig) -> BatchConfig:
+    """Paths in the file are relative to the file's folder, wherever the command runs from."""
+
+    def fix(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else base / path
+
+    dataset = config.dataset.model_copy(
+        update={
+            "annotations": fix(config.dataset.annotations),
+            "images": fix(config.dataset.images),
+            "description_file": fix(config.dataset.description_file),
+            "errors": fix(config.dataset.errors),
+        }
+    )
+    model = config.model.model_copy(
+        update={"model_path": fix(config.model.model_path), "transcript": fix(config.model.transcript)}
+    )
+    return config.model_copy(update={"dataset": dataset, "model": model, "library": fix(config.library)})
+
+
+def load_batch_config(
+    path: Path, overrides: Mapping[tuple[str, ...], Any] | None = None, environ: Mapping[str, str] | None = None
+) -> BatchConfig:
+    """Read, merge (file < environment < `overrides` from flags) and validate a batch config."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML: {error}") from None
+    environ = os.environ if environ is None else environ
+    for variable, keys in _ENVIRONMENT.items():
+        if environ.get(variable):
+            _set(data, keys, environ[variable])
+    for keys, value in (overrides or {}).items():
+        if value is not None:
+            _set(data, keys, value)
+    try:
+        config = BatchConfig.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-after"))
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ConfigInvalid(path, problems) from None
+    return _relative_to(path.resolve().parent, config)

@@ -1,0 +1,90 @@
+"""The batch config: TOML, environment and flag precedence, one message per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.batch_config import ConfigInvalid, load_batch_config
+from agent.errors import UserError
+
+GOOD = """
+ideas = ["flag boxes that are not on a panda", "flag blurry images"]
+library = "lib"
+
+[dataset]
+annotations = "demo/annotations.json"
+errors = "demo/errors.json"
+description = "Pandas, bears and foxes"
+
+[model]
+backend = "openai"
+model = "gpt-4o-mini"
+
+[budgets]
+max_repairs = 2
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_config_resolves_paths_next_to_the_file(tmp_path: Path) -> None:
+    config = load_batch_config(write(tmp_path, GOOD), environ={})
+    assert config.dataset.annotations == tmp_path.resolve() / "demo/annotations.json"
+    assert config.library == tmp_path.resolve() / "lib"
+    assert config.model.backend == "openai" and config.budgets.max_repairs == 2 and config.budgets.max_drafts == 2
+    assert config.description_text() == "Pandas, bears and foxes"
+
+
+def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    environ = {"METRICSMITH_MODEL": "from-env", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    config = load_batch_config(path, environ=environ)
+    assert config.model.model == "from-env" and config.model.base_url == "http://127.0.0.1:9/v1"
+    config = load_batch_config(path, overrides={("model", "model"): "from-flag"}, environ=environ)
+    assert config.model.model == "from-flag"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = """
+brainstorm = 3
+ideas = ["x"]
+colour = "blue"
+
+[model]
+backend = "gpt"
+temperature = 5
+
+[budgets]
+max_drafts = 0
+"""
+    with pytest.raises(ConfigInvalid) as caught:
+        load_batch_config(write(tmp_path, text), environ={})
+    problems = caught.value.problems
+    joined = "\n".join(problems)
+    for expected in ("dataset: Field required", "colour: Extra inputs", "model.backend:", "model.temperature:",
+                     "budgets.max_drafts:"):  # fmt: skip
+        assert expected in joined, joined
+    assert str(caught.value).startswith(f"{tmp_path / 'config.toml'}: {len(problems)} problems: ")
+
+
+def test_ideas_xor_brainstorm_and_replay_needs_a_recording(tmp_path: Path) -> None:
+    base = '[dataset]\nannotations = "a.json"\n'
+    with pytest.raises(ConfigInvalid, match="either ideas"):
+        load_batch_config(write(tmp_path, base), environ={})
+    with pytest.raises(ConfigInvalid, match="listed twice"):
+        load_batch_config(write(tmp_path, 'ideas = ["a", "a"]\n' + base), environ={})
+    with pytest.raises(ConfigInvalid, match="needs transcript"):
+        load_batch_config(write(tmp_path, 'ideas = ["a"]\n' + base + '[model]\nbackend = "replay"\n'), environ={})
+
+
+def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such config file"):
+        load_batch_config(tmp_path / "missing.toml")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_batch_config(write(tmp_path, "ideas = [\n"))
