@@ -1,0 +1,741 @@
+"""Prompt text for one turn: templates, dataset facts, example metrics, and the requests built from them.
+
+The templates are jinja2 files in the prompts folder (`agent.resources.prompts_dir()`), rendered with
+StrictUndefined so a missing variable is an error, not a silently empty line. The metric contract
+(CONTRACT.md) is injected into the system prompt verbatim as the global `contract`, so what the
+model is told is always exactly what `agent.metric_file` checks.
+
+Every request records the sha256 of each source that went into it (templates, included templates
+and CONTRACT.md) in `ModelRequest.templates`, so a replay mismatch can name the template that
+changed.
+
+The split with the conversation manager: this module renders the text of ONE turn and wraps it in
+a `ModelRequest`; the caller owns the conversation (which turns exist and which to send) and hands
+it in as a tuple of `Message`. Chat mode appends the new user turn (and the system prompt, when the
+conversation has none). Completion mode, for base models with no chat template, renders a code
+prompt instead (completion*.j2) whose `reply_prefix` block is the start of the metric file the model
+continues; `messages` then still records the conversation plus the chat text of the turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jinja2.meta
+import jinja2.nodes
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from agent import resources
+from agent.dataset import Dataset
+from agent.extract import FormatProblem, Idea, corrective_message
+from agent.metric_file import MetricSpec, list_builtin_metrics
+from agent.model import Message, Mode, ModelRequest
+
+__all__ = [
+    "COMPLETION_STOPS",
+    "ClassCount",
+    "DatasetFacts",
+    "FailedItem",
+    "MetricTask",
+    "Prompts",
+    "Quantiles",
+    "RenderedPrompt",
+    "RepairContext",
+    "SampleAnnotation",
+    "build_brainstorm_request",
+    "build_format_retry",
+    "build_implement_request",
+    "build_repair_request",
+    "choose_examples",
+    "dataset_facts",
+    "facts_text",
+    "head_tail",
+    "idea_level",
+    "system_prompt",
+]
+
+CONTRACT_FILE = "CONTRACT.md"
+REPLY_PREFIX_BLOCK = "reply_prefix"
+# Where a base model's continuation has left the function body: a new file, a test harness, a
+# fence, a second score(). Local servers accept any number; OpenAI's own completions API takes 4.
+COMPLETION_STOPS: tuple[str, ...] = ("\nif __name__", "\n```", "\nclass ", "\n# ---", "\ndef score(", '\n"""')
+BRAINSTORM_COMPLETION_STOPS: tuple[str, ...] = ("\n\n", "\n# Ideas", "\n```")
+# A 270M model's context is small and its attention short: completion prompts keep examples and
+# failing code short, and tracebacks to their last lines.
+_COMPLETION_EXAMPLE_MAX_LINES = 40
+_COMPLETION_CODE_MAX_LINES = 60
+_COMPLETION_ERROR_MAX_LINES = 12
+_STREAM_HEAD_TAIL = 600
+
+Level = Literal["image", "object"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- templates -------------------------------------------------------------------------------
+
+
+class RenderedPrompt(_Frozen):
+    """A rendered template: its text, its name, the sha256 of its source, and of every source it used."""
+
+    text: str
+    template: str
+    sha256: str
+    # Name -> sha256 for the template itself, templates it includes, and CONTRACT.md when it uses it.
+    templates: dict[str, str]
+    # Completion templates only: the text of their reply_prefix block, which the prompt ends with.
+    reply_prefix: str = ""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _number(value: Any) -> str:
+    """Compact numbers for prompts: 12.0 -> "12", 0.123456 -> "0.1235", 1234567.0 -> "1.235e+06"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer() and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _docstring_safe(text: str) -> str:
+    """Text that cannot end or corrupt the triple-quoted docstring it is placed in."""
+    return text.replace("\\", "/").replace('"""', "'''")
+
+
+class Prompts:
+    """The prompt templates of one prompts folder (by default the shipped one)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else resources.prompts_dir()
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(self.directory),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            # Plain text and code, not HTML: escaping would turn `<` and quotes in code into entities.
+            autoescape=False,
+        )
+        self._env.filters["num"] = _number
+        self._env.filters["docstring_safe"] = _docstring_safe
+        self._env.globals["contract"] = self.contract()
+
+    def contract(self) -> str:
+        """CONTRACT.md, exactly as shipped."""
+        return (self.directory / CONTRACT_FILE).read_text(encoding="utf-8")
+
+    def template_hashes(self) -> dict[str, str]:
+        """sha256 of every .j2 template and of CONTRACT.md, by file name."""
+        files = [*sorted(self.directory.glob("*.j2")), self.directory / CONTRACT_FILE]
+        return {file.name: _sha256(file.read_bytes()) for file in files}
+
+    def _sources_used(self, name: str, seen: set[str] | None = None) -> set[str]:
+        """`name`, the templates it includes or imports (recursively), and CONTRACT.md if it reads `contract`."""
+        seen = set() if seen is None else seen
+        if name in seen:
+            return seen
+        seen.add(name)
+        source, _, _ = self._env.loader.get_source(self._env, name)  # type: ignore[union-attr]
+        tree = self._env.parse(source)
+        # meta.find_undeclared_variables skips globals, and `contract` is one: look for the name itself.
+        if any(node.name == "contract" for node in tree.find_all(jinja2.nodes.Name)):
+            seen.add(CONTRACT_FILE)
+        for child in jinja2.meta.find_referenced_templates(tree):
+            if child is not None:
+                self._sources_used(child, seen)
+        return seen
+
+    def render(self, name: str, **context: Any) -> RenderedPrompt:
+        """Render template `name`; a completion template's reply_prefix block is returned alongside."""
+        template = self._env.get_template(name)
+        text = template.render(**context)
+        prefix = ""
+        if REPLY_PREFIX_BLOCK in template.blocks:
+            prefix = "".join(template.blocks[REPLY_PREFIX_BLOCK](template.new_context(context)))
+            if not text.endswith(prefix):
+                raise ValueError(f"{name}: the {REPLY_PREFIX_BLOCK} block must end the template")
+        hashes = self.template_hashes()
+        used = {source: hashes[source] for source in sorted(self._sources_used(name)) if source in hashes}
+        return RenderedPrompt(text=text, template=name, sha256=used[name], templates=used, reply_prefix=prefix)
+
+
+def system_prompt(prompts: Prompts) -> RenderedPrompt:
+    """The chat-mode system prompt: the role, the contract verbatim, and the rules."""
+    return prompts.render("system.j2")
+
+
+# --- dataset facts ---------------------------------------------------------------------------
+
+
+class Quantiles(_Frozen):
+    """Distribution summary (linear interpolation, as numpy's default)."""
+
+    min: float
+    p05: float
+    p25: float
+    median: float
+    p75: float
+    p95: float
+    max: float
+
+
+class ClassCount(_Frozen):
+    id: int
+    name: str
+    boxes: int
+    images: int
+
+
+class SizeCount(_Frozen):
+    width: int
+    height: int
+    images: int
+
+
+class SampleAnnotation(_Frozen):
+    """One annotation as a metric sees it (segmentation summarised), with its image's size."""
+
+    id: int
+    image_id: int
+    category_id: int
+    category: str
+    bbox: tuple[float, float, float, float]
+    area: float
+    iscrowd: int
+    has_segmentation: bool
+    image_width: int
+    image_height: int
+
+
+class BoxesPerImage(_Frozen):
+    min: int
+    median: float
+    max: int
+    share_without_boxes: float
+
+
+class DatasetFacts(_Frozen):
+    """Facts about a dataset computed from its annotations (no image is read). Deterministic."""
+
+    images: int
+    annotations: int
+    classes: tuple[ClassCount, ...]
+    image_sizes: tuple[SizeCount, ...]  # every distinct size, most frequent first
+    boxes_per_image: BoxesPerImage
+    box_width: Quantiles | None  # pixels; None when there are no annotations
+    box_height: Quantiles | None
+    box_area: Quantiles | None
+    relative_width: Quantiles | None  # box width / image width
+    relative_height: Quantiles | None
+    relative_area: Quantiles | None
+    aspect_ratio: Quantiles | None  # width / height
+    with_segmentation: int
+    crowd: int
+    samples: tuple[SampleAnnotation, ...]
+
+
+def _round(value: float) -> float:
+    # Four significant digits: enough to reason about, and stable against float noise across platforms.
+    return float(f"{value:.4g}")
+
+
+def _quantiles(values: Sequence[float]) -> Quantiles | None:
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return None
+    q = np.quantile(finite, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    return Quantiles(**dict(zip(Quantiles.model_fields, (_round(float(v)) for v in q), strict=True)))
+
+
+def _spread(indices: int, count: int) -> list[int]:
+    """`count` indices spread evenly over range(indices): first, ..., last."""
+    if indices <= count:
+        return list(range(indices))
+    return sorted({round(i * (indices - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
+
+
+def dataset_facts(dataset: Dataset, samples: int = 3) -> DatasetFacts:
+    """Counts, sizes and distributions of `dataset`'s annotations, and `samples` example annotations."""
+    images_by_id = {image.id: image for image in dataset.images}
+    names = {category.id: category.name for category in dataset.categories}
+    boxes = Counter(annotation.category_id for annotation in dataset.annotations)
+    image_sets: dict[int, set[int]] = {}
+    per_image = Counter(annotation.image_id for annotation in dataset.annotations)
+    for annotation in dataset.annotations:
+        image_sets.setdefault(annotation.category_id, set()).add(annotation.image_id)
+    classes = tuple(
+        ClassCount(id=c.id, name=c.name, boxes=boxes[c.id], images=len(image_sets.get(c.id, ())))
+        for c in sorted(dataset.categories, key=lambda c: c.id)
+    )
+    sizes = Counter((image.width, image.height) for image in dataset.images)
+    image_sizes = tuple(
+        SizeCount(width=w, height=h, images=n) for (w, h), n in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    counts = [per_image.get(image.id, 0) for image in dataset.images]
+    boxes_per_image = BoxesPerImage(
+        min=min(counts, default=0),
+        median=_round(float(np.median(counts))) if counts else 0.0,
+        max=max(counts, default=0),
+        share_without_boxes=_round(sum(1 for c in counts if c == 0) / len(counts)) if counts else 0.0,
+    )
+
+    widths, heights, areas, rel_w, rel_h, rel_a, ratios = [], [], [], [], [], [], []
+    for annotation in dataset.annotations:
+        _, _, w, h = annotation.bbox
+        image = images_by_id[annotation.image_id]
+        widths.append(w)
+        heights.append(h)
+        areas.append(w * h)
+        rel_w.append(w / image.width)
+        rel_h.append(h / image.height)
+        rel_a.append(w * h / (image.width * image.height))
+        if h > 0:
+            ratios.append(w / h)
+
+    ordered = sorted(dataset.annotations, key=lambda a: a.id)
+    chosen = [ordered[i] for i in _spread(len(ordered), samples)] if samples > 0 else []
+    return DatasetFacts(
+        images=len(dataset.images),
+        annotations=len(dataset.annotations),
+        classes=classes,
+        image_sizes=image_sizes,
+        boxes_per_image=boxes_per_image,
+        box_width=_quantiles(widths),
+        box_height=_quantiles(heights),
+        box_area=_quantiles(areas),
+        relative_width=_quantiles(rel_w),
+        relative_height=_quantiles(rel_h),
+        relative_area=_quantiles(rel_a),
+        aspect_ratio=_quantiles(ratios),
+        with_segmentation=sum(1 for a in dataset.annotations if a.segmentation is not None),
+        crowd=sum(1 for a in dataset.annotations if a.iscrowd),
+        samples=tuple(
+            SampleAnnotation(
+                id=a.id,
+                image_id=a.image_id,
+                category_id=a.category_id,
+                category=names.get(a.category_id, ""),
+                bbox=a.bbox,
+                area=a.area,
+                iscrowd=a.iscrowd,
+                has_segmentation=a.segmentation is not None,
+                image_width=images_by_id[a.image_id].width,
+                image_height=images_by_id[a.image_id].height,
+            )
+            for a in chosen
+        ),
+    )
+
+
+def _show_quantiles(q: Quantiles | None, compact: bool) -> str:
+    if q is None:
+        return "none"
+    if compact:
+        return f"min {_number(q.min)}, p5 {_number(q.p05)}, median {_number(q.median)}, p95 {_number(q.p95)}, " + (
+            f"max {_number(q.max)}"
+        )
+    parts = ("min", "p05", "p25", "median", "p75", "p95", "max")
+    labels = {"p05": "p5"}
+    return ", ".join(f"{labels.get(p, p)} {_number(getattr(q, p))}" for p in parts)
+
+
+def _show_sample(s: SampleAnnotation) -> str:
+    bbox = ", ".join(_number(v) for v in s.bbox)
+    segmentation = ", segmentation" if s.has_segmentation else ""
+    return (
+        f'id {s.id}, image {s.image_id} ({s.image_width}x{s.image_height}), "{s.category}", '
+        f"bbox [{bbox}], area {_number(s.area)}, iscrowd {s.iscrowd}{segmentation}"
+    )
+
+
+def facts_text(facts: DatasetFacts, *, compact: bool = False, max_classes: int = 30) -> str:
+    """The facts as short lines of text for a prompt. `compact`: fewer quantiles, one sample (for small models)."""
+    lines = [f"{facts.images} images, {facts.annotations} annotations, {len(facts.classes)} classes"]
+    shown = facts.classes[:max_classes]
+    classes = "; ".join(f"{c.name} {c.boxes} boxes in {c.images} images" for c in shown)
+    if len(facts.classes) > len(shown):
+        classes += f"; and {len(facts.classes) - len(shown)} more"
+    lines.append(f"classes: {classes}")
+    sizes = ", ".join(f"{s.width}x{s.height} ({s.images})" for s in facts.image_sizes[:5])
+    if len(facts.image_sizes) > 5:
+        sizes += f", and {len(facts.image_sizes) - 5} other sizes"
+    lines.append(f"image sizes: {sizes}")
+    b = facts.boxes_per_image
+    lines.append(
+        f"boxes per image: min {b.min}, median {_number(b.median)}, max {b.max}; "
+        f"{_number(round(100 * b.share_without_boxes, 1))}% of images have none"
+    )
+    rows = [
+        ("box width px", facts.box_width),
+        ("box height px", facts.box_height),
+        ("box area px", facts.box_area),
+        ("box width / image width", facts.relative_width),
+        ("box height / image height", facts.relative_height),
+        ("box area / image area", facts.relative_area),
+        ("aspect ratio w/h", facts.aspect_ratio),
+    ]
+    if compact:
+        rows = [rows[0], rows[1], rows[5], rows[6]]
+    lines.extend(f"{label}: {_show_quantiles(q, compact)}" for label, q in rows)
+    lines.append(f"with segmentation: {facts.with_segmentation} of {facts.annotations}; crowd: {facts.crowd}")
+    samples = facts.samples[:1] if compact else facts.samples
+    if samples:
+        lines.append("sample annotations:" if len(samples) > 1 else "sample annotation:")
+        lines.extend(f"  {_show_sample(s)}" for s in samples)
+    return "\n".join(lines)
+
+
+# --- example selection -----------------------------------------------------------------------
+
+_OBJECT_WORDS = (
+    "box", "bbox", "label", "annotation", "annotat", "object", "class", "categor", "instance",
+    "polygon", "segment", "mask", "overlap", "iou", "duplicat", "crop",
+)  # fmt: skip
+_IMAGE_WORDS = (
+    "image", "frame", "photo", "blur", "bright", "exposure", "expos", "noise", "noisy", "sharp",
+    "contrast", "dark", "colour", "color", "saturat", "jpeg", "compress", "resolution",
+)  # fmt: skip
+_FEATURE_WORDS = ("neighbour", "neighbor", "similar", "appearance", "embedding", "nearest", "look")
+_STOPWORDS = frozenset(
+    ("a", "an", "and", "are", "as", "at", "be", "by", "each", "for", "from", "how", "in", "into", "is", "it",
+     "its", "more", "less", "not", "of", "on", "one", "or", "per", "than", "that", "the", "their", "this", "to",
+     "very", "what", "when", "whether", "which", "with")
+)  # fmt: skip
+_WORD = re.compile(r"[a-z][a-z0-9]*")
+
+
+def _tokens(text: str) -> set[str]:
+    words = set()
+    for word in _WORD.findall(text.lower().replace("_", " ")):
+        if word in _STOPWORDS or len(word) < 3:
+            continue
+        # A crude stem: plurals, then a 6-letter prefix, so "boxes"/"box" and "brightness"/"bright" meet.
+        if word.endswith(("xes", "ches", "shes", "sses")):
+            word = word[:-2]
+        elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            word = word[:-1]
+        words.add(word[:6])
+    return words
+
+
+def _mentions(tokens: set[str], stems: Iterable[str]) -> int:
+    return sum(1 for stem in stems if any(token.startswith(stem[:6]) for token in tokens))
+
+
+def idea_level(idea: str) -> Level | None:
+    """The level an idea's words point at ("object" for boxes and labels, "image" for exposure, blur...)."""
+    tokens = _tokens(idea)
+    objects, images = _mentions(tokens, _OBJECT_WORDS), _mentions(tokens, _IMAGE_WORDS)
+    if objects == images:
+        return None
+    return "object" if objects > images else "image"
+
+
+def _metric_text(spec: MetricSpec) -> str:
+    return " ".join([spec.name, spec.title or "", spec.description, *spec.tags])
+
+
+def choose_examples(
+    idea: str, k: int = 2, *, level: Level | None = None, metrics: Sequence[MetricSpec] | None = None
+) -> list[MetricSpec]:
+    """Up to `k` reference metrics to show as examples for `idea`. Deterministic.
+
+    Ranked by: same level as the idea (given, or read from its words), topic overlap (shared words
+    with the metric's name, title, description and tags, rarer words counting more), then shorter
+    files (40 lines weigh about as much as one shared rare word). Feature metrics are left out unless
+    the idea is about neighbours or appearance.
+    """
+    pool = list(list_builtin_metrics() if metrics is None else metrics)
+    tokens = _tokens(idea)
+    if not _mentions(tokens, _FEATURE_WORDS):
+        pool = [spec for spec in pool if spec.output != "features"]
+    if not pool or k <= 0:
+        return []
+    wanted = level or idea_level(idea)
+    texts = {spec.name: _tokens(_metric_text(spec)) for spec in pool}
+    frequency = Counter(token for words in texts.values() for token in words)
+
+    def topic(spec: MetricSpec) -> float:
+        shared = tokens & texts[spec.name]
+        return sum(math.log((len(pool) + 1) / (frequency[token] + 0.5)) for token in shared)
+
+    def rank(spec: MetricSpec) -> tuple[int, float, str]:
+        # Every 40 lines cost about one shared rare word: a long example eats the context it is meant to help.
+        lines = spec.source.count("\n")
+        return (0 if wanted is None or spec.level == wanted else 1, lines / 40 - topic(spec), spec.name)
+
+    return sorted(pool, key=rank)[:k]
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class MetricTask(_Frozen):
+    """Everything the prompts for one metric need to know about what to write."""
+
+    idea: Idea
+    description: str
+    facts: DatasetFacts
+    examples: tuple[MetricSpec, ...] = ()
+
+    @property
+    def level(self) -> Level:
+        """The idea's level, else the one its words point at, else "object" (most label errors are boxes)."""
+        return self.idea.level or idea_level(self.idea.text) or "object"
+
+
+class FailedItem(_Frozen):
+    """The image or box a check failed on, as the repair prompt describes it."""
+
+    image_id: int
+    file_name: str | None = None
+    width: int | None = None
+    height: int | None = None
+    annotation_id: int | None = None
+    category: str | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    got: str | None = None  # what score() returned, as text ("nan", "'abc'"), when it returned
+
+
+class RepairContext(_Frozen):
+    """Why a metric must be repaired: the failing check and what the sandbox saw."""
+
+    check: str
+    message: str
+    item: FailedItem | None = None
+    traceback: str | None = None  # already trimmed by the caller
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+def head_tail(text: str | None, limit: int = _STREAM_HEAD_TAIL) -> str | None:
+    """`text` cut to its first and last `limit` characters (None and blank stay None)."""
+    if text is None or not text.strip():
+        return None
+    if len(text) <= 2 * limit:
+        return text
+    skipped = len(text) - 2 * limit
+    return f"{text[:limit]}\n[... {skipped} characters skipped ...]\n{text[-limit:]}"
+
+
+def _chat_messages(
+    prompts: Prompts, conversation: tuple[Message, ...], turn: RenderedPrompt
+) -> tuple[tuple[Message, ...], dict[str, str]]:
+    """The conversation plus the new user turn, with the system prompt first when it has none."""
+    templates = dict(turn.templates)
+    if conversation and conversation[0].role == "system":
+        system = system_prompt(prompts)
+        if conversation[0].content == system.text:  # only claim hashes for text we know we rendered
+            templates.update(system.templates)
+        return (*conversation, Message(role="user", content=turn.text)), templates
+    system = system_prompt(prompts)
+    templates.update(system.templates)
+    messages = (Message(role="system", content=system.text), *conversation, Message(role="user", content=turn.text))
+    return messages, templates
+
+
+def _request(
+    prompts: Prompts,
+    conversation: tuple[Message, ...],
+    turn: RenderedPrompt,
+    completion: RenderedPrompt | None,
+    *,
+    mode: Mode,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None,
+    stop: Sequence[str],
+) -> ModelRequest:
+    if mode == "chat":
+        messages, templates = _chat_messages(prompts, conversation, turn)
+        return ModelRequest(
+            mode="chat",
+            messages=messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            templates=templates,
+        )
+    if mode != "completion" or completion is None:
+        raise ValueError(f"mode must be 'chat' or 'completion', got {mode!r}")
+    return ModelRequest(
+        mode="completion",
+        messages=(*conversation, Message(role="user", content=turn.text)),
+        prompt=completion.text,
+        reply_prefix=completion.reply_prefix,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        stop=tuple(stop),
+        seed=seed,
+        templates={**turn.templates, **completion.templates},
+    )
+
+
+def _completion_context(task: MetricTask) -> dict[str, Any]:
+    """What the completion templates need; text that lands inside a docstring is made safe for it."""
+    title = task.idea.title and _docstring_safe(task.idea.title)
+    idea = task.idea.model_copy(update={"rationale": _docstring_safe(task.idea.rationale), "title": title})
+    return {
+        "idea": idea,
+        "level": task.level,
+        # A base model cannot be asked which end is suspicious; "high" fits most "how odd is this" scores.
+        "suspicious": task.idea.suspicious or "high",
+        "description": _docstring_safe(task.description),
+        "facts": _docstring_safe(facts_text(task.facts, compact=True)),
+        "examples": _completion_examples(task),
+    }
+
+
+def _completion_examples(task: MetricTask) -> list[MetricSpec]:
+    """One short example file: the task's own if it has one, else the best short reference metric."""
+    short = [spec for spec in task.examples if spec.source.count("\n") <= _COMPLETION_EXAMPLE_MAX_LINES]
+    if short:
+        return short[:1]
+    pool = [spec for spec in list_builtin_metrics() if spec.source.count("\n") <= _COMPLETION_EXAMPLE_MAX_LINES]
+    return choose_examples(task.idea.text, k=1, level=task.level, metrics=pool)
+
+
+def build_brainstorm_request(
+    prompts: Prompts,
+    conversation: tuple[Message, ...],
+    *,
+    description: str,
+    facts: DatasetFacts,
+    n: int,
+    mode: Mode,
+    temperature: float,
+    max_tokens: int,
+    concern: str | None = None,
+    existing: Sequence[str] = (),
+    seed: int | None = None,
+) -> ModelRequest:
+    """Ask for `n` metric ideas (parse the reply with `agent.extract.extract_ideas`)."""
+    turn = prompts.render(
+        "brainstorm.j2",
+        description=description,
+        facts=facts_text(facts),
+        n=n,
+        concern=concern,
+        existing=list(existing),
+    )
+    completion = None
+    if mode == "completion":
+        completion = prompts.render("completion_brainstorm.j2", description=description, concern=concern, n=n)
+    return _request(
+        prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
+        seed=seed, stop=BRAINSTORM_COMPLETION_STOPS,
+    )  # fmt: skip
+
+
+def build_implement_request(
+    prompts: Prompts,
+    task: MetricTask,
+    conversation: tuple[Message, ...],
+    *,
+    mode: Mode,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None = None,
+) -> ModelRequest:
+    """Ask for the first draft of the metric file for `task`."""
+    turn = prompts.render(
+        "implement.j2",
+        idea=task.idea,
+        description=task.description,
+        facts=facts_text(task.facts),
+        examples=list(task.examples),
+    )
+    completion = prompts.render("completion.j2", **_completion_context(task)) if mode == "completion" else None
+    return _request(
+        prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
+        seed=seed, stop=COMPLETION_STOPS,
+    )  # fmt: skip
+
+
+def _last_lines(text: str, count: int) -> str:
+    lines = text.rstrip().split("\n")
+    return "\n".join(lines[-count:])
+
+
+def _first_lines(text: str, count: int) -> str:
+    lines = text.rstrip().split("\n")
+    if len(lines) <= count:
+        return "\n".join(lines)
+    return "\n".join([*lines[:count], f"... ({len(lines) - count} more lines)"])
+
+
+def build_repair_request(
+    prompts: Prompts,
+    task: MetricTask,
+    conversation: tuple[Message, ...],
+    failure: RepairContext,
+    code: str,
+    *,
+    mode: Mode,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None = None,
+) -> ModelRequest:
+    """Ask for the whole corrected file after `code` failed `failure.check`."""
+    failure = failure.model_copy(update={"stdout": head_tail(failure.stdout), "stderr": head_tail(failure.stderr)})
+    turn = prompts.render("repair.j2", failure=failure, code=code)
+    completion = None
+    if mode == "completion":
+        error = f"{failure.check}: {failure.message}"
+        if failure.traceback:
+            # The innermost frames name the failing line; the rest does not fit a small model's context.
+            error += "\n" + _last_lines(failure.traceback, _COMPLETION_ERROR_MAX_LINES)
+        completion = prompts.render(
+            "completion_repair.j2",
+            code=_first_lines(code, _COMPLETION_CODE_MAX_LINES),
+            error=error,
+            **_completion_context(task),
+        )
+    return _request(
+        prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
+        seed=seed, stop=COMPLETION_STOPS,
+    )  # fmt: skip
+
+
+def build_format_retry(
+    prompts: Prompts,
+    task: MetricTask,
+    conversation: tuple[Message, ...],
+    problem: FormatProblem,
+    *,
+    mode: Mode,
+    temperature: float,
+    max_tokens: int,
+    code: str | None = None,
+    seed: int | None = None,
+) -> ModelRequest:
+    """Ask again after a reply gave no usable file; `code`: what was extracted, if anything (completion mode)."""
+    correction = corrective_message(problem)
+    turn = prompts.render("format_retry.j2", correction=correction)
+    completion = None
+    if mode == "completion":
+        completion = prompts.render(
+            "completion_repair.j2",
+            code=_first_lines(code, _COMPLETION_CODE_MAX_LINES) if code else None,
+            error=correction,
+            **_completion_context(task),
+        )
+    return _request(
+        prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
+        seed=seed, stop=COMPLETION_STOPS,
+    )  # fmt: skip

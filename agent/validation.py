@@ -1,0 +1,817 @@
+"""Validation of a candidate metric in the sandbox, before anyone looks at its scores.
+
+A candidate runs on a small validation set: about 64 items sampled from the user's dataset (images
+stratified so every class appears) plus hand-made edge cases that real datasets hold by the
+thousand and that break naive code: an image without boxes, a greyscale image, a 2×2 box, a box
+touching the border and a box partly outside the image. The dataset layer accepts that last one
+with a warning (only a box lying entirely outside is refused), so it is written unclipped.
+
+`validate` scores the set twice through `agent.scoring.score_dataset` (the second run is the
+determinism check) and runs these checks, in this order, each named in the report:
+
+    loads           the module-level code ran (else its traceback; the other checks are skipped)
+    error_rate      failed calls <= max_error_rate, and none on an edge case: a metric that crashes
+                    on a 2×2 box will crash on every tiny box of a real dataset
+    finite_outputs  no NaN, infinity or non-number (the worker records those as invalid_output);
+                    zero tolerance, since None exists for "not applicable"
+    not_constant    at least 2 distinct values among the scored items
+    deterministic   the second run gives the same result for every item
+    time_budget     no call timed out, and the mean wall time per item is within the budget
+    not_duplicate   with library metrics given: Spearman |rho| < 0.95 with each one of the same level
+
+Every check runs (bar `loads` failing), so one round shows the model everything that is wrong; the
+first failure is spelled out with the item, the error kind and the trimmed traceback.
+
+Time per item is measured from outside, as the run's wall time × workers used / items: an upper
+bound (it includes worker start-up, about 0.1 s per run), since the sandbox reports no per-call
+timings. `SandboxConfig.timeout_s` stays the hard limit of a single call.
+
+Metric stdout/stderr is not captured per call by the sandbox (the worker sends print() output to
+its log), so reports carry no captured output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from numpy.typing import ArrayLike
+from pydantic import BaseModel, ConfigDict
+
+from agent.dataset import AnnotationInfo, Dataset, ImageInfo, load_coco
+from agent.evaluation import (
+    GroundTruth,
+    MetricEvaluation,
+    check_files,
+    evaluate,
+    load_error_labels,
+    scores_from_rows,
+)
+from agent.metric_file import MetricSpec
+from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
+from sandbox.isolation import SandboxConfig
+
+EdgeCaseName = Literal["empty_image", "grey_image", "edge_boxes_image", "tiny_box", "border_box", "partly_outside_box"]
+CheckName = Literal[
+    "loads", "error_rate", "finite_outputs", "not_constant", "deterministic", "time_budget", "not_duplicate"
+]
+ItemKey = tuple[int, int | None]  # (image_id, annotation_id); annotation_id is None at image level
+
+DUPLICATE_RHO = 0.95
+DEFAULT_SIZE = 64
+DEFAULT_MAX_ERROR_RATE = 0.05
+DEFAULT_TIME_BUDGET_S = 1.0
+_TIMEOUT_KINDS = frozenset({"timeout", "hard_timeout"})
+_TINY_BOX_PX = 2
+_EDGE_SOURCE_MIN_PX = 8  # a source box must be this large for its border/outside variants to make sense
+
+_DESCRIPTIONS: dict[str, str] = {
+    "empty_image": "the empty image (no annotations)",
+    "grey_image": "the greyscale image (grey copied into 3 channels)",
+    "edge_boxes_image": "the image holding the tiny, border and partly-outside boxes",
+    "tiny_box": "the tiny {w:g}×{h:g} box",
+    "border_box": "the box touching the image border",
+    "partly_outside_box": "the box partly outside the image",
+}
+
+
+# -- the validation set -----------------------------------------------------------------------------
+
+
+@dataclass
+class ValidationSet:
+    """A small COCO dataset on disk, and which of its items are edge cases.
+
+    `library_scores` caches the scores of library metrics on this set by code hash: they are
+    trusted and do not change between the repair rounds of one idea, so they are scored once.
+    """
+
+    dataset: Dataset
+    edge_cases: dict[ItemKey, EdgeCaseName]
+    library_scores: dict[str, dict[ItemKey, float | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._images = {image.id: image for image in self.dataset.images}
+        self._annotations = {annotation.id: annotation for annotation in self.dataset.annotations}
+        self._categories = {category.id: category.name for category in self.dataset.categories}
+        self._boxes = Counter(annotation.image_id for annotation in self.dataset.annotations)
+
+    def describe(self, image_id: int, annotation_id: int | None) -> str:
+        """One phrase a model can act on, e.g. `the tiny 2×2 box at [..] in a 320×240 image (..), class fox`."""
+        image = self._images[image_id]
+        edge_case = self.edge_cases.get((image_id, annotation_id))
+        if annotation_id is None:
+            what = _DESCRIPTIONS.get(edge_case or "", "the image")
+            boxes = self._boxes[image_id]
+            return f"{what} {image.file_name} (image {image_id}, {image.width}×{image.height}, {boxes} boxes)"
+        annotation = self._annotations[annotation_id]
+        x, y, w, h = annotation.bbox
+        if edge_case == "grey_image":
+            what = "the box in the greyscale image"
+        else:
+            what = _DESCRIPTIONS.get(edge_case or "", "the box").format(w=w, h=h)
+        category = self._categories.get(annotation.category_id, f"id {annotation.category_id}")
+        return (
+            f"{what} at [{x:g}, {y:g}, {w:g}, {h:g}] (annotation {annotation_id}) in a {image.width}×{image.height} "
+            f"image ({image.file_name}, image {image_id}), class {category}"
+        )
+
+
+def build_validation_set(dataset: Dataset, out_dir: Path, size: int = DEFAULT_SIZE, seed: int = 0) -> ValidationSet:
+    """Write a validation set (annotations.json, edge_cases.json, images/) into an empty `out_dir` and load it.
+
+    Sampled images and annotations keep their ids, so an item can be found in the source dataset;
+    edge-case images and boxes get new ids above the source's. Images are hard-linked when the file
+    system allows it, copied otherwise (never symlinked: the sandbox may read only the set's folder).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty; a validation set needs a folder of its own")
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+
+    by_image: dict[int, list[AnnotationInfo]] = {image.id: [] for image in dataset.images}
+    for annotation in dataset.annotations:
+        by_image[annotation.image_id].append(annotation)
+    chosen = _sample_images(dataset, by_image, size, seed)
+    writer = _SetWriter(dataset, by_image, images_dir)
+    for image in chosen:
+        writer.add_image(image, _link_or_copy(dataset.image_path(image.id), images_dir, f"{image.id:06d}"))
+        writer.annotations.extend(writer.copy_annotation(a, a.id, image.id) for a in by_image[image.id])
+    if chosen:
+        writer.add_empty_image(chosen[0])
+        writer.add_grey_image(chosen[1 % len(chosen)])
+        writer.add_edge_boxes(chosen)
+
+    document = {
+        "info": {"description": "metricsmith validation set", "source": str(dataset.annotations_path), "seed": seed},
+        "images": writer.images,
+        "annotations": writer.annotations,
+        "categories": [category.model_dump(exclude_none=True) for category in dataset.categories],
+    }
+    (out_dir / "annotations.json").write_text(json.dumps(document), encoding="utf-8")
+    records = [{"name": name, "image_id": key[0], "annotation_id": key[1]} for key, name in writer.edge_cases.items()]
+    (out_dir / "edge_cases.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return load_validation_set(out_dir)
+
+
+def load_validation_set(out_dir: Path) -> ValidationSet:
+    """Load a set written by `build_validation_set`."""
+    out_dir = Path(out_dir)
+    dataset = load_coco(out_dir / "annotations.json", out_dir / "images")
+    records = json.loads((out_dir / "edge_cases.json").read_text(encoding="utf-8"))
+    edge_cases = {(record["image_id"], record["annotation_id"]): record["name"] for record in records}
+    return ValidationSet(dataset=dataset, edge_cases=edge_cases)
+
+
+def _sample_images(
+    dataset: Dataset, by_image: dict[int, list[AnnotationInfo]], size: int, seed: int
+) -> list[ImageInfo]:
+    """Images whose boxes make about `size` items, every class present, chosen by `seed` alone.
+
+    At least size/4 images too, so image-level metrics get a sample worth the name, and at most
+    4×size boxes, so a dataset of crowded images does not make validation slow.
+    """
+    usable = [image for image in dataset.images if dataset.image_path(image.id).is_file()]
+    order = sorted(usable, key=lambda image: image.id)
+    random.Random(seed).shuffle(order)
+    classes = {image.id: {annotation.category_id for annotation in by_image[image.id]} for image in usable}
+    chosen: dict[int, ImageInfo] = {}
+    covered: set[int] = set()
+    for category in sorted(category.id for category in dataset.categories):
+        if category in covered:
+            continue
+        image = next((image for image in order if category in classes[image.id]), None)
+        if image is not None:
+            chosen[image.id] = image
+            covered |= classes[image.id]
+    boxes = sum(len(by_image[image_id]) for image_id in chosen)
+    for image in order:
+        enough = boxes >= size and len(chosen) >= size // 4
+        if enough or boxes >= 4 * size or len(chosen) >= size:
+            break
+        if image.id not in chosen:
+            chosen[image.id] = image
+            boxes += len(by_image[image.id])
+    return sorted(chosen.values(), key=lambda image: image.id)
+
+
+def _link_or_copy(source: Path, folder: Path, stem: str) -> str:
+    name = stem + source.suffix
+    target = folder / name
+    try:
+        os.link(os.path.realpath(source), target)
+    except OSError:  # another file system, or links not allowed: 64 copies are cheap
+        shutil.copyfile(source, target)
+    return name
+
+
+class _SetWriter:
+    """Accumulates the set's COCO records; edge-case records get ids past the source's largest."""
+
+    def __init__(self, dataset: Dataset, by_image: dict[int, list[AnnotationInfo]], images_dir: Path) -> None:
+        self.dataset = dataset
+        self.by_image = by_image
+        self.images_dir = images_dir
+        self.images: list[dict[str, object]] = []
+        self.annotations: list[dict[str, object]] = []
+        self.edge_cases: dict[ItemKey, EdgeCaseName] = {}
+        self._next_image = max((image.id for image in dataset.images), default=0) + 1
+        self._next_annotation = max((a.id for a in dataset.annotations), default=0) + 1
+
+    def add_image(self, source: ImageInfo, file_name: str, image_id: int | None = None) -> int:
+        image_id = source.id if image_id is None else image_id
+        self.images.append({"id": image_id, "file_name": file_name, "width": source.width, "height": source.height})
+        return image_id
+
+    def _new_image_id(self) -> int:
+        self._next_image += 1
+        return self._next_image - 1
+
+    def _new_annotation_id(self) -> int:
+        self._next_annotation += 1
+        return self._next_annotation - 1
+
+    def copy_annotation(self, annotation: AnnotationInfo, annotation_id: int, image_id: int) -> dict[str, object]:
+        record = annotation.model_dump(exclude_none=True)
+        record.update(id=annotation_id, image_id=image_id)
+        return record
+
+    def add_empty_image(self, source: ImageInfo) -> None:
+        image_id = self._new_image_id()
+        name = _link_or_copy(self.dataset.image_path(source.id), self.images_dir, f"empty_{source.id:06d}")
+        self.add_image(source, name, image_id)
+        self.edge_cases[(image_id, None)] = "empty_image"
+
+    def add_grey_image(self, source: ImageInfo) -> None:
+        bgr = cv2.imread(str(self.dataset.image_path(source.id)), cv2.IMREAD_COLOR)
+        if bgr is None or bgr.shape[:2] != (source.height, source.width):
+            return  # an unreadable source would only test the image_unreadable path
+        grey = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        name = f"grey_{source.id:06d}.png"  # lossless, so the channels stay exactly equal
+        cv2.imwrite(str(self.images_dir / name), grey)
+        image_id = self.add_image(source, name, self._new_image_id())
+        self.edge_cases[(image_id, None)] = "grey_image"
+        for annotation in self.by_image[source.id]:
+            annotation_id = self._new_annotation_id()
+            self.annotations.append(self.copy_annotation(annotation, annotation_id, image_id))
+            self.edge_cases[(image_id, annotation_id)] = "grey_image"
+
+    def add_edge_boxes(self, chosen: Sequence[ImageInfo]) -> None:
+        """A copy of an image holding three odd variants of one of its boxes (and nothing else)."""
+        found = next(
+            (
+                (image, annotation)
+                for image in chosen
+                for annotation in self.by_image[image.id]
+                if min(annotation.bbox[2], annotation.bbox[3]) >= _EDGE_SOURCE_MIN_PX
+            ),
+            None,
+        )
+        if found is None:
+            return
+        source, annotation = found
+        width, height = source.width, source.height
+        x, y, w, h = annotation.bbox
+        w, h = min(w, width), min(h, height)
+        y = min(max(y, 0.0), height - h)  # vertically inside, so only the intended side is odd
+        centre_x = min(max(round(x + w / 2) - 1, 0), width - _TINY_BOX_PX)
+        centre_y = min(max(round(y + h / 2) - 1, 0), height - _TINY_BOX_PX)
+        boxes: list[tuple[EdgeCaseName, list[float]]] = [
+            ("tiny_box", [float(centre_x), float(centre_y), float(_TINY_BOX_PX), float(_TINY_BOX_PX)]),
+            ("border_box", [0.0, y, w, h]),
+            # Half of it past the right border: a warning for the dataset layer, not an error.
+            ("partly_outside_box", [width - w / 2, y, w, h]),
+        ]
+        image_id = self._new_image_id()
+        name = _link_or_copy(self.dataset.image_path(source.id), self.images_dir, f"edge_boxes_{source.id:06d}")
+        self.add_image(source, name, image_id)
+        self.edge_cases[(image_id, None)] = "edge_boxes_image"
+        for edge_case, bbox in boxes:
+            annotation_id = self._new_annotation_id()
+            self.annotations.append(
+                {
+                    "id": annotation_id,
+                    "image_id": image_id,
+                    "category_id": annotation.category_id,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
+            self.edge_cases[(image_id, annotation_id)] = edge_case
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+class CheckResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: CheckName
+    status: Literal["passed", "failed", "skipped"]
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+class Failure(BaseModel):
+    """The first failing check, spelled out for a repair prompt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    check: CheckName
+    message: str  # the exception line, or what the check found
+    metric_file: str  # how tracebacks name the metric's file
+    item: str | None = None  # `ValidationSet.describe` of the item, when one item is to blame
+    image_id: int | None = None
+    annotation_id: int | None = None
+    edge_case: EdgeCaseName | None = None
+    error_kind: str | None = None
+    traceback: str | None = None
+
+
+class ScoreStats(BaseModel):
+    n_items: int
+    n_scored: int
+    n_none: int
+    n_errors: int
+    errors_by_kind: dict[str, int]
+    min: float | None
+    q1: float | None
+    median: float | None
+    q3: float | None
+    max: float | None
+    distinct: int
+
+
+class EdgeCaseOutcome(BaseModel):
+    edge_case: EdgeCaseName
+    image_id: int
+    annotation_id: int | None
+    item: str
+    outcome: Literal["scored", "none", "error"]
+    score: float | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+class LibraryCorrelation(BaseModel):
+    metric: str
+    rho: float | None  # None when fewer than 3 items are scored by both, or one is constant there
+    n_items: int
+    duplicate: bool
+
+
+class Timing(BaseModel):
+    runs_s: list[float]
+    workers: int
+    mean_item_s: float | None
+    budget_s: float
+    timeout_s: float
+    timeouts: int
+
+
+class ValidationReport(BaseModel):
+    """Everything validation found; written to the run directory as validation.json."""
+
+    metric: str
+    level: str
+    output: str
+    code_sha256: str
+    passed: bool
+    max_error_rate: float
+    checks: list[CheckResult]
+    first_failure: Failure | None
+    stats: ScoreStats
+    edge_cases: list[EdgeCaseOutcome]
+    correlations: list[LibraryCorrelation]
+    timing: Timing
+    load_error: str | None = None
+
+    def check(self, name: CheckName) -> CheckResult:
+        return next(check for check in self.checks if check.name == name)
+
+
+# -- validation -------------------------------------------------------------------------------------
+
+
+def validate(
+    spec: MetricSpec,
+    validation: ValidationSet,
+    config: SandboxConfig,
+    *,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    library: Sequence[MetricSpec] | None = None,
+) -> ValidationReport:
+    """Run `spec` on the validation set twice in the sandbox and check it (see the module docstring)."""
+    if not 0.0 <= max_error_rate <= 1.0 or time_budget_s <= 0:
+        raise ValueError(f"need 0 <= max_error_rate <= 1 and time_budget_s > 0, got {max_error_rate}, {time_budget_s}")
+    first, first_s = _timed_run(validation.dataset, [spec], config)
+    rows = {_key(row): row for row in first.rows}
+    load_error = first.metric_errors.get(spec.name)
+    checker = _Checker(spec, validation, rows, max_error_rate)
+    timing = Timing(
+        runs_s=[first_s],
+        workers=_workers_used(validation.dataset, spec, config),
+        mean_item_s=None,
+        budget_s=time_budget_s,
+        timeout_s=config.timeout_s,
+        timeouts=0,
+    )
+    correlations: list[LibraryCorrelation] = []
+    if load_error is not None:
+        skipped = [CheckResult(name=name, status="skipped", detail="the metric did not load") for name in _LATER_CHECKS]
+        results = [_loads_failed(spec, load_error), *((check, None) for check in skipped)]
+    else:
+        second, second_s = _timed_run(validation.dataset, [spec], config)
+        timing.runs_s.append(second_s)
+        again = {_key(row): row for row in second.rows}
+        if rows:
+            timing.mean_item_s = min(timing.runs_s) * timing.workers / len(rows)
+        timing.timeouts = sum(row.error_kind in _TIMEOUT_KINDS for row in (*rows.values(), *again.values()))
+        if library:
+            correlations = _correlations(spec, validation, config, library, rows)
+        results = [
+            (CheckResult(name="loads", status="passed", detail="module-level code ran"), None),
+            checker.error_rate(),
+            checker.finite_outputs(),
+            checker.not_constant(),
+            checker.deterministic(again),
+            checker.time_budget(timing),
+            checker.not_duplicate(correlations, library is not None and len(library) > 0),
+        ]
+    checks = [check for check, _ in results]
+    first_failure = next((failure for check, failure in results if check.status == "failed"), None)
+    return ValidationReport(
+        metric=spec.name,
+        level=spec.level,
+        output=spec.output,
+        code_sha256=spec.code_sha256,
+        passed=all(check.status != "failed" for check in checks),
+        max_error_rate=max_error_rate,
+        checks=checks,
+        first_failure=first_failure,
+        stats=_stats(rows.values()),
+        edge_cases=checker.edge_case_outcomes(),
+        correlations=correlations,
+        timing=timing,
+        load_error=load_error,
+    )
+
+
+_LATER_CHECKS: tuple[CheckName, ...] = (
+    "error_rate",
+    "finite_outputs",
+    "not_constant",
+    "deterministic",
+    "time_budget",
+    "not_duplicate",
+)
+
+
+def _timed_run(dataset: Dataset, specs: list[MetricSpec], config: SandboxConfig) -> tuple[ScoreOutcome, float]:
+    started = time.monotonic()
+    outcome = score_dataset(dataset, specs, config)
+    elapsed = time.monotonic() - started
+    if outcome.interrupted:
+        # A half-scored set would fail checks for reasons that have nothing to do with the metric.
+        raise KeyboardInterrupt
+    return outcome, elapsed
+
+
+def _key(row: ScoreRow) -> ItemKey:
+    return (row.image_id, row.annotation_id)
+
+
+def _workers_used(dataset: Dataset, spec: MetricSpec, config: SandboxConfig) -> int:
+    if spec.level == "image":
+        images = len(dataset.images)
+    else:
+        images = len({annotation.image_id for annotation in dataset.annotations})
+    return max(1, min(config.workers, images))
+
+
+def _loads_failed(spec: MetricSpec, load_error: str) -> tuple[CheckResult, Failure]:
+    lines = load_error.strip().splitlines()
+    message = lines[-1] if lines else load_error
+    failure = Failure(
+        check="loads",
+        message=message,
+        metric_file=spec.path,
+        error_kind="metric_load",
+        traceback=load_error if load_error.startswith("Traceback") else None,
+    )
+    return CheckResult(name="loads", status="failed", detail=f"module-level code failed: {message}"), failure
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+class _Checker:
+    """The per-item checks over one run's rows; each returns (result, failure or None)."""
+
+    def __init__(
+        self, spec: MetricSpec, validation: ValidationSet, rows: dict[ItemKey, ScoreRow], max_error_rate: float
+    ) -> None:
+        self.spec, self.validation, self.rows, self.max_error_rate = spec, validation, rows, max_error_rate
+
+    def _failure(self, check: CheckName, row: ScoreRow, message: str | None = None) -> Failure:
+        key = _key(row)
+        is_traceback = row.error_kind == "exception" and (row.error or "").startswith("Traceback")
+        return Failure(
+            check=check,
+            message=message or _last_line(row.error),
+            metric_file=self.spec.path,
+            item=self.validation.describe(*key),
+            image_id=key[0],
+            annotation_id=key[1],
+            edge_case=self.validation.edge_cases.get(key),
+            error_kind=row.error_kind,
+            traceback=row.error if is_traceback else None,
+        )
+
+    def error_rate(self) -> tuple[CheckResult, Failure | None]:
+        # An image that cannot be decoded is the dataset's fault, not the metric's: not counted.
+        unreadable = sum(row.error_kind == "image_unreadable" for row in self.rows.values())
+        failed = [row for row in self.rows.values() if row.error_kind not in (None, "image_unreadable")]
+        edge = [row for row in failed if _key(row) in self.validation.edge_cases]
+        counted = len(self.rows) - unreadable
+        rate = len(failed) / counted if counted else 0.0
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(Counter(r.error_kind for r in failed).items()))
+        summary = f"{len(failed)} of {counted} items failed ({rate:.1%}; limit {self.max_error_rate:.1%})"
+        if unreadable:
+            summary += f"; {unreadable} items on unreadable images not counted"
+        if rate <= self.max_error_rate and not edge:
+            return CheckResult(name="error_rate", status="passed", detail=summary), None
+        if edge:
+            names = sorted({self.validation.edge_cases[_key(row)] for row in edge})
+            summary += f"; edge cases failed: {', '.join(names)}"
+        # An edge case names the trouble best ("the tiny 2×2 box"), so it is the one shown.
+        blamed = (edge or failed)[0]
+        return CheckResult(name="error_rate", status="failed", detail=f"{summary}: {kinds}"), self._failure(
+            "error_rate", blamed
+        )
+
+    def finite_outputs(self) -> tuple[CheckResult, Failure | None]:
+        invalid = [row for row in self.rows.values() if row.error_kind == "invalid_output"]
+        if not invalid:
+            return CheckResult(name="finite_outputs", status="passed", detail="every output was valid"), None
+        detail = (
+            f"{len(invalid)} of {len(self.rows)} items returned NaN, infinity or a non-number "
+            f"(return None for 'not applicable'); first: {invalid[0].error}"
+        )
+        return CheckResult(name="finite_outputs", status="failed", detail=detail), self._failure(
+            "finite_outputs", invalid[0]
+        )
+
+    def not_constant(self) -> tuple[CheckResult, Failure | None]:
+        scored = [row for row in self.rows.values() if row.error_kind is None and row.score is not None]
+        distinct = {row.score for row in scored}
+        if len(distinct) >= 2:
+            detail = f"{len(distinct)} distinct values among {len(scored)} scored items"
+            return CheckResult(name="not_constant", status="passed", detail=detail), None
+        if scored:
+            message = f"every one of the {len(scored)} scored items got {scored[0].score!r}: the metric ranks nothing"
+        else:
+            message = "no item got a score (every call returned None or failed): the metric ranks nothing"
+        failure = Failure(check="not_constant", message=message, metric_file=self.spec.path)
+        return CheckResult(name="not_constant", status="failed", detail=message), failure
+
+    def deterministic(self, again: dict[ItemKey, ScoreRow]) -> tuple[CheckResult, Failure | None]:
+        differing = [key for key, row in self.rows.items() if key not in again or not _same(row, again[key])]
+        if not differing:
+            return CheckResult(name="deterministic", status="passed", detail="a second run gave the same results"), None
+        key = differing[0]
+        message = (
+            f"{len(differing)} of {len(self.rows)} items changed on a second run; e.g. "
+            f"{_outcome(self.rows[key])} then {_outcome(again.get(key))} (use no randomness, or a fixed seed)"
+        )
+        failure = Failure(
+            check="deterministic",
+            message=message,
+            metric_file=self.spec.path,
+            item=self.validation.describe(*key),
+            image_id=key[0],
+            annotation_id=key[1],
+            edge_case=self.validation.edge_cases.get(key),
+        )
+        return CheckResult(name="deterministic", status="failed", detail=message), failure
+
+    def time_budget(self, timing: Timing) -> tuple[CheckResult, Failure | None]:
+        mean = timing.mean_item_s
+        shown = "n/a" if mean is None else f"{mean * 1000:.1f} ms"
+        detail = f"mean {shown} per item (budget {timing.budget_s * 1000:.0f} ms), {timing.timeouts} timeouts"
+        too_slow = mean is not None and mean > timing.budget_s
+        if not too_slow and timing.timeouts == 0:
+            return CheckResult(name="time_budget", status="passed", detail=detail), None
+        if timing.timeouts:
+            message = f"{timing.timeouts} calls ran past the {timing.timeout_s:g} s limit; {detail}"
+        else:
+            message = f"too slow: {detail}; avoid work repeated per call over the whole image"
+        slow = next((row for row in self.rows.values() if row.error_kind in _TIMEOUT_KINDS), None)
+        failure = (
+            self._failure("time_budget", slow, message)
+            if slow is not None
+            else Failure(check="time_budget", message=message, metric_file=self.spec.path)
+        )
+        return CheckResult(name="time_budget", status="failed", detail=message), failure
+
+    def not_duplicate(
+        self, correlations: list[LibraryCorrelation], compared: bool
+    ) -> tuple[CheckResult, Failure | None]:
+        if not compared:
+            return CheckResult(name="not_duplicate", status="skipped", detail="no library metrics given"), None
+        duplicates = [c for c in correlations if c.duplicate]
+        if not duplicates:
+            shown = ", ".join(f"{c.metric} {_rho(c.rho)}" for c in correlations) or "no library metric of this level"
+            return CheckResult(name="not_duplicate", status="passed", detail=f"Spearman rho: {shown}"), None
+        top = max(duplicates, key=lambda c: abs(c.rho or 0.0))
+        message = (
+            f"duplicates library metric {top.metric} (Spearman rho = {_rho(top.rho)} over {top.n_items} items, "
+            f"|rho| >= {DUPLICATE_RHO}): measure something it does not"
+        )
+        failure = Failure(check="not_duplicate", message=message, metric_file=self.spec.path)
+        return CheckResult(name="not_duplicate", status="failed", detail=message), failure
+
+    def edge_case_outcomes(self) -> list[EdgeCaseOutcome]:
+        outcomes = []
+        for key, name in self.validation.edge_cases.items():
+            row = self.rows.get(key)
+            if row is None:
+                continue  # an item of the other level
+            outcome: Literal["scored", "none", "error"] = (
+                "error" if row.error_kind is not None else ("none" if row.score is None else "scored")
+            )
+            outcomes.append(
+                EdgeCaseOutcome(
+                    edge_case=name,
+                    image_id=key[0],
+                    annotation_id=key[1],
+                    item=self.validation.describe(*key),
+                    outcome=outcome,
+                    score=row.score,
+                    error_kind=row.error_kind,
+                    error=row.error,
+                )
+            )
+        return outcomes
+
+
+def _same(a: ScoreRow, b: ScoreRow) -> bool:
+    if a.error_kind != b.error_kind:
+        return False
+    if a.score is None or b.score is None:
+        return a.score is None and b.score is None
+    return math.isclose(a.score, b.score, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _outcome(row: ScoreRow | None) -> str:
+    if row is None:
+        return "no result"
+    if row.error_kind is not None:
+        return f"an error ({row.error_kind})"
+    return "None" if row.score is None else f"{row.score!r}"
+
+
+def _rho(rho: float | None) -> str:
+    return "n/a" if rho is None else f"{rho:.3f}"
+
+
+def _stats(rows: Iterable[ScoreRow]) -> ScoreStats:
+    rows = list(rows)
+    scores = np.array([row.score for row in rows if row.error_kind is None and row.score is not None], dtype=float)
+    kinds = Counter(row.error_kind for row in rows if row.error_kind is not None)
+    quartiles: list[float | None] = [None] * 5
+    if scores.size:
+        quartiles = [float(v) for v in np.quantile(scores, [0.0, 0.25, 0.5, 0.75, 1.0])]
+    return ScoreStats(
+        n_items=len(rows),
+        n_scored=int(scores.size),
+        n_none=sum(row.error_kind is None and row.score is None for row in rows),
+        n_errors=sum(kinds.values()),
+        errors_by_kind=dict(sorted(kinds.items())),
+        min=quartiles[0],
+        q1=quartiles[1],
+        median=quartiles[2],
+        q3=quartiles[3],
+        max=quartiles[4],
+        distinct=len(np.unique(scores)),
+    )
+
+
+# -- library correlation ----------------------------------------------------------------------------
+
+
+def average_ranks(values: ArrayLike) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of the ranks they span (as scipy.stats.rankdata)."""
+    x = np.asarray(values, dtype=float)
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], x.size]
+    ranks = np.empty(x.size, dtype=float)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def spearman(a: ArrayLike, b: ArrayLike) -> float | None:
+    """Spearman's rho (Pearson on average ranks); None for fewer than 3 pairs or a constant side."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"spearman needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if x.size < 3:
+        return None
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    if denominator == 0.0:
+        return None
+    return float(rx @ ry) / denominator
+
+
+def _correlations(
+    spec: MetricSpec,
+    validation: ValidationSet,
+    config: SandboxConfig,
+    library: Sequence[MetricSpec],
+    rows: dict[ItemKey, ScoreRow],
+) -> list[LibraryCorrelation]:
+    # One per name: rows are keyed by metric name.
+    peers = list({metric.name: metric for metric in library if metric.level == spec.level}.values())
+    missing = [metric for metric in peers if metric.code_sha256 not in validation.library_scores]
+    if missing:
+        # Library metrics are trusted and approved, so they may share workers with each other, but
+        # never with the candidate, which could otherwise tamper with their scores.
+        outcome, _ = _timed_run(validation.dataset, missing, config)
+        by_name = {metric.name: metric.code_sha256 for metric in missing}
+        for metric in missing:
+            validation.library_scores[metric.code_sha256] = {}
+        for row in outcome.rows:
+            score = row.score if row.error_kind is None else None
+            validation.library_scores[by_name[row.metric]][_key(row)] = score
+    candidate = {key: row.score for key, row in rows.items() if row.error_kind is None and row.score is not None}
+    results = []
+    for metric in peers:
+        theirs = validation.library_scores[metric.code_sha256]
+        pairs = [(score, other) for key, score in candidate.items() if (other := theirs.get(key)) is not None]
+        rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+        duplicate = rho is not None and abs(rho) >= DUPLICATE_RHO
+        results.append(LibraryCorrelation(metric=metric.name, rho=rho, n_items=len(pairs), duplicate=duplicate))
+    return results
+
+
+# -- evaluation on the full dataset -----------------------------------------------------------------
+
+
+class CandidateEvaluation(BaseModel):
+    """How the candidate ranks the known label errors of the full dataset, next to random ranking."""
+
+    metric: str
+    evaluation: MetricEvaluation
+    random: MetricEvaluation | None
+    n_items: int
+    n_failed: int
+    failures_by_kind: dict[str, int]
+
+
+def evaluate_candidate(
+    spec: MetricSpec, dataset: Dataset, errors_path: Path, config: SandboxConfig
+) -> CandidateEvaluation:
+    """Score the full dataset in the sandbox and evaluate the ranking with `agent.evaluation.evaluate`."""
+    errors = load_error_labels(errors_path)
+    truth = GroundTruth(
+        annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
+        image_ids=[image.id for image in dataset.images],
+        errors=tuple(errors),
+    )
+    check_files(truth, errors_name=str(errors_path))
+    outcome, _ = _timed_run(dataset, [spec], config)
+    report = evaluate(truth, scores_from_rows(outcome.rows, {spec.name: spec.suspicious}))
+    own = next(row for row in report.metrics if row.metric == spec.name)
+    baseline = next((row for row in report.metrics if row.metric == "random" and row.level == spec.level), None)
+    failures = Counter(row.error_kind for row in outcome.rows if row.error_kind is not None)
+    return CandidateEvaluation(
+        metric=spec.name,
+        evaluation=own,
+        random=baseline,
+        n_items=len(outcome.rows),
+        n_failed=sum(failures.values()),
+        failures_by_kind=dict(sorted(failures.items())),
+    )
