@@ -267,10 +267,12 @@ class _Run:
     def _on_readable(self, slot: _Slot) -> None:
         if slot not in self.slots:
             return
+        frames, still_open, violation = slot.worker.read_frames()
         try:
-            frames, still_open = slot.worker.read_frames()
             for frame in frames:
                 self._on_frame(slot, frame)
+            if violation is not None:
+                raise violation
         except ProtocolViolation as violation:
             if slot.worker.ready is None:
                 self._startup_failed(slot, str(violation))

@@ -21,7 +21,16 @@ _LENGTH = struct.Struct(">I")
 
 
 class ProtocolViolation(Exception):
-    """The worker sent something that is not a valid frame. The host kills it."""
+    """The worker sent something that is not a valid frame. The host kills it.
+
+    `bodies` holds the complete frames that arrived before the bad bytes: they are genuine
+    results (the worker wrote them before the junk), and the host must count them before it
+    decides which call to blame.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.bodies: list[bytes] = []
 
 
 def frame_bytes(body: bytes) -> bytes:
@@ -43,12 +52,15 @@ class FrameReader:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
+        """The complete bodies now buffered. On a bad header, ProtocolViolation carries the bodies before it."""
         self._buffer += data
         bodies: list[bytes] = []
         while len(self._buffer) >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(self._buffer)
             if length > MAX_FRAME_BYTES:
-                raise ProtocolViolation(f"worker announced a {length}-byte frame; the limit is {MAX_FRAME_BYTES}")
+                violation = ProtocolViolation(f"worker announced a {length}-byte frame; the limit is {MAX_FRAME_BYTES}")
+                violation.bodies = bodies
+                raise violation
             if len(self._buffer) < _LENGTH.size + length:
                 break
             bodies.append(bytes(self._buffer[_LENGTH.size : _LENGTH.size + length]))

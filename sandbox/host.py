@@ -120,17 +120,33 @@ class WorkerProcess:
     def wants_write(self) -> bool:
         return bool(self._outbox)
 
-    def read_frames(self) -> tuple[list[LoadingFrame | ReadyFrame | ResultsFrame], bool]:
-        """Drain what the pipe holds now. Returns (frames, still_open). Raises ProtocolViolation."""
+    def read_frames(self) -> tuple[list[LoadingFrame | ReadyFrame | ResultsFrame], bool, ProtocolViolation | None]:
+        """Drain what the pipe holds now: (frames, still_open, violation).
+
+        Frames that arrived complete before junk are returned with the violation, not dropped: a
+        metric that writes junk after a sibling's results must not get those results blamed on it.
+        """
         frames: list[LoadingFrame | ReadyFrame | ResultsFrame] = []
         while True:
             try:
                 data = os.read(self.stdout_fd, 1 << 20)
             except BlockingIOError:
-                return frames, True
+                return frames, True, None
             if not data:
-                return frames, False
-            frames.extend(decode_worker_frame(body) for body in self._reader.feed(data))
+                return frames, False, None
+            try:
+                bodies = self._reader.feed(data)
+            except ProtocolViolation as violation:
+                bodies, failure = violation.bodies, violation
+            else:
+                failure = None
+            for body in bodies:
+                try:
+                    frames.append(decode_worker_frame(body))
+                except ProtocolViolation as violation:
+                    return frames, True, violation
+            if failure is not None:
+                return frames, True, failure
 
     def exit_description(self) -> str:
         """How the worker ended, for the failed item's message."""

@@ -47,3 +47,14 @@ def test_frame_reader_refuses_oversized_frames_and_splits_joined_ones() -> None:
     assert reader.feed(joined[5:]) == [b'{"a":1}', b'{"b":2}']
     with pytest.raises(ProtocolViolation):
         FrameReader().feed(b"\xff\xff\xff\xff")
+
+
+def test_frames_before_junk_are_kept_with_the_violation() -> None:
+    """Results a worker wrote before junk are genuine; the host must count them before blaming a call."""
+    from sandbox.framing import FrameReader, ProtocolViolation, encode_frame
+
+    good = encode_frame({"t": "results", "chunk": 1, "rows": [{"score": 1.0}], "done": True})
+    reader = FrameReader()
+    with pytest.raises(ProtocolViolation, match="byte frame") as caught:
+        reader.feed(good + b"\xff\xfe GARBAGE, not a frame" * 8)
+    assert len(caught.value.bodies) == 1 and good.endswith(caught.value.bodies[0])
