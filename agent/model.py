@@ -100,7 +100,7 @@ class ModelBackend(Protocol):
 
     @property
     def name(self) -> str:
-        """"openai", "local", "replay", or a test model's name."""
+        """ "openai", "local", "replay", or a test model's name."""
         ...
 
     @property

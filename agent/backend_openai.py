@@ -1,0 +1,286 @@
+"""The `openai` backend: OpenAI itself, or any OpenAI-compatible server (Ollama, vLLM, llama.cpp).
+
+Design:
+- One SDK client per backend, with the SDK's own retries OFF (`max_retries=0`). Retrying happens
+  here, with tenacity, so that one policy decides, the attempt count is exact, and a total time
+  budget bounds the whole call (each attempt's timeout is also cut to what is left of it).
+- Only transient failures are retried: 429 (waiting at least what `retry-after` asks, capped), 5xx,
+  408, timeouts, connection errors and an unreadable response body. Everything else (401/403 key,
+  404 model, 400 request) is a fact that retrying will not change, so it fails at once.
+- Every failure leaves as `ModelUnreachable` with one line: what failed, where (the base URL), what
+  to do. The API key never appears in it: auth errors don't quote the server, and any server text
+  that is quoted has the key scrubbed out (a proxy may echo headers back).
+- Chat mode calls `/chat/completions`; completion mode (base models) calls `/completions` with the
+  rendered prompt, and the reply is `reply_prefix + completion`, as `ModelRequest` defines.
+- An empty reply or a truncated one is the model's behaviour, not an error: it is returned as it
+  came (`text == ""`, `finish_reason == "length"`) for the loop to judge.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import openai
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
+
+from agent.errors import UserError
+from agent.model import Mode, ModelReply, ModelRequest, ModelUnreachable, Usage, estimate_tokens
+
+__all__ = ["DEFAULT_BASE_URL", "OpenAIBackend"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Local servers ignore the key, but the SDK refuses to build a client without one.
+_PLACEHOLDER_KEY = "no-key-needed"
+# Server text quoted in an error line is cut to this many characters.
+_QUOTE_CHARS = 200
+
+T = TypeVar("T")
+
+
+class _UnreadableReply(Exception):
+    """The server answered 2xx with a body that is not a completion (bad JSON, HTML, no choices)."""
+
+
+# What an unreadable body raises, on its way through the SDK or through _first_choice.
+_UNREADABLE = (_UnreadableReply, json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError)
+
+
+class OpenAIBackend:
+    """A model behind the OpenAI HTTP API. See the module docstring for the retry policy."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        mode: Mode = "chat",
+        timeout_s: float = 60.0,
+        max_attempts: int = 5,
+        budget_s: float = 120.0,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 20.0,
+        max_retry_after_s: float = 60.0,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        resolved_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = os.environ.get("OPENAI_API_KEY") or None
+        if api_key is None:
+            if resolved_url is None:
+                raise UserError(
+                    "no OpenAI API key: set OPENAI_API_KEY, or pass --base-url for a local OpenAI-compatible server"
+                )
+            api_key = _PLACEHOLDER_KEY
+        self._model = model
+        self._mode: Mode = mode
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        self._budget_s = budget_s
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._max_retry_after_s = max_retry_after_s
+        self._client = openai.OpenAI(
+            base_url=resolved_url or DEFAULT_BASE_URL, api_key=api_key, max_retries=0, timeout=timeout_s
+        )
+        self.base_url = str(self._client.base_url).rstrip("/")
+
+    @property
+    def name(self) -> str:
+        return "openai"
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        """Send one request, retrying transient failures. Raises ModelUnreachable."""
+        if request.mode == "completion" and request.prompt is None:
+            raise ValueError("a completion-mode request needs a prompt")
+        send = self._send_completion if request.mode == "completion" else self._send_chat
+        return self._with_retries(lambda timeout: send(request, timeout))
+
+    # -- retrying -------------------------------------------------------------------------------
+
+    def _with_retries(self, attempt: Callable[[float], T]) -> T:
+        start = time.monotonic()
+        attempts = 0
+
+        def one_attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            # The budget bounds the whole call, so no single attempt may outlive it.
+            remaining = self._budget_s - (time.monotonic() - start)
+            return attempt(max(0.01, min(self._timeout_s, remaining)))
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._budget_s),
+            wait=self._wait,
+            retry=retry_if_exception(_is_transient),
+            reraise=True,
+        )
+        try:
+            return retrying(one_attempt)
+        except (openai.OpenAIError, *_UNREADABLE) as exc:  # a bug of ours stays a traceback
+            raise ModelUnreachable(self._explain(exc, attempts, time.monotonic() - start)) from exc
+
+    def _wait(self, state: RetryCallState) -> float:
+        # Full-jitter exponential backoff, but never shorter than what the server asked for.
+        ceiling = min(self._max_backoff_s, self._backoff_s * 2 ** (state.attempt_number - 1))
+        backoff = random.uniform(0, ceiling)
+        exc = state.outcome.exception() if state.outcome else None
+        asked = _retry_after_s(exc) if isinstance(exc, openai.APIStatusError) else None
+        if asked is None:
+            return backoff
+        return max(min(asked, self._max_retry_after_s), backoff)
+
+    # -- the two endpoints ----------------------------------------------------------------------
+
+    def _send_chat(self, request: ModelRequest, timeout: float) -> ModelReply:
+        started = time.perf_counter()
+        messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+        response = self._client.chat.completions.create(
+            model=self._model, messages=messages, timeout=timeout, **_sampling(request)
+        )
+        latency = time.perf_counter() - started
+        choice = _first_choice(response)
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None) or ""
+        prompt_text = "\n".join(m.content for m in request.messages)
+        return self._reply(response, choice, text, text, prompt_text, latency)
+
+    def _send_completion(self, request: ModelRequest, timeout: float) -> ModelReply:
+        assert request.prompt is not None  # checked in complete()
+        started = time.perf_counter()
+        response = self._client.completions.create(
+            model=self._model, prompt=request.prompt, timeout=timeout, **_sampling(request)
+        )
+        latency = time.perf_counter() - started
+        choice = _first_choice(response)
+        completion = getattr(choice, "text", None) or ""
+        return self._reply(response, choice, request.reply_prefix + completion, completion, request.prompt, latency)
+
+    def _reply(
+        self, response: Any, choice: Any, text: str, generated: str, prompt_text: str, latency: float
+    ) -> ModelReply:
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
+        if (
+            isinstance(prompt_tokens, int)
+            and isinstance(completion_tokens, int)
+            and min(prompt_tokens, completion_tokens) >= 0
+        ):
+            counted = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        else:
+            # Some compatible servers send no usage (or half of it); a guess beats a crash.
+            counted = Usage(
+                prompt_tokens=estimate_tokens(prompt_text), completion_tokens=estimate_tokens(generated), estimated=True
+            )
+        return ModelReply(
+            text=text,
+            finish_reason=getattr(choice, "finish_reason", None) or "unknown",
+            usage=counted,
+            model=getattr(response, "model", None) or self._model,
+            latency_s=latency,
+        )
+
+    # -- error lines ----------------------------------------------------------------------------
+
+    def _explain(self, exc: BaseException, attempts: int, elapsed: float) -> str:
+        where = f"the model server at {self.base_url}"
+        tries = f"after {attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f} s"
+        if isinstance(exc, openai.APITimeoutError):
+            return f"{where} did not answer in time ({tries}); is it overloaded? raise the timeout or try again"
+        if isinstance(exc, openai.APIConnectionError):
+            return f"cannot connect to {where} ({tries}); is the server running and the URL right?"
+        if isinstance(exc, _UNREADABLE):
+            return f"{where} kept sending unreadable replies ({tries}); is it really an OpenAI-compatible API?"
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status in (401, 403):
+                return f"{where} refused the API key (HTTP {status}); check OPENAI_API_KEY"
+            if status == 404:
+                return (
+                    f"{where} has no model {self._model!r} (HTTP 404: {self._quote(exc)}); "
+                    "check the model name, or load the model on the server"
+                )
+            if status == 429:
+                return f"{where} kept rate-limiting the requests (HTTP 429, {tries}); wait and try again"
+            if status >= 500 or status == 408:
+                return (
+                    f"{where} kept failing (HTTP {status}: {self._quote(exc)}, {tries}); "
+                    "check the server's logs or try again later"
+                )
+            return f"{where} rejected the request (HTTP {status}: {self._quote(exc)}); check the model name and options"
+        return f"the request to {where} failed ({type(exc).__name__}: {self._quote(exc)})"
+
+    def _quote(self, exc: BaseException) -> str:
+        """The server's own words, on one line, short, with the API key scrubbed out."""
+        message = getattr(exc, "message", None) or str(exc)
+        if len(self._api_key) >= 8:  # a short key would garble the text and is not worth hiding
+            message = message.replace(self._api_key, "***")
+        message = re.sub(r"^Error code: \d+ - ", "", " ".join(message.split()))  # we already say the status
+        message = re.sub(r"\bsk-[A-Za-z0-9_\-*]{6,}", "sk-***", message)
+        return message[:_QUOTE_CHARS] + ("…" if len(message) > _QUOTE_CHARS else "")
+
+
+def _sampling(request: ModelRequest) -> dict[str, Any]:
+    """The sampling parameters: temperature always explicit, stop and seed only when set."""
+    params: dict[str, Any] = {"temperature": request.temperature, "max_tokens": request.max_tokens}
+    if request.stop:
+        params["stop"] = list(request.stop)
+    if request.seed is not None:
+        params["seed"] = request.seed
+    return params
+
+
+def _first_choice(response: Any) -> Any:
+    # The SDK returns the body as a str when the content type is not JSON (an HTML error page from
+    # a proxy, say), and builds models without validation, so a wrong body shows up only here.
+    choices = getattr(response, "choices", None)
+    if isinstance(response, str) or not choices:
+        raise _UnreadableReply(f"no choices in the reply: {str(response)[:100]!r}")
+    return choices[0]
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # timeouts included
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 429) or exc.status_code >= 500
+    return isinstance(exc, _UNREADABLE)
+
+
+def _retry_after_s(exc: openai.APIStatusError) -> float | None:
+    """Seconds the server asked us to wait: `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
+    headers = exc.response.headers
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

