@@ -510,6 +510,8 @@ class FailedItem(_Frozen):
     category: str | None = None
     bbox: tuple[float, float, float, float] | None = None
     got: str | None = None  # what score() returned, as text ("nan", "'abc'"), when it returned
+    # The validation set's own phrase for it ("the tiny 2×2 box at [...] in a 320×240 image, class fox").
+    description: str | None = None
 
 
 class RepairContext(_Frozen):

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from agent.validation import Failure, ValidationReport
+from agent.prompting import FailedItem, RepairContext
+from agent.validation import Failure, ValidationReport, ValidationSet
 
 TRACEBACK_LIMIT = 2500
-OUTPUT_LINES = 20
 DEFAULT_TOKEN_CAP = 60_000
-NOT_CAPTURED = "(not captured: the sandbox sends a metric's print() output to the worker log, not to the report)"
 
 StopReason = Literal["repeated_code", "repeated_error"]
 
@@ -140,15 +139,6 @@ def trim_traceback(text: str, metric_path: str, limit: int = TRACEBACK_LIMIT) ->
     return head_and_tail_chars(relative_paths("\n".join(lines), metric_path).rstrip("\n"), limit)
 
 
-def head_tail(text: str, lines: int = OUTPUT_LINES) -> str:
-    """The first and last `lines` lines of captured output, with a note of how many were cut."""
-    all_lines = text.splitlines()
-    if len(all_lines) <= 2 * lines:
-        return text
-    cut = len(all_lines) - 2 * lines
-    return "\n".join([*all_lines[:lines], f"... ({cut} lines cut) ...", *all_lines[-lines:]])
-
-
 # -- repeated errors --------------------------------------------------------------------------------
 
 
@@ -190,33 +180,11 @@ def error_signature(failure: Failure) -> str:
 # -- the repair prompt's context --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RepairContext:
-    """What prompts/repair.j2 needs; `as_template_context` is its whole interface."""
+def repair_context(report: ValidationReport, validation: ValidationSet) -> RepairContext:
+    """The repair prompt's context for the report's first failure: the check, the item, the trimmed traceback.
 
-    check: str
-    message: str
-    item: str
-    traceback: str
-    output: str
-    code: str
-
-    def as_template_context(self) -> dict[str, str]:
-        """Keys check, item, traceback, output, code, message; an empty string when not applicable."""
-        return {
-            "check": self.check,
-            "item": self.item,
-            "traceback": self.traceback,
-            "output": self.output,
-            "code": self.code,
-            "message": self.message,
-        }
-
-
-def repair_context(report: ValidationReport, code: str, output: str | None = None) -> RepairContext:
-    """The repair context for the report's first failure; `output` is captured stdout/stderr, if any.
-
-    Raises ValueError for a report without failure: there is nothing to repair.
+    Raises ValueError for a report without failure: there is nothing to repair. The metric's
+    stdout and stderr are not part of it: the sandbox sends print() output to the worker's log.
     """
     failure = report.first_failure
     if failure is None:
@@ -224,10 +192,32 @@ def repair_context(report: ValidationReport, code: str, output: str | None = Non
     return RepairContext(
         check=failure.check,
         message=relative_paths(failure.message, failure.metric_file),
-        item=failure.item or "",
-        traceback=trim_traceback(failure.traceback or "", failure.metric_file),
-        output=head_tail(output) if output is not None else NOT_CAPTURED,
-        code=code,
+        item=_failed_item(failure, validation),
+        traceback=trim_traceback(failure.traceback or "", failure.metric_file) or None,
+    )
+
+
+def _failed_item(failure: Failure, validation: ValidationSet) -> FailedItem | None:
+    if failure.image_id is None:
+        return None
+    image = next((image for image in validation.dataset.images if image.id == failure.image_id), None)
+    if image is None:
+        return None
+    item = FailedItem(
+        image_id=image.id, file_name=image.file_name, width=image.width, height=image.height, description=failure.item
+    )
+    if failure.annotation_id is None:
+        return item
+    annotation = next((a for a in validation.dataset.annotations if a.id == failure.annotation_id), None)
+    if annotation is None:
+        return item
+    names = {category.id: category.name for category in validation.dataset.categories}
+    return item.model_copy(
+        update={
+            "annotation_id": annotation.id,
+            "category": names.get(annotation.category_id),
+            "bbox": tuple(float(v) for v in annotation.bbox),
+        }
     )
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import linecache
 import traceback
+from pathlib import Path
 
 import pytest
 
+from agent.dataset import load_coco
 from agent.repair import (
-    NOT_CAPTURED,
     LoopGuard,
     code_sha256,
     error_signature,
-    head_tail,
     normalise_message,
     repair_context,
     trim_traceback,
@@ -23,6 +24,7 @@ from agent.validation import (
     ScoreStats,
     Timing,
     ValidationReport,
+    ValidationSet,
 )
 
 METRIC = "/tmp/run-3/candidates/box_ratio-1a2b3c4d/metric.py"
@@ -99,14 +101,6 @@ def test_a_long_traceback_keeps_its_head_and_tail() -> None:
     assert "characters cut" in trimmed
     assert len(trimmed) < 300
     assert trim_traceback("", METRIC) == ""
-
-
-def test_head_tail_of_output() -> None:
-    short = "\n".join(f"line {i}" for i in range(10))
-    assert head_tail(short, lines=5) == short
-    long = "\n".join(f"line {i}" for i in range(100))
-    cut = head_tail(long, lines=3).splitlines()
-    assert cut == ["line 0", "line 1", "line 2", "... (94 lines cut) ...", "line 97", "line 98", "line 99"]
 
 
 # -- signatures -------------------------------------------------------------------------------------
@@ -194,30 +188,42 @@ def _report(failure: Failure | None) -> ValidationReport:
     )
 
 
-def test_the_repair_context_carries_what_the_template_needs() -> None:
-    failure = _failure("index 5 is out of bounds for axis 0 with size 3")
-    context = repair_context(_report(failure), "CODE").as_template_context()
-    assert set(context) == {"check", "item", "traceback", "output", "code", "message"}
-    assert context["check"] == "error_rate"
-    assert context["item"] == "the box at [14, 2, 3, 4] (annotation 14)"
-    assert context["message"] == "IndexError: index 5 is out of bounds for axis 0 with size 3"
-    assert context["traceback"].startswith('Traceback (most recent call last):\n  File "metric.py", line 21')
-    assert "worker.py" not in context["traceback"]
-    assert context["output"] == NOT_CAPTURED
-    assert context["code"] == "CODE"
-    with_output = repair_context(_report(failure), "CODE", output="\n".join(map(str, range(100))))
-    assert "lines cut" in with_output.output
+def _validation_set(tmp_path: Path) -> ValidationSet:
+    document = {
+        "images": [{"id": 3, "file_name": "003.jpg", "width": 320, "height": 240}],
+        "annotations": [{"id": 14, "image_id": 3, "category_id": 2, "bbox": [14, 2, 3, 4], "area": 12, "iscrowd": 0}],
+        "categories": [{"id": 2, "name": "fox"}],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(document))
+    return ValidationSet(dataset=load_coco(tmp_path / "annotations.json"), edge_cases={})
 
 
-def test_a_passing_report_has_nothing_to_repair() -> None:
+def test_the_repair_context_carries_what_the_template_needs(tmp_path: Path) -> None:
+    failure = _failure("index 5 is out of bounds for axis 0 with size 3").model_copy(
+        update={"image_id": 3, "annotation_id": 14}
+    )
+    context = repair_context(_report(failure), _validation_set(tmp_path))
+    assert context.check == "error_rate"
+    assert context.message == "IndexError: index 5 is out of bounds for axis 0 with size 3"
+    assert context.item is not None
+    assert (context.item.image_id, context.item.annotation_id, context.item.category) == (3, 14, "fox")
+    assert (context.item.width, context.item.height, context.item.bbox) == (320, 240, (14.0, 2.0, 3.0, 4.0))
+    assert context.item.description == "the box at [14, 2, 3, 4] (annotation 14)"
+    assert context.traceback is not None
+    assert context.traceback.startswith('Traceback (most recent call last):\n  File "metric.py", line 21')
+    assert "worker.py" not in context.traceback
+    assert context.stdout is None and context.stderr is None  # the sandbox does not capture print()
+
+
+def test_a_passing_report_has_nothing_to_repair(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothing to repair"):
-        repair_context(_report(None), "CODE")
+        repair_context(_report(None), _validation_set(tmp_path))
 
 
-def test_a_check_without_item_gives_empty_fields() -> None:
+def test_a_check_without_item_has_no_item_nor_traceback(tmp_path: Path) -> None:
     failure = Failure(check="not_constant", message="every one of the 49 scored items got 0.5", metric_file=METRIC)
-    context = repair_context(_report(failure), "CODE").as_template_context()
-    assert context["item"] == "" and context["traceback"] == ""
+    context = repair_context(_report(failure), _validation_set(tmp_path))
+    assert context.item is None and context.traceback is None
 
 
 # -- the loop guard ---------------------------------------------------------------------------------
