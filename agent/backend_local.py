@@ -25,6 +25,7 @@ from agent.model import Mode, ModelReply, ModelRequest, Usage
 
 __all__ = ["DEFAULT_SEED", "LocalBackend", "gemma_model_path"]
 
+REPEAT_PENALTY = 1.3
 DEFAULT_SEED = 1234
 _INSTALL_HINT = "pip install 'metricsmith[local]'"
 
@@ -76,6 +77,8 @@ class LocalBackend:
             "temperature": request.temperature,
             "stop": list(request.stop) or None,
             "seed": DEFAULT_SEED if request.seed is None else request.seed,
+            # A small base model falls into repeating one line; this penalty measurably breaks the loop.
+            "repeat_penalty": REPEAT_PENALTY,
         }
         with self._lock:
             started = time.perf_counter()

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
-from agent import cli_gate
+from agent import cli_author, cli_gate
 from agent.console import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     library.set_defaults(handler=cmd_library)
 
     cli_gate.register(commands)
+    cli_author.register(commands)
     return parser
 
 

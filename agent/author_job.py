@@ -1,0 +1,282 @@
+"""One authoring job, wired end to end: dataset, run directory, backend, transcript, validation set, loop.
+
+`metricsmith author` and `metricsmith replay` both come through `run_author_job`; the only
+difference is the backend. Everything a replay needs to rebuild the job is written into the
+transcript's meta line (`settings`): the dataset's location (or, for a demo dataset, how to
+generate it again), the description, errors.json, and the loop's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from agent.authoring import (
+    AuthoringOutcome,
+    AuthoringSettings,
+    Listener,
+    author_idea,
+    dataset_fingerprint,
+    idea_from_text,
+)
+from agent.backend_local import LocalBackend
+from agent.backend_openai import OpenAIBackend
+from agent.backend_replay import ReplayBackend
+from agent.dataset import Dataset, load_coco
+from agent.demo_data import generate_demo_dataset
+from agent.errors import UserError
+from agent.extract import Idea
+from agent.library import default_library_dir, list_library, load_library_metric
+from agent.metric_file import MetricSpec, list_builtin_metrics
+from agent.model import Mode, ModelBackend
+from agent.prompting import Prompts
+from agent.transcript import RecordingBackend, Transcript, TranscriptMeta, TranscriptWriter
+from agent.validation import ValidationSet, build_validation_set, load_validation_set
+from sandbox.isolation import SandboxConfig
+
+__all__ = [
+    "BackendChoice",
+    "DatasetSource",
+    "JobSettings",
+    "default_backend",
+    "job_settings_from_transcript",
+    "make_backend",
+    "run_author_job",
+]
+
+BackendChoice = Literal["openai", "local", "replay"]
+TRANSCRIPT_NAME = "transcript.jsonl"
+
+
+class DemoRecipe(BaseModel):
+    """How `metricsmith demo-data` made a dataset, so a replay can make it again anywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: int
+    seed: int
+    error_rate: float
+    width: int
+    height: int
+
+
+class DatasetSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    annotations: str
+    images: str | None = None
+    errors: str | None = None
+    fingerprint: str | None = None
+    demo: DemoRecipe | None = None
+
+
+class JobSettings(BaseModel):
+    """What a transcript's meta line records under `settings`: enough to run the same job again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idea: str
+    description: str = ""
+    dataset: DatasetSource
+    authoring: dict[str, Any]
+    validation_size: int = 64
+
+
+def default_backend(base_url: str | None) -> BackendChoice:
+    """openai when an endpoint or key is configured, else the embedded local model."""
+    if base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+        return "openai"
+    return "local"
+
+
+def make_backend(
+    choice: BackendChoice,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    model_path: Path | None = None,
+    transcript: Path | Transcript | None = None,
+    mode: Mode | None = None,
+) -> ModelBackend:
+    """The backend the user asked for (LocalBackend imports llama_cpp only when it is built)."""
+    if choice == "replay":
+        if transcript is None:
+            raise UserError("--backend replay needs --transcript RECORDING.jsonl")
+        return ReplayBackend(transcript)
+    if choice == "local":
+        return LocalBackend(model_path)
+    if not model:
+        raise UserError("--backend openai needs --model NAME (e.g. gpt-4o-mini, or the name your server serves)")
+    return OpenAIBackend(model, base_url=base_url, mode=mode or "chat")
+
+
+def demo_recipe(annotations: Path) -> DemoRecipe | None:
+    """The recipe of a dataset `metricsmith demo-data` wrote, read from its info block; else None."""
+    try:
+        document = json.loads(annotations.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    info = document.get("info") if isinstance(document, dict) else None
+    if not isinstance(info, dict) or info.get("generator") != "metricsmith.agent.demo_data":
+        return None
+    images = document.get("images") or []
+    if not images:
+        return None
+    return DemoRecipe(
+        images=len(images),
+        seed=int(info.get("seed", 0)),
+        error_rate=float(info.get("error_rate", 0.2)),
+        width=int(images[0]["width"]),
+        height=int(images[0]["height"]),
+    )
+
+
+def dataset_source(annotations: Path, images: Path | None, errors: Path | None) -> DatasetSource:
+    return DatasetSource(
+        annotations=str(annotations.resolve()),
+        images=str(images.resolve()) if images else None,
+        errors=str(errors.resolve()) if errors else None,
+        fingerprint=dataset_fingerprint(annotations),
+        demo=demo_recipe(annotations),
+    )
+
+
+def materialise(source: DatasetSource) -> tuple[Path, Path | None, Path | None]:
+    """The (annotations, images, errors) paths for a recorded source: as recorded, or the demo made again."""
+    annotations = Path(source.annotations)
+    if annotations.exists() and (source.fingerprint is None or dataset_fingerprint(annotations) == source.fingerprint):
+        errors = Path(source.errors) if source.errors else None
+        return annotations, Path(source.images) if source.images else None, errors
+    if source.demo is None:
+        raise UserError(
+            f"the recorded dataset {annotations} is missing or changed; pass --annotations with the same dataset"
+        )
+    recipe = source.demo
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "metricsmith"
+    folder = cache / f"demo-{recipe.images}-{recipe.seed}-{recipe.error_rate:g}-{recipe.width}x{recipe.height}"
+    made = folder / "annotations.json"
+    if not made.exists():
+        generate_demo_dataset(
+            folder,
+            n_images=recipe.images,
+            seed=recipe.seed,
+            error_rate=recipe.error_rate,
+            width=recipe.width,
+            height=recipe.height,
+        )
+    return made, None, (folder / "errors.json") if source.errors else None
+
+
+def library_metrics(library: Path | None) -> list[MetricSpec]:
+    """What a candidate is compared with: the built-ins and the latest version of every promoted metric."""
+    folder = default_library_dir(library)
+    promoted = [load_library_metric(f"lib:{entry.manifest.name}", folder) for entry in list_library(folder)]
+    return [*list_builtin_metrics(), *promoted]
+
+
+@dataclass(frozen=True)
+class AuthorJob:
+    """One `metricsmith author` (or replay) invocation, after the CLI parsed it."""
+
+    idea: str
+    annotations: Path
+    run_dir: Path
+    backend: ModelBackend
+    images: Path | None = None
+    description: str = ""
+    errors: Path | None = None
+    settings: AuthoringSettings = field(default_factory=AuthoringSettings)
+    validation_size: int = 64
+    library: Path | None = None
+    workers: int | None = None
+    origin: Literal["recorded", "fixture"] = "recorded"
+    transcript_path: Path | None = None  # default: RUN_DIR/transcript.jsonl
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} is not empty: give --out a new folder (each run keeps its own record)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_author_job(job: AuthorJob, listener: Listener = lambda event, data: None) -> AuthoringOutcome:
+    """Run the loop for one idea; the run directory ends up with the transcript and any candidate."""
+    dataset: Dataset = load_coco(job.annotations, job.images)
+    if job.errors is not None and not job.errors.exists():
+        raise UserError(f"{job.errors}: no such errors file")
+    _prepare_run_dir(job.run_dir)
+    sandbox = SandboxConfig(workers=job.workers) if job.workers else SandboxConfig()
+    validation = validation_set(dataset, job.run_dir / "validation-set", job.validation_size)
+    idea: Idea = idea_from_text(job.idea)
+    settings = JobSettings(
+        idea=job.idea,
+        description=job.description,
+        dataset=dataset_source(job.annotations, job.images, job.errors),
+        authoring=job.settings.as_dict(),
+        validation_size=job.validation_size,
+    )
+    prompts = Prompts()
+    transcript_path = job.transcript_path or job.run_dir / TRANSCRIPT_NAME
+    meta = TranscriptMeta.for_backend(
+        job.backend,
+        templates=prompts.template_hashes(),
+        idea=job.idea,
+        settings=settings.model_dump(mode="json"),
+        origin=job.origin,
+    )
+    with TranscriptWriter(transcript_path, meta) as writer:
+        recording = RecordingBackend(job.backend, writer)
+        return author_idea(
+            idea,
+            recording,
+            writer,
+            dataset,
+            validation,
+            job.run_dir,
+            description=job.description,
+            settings=job.settings,
+            sandbox=sandbox,
+            library=library_metrics(job.library),
+            errors_path=job.errors,
+            transcript_name=os.path.relpath(transcript_path, job.run_dir),
+            listener=listener,
+        )
+
+
+def validation_set(dataset: Dataset, folder: Path, size: int) -> ValidationSet:
+    """The run's validation set: built once, reloaded when the folder already holds it."""
+    if (folder / "annotations.json").exists():
+        return load_validation_set(folder)
+    return build_validation_set(dataset, folder, size=size)
+
+
+def job_settings_from_transcript(transcript: Transcript) -> JobSettings:
+    try:
+        return JobSettings.model_validate(transcript.meta.settings)
+    except ValueError as error:
+        raise UserError(f"{transcript.path}: the meta line's settings cannot rebuild the job: {error}") from None
+
+
+def recorded_outcome(transcript: Transcript) -> dict[str, Any] | None:
+    """The `outcome` event a session ended with, if it ended."""
+    outcomes = [event.data for event in transcript.events if event.event == "outcome"]
+    return outcomes[-1] if outcomes else None
+
+
+def authoring_settings(values: dict[str, Any]) -> AuthoringSettings:
+    known = set(AuthoringSettings.__dataclass_fields__)
+    return AuthoringSettings(**{key: value for key, value in values.items() if key in known})
+
+
+def describe_rounds(outcome: AuthoringOutcome) -> Sequence[str]:
+    """One line per model exchange, for the terminal."""
+    return [
+        f"draft {r.draft} · {r.kind}{f' {r.repair}' if r.kind == 'repair' else ''}: {r.outcome} — {r.detail}"
+        for r in outcome.rounds
+    ]

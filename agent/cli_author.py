@@ -1,0 +1,217 @@
+"""`metricsmith author` and `metricsmith replay`, registered by agent.cli."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.author_job import (
+    AuthorJob,
+    authoring_settings,
+    default_backend,
+    describe_rounds,
+    job_settings_from_transcript,
+    make_backend,
+    materialise,
+    recorded_outcome,
+    run_author_job,
+)
+from agent.authoring import AuthoringOutcome, AuthoringSettings, idea_from_text
+from agent.backend_replay import ReplayBackend
+from agent.console import EXIT_OK, EXIT_SOME_FAILED, positive_int, stderr, stdout
+from agent.errors import UserError
+from agent.pricing import cost_usd
+from agent.transcript import read_transcript
+
+__all__ = ["cmd_author", "cmd_replay", "register"]
+
+LOCAL_MAX_TOKENS = 512
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    author = commands.add_parser("author", help=cmd_author.__doc__, description=cmd_author.__doc__)
+    author.add_argument("idea", help='what the metric should find, e.g. "boxes that are not on a panda"')
+    author.add_argument("--annotations", required=True, type=Path, help="COCO JSON file")
+    author.add_argument("--images", type=Path, help="image folder (default: the JSON's folder or its images/)")
+    described = author.add_mutually_exclusive_group()
+    described.add_argument("--description", default="", help="what the dataset is, in your words")
+    described.add_argument("--description-file", type=Path, help="the same, from a file")
+    author.add_argument(
+        "--backend",
+        choices=["openai", "local", "replay"],
+        help="default: openai when OPENAI_BASE_URL, OPENAI_API_KEY or --base-url is set, else the local model",
+    )
+    author.add_argument("--model", help="openai: the model name")
+    author.add_argument("--base-url", help="openai: an OpenAI-compatible server (Ollama, vLLM, llama.cpp ...)")
+    author.add_argument("--model-path", type=Path, help="local: a GGUF file (default: the embedded Gemma 3 270M)")
+    author.add_argument("--completion", action="store_true", help="openai: use the completions endpoint (base models)")
+    author.add_argument("--transcript", type=Path, help="replay: the recording to play")
+    author.add_argument("--errors", type=Path, help="errors.json of known label errors: adds eval figures")
+    author.add_argument("--max-repairs", type=int, default=3, help="repair rounds per draft (default 3)")
+    author.add_argument("--max-drafts", type=positive_int, default=2, help="fresh drafts (default 2)")
+    author.add_argument("--max-tokens-per-idea", type=positive_int, default=AuthoringSettings().token_cap)
+    author.add_argument("--temperature", type=float, default=AuthoringSettings().temperature)
+    author.add_argument("--max-tokens", type=positive_int, help="reply budget per exchange (default 1500; local 512)")
+    author.add_argument("--workers", type=positive_int, help="sandbox worker processes")
+    author.add_argument("--library", type=Path, help="library folder (default: $METRICSMITH_LIBRARY)")
+    author.add_argument("--out", type=Path, help="run directory (default: runs/IDEA-NAME-N)")
+    author.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    author.set_defaults(handler=cmd_author)
+
+    replay = commands.add_parser("replay", help=cmd_replay.__doc__, description=cmd_replay.__doc__)
+    replay.add_argument("transcript", type=Path, help="a recorded transcript (JSONL)")
+    replay.add_argument("--annotations", type=Path, help="the dataset, when the recorded path is gone")
+    replay.add_argument("--out", type=Path, help="run directory (default: a temporary folder)")
+    replay.add_argument("--workers", type=positive_int, help="sandbox worker processes")
+    replay.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    replay.set_defaults(handler=cmd_replay)
+
+
+def _progress(event: str, data: dict[str, Any]) -> None:
+    """One line on stderr per step of the loop, so a slow local model never looks stuck."""
+    if event == "draft":
+        stderr.print(f"[bold]draft {data['draft']}[/]: asking the model for the metric")
+    elif event == "format_problem":
+        stderr.print(f"  [yellow]unusable reply[/]: {data['problem']}", markup=True)
+    elif event == "validating":
+        stderr.print(f"  validating code {data['code_sha256'][:8]} in the sandbox")
+    elif event == "validation":
+        failure = data.get("failure")
+        if data["passed"]:
+            stderr.print("  [green]validation passed[/]")
+        elif failure:
+            stderr.print(f"  [red]validation failed[/] ({failure['check']}): {failure['message'][:200]}", markup=True)
+    elif event == "stopped":
+        stderr.print(f"  stopping this draft: {data['why'].replace('_', ' ')}")
+    elif event == "evaluating":
+        stderr.print("  measuring it against the known label errors")
+
+
+def _default_run_dir(name: str) -> Path:
+    for index in range(1, 10_000):
+        candidate = Path("runs") / f"{name}-{index}"
+        if not candidate.exists():
+            return candidate
+    raise UserError("runs/ is full; pass --out")
+
+
+def _report(outcome: AuthoringOutcome, run_dir: Path) -> None:
+    for line in describe_rounds(outcome):
+        stdout.print(line, markup=False)
+    if outcome.tokens:
+        estimated = " (estimated)" if outcome.tokens_estimated else ""
+        stdout.print(f"tokens: {outcome.tokens}{estimated}")
+    if outcome.candidate is not None:
+        candidate = outcome.candidate
+        stdout.print(f"[green]candidate {candidate.id}[/] is pending review in {run_dir}/candidates/{candidate.id}")
+        if candidate.evaluation:
+            figures = candidate.evaluation["evaluation"]
+            by_type = ", ".join(f"{t} {v:.3f}" for t, v in figures["ap_by_type"].items() if v is not None)
+            stdout.print(f"eval: AP {figures['ap']:.3f} ({by_type})" if figures["ap"] is not None else "eval: no AP")
+        stdout.print(f"review it: metricsmith review {run_dir}   (or: metricsmith approve {run_dir} {candidate.id})")
+    else:
+        stdout.print(f"[red]gave up[/]: {outcome.reason}", markup=True)
+        stdout.print(f"the attempts and the transcript are in {run_dir}")
+
+
+def cmd_author(args: argparse.Namespace) -> int:
+    """Write one metric for an idea: draft, validate in the sandbox, repair; leave a pending candidate.
+
+    Exit codes: 0 a candidate passed validation; 1 the loop gave up; 2 usage; 3 the model was unreachable.
+    """
+    if args.max_repairs < 0:
+        raise UserError("--max-repairs must be 0 or more")
+    description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
+    choice = args.backend or default_backend(args.base_url)
+    backend = make_backend(
+        choice,
+        model=args.model,
+        base_url=args.base_url,
+        model_path=args.model_path,
+        transcript=args.transcript,
+        mode="completion" if args.completion else None,
+    )
+    settings = AuthoringSettings(
+        # A small local model writes slowly and rambles: a shorter reply budget keeps a round under a minute.
+        max_tokens=args.max_tokens or (LOCAL_MAX_TOKENS if backend.name == "local" else AuthoringSettings().max_tokens),
+        max_repairs=args.max_repairs,
+        max_drafts=args.max_drafts,
+        token_cap=args.max_tokens_per_idea,
+        temperature=args.temperature,
+    )
+    run_dir = args.out or _default_run_dir(idea_from_text(args.idea).name)
+    stderr.print(f"authoring with {backend.name} ({backend.model}, {backend.mode} mode) into {run_dir}")
+    outcome = run_author_job(
+        AuthorJob(
+            idea=args.idea,
+            annotations=args.annotations,
+            images=args.images,
+            run_dir=run_dir,
+            backend=backend,
+            description=description,
+            errors=args.errors,
+            settings=settings,
+            library=args.library,
+            workers=args.workers,
+        ),
+        listener=_progress,
+    )
+    if isinstance(backend, ReplayBackend):
+        backend.finish()
+    _report(outcome, run_dir)
+    price = cost_usd(backend.model, outcome.usage) if backend.name == "openai" else None
+    if price is not None:
+        stdout.print(f"cost: about ${price:.4f} at {backend.model}'s list price")
+    return EXIT_OK if outcome.verdict == "passed" else EXIT_SOME_FAILED
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Re-run a recorded authoring session offline and check it reaches the same outcome.
+
+    Every request must match the recording, in order; a changed prompt template is named in the
+    error. Exit 0 when the outcome is the same, 1 when it differs, 2 on a mismatch or bad input.
+    """
+    transcript = read_transcript(args.transcript)
+    settings = job_settings_from_transcript(transcript)
+    if args.annotations is not None:
+        annotations, images, errors = args.annotations, None, None
+    else:
+        annotations, images, errors = materialise(settings.dataset)
+    backend = ReplayBackend(transcript)
+    run_dir = args.out or Path(tempfile.mkdtemp(prefix="metricsmith-replay-"))
+    if args.out is None:
+        run_dir.rmdir()  # run_author_job wants to create it itself
+    outcome = run_author_job(
+        AuthorJob(
+            idea=settings.idea,
+            annotations=annotations,
+            images=images,
+            run_dir=run_dir,
+            backend=backend,
+            description=settings.description,
+            errors=errors,
+            settings=authoring_settings(settings.authoring),
+            validation_size=settings.validation_size,
+            workers=args.workers,
+            origin=transcript.meta.origin,
+        ),
+        listener=_progress,
+    )
+    backend.finish()
+    recorded = recorded_outcome(transcript)
+    replayed = {
+        "verdict": outcome.verdict,
+        "code_sha256": outcome.candidate.code_sha256 if outcome.candidate else None,
+    }
+    _report(outcome, run_dir)
+    if recorded is None:
+        stdout.print("the recording has no outcome (the session was cut short); nothing to compare")
+        return EXIT_SOME_FAILED
+    expected = {"verdict": recorded.get("verdict"), "code_sha256": recorded.get("code_sha256")}
+    if replayed != expected:
+        stdout.print(f"[red]different outcome[/]: recorded {expected}, replayed {replayed}")
+        return EXIT_SOME_FAILED
+    stdout.print(f"same outcome as recorded: {outcome.verdict} after {outcome.exchanges} exchanges")
+    return EXIT_OK

@@ -1,0 +1,184 @@
+"""The authoring loop, end to end with a scripted model, and the shipped transcripts replayed offline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.author_job import AuthorJob, run_author_job
+from agent.authoring import AuthoringSettings, idea_from_text
+from agent.backend_replay import ReplayMismatch
+from agent.candidates import load_candidate
+from agent.demo_data import generate_demo_dataset
+from agent.scripted_model import ScriptedModel
+from agent.transcript import read_transcript
+
+REPO = Path(__file__).resolve().parents[1]
+TRANSCRIPTS = sorted((REPO / "transcripts").glob("*.jsonl"))
+sys.path.insert(0, str(REPO / "transcripts"))
+import record_fixtures as fixtures  # noqa: E402
+
+# What each shipped recording must come to when replayed.
+EXPECTED_VERDICTS = {
+    "fixture-success-first-time": ("passed", 1),
+    "fixture-success-after-two-repairs": ("passed", 3),
+    "fixture-give-up-after-budget": ("gave_up", 4),
+    "fixture-format-then-recovery": ("passed", 3),
+    "fixture-repeated-error-stops-early": ("gave_up", 2),
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_dataset(tmp_path_factory.mktemp("authoring") / "demo", n_images=24, seed=0)
+
+
+def _run(demo: Path, run_dir: Path, replies: list[str], settings: AuthoringSettings) -> tuple:
+    model = ScriptedModel(replies)
+    outcome = run_author_job(
+        AuthorJob(
+            idea=fixtures.IDEA,
+            annotations=demo,
+            run_dir=run_dir,
+            backend=model,
+            description=fixtures.DESCRIPTION,
+            errors=demo.parent / "errors.json",
+            settings=settings,
+            workers=2,
+        )
+    )
+    return outcome, model, read_transcript(run_dir / "transcript.jsonl")
+
+
+def test_idea_names() -> None:
+    assert idea_from_text("flag boxes that aren't on a panda").name == "boxes_not_panda"
+    assert idea_from_text("Very dark images!").level == "image"
+    assert idea_from_text("???").name == "custom_metric"
+
+
+def test_success_after_two_repairs_carries_each_failure_back(demo: Path, tmp_path: Path) -> None:
+    replies, settings = fixtures.SCENARIOS["fixture-success-after-two-repairs"]
+    outcome, model, transcript = _run(demo, tmp_path / "run", replies, settings)
+    assert outcome.verdict == "passed" and model.remaining == 0
+    assert [(r.kind, r.outcome) for r in outcome.rounds] == [
+        ("implement", "failed"),
+        ("repair", "failed"),
+        ("repair", "passed"),
+    ]
+    # The whole conversation of the last request: system, the idea, each reply, each failure carried back.
+    last = model.history[-1].messages
+    assert [m.role for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert "KeyError: 'box'" in last[3].content and 'obj["box"]' in last[3].content
+    assert "ZeroDivisionError" in last[5].content and "the tiny 2×2 box" in last[5].content
+    assert "explain the bug in 2-3 sentences" in last[5].content
+    assert "worker.py" not in last[5].content, "the harness's frames are stripped from tracebacks"
+    # The candidate is pending, bound to the code that passed, with its evidence.
+    candidate = load_candidate(tmp_path / "run", outcome.candidate.id)
+    assert candidate.status == "pending" and candidate.code_sha256 == outcome.candidate.code_sha256
+    folder = tmp_path / "run" / "candidates" / candidate.id
+    assert (folder / "metric.py").read_text() == fixtures.GOOD
+    assert json.loads((folder / "validation.json").read_text())["passed"] is True
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert set(evaluation["evaluation"]["ap_by_type"]) >= {"shift", "loose", "spurious"}
+    assert "Guard tiny boxes" in (folder / "rationale.md").read_text()
+    # The transcript tells the story in order.
+    events = [event.event for event in transcript.events]
+    assert events.count("validation") == 3 and events[-1] == "outcome"
+    assert len(transcript.exchanges) == 3 and transcript.meta.backend == "scripted"
+
+
+def test_give_up_after_the_budget_states_the_final_failure(demo: Path, tmp_path: Path) -> None:
+    replies, settings = fixtures.SCENARIOS["fixture-give-up-after-budget"]
+    outcome, model, transcript = _run(demo, tmp_path / "run", replies, settings)
+    assert outcome.verdict == "gave_up" and outcome.candidate is None and model.remaining == 0
+    assert outcome.reason.startswith("validation failed: error_rate: ZeroDivisionError")
+    # Two drafts, each a fresh conversation: the second draft's first request holds no earlier reply.
+    assert [m.role for m in model.history[2].messages] == ["system", "user"]
+    assert [e.event for e in transcript.events].count("draft") == 2
+    assert not (tmp_path / "run" / "candidates").exists()
+    assert len(list((tmp_path / "run" / "attempts").iterdir())) == 4
+
+
+def test_format_failure_then_recovery(demo: Path, tmp_path: Path) -> None:
+    replies, settings = fixtures.SCENARIOS["fixture-format-then-recovery"]
+    outcome, model, _ = _run(demo, tmp_path / "run", replies, settings)
+    assert outcome.verdict == "passed"
+    assert [r.outcome for r in outcome.rounds] == ["format_problem", "format_problem", "passed"]
+    assert "```python" in model.history[1].messages[-1].content  # asked for a fenced file
+    assert "pandas" in model.history[2].messages[-1].content  # told which import is not allowed
+
+
+def test_a_repeated_error_stops_the_draft_early(demo: Path, tmp_path: Path) -> None:
+    replies, settings = fixtures.SCENARIOS["fixture-repeated-error-stops-early"]
+    outcome, model, transcript = _run(demo, tmp_path / "run", replies, settings)
+    assert outcome.verdict == "gave_up" and model.remaining == 0  # 3 repairs allowed, 1 used
+    assert [r.outcome for r in outcome.rounds] == ["failed", "repeated_error"]
+    assert any(e.event == "stopped" and e.data["why"] == "repeated_error" for e in transcript.events)
+
+
+def test_repeated_code_stops_without_validating_again(demo: Path, tmp_path: Path) -> None:
+    code = fixtures.fenced(fixtures.ZERO_DIVISION)
+    outcome, _, transcript = _run(demo, tmp_path / "run", [code, code], AuthoringSettings(max_drafts=1))
+    assert [r.outcome for r in outcome.rounds] == ["failed", "repeated_code"]
+    assert [e.event for e in transcript.events].count("validating") == 1
+
+
+def test_an_empty_reply_is_asked_again_not_extracted(demo: Path, tmp_path: Path) -> None:
+    outcome, model, _ = _run(demo, tmp_path / "run", ["", fixtures.fenced(fixtures.GOOD)], AuthoringSettings())
+    assert outcome.verdict == "passed"
+    assert "your reply was empty" in model.history[1].messages[-1].content
+
+
+def test_the_token_cap_ends_the_idea(demo: Path, tmp_path: Path) -> None:
+    replies = [fixtures.fenced(fixtures.WRONG_KEY), fixtures.fenced(fixtures.ZERO_DIVISION)]
+    outcome, model, _ = _run(demo, tmp_path / "run", replies, AuthoringSettings(token_cap=1000))
+    assert outcome.verdict == "gave_up" and "over its cap" in outcome.reason
+    assert model.remaining == 1
+
+
+@pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda path: path.stem)
+def test_shipped_transcripts_replay_to_the_same_outcome(path: Path, tmp_path: Path) -> None:
+    transcript = read_transcript(path)
+    assert transcript.meta.origin == ("fixture" if path.stem.startswith("fixture-") else "recorded")
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(path), "--out", str(tmp_path / "run"), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "same outcome as recorded" in result.stdout
+    if path.stem in EXPECTED_VERDICTS:
+        verdict, exchanges = EXPECTED_VERDICTS[path.stem]
+        assert f"{verdict} after {exchanges} exchanges" in result.stdout
+
+
+def test_every_scenario_is_shipped() -> None:
+    assert {path.stem for path in TRANSCRIPTS} >= set(fixtures.SCENARIOS) == set(EXPECTED_VERDICTS)
+    assert any(path.stem.startswith("local-") for path in TRANSCRIPTS), "real local-model recordings ship too"
+
+
+def test_a_changed_template_fails_the_replay_naming_it(tmp_path: Path) -> None:
+    path = REPO / "transcripts" / "fixture-success-after-two-repairs.jsonl"
+    lines = path.read_text().splitlines()
+    first = next(index for index, line in enumerate(lines) if json.loads(line)["kind"] == "exchange")
+    exchange = json.loads(lines[first])
+    exchange["request"]["templates"]["implement.j2"] = "0" * 64  # as if recorded with another implement.j2
+    exchange["request"]["messages"][1]["content"] += " (old wording)"
+    lines[first] = json.dumps(exchange)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(tampered), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2
+    assert "template implement.j2 changed since the recording" in result.stderr
+    assert "(old wording)" in result.stderr  # the diff shows what differs
+    assert ReplayMismatch.__name__  # the error class the CLI turned into that line
