@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.backend_local import LocalBackend
+from agent.demo_data import generate_demo_dataset
 from agent.errors import UserError
 from agent.model import Message, ModelBackend, ModelRequest
+from agent.transcript import read_transcript
 
 pytestmark = [
     pytest.mark.slow,
@@ -76,3 +80,27 @@ def test_a_file_that_is_not_a_gguf_is_a_user_error(tmp_path: Path) -> None:
     bogus.write_bytes(b"this is not a model")
     with pytest.raises(UserError, match=r"cannot load .*bogus\.gguf as a GGUF model"):
         LocalBackend(bogus)
+
+
+def test_author_end_to_end_with_the_embedded_model(tmp_path: Path) -> None:
+    """`metricsmith author --backend local` runs the loop to a verdict; a 270M model need not succeed."""
+    annotations = generate_demo_dataset(tmp_path / "demo", n_images=12, seed=0, width=320, height=240)
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "author", "flag boxes that are not on a panda", "--annotations",
+         str(annotations), "--backend", "local", "--max-drafts", "1", "--max-repairs", "1", "--max-tokens", "160",
+         "--workers", "2", "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    transcript = read_transcript(run_dir / "transcript.jsonl")
+    assert transcript.meta.backend == "local" and transcript.meta.mode == "completion"
+    assert 1 <= len(transcript.exchanges) <= 1 + 1 + 2  # a draft, a repair, and at most two format retries
+    assert transcript.events[-1].event == "outcome"
+    # The local session replays offline to the same verdict.
+    replayed = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(run_dir / "transcript.jsonl"), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr

@@ -11,6 +11,7 @@ not as an exception: detecting it is the loop's job.
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -25,7 +26,9 @@ import pytest
 
 from agent.backend_local import gemma_model_path
 from agent.backend_openai import OpenAIBackend
+from agent.demo_data import generate_demo_dataset
 from agent.model import Message, ModelRequest
+from agent.transcript import read_transcript
 
 pytestmark = [
     pytest.mark.slow,
@@ -118,3 +121,25 @@ def test_chat_mode_with_a_base_model_returns_an_empty_reply(llama_server: str, m
     reply = backend.complete(request("chat"))
     assert reply.text == ""
     assert reply.finish_reason == "stop"
+
+
+def test_author_end_to_end_against_the_server(llama_server: str, tmp_path: Path) -> None:
+    """`metricsmith author --backend openai` against a real OpenAI-compatible server on loopback reaches a verdict."""
+    annotations = generate_demo_dataset(tmp_path / "demo", n_images=12, seed=0, width=320, height=240)
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "author", "very dark images", "--annotations", str(annotations),
+         "--backend", "openai", "--base-url", llama_server, "--model", "gemma", "--completion",
+         "--max-drafts", "1", "--max-repairs", "1", "--max-tokens", "160", "--workers", "2", "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=600, env={**_environment(), "OPENAI_API_KEY": ""},
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stdout + result.stderr  # a verdict, not a crash or exit 3
+    transcript = read_transcript(run_dir / "transcript.jsonl")
+    assert transcript.meta.backend == "openai" and transcript.meta.mode == "completion"
+    assert transcript.exchanges and all(line.reply is not None for line in transcript.exchanges)
+    assert transcript.events[-1].event == "outcome"
+    assert transcript.events[-1].data["verdict"] == ("passed" if result.returncode == 0 else "gave_up")
+
+
+def _environment() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
