@@ -38,6 +38,7 @@ from agent.candidates import (
 )
 from agent.conversation import Conversation
 from agent.dataset import Dataset
+from agent.evaluation import load_error_labels
 from agent.extract import Extraction, FormatProblem, Idea, Issue, check_code, extract_code, no_code_problem
 from agent.metric_file import MetricSpec, parse_metric_source
 from agent.model import ModelBackend, ModelReply, ModelRequest, Usage
@@ -53,6 +54,9 @@ from agent.prompting import (
     system_prompt,
 )
 from agent.repair import DEFAULT_TOKEN_CAP, LoopGuard, error_signature, repair_context
+from agent.report import build_report, render_html, write_report
+from agent.results_io import write_rows
+from agent.scoring import score_dataset
 from agent.transcript import TranscriptWriter
 from agent.validation import (
     DEFAULT_MAX_ERROR_RATE,
@@ -426,10 +430,16 @@ class _Session:
         rationale = extraction.rationale.strip() or "(the model gave no explanation beyond the code)"
         (folder / "rationale.md").write_text(f"# {spec.name}\n\nIdea: {self.idea.rationale}\n\n{rationale}\n")
         write_json_atomic(folder / "validation.json", report)
+        # The whole dataset, scored once: the reviewer's histogram and contact sheet, and the eval figures.
+        self._emit("scoring", {"metric": spec.name, "images": len(self.dataset.images)})
+        rows = score_dataset(self.dataset, [spec], self.sandbox).rows
+        write_rows(folder / "scores.csv", rows)
+        errors = load_error_labels(self.errors_path) if self.errors_path is not None else None
+        sheet = build_report(self.dataset, rows, {spec.name: spec.suspicious}, errors=errors, specs={spec.name: spec})
+        write_report(folder / "report.html", render_html(sheet))
         evaluation = None
         if self.errors_path is not None:
-            self._emit("evaluating", {"metric": spec.name})
-            result = evaluate_candidate(spec, self.dataset, self.errors_path, self.sandbox)
+            result = evaluate_candidate(spec, self.dataset, self.errors_path, self.sandbox, rows=rows)
             write_json_atomic(folder / "evaluation.json", result)
             evaluation = result.model_dump(mode="json")
         record = CandidateRecord(

@@ -139,7 +139,9 @@ def _relative_to(base: Path, config: BatchConfig) -> BatchConfig:
     """Paths in the file are relative to the file's folder, wherever the command runs from."""
 
     def fix(path: Path | None) -> Path | None:
-        return None if path is None or path.is_absolute() else base / path
+        if path is None or path.is_absolute():
+            return path
+        return base / path
 
     dataset = config.dataset.model_copy(
         update={

@@ -35,10 +35,12 @@ from agent.errors import UserError
 __all__ = [
     "CandidateRecord",
     "Decision",
+    "author_runs",
     "candidate_dir",
     "code_sha256",
     "list_candidates",
     "load_candidate",
+    "locate_candidate",
     "new_candidate_id",
     "now_iso",
     "save_candidate",
@@ -138,6 +140,25 @@ def load_candidate(run_dir: Path, candidate_id: str) -> CandidateRecord:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the file"
         raise UserError(f"{path}: invalid candidate record: {where}: {first['msg']}") from None
+
+
+def author_runs(run_dir: Path) -> list[Path]:
+    """The authoring run directories inside `run_dir`: itself (`author`), or each idea's (`batch`)."""
+    runs = [run_dir] if (run_dir / "candidates").is_dir() else []
+    ideas = run_dir / "ideas"
+    if ideas.is_dir():
+        runs += [child for child in sorted(ideas.iterdir()) if not child.name.startswith(".") and child.is_dir()]
+    return runs
+
+
+def locate_candidate(run_dir: Path, candidate_id: str) -> Path:
+    """The authoring run directory holding the candidate (`run_dir` itself, or one idea's in a batch run)."""
+    candidate_dir(run_dir, candidate_id)  # checks the id's shape
+    for run in author_runs(run_dir):
+        if (run / "candidates" / candidate_id / "candidate.json").is_file():
+            return run
+    known = ", ".join(record.id for run in author_runs(run_dir) for record in list_candidates(run)) or "none"
+    raise UserError(f"no candidate {candidate_id} in {run_dir} (candidates: {known})")
 
 
 def list_candidates(run_dir: Path) -> list[CandidateRecord]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agent.candidates import locate_candidate
 from agent.console import EXIT_OK, stderr
 from agent.gate import approve, promote_candidate, reject
 from agent.library import default_library_dir
@@ -36,20 +37,21 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     """Approve a pending candidate's current code (bound to its sha256) and promote it into the library."""
-    record = approve(args.run_dir, args.candidate, by=args.by, note=args.note)
+    run_dir = locate_candidate(args.run_dir, args.candidate)
+    record = approve(run_dir, args.candidate, by=args.by, note=args.note)
     assert record.approval is not None
     line = f"approved {record.id} (code {record.approval.code_sha256[:12]})"
     if args.no_promote:
         stderr.print(line)
         return EXIT_OK
     library = default_library_dir(args.library)
-    entry = promote_candidate(args.run_dir, args.candidate, library, by=args.by)
+    entry = promote_candidate(run_dir, args.candidate, library, by=args.by)
     stderr.print(f"{line}, promoted as lib:{entry.manifest.name}@{entry.manifest.version} in {library}")
     return EXIT_OK
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
     """Reject a pending candidate, with the reason."""
-    record = reject(args.run_dir, args.candidate, args.reason, by=args.by)
+    record = reject(locate_candidate(args.run_dir, args.candidate), args.candidate, args.reason, by=args.by)
     stderr.print(f"rejected {record.id}: {args.reason}")
     return EXIT_OK

@@ -792,9 +792,13 @@ class CandidateEvaluation(BaseModel):
 
 
 def evaluate_candidate(
-    spec: MetricSpec, dataset: Dataset, errors_path: Path, config: SandboxConfig
+    spec: MetricSpec,
+    dataset: Dataset,
+    errors_path: Path,
+    config: SandboxConfig,
+    rows: Sequence[ScoreRow] | None = None,
 ) -> CandidateEvaluation:
-    """Score the full dataset in the sandbox and evaluate the ranking with `agent.evaluation.evaluate`."""
+    """Evaluate the ranking with `agent.evaluation.evaluate`, scoring the full dataset unless `rows` are given."""
     errors = load_error_labels(errors_path)
     truth = GroundTruth(
         annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
@@ -802,16 +806,17 @@ def evaluate_candidate(
         errors=tuple(errors),
     )
     check_files(truth, errors_name=str(errors_path))
-    outcome, _ = _timed_run(dataset, [spec], config)
-    report = evaluate(truth, scores_from_rows(outcome.rows, {spec.name: spec.suspicious}))
+    if rows is None:
+        rows = _timed_run(dataset, [spec], config)[0].rows
+    report = evaluate(truth, scores_from_rows(rows, {spec.name: spec.suspicious}))
     own = next(row for row in report.metrics if row.metric == spec.name)
     baseline = next((row for row in report.metrics if row.metric == "random" and row.level == spec.level), None)
-    failures = Counter(row.error_kind for row in outcome.rows if row.error_kind is not None)
+    failures = Counter(row.error_kind for row in rows if row.error_kind is not None)
     return CandidateEvaluation(
         metric=spec.name,
         evaluation=own,
         random=baseline,
-        n_items=len(outcome.rows),
+        n_items=len(rows),
         n_failed=sum(failures.values()),
         failures_by_kind=dict(sorted(failures.items())),
     )

@@ -1,0 +1,367 @@
+"""The batch job: many ideas, authored concurrently, resumable after any crash.
+
+A batch run directory:
+
+    RUN_DIR/
+      manifest.json        # the resolved config and the ideas, each with a stable id (written once)
+      results.jsonl        # append-only: one line per FINISHED idea (fsync'ed)
+      ideas/ID/            # one authoring run per idea: transcript.jsonl, candidates/, attempts/ ...
+      summary.json         # written atomically after every idea, and at the end
+      report.html          # every candidate scored on the dataset, as `metricsmith report` draws it
+
+Resuming (`--resume RUN_DIR`) reads the manifest (the ideas are never brainstormed twice), skips every
+idea with a line in results.jsonl, and authors the others from scratch: an idea killed half-way
+left only a partial folder, which is moved to `ideas/.interrupted/` first. So after any kill,
+SIGKILL included, a resumed run ends with each idea exactly once in results.jsonl.
+
+`--approve-passing` is the one way to approve without a human at the moment of decision. It must
+be given explicitly, and each such approval is recorded as a policy, with its criteria.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from agent.author_job import AuthorJob, make_backend, run_author_job
+from agent.authoring import AuthoringOutcome, AuthoringSettings
+from agent.batch_config import BatchConfig
+from agent.candidates import list_candidates, now_iso, write_json_atomic
+from agent.dataset import load_coco
+from agent.errors import UserError
+from agent.evaluation import load_error_labels
+from agent.extract import extract_ideas
+from agent.gate import approve, promote_candidate
+from agent.metric_file import MetricSpec, parse_metric_source
+from agent.model import ModelBackend, ModelUnreachable
+from agent.pricing import cost_usd
+from agent.prompting import Prompts, build_brainstorm_request, dataset_facts
+from agent.report import build_report, render_html, write_report
+from agent.scoring import score_dataset
+from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
+from sandbox.isolation import SandboxConfig
+
+__all__ = ["BatchIdea", "BatchManifest", "BatchResult", "BatchSummary", "run_batch"]
+
+APPROVE_PASSING_POLICY = "--approve-passing: every sandbox validation check passed (error rate, finite, not constant, "
+APPROVE_PASSING_POLICY += "deterministic, time budget, not a duplicate of a library metric)"
+
+
+class BatchIdea(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+
+
+class BatchManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 1
+    created_at: str
+    config: dict[str, Any]
+    ideas: list[BatchIdea]
+    brainstormed: bool = False
+
+
+class BatchResult(BaseModel):
+    """One line of results.jsonl."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idea_id: str
+    idea: str
+    verdict: str  # "passed", "gave_up" or "unreachable"
+    reason: str
+    candidate: str | None = None
+    approved: bool = False
+    library_version: int | None = None
+    exchanges: int = 0
+    tokens: int = 0
+    cost_usd: float | None = None
+    finished_at: str
+
+
+class BatchSummary(BaseModel):
+    run_dir: str
+    ideas: int
+    finished: int
+    passed: int
+    gave_up: int
+    unreachable: int
+    pending_review: list[str]
+    approved: list[str]
+    tokens: int
+    cost_usd: float | None
+    results: list[BatchResult]
+    report: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    concurrency: int = 2
+    approve_passing: bool = False
+    workers: int | None = None
+
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def _idea_id(index: int, text: str) -> str:
+    words = "".join(ch if ch.isalnum() else "-" for ch in text.lower()).split("-")
+    slug = "-".join(word for word in words if word)[:40].strip("-") or "idea"
+    return f"{index:02d}-{slug}"
+
+
+def _read_results(run_dir: Path) -> dict[str, BatchResult]:
+    path = run_dir / "results.jsonl"
+    if not path.exists():
+        return {}
+    results: dict[str, BatchResult] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            result = BatchResult.model_validate_json(line)
+        except ValueError:
+            continue  # a line torn by a kill: that idea is simply not finished
+        results.setdefault(result.idea_id, result)
+    return results
+
+
+class _ResultLog:
+    """results.jsonl: appended under a lock, one fsync'ed line per finished idea."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+
+    def append(self, result: BatchResult) -> None:
+        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(result.model_dump_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _backend(config: BatchConfig) -> ModelBackend:
+    model = config.model
+    return make_backend(
+        model.backend,
+        model=model.model,
+        base_url=model.base_url,
+        model_path=model.model_path,
+        transcript=model.transcript,
+    )
+
+
+def _brainstorm(config: BatchConfig, backend: ModelBackend, run_dir: Path) -> list[str]:
+    """Ask the model for `brainstorm` ideas; the exchange is recorded in RUN_DIR/brainstorm.jsonl."""
+    dataset = load_coco(config.dataset.annotations, config.dataset.images)
+    prompts = Prompts()
+    meta = TranscriptMeta.for_backend(backend, templates=prompts.template_hashes(), idea=None)
+    with TranscriptWriter(run_dir / "brainstorm.jsonl", meta) as writer:
+        request = build_brainstorm_request(
+            prompts,
+            (),
+            description=config.description_text(),
+            facts=dataset_facts(dataset),
+            n=config.brainstorm or 1,
+            mode=backend.mode,
+            temperature=config.model.temperature,
+            max_tokens=800,
+        )
+        reply = RecordingBackend(backend, writer).complete(request)
+        ideas = extract_ideas(reply.text)
+        writer.event("brainstorm", {"ideas": [idea.rationale for idea in ideas]})
+    if not ideas:
+        raise UserError("the model's brainstorm gave no usable idea; list ideas = [...] in the config instead")
+    return [f"{idea.name.replace('_', ' ')}: {idea.rationale}" for idea in ideas[: config.brainstorm]]
+
+
+def _start(config: BatchConfig, run_dir: Path, backend: ModelBackend) -> BatchManifest:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} is not empty: pass a new --out, or --resume {run_dir} to finish it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    brainstormed = config.brainstorm is not None
+    texts = _brainstorm(config, backend, run_dir) if brainstormed else config.ideas
+    manifest = BatchManifest(
+        created_at=now_iso(),
+        config=config.model_dump(mode="json"),
+        ideas=[BatchIdea(id=_idea_id(index, text), text=text) for index, text in enumerate(texts, start=1)],
+        brainstormed=brainstormed,
+    )
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    return manifest
+
+
+def load_manifest(run_dir: Path) -> BatchManifest:
+    try:
+        return BatchManifest.model_validate_json((run_dir / "manifest.json").read_bytes())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} holds no manifest.json: not a batch run directory") from None
+    except ValueError as error:
+        raise UserError(f"{run_dir / 'manifest.json'}: unreadable: {str(error).splitlines()[0]}") from None
+
+
+def _set_aside_partial(run_dir: Path, idea: BatchIdea) -> None:
+    folder = run_dir / "ideas" / idea.id
+    if folder.exists():
+        aside = run_dir / "ideas" / ".interrupted"
+        aside.mkdir(parents=True, exist_ok=True)
+        target = aside / f"{idea.id}-{len(list(aside.iterdir())) + 1}"
+        os.rename(folder, target)
+
+
+def _author_one(
+    idea: BatchIdea, config: BatchConfig, backend: ModelBackend, run_dir: Path, options: BatchOptions
+) -> BatchResult:
+    budgets = config.budgets
+    settings = AuthoringSettings(
+        max_repairs=budgets.max_repairs,
+        max_drafts=budgets.max_drafts,
+        token_cap=budgets.max_tokens_per_idea,
+        temperature=config.model.temperature,
+        max_tokens=512 if backend.name == "local" else AuthoringSettings().max_tokens,
+    )
+    idea_dir = run_dir / "ideas" / idea.id
+    try:
+        outcome: AuthoringOutcome = run_author_job(
+            AuthorJob(
+                idea=idea.text,
+                annotations=config.dataset.annotations,
+                images=config.dataset.images,
+                run_dir=idea_dir,
+                backend=backend,
+                description=config.description_text(),
+                errors=config.dataset.errors,
+                settings=settings,
+                library=config.library,
+                workers=options.workers,
+            )
+        )
+    except ModelUnreachable as error:
+        return BatchResult(
+            idea_id=idea.id, idea=idea.text, verdict="unreachable", reason=str(error), finished_at=now_iso()
+        )
+    approved, version = False, None
+    if outcome.candidate is not None and options.approve_passing:
+        approve(idea_dir, outcome.candidate.id, by="batch policy", policy=APPROVE_PASSING_POLICY)
+        version = promote_candidate(idea_dir, outcome.candidate.id, config.library, by="batch policy").manifest.version
+        approved = True
+    return BatchResult(
+        idea_id=idea.id,
+        idea=idea.text,
+        verdict=outcome.verdict,
+        reason=outcome.reason,
+        candidate=outcome.candidate.id if outcome.candidate else None,
+        approved=approved,
+        library_version=version,
+        exchanges=outcome.exchanges,
+        tokens=outcome.tokens,
+        cost_usd=cost_usd(backend.model, outcome.usage) if backend.name == "openai" else None,
+        finished_at=now_iso(),
+    )
+
+
+def summarise(run_dir: Path, manifest: BatchManifest, report: str | None = None) -> BatchSummary:
+    results = _read_results(run_dir)
+    ordered = [results[idea.id] for idea in manifest.ideas if idea.id in results]
+    costs = [result.cost_usd for result in ordered if result.cost_usd is not None]
+    pending = [
+        record.id
+        for idea in manifest.ideas
+        for record in list_candidates(run_dir / "ideas" / idea.id)
+        if record.status == "pending"
+    ]
+    return BatchSummary(
+        run_dir=str(run_dir),
+        ideas=len(manifest.ideas),
+        finished=len(ordered),
+        passed=sum(result.verdict == "passed" for result in ordered),
+        gave_up=sum(result.verdict == "gave_up" for result in ordered),
+        unreachable=sum(result.verdict == "unreachable" for result in ordered),
+        pending_review=pending,
+        approved=[result.candidate for result in ordered if result.approved and result.candidate],
+        tokens=sum(result.tokens for result in ordered),
+        cost_usd=sum(costs) if costs else None,
+        results=ordered,
+        report=report,
+    )
+
+
+def _candidate_report(run_dir: Path, config: BatchConfig, manifest: BatchManifest, workers: int | None) -> str | None:
+    """Every passing candidate scored on the whole dataset, drawn as `metricsmith report` draws metrics."""
+    specs: list[MetricSpec] = []
+    seen: set[str] = set()
+    for idea in manifest.ideas:
+        for record in list_candidates(run_dir / "ideas" / idea.id):
+            if record.id in seen:  # two ideas that led to the very same code: one section is enough
+                continue
+            seen.add(record.id)
+            path = run_dir / "ideas" / idea.id / "candidates" / record.id / "metric.py"
+            # Named by candidate id: two ideas may well produce metrics with the same NAME.
+            source = path.read_text(encoding="utf-8")
+            spec = parse_metric_source(source, path=str(path))
+            specs.append(spec.model_copy(update={"name": record.id.replace("-", "_")}))
+    if not specs:
+        return None
+    dataset = load_coco(config.dataset.annotations, config.dataset.images)
+    sandbox = SandboxConfig(workers=workers, share_workers=False) if workers else SandboxConfig(share_workers=False)
+    outcome = score_dataset(dataset, specs, sandbox)
+    errors = load_error_labels(config.dataset.errors) if config.dataset.errors else None
+    report = build_report(
+        dataset,
+        outcome.rows,
+        {spec.name: spec.suspicious for spec in specs},
+        errors=errors,
+        specs={spec.name: spec for spec in specs},
+    )
+    path = run_dir / "report.html"
+    write_report(path, render_html(report))
+    return str(path)
+
+
+def run_batch(
+    config: BatchConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    options: BatchOptions,
+    progress: Progress = lambda event, data: None,
+) -> BatchSummary:
+    """Author every idea of the config (or of the manifest, when resuming); returns the summary."""
+    backend = _backend(config)
+    manifest = load_manifest(run_dir) if resume else _start(config, run_dir, backend)
+    done = _read_results(run_dir)
+    todo = [idea for idea in manifest.ideas if idea.id not in done]
+    progress("start", {"ideas": len(manifest.ideas), "done": len(done), "todo": len(todo)})
+    for idea in todo:
+        _set_aside_partial(run_dir, idea)
+    log = _ResultLog(run_dir / "results.jsonl")
+    spent = sum(result.cost_usd or 0.0 for result in done.values())
+    ceiling = config.budgets.cost_ceiling_usd
+    with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
+        futures = {}
+        for idea in todo:
+            futures[pool.submit(_author_one, idea, config, backend, run_dir, options)] = idea
+        for future in as_completed(futures):
+            result = future.result()
+            log.append(result)
+            spent += result.cost_usd or 0.0
+            write_json_atomic(run_dir / "summary.json", summarise(run_dir, manifest))
+            progress("idea", result.model_dump(mode="json"))
+            if ceiling is not None and spent > ceiling:
+                progress("ceiling", {"spent": spent, "ceiling": ceiling})
+                for pending in futures:
+                    pending.cancel()
+    report = _candidate_report(run_dir, config, manifest, options.workers)
+    summary = summarise(run_dir, manifest, report)
+    write_json_atomic(run_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,245 @@
+"""`metricsmith batch` (many ideas, resumable) and `metricsmith review` (the interactive gate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Any
+
+from rich.syntax import Syntax
+from rich.table import Table
+
+from agent.batch import BatchOptions, run_batch
+from agent.batch_config import load_batch_config
+from agent.candidates import CandidateRecord, author_runs, list_candidates, save_candidate, write_json_atomic
+from agent.console import (
+    EXIT_INFRASTRUCTURE,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    positive_int,
+    stderr,
+    stdout,
+)
+from agent.errors import UserError
+from agent.gate import approve, current_approver, promote_candidate, record_edit, reject
+from agent.library import default_library_dir
+from agent.metric_file import parse_metric_source
+from agent.results_io import read_rows
+from agent.validation import load_validation_set, validate
+from sandbox.isolation import SandboxConfig
+
+__all__ = ["cmd_batch", "cmd_review", "register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    batch = commands.add_parser("batch", help=cmd_batch.__doc__, description=cmd_batch.__doc__)
+    batch.add_argument("config", type=Path, help="the batch config (TOML); see examples/demo.toml")
+    batch.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    batch.add_argument("--out", type=Path, help="run directory of a new run (default: runs/batch-N)")
+    batch.add_argument("--concurrency", type=positive_int, default=2, help="ideas authored at once (default 2)")
+    batch.add_argument("--backend", choices=["openai", "local", "replay"], help="overrides [model] backend")
+    batch.add_argument("--model", help="overrides [model] model")
+    batch.add_argument("--base-url", help="overrides [model] base_url")
+    batch.add_argument("--library", type=Path, help="overrides library")
+    batch.add_argument("--workers", type=positive_int, help="sandbox worker processes per validation")
+    batch.add_argument(
+        "--approve-passing",
+        action="store_true",
+        help="approve and promote every candidate that passes validation, recorded as a policy decision",
+    )
+    batch.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    batch.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    batch.set_defaults(handler=cmd_batch)
+
+    review = commands.add_parser("review", help=cmd_review.__doc__, description=cmd_review.__doc__)
+    review.add_argument("run_dir", type=Path, help="a run directory of `author` or `batch`")
+    review.add_argument("--library", type=Path, help="library folder for approved metrics")
+    review.add_argument("--open", action="store_true", help="open each candidate's contact sheet in a browser")
+    review.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    review.set_defaults(handler=cmd_review)
+
+
+def _default_run_dir() -> Path:
+    for index in range(1, 10_000):
+        candidate = Path("runs") / f"batch-{index}"
+        if not candidate.exists():
+            return candidate
+    raise UserError("runs/ is full; pass --out")
+
+
+def _batch_progress(event: str, data: dict[str, Any]) -> None:
+    if event == "start":
+        stderr.print(f"{data['ideas']} ideas: {data['done']} done earlier, {data['todo']} to author")
+    elif event == "idea":
+        verdict = {"passed": "[green]passed[/]", "gave_up": "[red]gave up[/]"}.get(data["verdict"], data["verdict"])
+        stderr.print(f"  {data['idea_id']}: {verdict} ({data['exchanges']} exchanges) {data['reason'][:150]}")
+    elif event == "ceiling":
+        stderr.print(f"  cost ceiling reached (${data['spent']:.2f} > ${data['ceiling']:.2f}): no new ideas")
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Author every idea of a config file (or N brainstormed ones), concurrently; resumable after any crash.
+
+    Exit codes: 0 done (candidates may wait for review), 1 some ideas failed, 2 usage or config error,
+    3 the model was unreachable.
+    """
+    overrides = {
+        ("model", "backend"): args.backend,
+        ("model", "model"): args.model,
+        ("model", "base_url"): args.base_url,
+        ("library",): str(args.library.resolve()) if args.library else None,
+    }
+    config = load_batch_config(args.config, overrides=overrides)
+    run_dir = args.resume or args.out or _default_run_dir()
+    stderr.print(f"batch run in {run_dir} with the {config.model.backend} backend")
+    summary = run_batch(
+        config,
+        run_dir,
+        resume=args.resume is not None,
+        options=BatchOptions(concurrency=args.concurrency, approve_passing=args.approve_passing, workers=args.workers),
+        progress=_batch_progress,
+    )
+    if args.json:
+        stdout.print_json(summary.model_dump_json())
+    else:
+        stderr.print(
+            f"{summary.finished}/{summary.ideas} ideas: {summary.passed} passed, {summary.gave_up} gave up, "
+            f"{summary.unreachable} unreachable; {summary.tokens} tokens"
+            + (f", about ${summary.cost_usd:.4f}" if summary.cost_usd is not None else "")
+        )
+        if summary.report:
+            stderr.print(f"report: {summary.report}")
+    if summary.pending_review:
+        stderr.print(f"{len(summary.pending_review)} candidates wait for you: metricsmith review {run_dir}")
+    if summary.unreachable:
+        return EXIT_INFRASTRUCTURE
+    return EXIT_SOME_FAILED if summary.gave_up else EXIT_OK
+
+
+# -- review -------------------------------------------------------------------------------------
+
+
+def _histogram(values: list[float], bins: int = 12, width: int = 40) -> list[str]:
+    """A terminal histogram: one bar per bin, scaled to the fullest bin."""
+    if not values:
+        return ["(no scores)"]
+    low, high = min(values), max(values)
+    if high == low:
+        return [f"{low:>10.4g} | {'█' * width} {len(values)}"]
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, int((value - low) / (high - low) * bins))] += 1
+    top = max(counts)
+    step = (high - low) / bins
+    return [
+        f"{low + i * step:>10.4g} | {'█' * round(count / top * width):<{width}} {count}"
+        for i, count in enumerate(counts)
+    ]
+
+
+def _show(run: Path, record: CandidateRecord) -> None:
+    folder = run / "candidates" / record.id
+    validation = json.loads((folder / "validation.json").read_text())
+    stdout.rule(f"{record.id}  ({record.level}, suspicious {record.suspicious})")
+    stdout.print(f"idea: {record.idea}", markup=False)
+    stdout.print(Syntax((folder / "metric.py").read_text(encoding="utf-8"), "python", line_numbers=True))
+    rationale = (folder / "rationale.md").read_text(encoding="utf-8") if (folder / "rationale.md").exists() else ""
+    stdout.print(rationale.strip(), markup=False)
+    checks = ", ".join(f"{check['name']} {check['status']}" for check in validation["checks"])
+    stdout.print(f"validation: {'passed' if validation['passed'] else 'FAILED'} ({checks})")
+    stats = validation["stats"]
+    stdout.print(
+        f"scores on {stats['n_items']} validation items: {stats['n_scored']} scored, {stats['n_none']} none, "
+        f"{stats['n_errors']} errors; min {stats['min']}, median {stats['median']}, max {stats['max']}"
+    )
+    scores_file = folder / "scores.csv"
+    if scores_file.exists():
+        values = [row.score for row in read_rows(scores_file) if row.score is not None]
+        stdout.print(f"scores on the whole dataset ({len(values)} scored):")
+        for line in _histogram(values):
+            stdout.print(line, markup=False)
+    if validation.get("correlations"):
+        table = Table("library metric", "Spearman ρ", "items", "duplicate?")
+        for row in validation["correlations"]:
+            rho = "–" if row["rho"] is None else f"{row['rho']:+.2f}"
+            table.add_row(row["metric"], rho, str(row["n_items"]), "YES" if row["duplicate"] else "")
+        stdout.print(table)
+    if record.evaluation:
+        figures = record.evaluation["evaluation"]
+        by_type = ", ".join(f"{t} {v:.3f}" for t, v in figures["ap_by_type"].items() if v is not None)
+        stdout.print(f"eval on the known errors: AP {figures['ap']}, per type: {by_type}")
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Go through the pending candidates of a run: approve, reject with a reason, edit, or skip each."""
+    runs = author_runs(args.run_dir)
+    pending = [(run, record) for run in runs for record in list_candidates(run) if record.status == "pending"]
+    if not pending:
+        stderr.print(f"no pending candidate in {args.run_dir}")
+        return EXIT_OK
+    library = default_library_dir(args.library)
+    for run, record in pending:
+        while True:
+            _show(run, record)
+            sheet = run / "candidates" / record.id / "report.html"
+            if sheet.exists():
+                stdout.print(f"worst and best items, with their boxes: {sheet}")
+                if args.open:
+                    webbrowser.open(sheet.resolve().as_uri())
+            answer = _ask("[a]pprove, [r]eject, [e]dit, [s]kip? ").strip().lower()[:1]
+            if answer == "a":
+                note = _ask("note (optional): ").strip() or None
+                approve(run, record.id, note=note)
+                entry = promote_candidate(run, record.id, library)
+                stderr.print(f"promoted as lib:{entry.manifest.name}@{entry.manifest.version} in {library}")
+                break
+            if answer == "r":
+                reason = _ask("reason: ").strip()
+                if not reason:
+                    stderr.print("a rejection needs a reason")
+                    continue
+                reject(run, record.id, reason)
+                break
+            if answer == "e":
+                record = _edit(run, record)
+                if record.validation_passed:
+                    continue
+                stderr.print("the edited code did not pass validation; it stays pending")
+                break
+            if answer in ("s", ""):
+                break
+    return EXIT_OK
+
+
+def _ask(prompt: str) -> str:
+    stderr.print(prompt, end="")
+    line = sys.stdin.readline()
+    if not line:
+        raise UserError("no answer on standard input; review stopped (nothing was decided for this candidate)")
+    return line
+
+
+def _edit(run: Path, record: CandidateRecord) -> CandidateRecord:
+    """Open metric.py in $EDITOR; changed code goes back to pending and is validated again."""
+    folder = run / "candidates" / record.id
+    path = folder / "metric.py"
+    before = path.read_text(encoding="utf-8")
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    subprocess.run([*shlex.split(editor), str(path)], check=False)
+    after = path.read_text(encoding="utf-8")
+    if after == before:
+        return record
+    path.write_text(before, encoding="utf-8")  # record_edit writes it back itself, with the decision
+    updated = record_edit(run, record.id, after, by=current_approver())
+    spec = parse_metric_source(after, path="metric.py")
+    report = validate(spec, load_validation_set(run / "validation-set"), SandboxConfig())
+    write_json_atomic(folder / "validation.json", report)
+    updated = updated.model_copy(update={"validation_passed": report.passed})
+    save_candidate(run, updated)
+    return updated

@@ -1,0 +1,183 @@
+"""The batch job through the real CLI and the real openai SDK, against a scripted model server on loopback.
+
+The model is the one thing faked (the issue's named boundary): a small OpenAI-compatible HTTP server
+that answers a brainstorm request with a numbered list and every other request with a working metric.
+Everything else is real: the config, the loop, the sandbox, the run directory, SIGKILL and resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from agent.batch import BatchResult
+from agent.demo_data import generate_demo_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transcripts"))
+import record_fixtures as fixtures
+
+IDEAS = ["boxes with almost no edges", "boxes that are not on a panda", "very dark images", "tiny boxes"]
+BRAINSTORM_REPLY = (
+    "1. edge_poor_boxes (object) - boxes with few edges inside are empty or misplaced\n"
+    "2. dull_boxes (object) - boxes of flat colour rarely hold an animal\n"
+)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        last = body["messages"][-1]["content"] if "messages" in body else body.get("prompt", "")
+        text = BRAINSTORM_REPLY if "Propose" in last else fixtures.fenced(fixtures.GOOD)
+        reply = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+        }
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_dataset(tmp_path_factory.mktemp("batch") / "demo", n_images=12, seed=0, width=320, height=240)
+
+
+def write_config(folder: Path, demo: Path, base_url: str, ideas: list[str] | None = None) -> Path:
+    lines = [f"ideas = {json.dumps(ideas)}" if ideas else "brainstorm = 2", 'library = "library"', ""]
+    lines += ["[dataset]", f'annotations = "{demo}"', f'errors = "{demo.parent / "errors.json"}"', ""]
+    lines += ["[model]", 'backend = "openai"', 'model = "scripted-gpt"', f'base_url = "{base_url}"']
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def batch(*args: str, background: bool = False) -> subprocess.Popen | subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "agent.cli", "batch", *args, "--workers", "1"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")}
+    if background:
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def results(run_dir: Path) -> list[BatchResult]:
+    path = run_dir / "results.jsonl"
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        with contextlib.suppress(ValueError):  # a line torn by the kill
+            parsed.append(BatchResult.model_validate_json(line))
+    return parsed
+
+
+def test_a_batch_run_authors_every_idea_and_says_how_to_review(demo: Path, model_server: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, demo, model_server, IDEAS[:2])
+    run_dir = tmp_path / "run"
+    result = batch(str(config), "--out", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["ideas"], summary["finished"], summary["passed"]) == (2, 2, 2)
+    assert summary["tokens"] == 2 * 150 and len(summary["pending_review"]) == 2
+    assert f"metricsmith review {run_dir}" in result.stderr
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [idea["text"] for idea in manifest["ideas"]] == IDEAS[:2]
+    assert json.loads((run_dir / "summary.json").read_text())["finished"] == 2
+    assert (run_dir / "report.html").stat().st_size > 1000
+    for idea in manifest["ideas"]:
+        assert (run_dir / "ideas" / idea["id"] / "transcript.jsonl").exists()
+    # A pending candidate of a batch run is approved through the run directory itself.
+    candidate = summary["pending_review"][0]
+    approved = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "approve", str(run_dir), candidate, "--library", str(tmp_path / "lib")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+
+
+def test_brainstorm_then_approve_passing_is_recorded_as_a_policy(demo: Path, model_server: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, demo, model_server)
+    run_dir = tmp_path / "run"
+    result = batch(str(config), "--out", str(run_dir), "--approve-passing", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ideas"] == 2 and len(summary["approved"]) == 2 and summary["pending_review"] == []
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["brainstormed"] and manifest["ideas"][0]["text"].startswith("edge poor boxes:")
+    decisions = [
+        json.loads(line)
+        for idea in manifest["ideas"]
+        for line in (run_dir / "ideas" / idea["id"] / "decisions.jsonl").read_text().splitlines()
+    ]
+    assert {d["action"] for d in decisions} == {"approve", "promote"}
+    assert all(d["by"] == "batch policy" for d in decisions)
+    assert all(d["policy"].startswith("--approve-passing") for d in decisions if d["action"] == "approve")
+    assert (tmp_path / "library").is_dir()
+
+
+def test_killed_at_random_points_then_resumed_loses_and_repeats_nothing(
+    demo: Path, model_server: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, demo, model_server, IDEAS)
+    run_dir = tmp_path / "run"
+    chooser = random.Random(7)
+    started = False
+    for attempt in range(3):
+        args = [str(config), "--resume", str(run_dir)] if started else [str(config), "--out", str(run_dir)]
+        process = batch(*args, "--concurrency", "2", background=True)
+        time.sleep(chooser.uniform(0.8, 4.0))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        started = started or (run_dir / "manifest.json").exists()
+        done = [result.idea_id for result in results(run_dir)]
+        assert len(done) == len(set(done)), f"attempt {attempt}: an idea finished twice: {done}"
+    final = batch(str(config), "--resume", str(run_dir), "--concurrency", "2", "--json")
+    assert final.returncode == 0, final.stderr
+    finished = results(run_dir)
+    ids = [result.idea_id for result in finished]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert sorted(ids) == sorted(idea["id"] for idea in manifest["ideas"]), "every idea exactly once"
+    assert all(result.verdict == "passed" for result in finished)
+    assert json.loads(final.stdout)["finished"] == len(IDEAS)
+
+
+def test_config_problems_exit_2_with_one_line_each(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('ideas = ["x"]\n[model]\nbackend = "gpt"\n')
+    result = batch(str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {path}: 2 problems: dataset: Field required; model.backend:")
