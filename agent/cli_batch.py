@@ -117,6 +117,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
             stderr.print(f"report: {summary.report}")
     if summary.pending_review:
         stderr.print(f"{len(summary.pending_review)} candidates wait for you: metricsmith review {run_dir}")
+    elif not summary.approved:
+        stderr.print(
+            f"no candidate passed validation; each attempt and transcript is in {run_dir}/ideas/. "
+            "A capable model does better: set [model] backend = \"openai\" in the config."
+        )
     if summary.unreachable:
         return EXIT_INFRASTRUCTURE
     return EXIT_SOME_FAILED if summary.gave_up else EXIT_OK

@@ -15,7 +15,8 @@ def opening_commands() -> list[str]:
 
 def test_readme_opens_with_main_job_then_tests() -> None:
     main_job, tests = opening_commands()
-    assert "pip install ." in main_job and "metricsmith score" in main_job
+    assert "pip install '.[local]'" in main_job and "metricsmith batch examples/demo.toml" in main_job
+    assert (REPO / "examples" / "demo.toml").is_file()
     assert "pytest" in tests
 
 
