@@ -183,8 +183,8 @@ def error_signature(failure: Failure) -> str:
 def repair_context(report: ValidationReport, validation: ValidationSet) -> RepairContext:
     """The repair prompt's context for the report's first failure: the check, the item, the trimmed traceback.
 
-    Raises ValueError for a report without failure: there is nothing to repair. The metric's
-    stdout and stderr are not part of it: the sandbox sends print() output to the worker's log.
+    Raises ValueError for a report without failure: there is nothing to repair. What the metric
+    printed during the failed call (stdout and stderr together, head and tail) goes in as `stdout`.
     """
     failure = report.first_failure
     if failure is None:
@@ -194,6 +194,7 @@ def repair_context(report: ValidationReport, validation: ValidationSet) -> Repai
         message=relative_paths(failure.message, failure.metric_file),
         item=_failed_item(failure, validation),
         traceback=trim_traceback(failure.traceback or "", failure.metric_file) or None,
+        stdout=failure.printed,
     )
 
 

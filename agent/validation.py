@@ -60,6 +60,7 @@ from agent.evaluation import (
 )
 from agent.metric_file import MetricSpec
 from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
+from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 
 EdgeCaseName = Literal["empty_image", "grey_image", "edge_boxes_image", "tiny_box", "border_box", "partly_outside_box"]
@@ -342,6 +343,7 @@ class Failure(BaseModel):
     edge_case: EdgeCaseName | None = None
     error_kind: str | None = None
     traceback: str | None = None
+    printed: str | None = None  # what the metric printed during the failed call (head and tail)
 
 
 class ScoreStats(BaseModel):
@@ -534,17 +536,20 @@ class _Checker:
 
     def _failure(self, check: CheckName, row: ScoreRow, message: str | None = None) -> Failure:
         key = _key(row)
-        is_traceback = row.error_kind == "exception" and (row.error or "").startswith("Traceback")
+        # The worker appends what the metric printed during the failed call after a marker.
+        error, _, printed = (row.error or "").partition(PRINTED_MARKER)
+        is_traceback = row.error_kind == "exception" and error.startswith("Traceback")
         return Failure(
             check=check,
-            message=message or _last_line(row.error),
+            message=message or _last_line(error),
             metric_file=self.spec.path,
             item=self.validation.describe(*key),
             image_id=key[0],
             annotation_id=key[1],
             edge_case=self.validation.edge_cases.get(key),
             error_kind=row.error_kind,
-            traceback=row.error if is_traceback else None,
+            traceback=error if is_traceback else None,
+            printed=printed or None,
         )
 
     def error_rate(self) -> tuple[CheckResult, Failure | None]:

@@ -17,6 +17,8 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 # The longest feature vector a feature metric may return: here, not in protocol, because the
 # worker checks it too and imports no pydantic.
 MAX_FEATURES = 1024
+# Separates a failed call's error from what the metric printed during the call (head and tail).
+PRINTED_MARKER = "\n--- printed by the metric during this call ---\n"
 _LENGTH = struct.Struct(">I")
 
 

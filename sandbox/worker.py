@@ -15,7 +15,9 @@ one frame per item. Every failure of metric code is data in a result row, never 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import json
 import linecache
 import math
@@ -33,7 +35,7 @@ import cv2
 import numpy as np
 
 from sandbox import landlock, seccomp_filter
-from sandbox.framing import MAX_FEATURES, encode_frame, read_frame_blocking
+from sandbox.framing import MAX_FEATURES, PRINTED_MARKER, encode_frame, read_frame_blocking
 from sandbox.paths import SYSTEM_READ_ONLY, python_runtime_dirs
 
 _PR_SET_PDEATHSIG = 1
@@ -44,6 +46,7 @@ _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _MAX_ERROR_CHARS = 4000
 _SOFT_TIMEOUT_REPEAT_S = 0.05
+_PRINTED_KEEP = 2000  # characters of a failed call's print() output kept from its start, and from its end
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,45 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise _SoftTimeout
 
 
+class _Printed(io.TextIOBase):
+    """What a metric prints during one call: the first and last `_PRINTED_KEEP` characters only."""
+
+    def __init__(self) -> None:
+        self.head = ""
+        self.tail = ""
+        self.total = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        written = len(text)
+        self.total += written
+        if len(self.head) < _PRINTED_KEEP:
+            room = _PRINTED_KEEP - len(self.head)
+            self.head += text[:room]
+            text = text[room:]
+        if text:
+            self.tail = (self.tail + text)[-_PRINTED_KEEP:]
+        return written
+
+    def text(self) -> str:
+        skipped = self.total - len(self.head) - len(self.tail)
+        middle = f"\n[... {skipped} characters skipped ...]\n" if skipped > 0 else ""
+        return self.head + middle + self.tail
+
+
 def _run_call(function: Callable[..., Any], args: tuple, timeout_s: float, filename: str, output: str) -> dict:
+    """One call; a failed call's row carries what the metric printed, for the repair prompt."""
+    printed = _Printed()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        row = _call_once(function, args, timeout_s, filename, output)
+    if "error" in row and printed.total:
+        row["error"] = row["error"] + PRINTED_MARKER + printed.text()
+    return row
+
+
+def _call_once(function: Callable[..., Any], args: tuple, timeout_s: float, filename: str, output: str) -> dict:
     try:
         signal.setitimer(signal.ITIMER_REAL, timeout_s, _SOFT_TIMEOUT_REPEAT_S)
         try:

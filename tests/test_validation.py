@@ -12,6 +12,7 @@ import pytest
 from agent.dataset import AnnotationInfo, Dataset, load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.metric_file import MetricSpec, load_metric_file, parse_metric_source
+from agent.repair import repair_context
 from agent.validation import (
     EdgeCaseName,
     ValidationReport,
@@ -341,3 +342,19 @@ def test_spearman_is_none_when_undefined() -> None:
     assert spearman([1.0, 2.0, 3.0], [30.0, 20.0, 10.0]) == pytest.approx(-1.0)
     with pytest.raises(ValueError):
         spearman([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_what_a_failing_call_printed_reaches_the_repair_context(validation: ValidationSet) -> None:
+    source = (
+        '"""Prints, then fails on tiny boxes."""\n\nNAME = "chatty"\nLEVEL = "object"\nSUSPICIOUS = "low"\n\n\n'
+        "def score(image, obj, scene):\n"
+        '    print("looking at", obj["bbox"])\n'
+        "    x, y, w, h = obj['bbox']\n"
+        "    return 1.0 / (w - 2) + w\n"
+    )
+    report = validate(parse_metric_source(source, path="metric.py"), validation, SandboxConfig(workers=2))
+    failure = report.first_failure
+    assert failure is not None and failure.printed is not None
+    assert failure.printed.startswith("looking at [")
+    assert "printed by the metric" not in (failure.traceback or "") and "ZeroDivisionError" in failure.message
+    assert repair_context(report, validation).stdout == failure.printed
