@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+from rich.markup import escape
 
 from agent.authoring import (
     AuthoringOutcome,
@@ -45,6 +46,7 @@ __all__ = [
     "DatasetSource",
     "JobSettings",
     "default_backend",
+    "describe_event",
     "job_settings_from_transcript",
     "make_backend",
     "run_author_job",
@@ -280,3 +282,25 @@ def describe_rounds(outcome: AuthoringOutcome) -> Sequence[str]:
         f"draft {r.draft} · {r.kind}{f' {r.repair}' if r.kind == 'repair' else ''}: {r.outcome} — {r.detail}"
         for r in outcome.rounds
     ]
+
+
+def describe_event(event: str, data: dict[str, Any]) -> str | None:
+    """One line (rich markup) per step of the loop, from its listener events; None for steps not shown."""
+    if event == "draft":
+        return f"[bold]draft {data['draft']}[/]: asking the model for the metric"
+    if event == "format_problem":
+        return f"  [yellow]unusable reply[/]: {escape(data['problem'])}"
+    if event == "validating":
+        return f"  validating code {data['code_sha256'][:8]} in the sandbox"
+    if event == "validation":
+        failure = data.get("failure")
+        if data["passed"]:
+            return "  [green]validation passed[/]"
+        if failure:
+            return f"  [red]validation failed[/] ({failure['check']}): {escape(failure['message'][:200])}"
+        return None
+    if event == "stopped":
+        return f"  stopping this draft: {data['why'].replace('_', ' ')}"
+    if event == "evaluating":
+        return "  measuring it against the known label errors"
+    return None

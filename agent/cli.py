@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
-from agent import cli_author, cli_batch, cli_gate
+from agent import cli_author, cli_batch, cli_chat, cli_gate
 from agent.console import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_gate.register(commands)
     cli_author.register(commands)
     cli_batch.register(commands)
+    cli_chat.register(commands)
     return parser
 
 

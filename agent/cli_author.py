@@ -11,6 +11,7 @@ from agent.author_job import (
     AuthorJob,
     authoring_settings,
     default_backend,
+    describe_event,
     describe_rounds,
     job_settings_from_transcript,
     make_backend,
@@ -20,6 +21,7 @@ from agent.author_job import (
 )
 from agent.authoring import AuthoringOutcome, AuthoringSettings, idea_from_text
 from agent.backend_replay import ReplayBackend
+from agent.chat_replay import is_chat_transcript, replay_chat
 from agent.console import EXIT_OK, EXIT_SOME_FAILED, positive_int, stderr, stdout
 from agent.errors import UserError
 from agent.pricing import cost_usd
@@ -71,22 +73,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _progress(event: str, data: dict[str, Any]) -> None:
     """One line on stderr per step of the loop, so a slow local model never looks stuck."""
-    if event == "draft":
-        stderr.print(f"[bold]draft {data['draft']}[/]: asking the model for the metric")
-    elif event == "format_problem":
-        stderr.print(f"  [yellow]unusable reply[/]: {data['problem']}", markup=True)
-    elif event == "validating":
-        stderr.print(f"  validating code {data['code_sha256'][:8]} in the sandbox")
-    elif event == "validation":
-        failure = data.get("failure")
-        if data["passed"]:
-            stderr.print("  [green]validation passed[/]")
-        elif failure:
-            stderr.print(f"  [red]validation failed[/] ({failure['check']}): {failure['message'][:200]}", markup=True)
-    elif event == "stopped":
-        stderr.print(f"  stopping this draft: {data['why'].replace('_', ' ')}")
-    elif event == "evaluating":
-        stderr.print("  measuring it against the known label errors")
+    line = describe_event(event, data)
+    if line is not None:
+        stderr.print(line)
 
 
 def _default_run_dir(name: str) -> Path:
@@ -168,12 +157,15 @@ def cmd_author(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Re-run a recorded authoring session offline and check it reaches the same outcome.
+    """Re-run a recorded `author` or `chat` session offline and check it reaches the same outcome.
 
     Every request must match the recording, in order; a changed prompt template is named in the
     error. Exit 0 when the outcome is the same, 1 when it differs, 2 on a mismatch or bad input.
     """
     transcript = read_transcript(args.transcript)
+    if is_chat_transcript(transcript):
+        same = replay_chat(transcript, stdout, out=args.out, annotations=args.annotations, workers=args.workers)
+        return EXIT_OK if same else EXIT_SOME_FAILED
     settings = job_settings_from_transcript(transcript)
     if args.annotations is not None:
         annotations, images, errors = args.annotations, None, None

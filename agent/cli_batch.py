@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
-import subprocess
 import sys
 import webbrowser
 from pathlib import Path
 from typing import Any
 
-from rich.syntax import Syntax
-from rich.table import Table
-
 from agent.batch import BatchOptions, run_batch
 from agent.batch_config import load_batch_config
-from agent.candidates import CandidateRecord, author_runs, list_candidates, save_candidate, write_json_atomic
+from agent.candidate_view import show_candidate
+from agent.candidates import CandidateRecord, author_runs, list_candidates
 from agent.console import (
     EXIT_INFRASTRUCTURE,
     EXIT_OK,
@@ -26,13 +20,10 @@ from agent.console import (
     stderr,
     stdout,
 )
+from agent.editing import edit_candidate
 from agent.errors import UserError
-from agent.gate import approve, current_approver, promote_candidate, record_edit, reject
+from agent.gate import approve, promote_candidate, reject
 from agent.library import default_library_dir
-from agent.metric_file import parse_metric_source
-from agent.results_io import read_rows
-from agent.validation import load_validation_set, validate
-from sandbox.isolation import SandboxConfig
 
 __all__ = ["cmd_batch", "cmd_review", "register"]
 
@@ -120,7 +111,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     elif not summary.approved:
         stderr.print(
             f"no candidate passed validation; each attempt and transcript is in {run_dir}/ideas/. "
-            "A capable model does better: set [model] backend = \"openai\" in the config."
+            'A capable model does better: set [model] backend = "openai" in the config.'
         )
     if summary.unreachable:
         return EXIT_INFRASTRUCTURE
@@ -128,57 +119,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 # -- review -------------------------------------------------------------------------------------
-
-
-def _histogram(values: list[float], bins: int = 12, width: int = 40) -> list[str]:
-    """A terminal histogram: one bar per bin, scaled to the fullest bin."""
-    if not values:
-        return ["(no scores)"]
-    low, high = min(values), max(values)
-    if high == low:
-        return [f"{low:>10.4g} | {'█' * width} {len(values)}"]
-    counts = [0] * bins
-    for value in values:
-        counts[min(bins - 1, int((value - low) / (high - low) * bins))] += 1
-    top = max(counts)
-    step = (high - low) / bins
-    return [
-        f"{low + i * step:>10.4g} | {'█' * round(count / top * width):<{width}} {count}"
-        for i, count in enumerate(counts)
-    ]
-
-
-def _show(run: Path, record: CandidateRecord) -> None:
-    folder = run / "candidates" / record.id
-    validation = json.loads((folder / "validation.json").read_text())
-    stdout.rule(f"{record.id}  ({record.level}, suspicious {record.suspicious})")
-    stdout.print(f"idea: {record.idea}", markup=False)
-    stdout.print(Syntax((folder / "metric.py").read_text(encoding="utf-8"), "python", line_numbers=True))
-    rationale = (folder / "rationale.md").read_text(encoding="utf-8") if (folder / "rationale.md").exists() else ""
-    stdout.print(rationale.strip(), markup=False)
-    checks = ", ".join(f"{check['name']} {check['status']}" for check in validation["checks"])
-    stdout.print(f"validation: {'passed' if validation['passed'] else 'FAILED'} ({checks})")
-    stats = validation["stats"]
-    stdout.print(
-        f"scores on {stats['n_items']} validation items: {stats['n_scored']} scored, {stats['n_none']} none, "
-        f"{stats['n_errors']} errors; min {stats['min']}, median {stats['median']}, max {stats['max']}"
-    )
-    scores_file = folder / "scores.csv"
-    if scores_file.exists():
-        values = [row.score for row in read_rows(scores_file) if row.score is not None]
-        stdout.print(f"scores on the whole dataset ({len(values)} scored):")
-        for line in _histogram(values):
-            stdout.print(line, markup=False)
-    if validation.get("correlations"):
-        table = Table("library metric", "Spearman ρ", "items", "duplicate?")
-        for row in validation["correlations"]:
-            rho = "–" if row["rho"] is None else f"{row['rho']:+.2f}"
-            table.add_row(row["metric"], rho, str(row["n_items"]), "YES" if row["duplicate"] else "")
-        stdout.print(table)
-    if record.evaluation:
-        figures = record.evaluation["evaluation"]
-        by_type = ", ".join(f"{t} {v:.3f}" for t, v in figures["ap_by_type"].items() if v is not None)
-        stdout.print(f"eval on the known errors: AP {figures['ap']}, per type: {by_type}")
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -191,7 +131,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     library = default_library_dir(args.library)
     for run, record in pending:
         while True:
-            _show(run, record)
+            show_candidate(stdout, run, record)
             sheet = run / "candidates" / record.id / "report.html"
             if sheet.exists():
                 stdout.print(f"worst and best items, with their boxes: {sheet}")
@@ -232,19 +172,4 @@ def _ask(prompt: str) -> str:
 
 def _edit(run: Path, record: CandidateRecord) -> CandidateRecord:
     """Open metric.py in $EDITOR; changed code goes back to pending and is validated again."""
-    folder = run / "candidates" / record.id
-    path = folder / "metric.py"
-    before = path.read_text(encoding="utf-8")
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    subprocess.run([*shlex.split(editor), str(path)], check=False)
-    after = path.read_text(encoding="utf-8")
-    if after == before:
-        return record
-    path.write_text(before, encoding="utf-8")  # record_edit writes it back itself, with the decision
-    updated = record_edit(run, record.id, after, by=current_approver())
-    spec = parse_metric_source(after, path="metric.py")
-    report = validate(spec, load_validation_set(run / "validation-set"), SandboxConfig())
-    write_json_atomic(folder / "validation.json", report)
-    updated = updated.model_copy(update={"validation_passed": report.passed})
-    save_candidate(run, updated)
-    return updated
+    return edit_candidate(run, record)

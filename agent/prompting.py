@@ -51,6 +51,7 @@ __all__ = [
     "RepairContext",
     "SampleAnnotation",
     "build_brainstorm_request",
+    "build_chat_request",
     "build_format_retry",
     "build_implement_request",
     "build_repair_request",
@@ -641,6 +642,27 @@ def build_brainstorm_request(
     return _request(
         prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
         seed=seed, stop=BRAINSTORM_COMPLETION_STOPS,
+    )  # fmt: skip
+
+
+def build_chat_request(
+    prompts: Prompts,
+    conversation: tuple[Message, ...],
+    message: str,
+    *,
+    description: str,
+    facts: DatasetFacts | None,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None = None,
+) -> ModelRequest:
+    """A free-form chat turn (`metricsmith chat`); give `facts` on the first turn only. Chat mode only."""
+    turn = prompts.render(
+        "chat.j2", message=message, description=description, facts=facts_text(facts) if facts is not None else None
+    )
+    return _request(
+        prompts, conversation, turn, None, mode="chat", temperature=temperature, max_tokens=max_tokens,
+        seed=seed, stop=(),
     )  # fmt: skip
 
 

@@ -35,7 +35,7 @@ from agent.resources import prompts_dir
 
 TEMPLATES = {
     "system.j2", "brainstorm.j2", "implement.j2", "repair.j2", "format_retry.j2",
-    "completion.j2", "completion_repair.j2", "completion_brainstorm.j2", "_completion_file.j2",
+    "completion.j2", "completion_repair.j2", "completion_brainstorm.j2", "_completion_file.j2", "chat.j2",
 }  # fmt: skip
 BROKEN = '''"""Box area."""
 
@@ -148,7 +148,7 @@ def test_repair_prompt_describes_the_failure(prompts: Prompts, task: MetricTask)
     )
     assert "ZeroDivisionError: float division" in text
     assert "characters skipped" in text  # stdout cut to head and tail
-    assert "stderr" not in text
+    assert "Its stderr" not in text  # no stderr given, no stderr section
     assert BROKEN.strip() in text
     assert "explain the bug in 2-3 sentences" in text
     assert {"repair.j2", "system.j2", "CONTRACT.md"} <= set(request.templates)
@@ -302,7 +302,10 @@ def test_completion_implement_request(prompts: Prompts, task: MetricTask) -> Non
     assert request.stop == COMPLETION_STOPS and "\ndef score(" in request.stop
     prefix = request.reply_prefix
     assert prefix.startswith('"""') and 'NAME = "loose_box"' in prefix and 'LEVEL = "object"' in prefix
-    assert prefix.rstrip().endswith('"""') and "def score(image, obj, scene):" in prefix
+    assert "def score(image, obj, scene):" in prefix
+    # The prefix ends on the scaffold every box metric starts with: the box's pixels, clipped, as `crop`.
+    assert prefix.rstrip().endswith("red, green, blue = crop[:, :, 0], crop[:, :, 1], crop[:, :, 2]")
+    assert "if x1 - x0 < 3 or y1 - y0 < 3:\n        return None" in prefix
     assert task.description in prefix and "8 images" in prefix
     # About 4 characters per token: a 270M model's context stays small.
     assert len(request.prompt) / 4 < 1500
