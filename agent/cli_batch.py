@@ -163,7 +163,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def _ask(prompt: str) -> str:
-    stderr.print(prompt, end="")
+    stderr.print(prompt, end="", markup=False)
     line = sys.stdin.readline()
     if not line:
         raise UserError("no answer on standard input; review stopped (nothing was decided for this candidate)")
