@@ -543,8 +543,8 @@ class ChatSession:
 
     def _decided(self, action: str, candidate: str, sha: str, **details: Any) -> None:
         decision = {"action": action, "candidate": candidate, "code_sha256": sha, **details}
+        # The gate itself appends the decision to this session's transcript (agent.gate._append_decision).
         self.decisions.append({**decision, "name": load_candidate(self.run_dir, candidate).name})
-        self.writer.event("decision", decision)
 
     def _cost_line(self) -> str:
         usage = self.backend.usage

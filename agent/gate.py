@@ -38,6 +38,7 @@ from agent.candidates import (
 from agent.errors import UserError
 from agent.library import Approval as LibraryApproval
 from agent.library import LibraryEntry, Provenance, promote
+from agent.transcript import append_event
 
 __all__ = [
     "DECISION_LOG",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 DECISION_LOG = "decisions.jsonl"
+TRANSCRIPT_NAME = "transcript.jsonl"  # the authoring session's record, in the same run directory
 
 
 class GateRefused(UserError):
@@ -64,11 +66,15 @@ def current_approver() -> str:
 
 
 def _append_decision(run_dir: Path, candidate_id: str, decision: Decision) -> None:
-    line = json.dumps({"candidate": candidate_id, **decision.model_dump(mode="json")}, ensure_ascii=False)
+    """To the run's decision log, and to the transcript of the session that made the candidate."""
+    record = {"candidate": candidate_id, **decision.model_dump(mode="json")}
     with open(run_dir / DECISION_LOG, "a", encoding="utf-8") as log:
-        log.write(line + "\n")
+        log.write(json.dumps(record, ensure_ascii=False) + "\n")
         log.flush()
         os.fsync(log.fileno())
+    transcript = run_dir / TRANSCRIPT_NAME
+    if transcript.is_file():
+        append_event(transcript, "decision", record)
 
 
 def _checked(run_dir: Path, candidate_id: str) -> tuple[CandidateRecord, str]:

@@ -89,6 +89,7 @@ __all__ = [
     "TranscriptLine",
     "TranscriptMeta",
     "TranscriptWriter",
+    "append_event",
     "read_transcript",
     "scrub_secrets",
 ]
@@ -345,6 +346,23 @@ class TranscriptWriter:
             written = os.write(self._fd, view)
             view = view[written:]
         os.fsync(self._fd)
+
+
+def append_event(path: Path, event: str, data: Mapping[str, Any] | None = None) -> EventLine:
+    """Append one event to a finished transcript (a decision taken after the session), fsync'ed.
+
+    The file must already be a transcript: its first line is read back as the meta line first.
+    """
+    with open(path, "rb") as existing:
+        TranscriptMeta.model_validate_json(existing.readline())
+    line = EventLine(event=event, data=dict(data or {}))
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(descriptor, _encode(line))
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return line
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -14,6 +14,7 @@ from agent.authoring import AuthoringSettings
 from agent.candidates import list_candidates
 from agent.demo_data import generate_demo_dataset
 from agent.scripted_model import ScriptedModel
+from agent.transcript import read_transcript
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transcripts"))
 import record_fixtures as fixtures
@@ -59,6 +60,10 @@ def test_review_shows_the_evidence_and_approval_promotes(run_dir: Path, tmp_path
     record = list_candidates(run_dir)[0]
     assert record.status == "promoted" and record.approval is not None
     assert record.approval.note == "edges find empty boxes"
+    # Each decision is on the session's record too, after its outcome.
+    events = read_transcript(run_dir / "transcript.jsonl").events
+    assert [e.data["action"] for e in events if e.event == "decision"] == ["approve", "promote"]
+    assert events[-1].data["code_sha256"] == record.code_sha256
 
 
 def test_a_rejection_needs_a_reason(run_dir: Path, tmp_path: Path) -> None:
