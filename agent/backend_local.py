@@ -14,9 +14,11 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,19 @@ __all__ = ["DEFAULT_SEED", "LocalBackend", "gemma_model_path"]
 REPEAT_PENALTY = 1.3
 DEFAULT_SEED = 1234
 _INSTALL_HINT = "pip install 'metricsmith[local]'"
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """llama.cpp prints notes from C (a KV-cache line) even with verbose=False; they are not for the user."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class LocalBackend:
@@ -45,13 +60,14 @@ class LocalBackend:
         if not path.is_file() or not os.access(path, os.R_OK):
             raise UserError(f"cannot read the model file {path}: pass the path of a readable .gguf file")
         try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads or _cpu_count(),
-                seed=DEFAULT_SEED,
-                verbose=False,
-            )
+            with _native_stderr_silenced():
+                self._llama = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=n_threads or _cpu_count(),
+                    seed=DEFAULT_SEED,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"cannot load {path} as a GGUF model ({exc}): is it a llama.cpp model file?") from exc
         self._path = path
