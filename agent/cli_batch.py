@@ -111,7 +111,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     elif not summary.approved:
         stderr.print(
             f"no candidate passed validation; each attempt and transcript is in {run_dir}/ideas/. "
-            'A capable model does better: set [model] backend = "openai" in the config.'
+            'A capable model does better: set [model] backend = "openai" in the config.',
+            markup=False,
         )
     if summary.unreachable:
         return EXIT_INFRASTRUCTURE
