@@ -55,7 +55,7 @@ from agent.extract import Idea, extract_ideas
 from agent.gate import approve, promote_candidate, reject
 from agent.library import default_library_dir, list_library
 from agent.metric_file import MetricSpec, list_builtin_metrics
-from agent.model import Message, Mode, ModelBackend, ModelReply, ModelRequest, Usage
+from agent.model import ForwardingBackend, Message, ModelBackend, ModelReply, ModelRequest, Usage
 from agent.pricing import cost_usd
 from agent.prompting import Prompts, build_brainstorm_request, build_chat_request, dataset_facts, system_prompt
 from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
@@ -107,25 +107,13 @@ class ChatSetup:
     origin: Literal["recorded", "fixture"] = "recorded"
 
 
-class _Meter:
+class _Meter(ForwardingBackend):
     """A ModelBackend that forwards every request and adds up the tokens of the replies."""
 
     def __init__(self, inner: ModelBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.prompt_tokens = self.completion_tokens = self.exchanges = 0
         self.estimated = False
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def mode(self) -> Mode:
-        return self.inner.mode
 
     @property
     def usage(self) -> Usage:

@@ -26,29 +26,19 @@ from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.chat import ChatSession, ChatSettings, ChatSetup
 from agent.editing import Editor
 from agent.errors import UserError
-from agent.model import Mode, ModelReply, ModelRequest
+from agent.model import ForwardingBackend, ModelReply, ModelRequest
 from agent.transcript import Transcript, read_transcript
 
 __all__ = ["InterruptibleReplay", "is_chat_transcript", "replay_chat", "session_outcome"]
 
 
-class InterruptibleReplay:
+class InterruptibleReplay(ForwardingBackend):
     """The replay backend, except that an exchange Ctrl-C ended when recorded ends the same way again."""
 
+    inner: ReplayBackend
+
     def __init__(self, inner: ReplayBackend) -> None:
-        self.inner = inner
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def mode(self) -> Mode:
-        return self.inner.mode
+        super().__init__(inner)
 
     def complete(self, request: ModelRequest) -> ModelReply:
         left = len(self.inner.unused)

@@ -27,7 +27,7 @@ from agent.errors import UserError
 from agent.pricing import cost_usd
 from agent.transcript import read_transcript
 
-__all__ = ["cmd_author", "cmd_replay", "register"]
+__all__ = ["add_model_options", "cmd_author", "cmd_replay", "register"]
 
 LOCAL_MAX_TOKENS = 512
 
@@ -40,16 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     described = author.add_mutually_exclusive_group()
     described.add_argument("--description", default="", help="what the dataset is, in your words")
     described.add_argument("--description-file", type=Path, help="the same, from a file")
-    author.add_argument(
-        "--backend",
-        choices=["openai", "local", "replay"],
-        help="default: openai when OPENAI_BASE_URL, OPENAI_API_KEY or --base-url is set, else the local model",
-    )
-    author.add_argument("--model", help="openai: the model name")
-    author.add_argument("--base-url", help="openai: an OpenAI-compatible server (Ollama, vLLM, llama.cpp ...)")
-    author.add_argument("--model-path", type=Path, help="local: a GGUF file (default: the embedded Gemma 3 270M)")
-    author.add_argument("--completion", action="store_true", help="openai: use the completions endpoint (base models)")
-    author.add_argument("--transcript", type=Path, help="replay: the recording to play")
+    add_model_options(author)
     author.add_argument("--errors", type=Path, help="errors.json of known label errors: adds eval figures")
     author.add_argument("--max-repairs", type=int, default=3, help="repair rounds per draft (default 3)")
     author.add_argument("--max-drafts", type=positive_int, default=2, help="fresh drafts (default 2)")
@@ -69,6 +60,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     replay.add_argument("--workers", type=positive_int, help="sandbox worker processes")
     replay.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     replay.set_defaults(handler=cmd_replay)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the model: shared by `author` and `chat`."""
+    parser.add_argument(
+        "--backend",
+        choices=["openai", "local", "replay"],
+        help="default: openai when OPENAI_BASE_URL, OPENAI_API_KEY or --base-url is set, else the local model",
+    )
+    parser.add_argument("--model", help="openai: the model name")
+    parser.add_argument("--base-url", help="openai: an OpenAI-compatible server (Ollama, vLLM, llama.cpp ...)")
+    parser.add_argument("--model-path", type=Path, help="local: a GGUF file (default: the embedded Gemma 3 270M)")
+    parser.add_argument("--completion", action="store_true", help="openai: use the completions endpoint (base models)")
+    parser.add_argument("--transcript", type=Path, help="replay: the recording to play")
 
 
 def _progress(event: str, data: dict[str, Any]) -> None:

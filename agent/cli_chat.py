@@ -21,7 +21,7 @@ from agent.authoring import AuthoringSettings
 from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.chat import COMMANDS, HISTORY_NAME, ChatSession, ChatSetup
 from agent.chat_replay import InterruptibleReplay
-from agent.cli_author import LOCAL_MAX_TOKENS
+from agent.cli_author import LOCAL_MAX_TOKENS, add_model_options
 from agent.console import EXIT_OK, positive_int, stdout
 from agent.errors import UserError
 
@@ -36,16 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     described.add_argument("--description", default="", help="what the dataset is, in your words")
     described.add_argument("--description-file", type=Path, help="the same, from a file")
     chat.add_argument("--errors", type=Path, help="errors.json of known label errors: adds eval figures")
-    chat.add_argument(
-        "--backend",
-        choices=["openai", "local", "replay"],
-        help="default: openai when OPENAI_BASE_URL, OPENAI_API_KEY or --base-url is set, else the local model",
-    )
-    chat.add_argument("--model", help="openai: the model name")
-    chat.add_argument("--base-url", help="openai: an OpenAI-compatible server (Ollama, vLLM, llama.cpp ...)")
-    chat.add_argument("--model-path", type=Path, help="local: a GGUF file (default: the embedded Gemma 3 270M)")
-    chat.add_argument("--completion", action="store_true", help="openai: use the completions endpoint (base models)")
-    chat.add_argument("--transcript", type=Path, help="replay: the recording to play")
+    add_model_options(chat)
     chat.add_argument("--library", type=Path, help="library folder (default: $METRICSMITH_LIBRARY)")
     chat.add_argument("--workers", type=positive_int, help="sandbox worker processes")
     chat.add_argument("--out", type=Path, help="run directory (default: runs/chat-N)")

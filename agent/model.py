@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.errors import MetricsmithError
 
 __all__ = [
+    "ForwardingBackend",
     "Message",
     "ModelBackend",
     "ModelReply",
@@ -116,6 +117,28 @@ class ModelBackend(Protocol):
     def complete(self, request: ModelRequest) -> ModelReply:
         """Send one request. Raises ModelUnreachable when the model cannot be reached."""
         ...
+
+
+class ForwardingBackend:
+    """Wraps another backend (to record, count or replay its exchanges); name, model and mode are the inner one's."""
+
+    def __init__(self, inner: ModelBackend) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def mode(self) -> Mode:
+        return self.inner.mode
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        return self.inner.complete(request)
 
 
 class ModelUnreachable(MetricsmithError):

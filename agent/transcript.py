@@ -77,7 +77,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from agent.errors import UserError
-from agent.model import Mode, ModelBackend, ModelReply, ModelRequest, ModelUnreachable
+from agent.model import ForwardingBackend, Mode, ModelBackend, ModelReply, ModelRequest, ModelUnreachable
 
 __all__ = [
     "REDACTED",
@@ -486,24 +486,12 @@ def _check_order(
 # --- recording --------------------------------------------------------------------------------------
 
 
-class RecordingBackend:
+class RecordingBackend(ForwardingBackend):
     """A ModelBackend that forwards to `inner` and writes every exchange, failed ones included."""
 
     def __init__(self, inner: ModelBackend, writer: TranscriptWriter) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.writer = writer
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def mode(self) -> Mode:
-        return self.inner.mode
 
     def complete(self, request: ModelRequest) -> ModelReply:
         started = time.monotonic()
