@@ -22,6 +22,7 @@ from rich.table import Table
 
 from agent import cli_author, cli_batch, cli_chat, cli_gate
 from agent.console import (
+    EXIT_INFRASTRUCTURE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -61,6 +62,7 @@ from agent.metric_file import (
     list_builtin_metrics,
     load_metric_file,
 )
+from agent.model import ModelUnreachable
 from agent.report import build_report, ground_truth, human_size, render_html, write_report
 from agent.results_io import Journal, output_format, read_rows, write_rows
 from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
@@ -558,6 +560,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in error.details()[1:]:
             stderr.print(f"  {line}", markup=False)
         return EXIT_USAGE
+    except ModelUnreachable as error:  # the environment's problem, not the user's input: its own exit code
+        if debug:
+            traceback.print_exc()
+        stderr.print(f"error: {error}", markup=False)
+        return EXIT_INFRASTRUCTURE
     except (MetricsmithError, IsolationUnavailable, WorkerStartFailed) as error:
         if debug:
             traceback.print_exc()

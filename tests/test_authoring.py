@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +184,23 @@ def test_a_changed_template_fails_the_replay_naming_it(tmp_path: Path) -> None:
     assert "template implement.j2 changed since the recording" in result.stderr
     assert "(old wording)" in result.stderr  # the diff shows what differs
     assert ReplayMismatch.__name__  # the error class the CLI turned into that line
+
+
+def test_a_dead_model_server_is_exit_3_with_one_line_and_on_the_record(demo: Path, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "author", "very dark images", "--annotations", str(demo),
+         "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m", "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=300,
+        env={key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")},
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"error: cannot connect to the model server at http://127.0.0.1:{port}"
+    )
+    assert "Traceback" not in result.stderr
+    exchanges = read_transcript(run_dir / "transcript.jsonl").exchanges
+    assert len(exchanges) == 1 and exchanges[0].error_kind == "unreachable"
