@@ -337,6 +337,10 @@ def run_batch(
     progress: Progress = lambda event, data: None,
 ) -> BatchSummary:
     """Author every idea of the config (or of the manifest, when resuming); returns the summary."""
+    # A bad dataset is the user's to fix: say so before loading a model or creating the run directory.
+    load_coco(config.dataset.annotations, config.dataset.images)
+    if config.dataset.errors is not None and not config.dataset.errors.exists():
+        raise UserError(f"{config.dataset.errors}: no such errors file (dataset.errors in the config)")
     backend = _backend(config)
     manifest = load_manifest(run_dir) if resume else _start(config, run_dir, backend)
     done = _read_results(run_dir)

@@ -181,3 +181,12 @@ def test_config_problems_exit_2_with_one_line_each(tmp_path: Path) -> None:
     result = batch(str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {path}: 2 problems: dataset: Field required; model.backend:")
+
+
+def test_a_missing_dataset_is_one_line_before_any_model_loads(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('ideas = ["x"]\n[dataset]\nannotations = "nope.json"\n[model]\nbackend = "local"\n')
+    result = batch(str(path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"error: COCO annotations file not found: {tmp_path / 'nope.json'}"
+    assert not (tmp_path / "run").exists()
