@@ -534,6 +534,8 @@ def _print_doctor(report: DoctorReport) -> None:
     stdout.print(table)
     for line in report.missing_protections:
         stdout.print(f"[red]missing protection[/]: {line}")
+    for line in report.models:
+        stdout.print(f"model backend: {line}", markup=False)
     for note in report.notes:
         stdout.print(f"[yellow]note[/]: {note}")
     if report.worker_error:

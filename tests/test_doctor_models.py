@@ -1,0 +1,24 @@
+"""`metricsmith doctor` also says which model backends this machine offers, without loading a model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from agent.doctor import model_backends
+
+
+def test_an_endpoint_is_named_and_its_key_never_shown() -> None:
+    lines = model_backends({"OPENAI_BASE_URL": "http://127.0.0.1:11434/v1", "OPENAI_API_KEY": "sk-secret-123456789"})
+    openai = next(line for line in lines if line.startswith("openai:"))
+    assert "http://127.0.0.1:11434/v1 (API key set)" in openai
+    assert all("sk-secret" not in line for line in lines)
+
+
+def test_without_an_endpoint_the_local_model_is_the_default() -> None:
+    lines = model_backends({})
+    assert "openai: no OPENAI_BASE_URL or OPENAI_API_KEY; the local model is the default" in lines
+    local = next(line for line in lines if line.startswith("local:"))
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert "pip install 'metricsmith[local]'" in local
+    else:
+        assert local.startswith("local: llama-cpp-python ") and "Gemma 3 270M weights" in local
