@@ -38,7 +38,7 @@ from agent.metric_file import MetricSpec, list_builtin_metrics
 from agent.model import Mode, ModelBackend
 from agent.prompting import Prompts
 from agent.transcript import RecordingBackend, Transcript, TranscriptMeta, TranscriptWriter
-from agent.validation import ValidationSet, build_validation_set, load_validation_set
+from agent.validation_set import ValidationSet, build_validation_set, load_validation_set
 from sandbox.isolation import SandboxConfig
 
 __all__ = [

@@ -62,10 +62,10 @@ from agent.validation import (
     DEFAULT_MAX_ERROR_RATE,
     DEFAULT_TIME_BUDGET_S,
     ValidationReport,
-    ValidationSet,
     evaluate_candidate,
     validate,
 )
+from agent.validation_set import ValidationSet
 from sandbox.isolation import SandboxConfig
 
 __all__ = [

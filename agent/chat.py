@@ -59,7 +59,8 @@ from agent.model import ForwardingBackend, Message, ModelBackend, ModelReply, Mo
 from agent.pricing import cost_usd
 from agent.prompting import Prompts, build_brainstorm_request, build_chat_request, dataset_facts, system_prompt
 from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
-from agent.validation import ValidationReport, ValidationSet
+from agent.validation import ValidationReport
+from agent.validation_set import ValidationSet
 from sandbox.engine import WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig
 

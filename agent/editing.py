@@ -16,7 +16,8 @@ from pathlib import Path
 from agent.candidates import CandidateRecord, candidate_dir, code_sha256, save_candidate, write_json_atomic
 from agent.gate import current_approver, record_edit
 from agent.metric_file import MetricSpec, parse_metric_source
-from agent.validation import ValidationReport, load_validation_set, validate
+from agent.validation import ValidationReport, validate
+from agent.validation_set import load_validation_set
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["Editor", "edit_candidate", "open_in_editor", "revalidate_candidate"]

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 from agent.prompting import FailedItem, RepairContext
-from agent.validation import Failure, ValidationReport, ValidationSet
+from agent.validation import Failure, ValidationReport
+from agent.validation_set import ValidationSet
 
 TRACEBACK_LIMIT = 2500
 DEFAULT_TOKEN_CAP = 60_000

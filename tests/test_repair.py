@@ -18,14 +18,8 @@ from agent.repair import (
     repair_context,
     trim_traceback,
 )
-from agent.validation import (
-    CheckResult,
-    Failure,
-    ScoreStats,
-    Timing,
-    ValidationReport,
-    ValidationSet,
-)
+from agent.validation import CheckResult, Failure, ScoreStats, Timing, ValidationReport
+from agent.validation_set import ValidationSet
 
 METRIC = "/tmp/run-3/candidates/box_ratio-1a2b3c4d/metric.py"
 

@@ -13,17 +13,8 @@ from agent.dataset import AnnotationInfo, Dataset, load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.metric_file import MetricSpec, load_metric_file, parse_metric_source
 from agent.repair import repair_context
-from agent.validation import (
-    EdgeCaseName,
-    ValidationReport,
-    ValidationSet,
-    average_ranks,
-    build_validation_set,
-    evaluate_candidate,
-    load_validation_set,
-    spearman,
-    validate,
-)
+from agent.validation import ValidationReport, average_ranks, evaluate_candidate, spearman, validate
+from agent.validation_set import EdgeCaseName, ValidationSet, build_validation_set, load_validation_set
 from sandbox.isolation import SandboxConfig
 
 CONFIG = SandboxConfig(workers=2)
