@@ -40,7 +40,7 @@ from agent.conversation import Conversation
 from agent.dataset import Dataset
 from agent.evaluation import load_error_labels
 from agent.extract import Extraction, FormatProblem, Idea, Issue, check_code, extract_code, no_code_problem
-from agent.metric_file import MetricSpec, parse_metric_source
+from agent.metric_file import MetricSpec
 from agent.model import ModelBackend, ModelReply, ModelRequest, Usage
 from agent.prompting import (
     MetricTask,
@@ -375,11 +375,8 @@ class _Session:
         if extraction.code is None:
             return extraction.problem or no_code_problem()
         truncated = extraction.truncated or reply.finish_reason == "length"
-        checked = check_code(extraction.code, truncated=truncated)
-        if isinstance(checked, FormatProblem):
-            return checked
-        # Parse again under the fixed name, so tracebacks and reports never show a temporary path.
-        return parse_metric_source(checked.source, path=CANDIDATE_PATH)
+        # A fixed name, so tracebacks and reports never show a temporary path.
+        return check_code(extraction.code, truncated=truncated, path=CANDIDATE_PATH)
 
     def _validate(self, spec: MetricSpec, draft: int, repair: int) -> ValidationReport:
         self._emit("validating", {"draft": draft, "repair": repair, "code_sha256": spec.code_sha256})

@@ -19,7 +19,6 @@ approves, and anything that runs or promotes the candidate first checks metric.p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,7 +36,6 @@ __all__ = [
     "Decision",
     "author_runs",
     "candidate_dir",
-    "code_sha256",
     "list_candidates",
     "load_candidate",
     "locate_candidate",
@@ -92,10 +90,6 @@ class CandidateRecord(BaseModel):
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def code_sha256(code: str) -> str:
-    return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
 def new_candidate_id(name: str, sha: str) -> str:

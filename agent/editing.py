@@ -13,9 +13,9 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agent.candidates import CandidateRecord, candidate_dir, code_sha256, save_candidate, write_json_atomic
+from agent.candidates import CandidateRecord, candidate_dir, save_candidate, write_json_atomic
 from agent.gate import current_approver, record_edit
-from agent.metric_file import MetricSpec, parse_metric_source
+from agent.metric_file import MetricSpec, code_sha256, parse_metric_source
 from agent.validation import ValidationReport, validate
 from agent.validation_set import load_validation_set
 from sandbox.isolation import SandboxConfig

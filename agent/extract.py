@@ -253,14 +253,15 @@ def _is_code(text: str) -> bool:
     return any(isinstance(stmt, binds) for stmt in tree.body)
 
 
-def check_code(code: str, *, truncated: bool = False) -> MetricSpec | FormatProblem:
+def check_code(code: str, *, truncated: bool = False, path: str = "<reply>") -> MetricSpec | FormatProblem:
     """Validate extracted code against the metric contract, statically (never executed).
 
     `truncated`: the reply was cut off (an unclosed fence, or finish_reason "length"), which turns a
-    syntax error into the more useful "your reply was cut off".
+    syntax error into the more useful "your reply was cut off". `path` is the name the spec (and so
+    every traceback of the code) carries.
     """
     try:
-        return parse_metric_source(code, path="<reply>", origin="file")
+        return parse_metric_source(code, path=path, origin="file")
     except MetricFileError as err:
         issues = tuple(_issue(line, reason, truncated) for line, reason in err.problems)
         return FormatProblem(issues=issues, level=_declared_level(code))

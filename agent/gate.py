@@ -30,7 +30,6 @@ from agent.candidates import (
     CandidateRecord,
     Decision,
     candidate_dir,
-    code_sha256,
     load_candidate,
     now_iso,
     save_candidate,
@@ -38,6 +37,7 @@ from agent.candidates import (
 from agent.errors import UserError
 from agent.library import Approval as LibraryApproval
 from agent.library import LibraryEntry, Provenance, promote
+from agent.metric_file import code_sha256
 from agent.transcript import append_event
 
 __all__ = [

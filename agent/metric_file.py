@@ -471,6 +471,11 @@ def _parse_tree(source: str, path: str) -> ast.Module:
         raise MetricFileError(path, None, "cannot parse: the code is nested too deeply") from None
 
 
+def code_sha256(source: str) -> str:
+    """The sha256 of a metric's exact text: what approval binds to and what repeat detection compares."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
 def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "file") -> MetricSpec:
     """Validate a metric's text against the contract and describe it. Pure: no I/O, no execution.
 
@@ -510,7 +515,7 @@ def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "f
         origin=origin,
         imports=imports,
         # Over the exact text that will run, so approving a metric pins this very code.
-        code_sha256=hashlib.sha256(source.encode("utf-8")).hexdigest(),
+        code_sha256=code_sha256(source),
     )
 
 

@@ -11,7 +11,6 @@ Nothing here runs code or touches files: everything is a function of its argumen
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -224,10 +223,6 @@ def _failed_item(failure: Failure, validation: ValidationSet) -> FailedItem | No
 
 
 # -- when to stop -----------------------------------------------------------------------------------
-
-
-def code_sha256(code: str) -> str:
-    return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
 @dataclass

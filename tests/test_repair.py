@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.dataset import load_coco
+from agent.metric_file import code_sha256
 from agent.repair import (
     LoopGuard,
-    code_sha256,
     error_signature,
     normalise_message,
     repair_context,
