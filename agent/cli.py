@@ -45,6 +45,7 @@ from agent.evaluation import (
     GroundTruth,
     check_files,
     evaluate,
+    ground_truth,
     load_error_labels,
     scores_from_rows,
 )
@@ -63,7 +64,7 @@ from agent.metric_file import (
     load_metric_file,
 )
 from agent.model import ModelUnreachable
-from agent.report import build_report, ground_truth, human_size, render_html, write_report
+from agent.report import build_report, human_size, render_html, write_report
 from agent.results_io import Journal, output_format, read_rows, write_rows
 from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
 from sandbox.engine import WorkerStartFailed

@@ -75,6 +75,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
+from agent.dataset import Dataset
 from agent.errors import UserError
 from agent.label_errors import load_errors
 from agent.scoring import ScoreRow
@@ -331,6 +332,15 @@ class GroundTruth:
     annotation_image: Mapping[int, int]  # annotation id -> image id
     image_ids: Sequence[int]
     errors: Sequence[ErrorLabel]
+
+
+def ground_truth(dataset: Dataset, errors: Sequence[ErrorLabel] = ()) -> GroundTruth:
+    """Every item of the dataset, and the errors known about them (none when not given)."""
+    return GroundTruth(
+        annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
+        image_ids=[image.id for image in dataset.images],
+        errors=tuple(errors),
+    )
 
 
 def scores_from_rows(rows: Iterable[ScoreRow], directions: Mapping[str, Direction]) -> list[MetricScores]:

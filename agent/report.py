@@ -37,11 +37,11 @@ from agent.evaluation import (
     Direction,
     ErrorLabel,
     EvaluationReport,
-    GroundTruth,
     MetricEvaluation,
     MetricScores,
     error_types,
     evaluate,
+    ground_truth,
     image_error_types,
     object_error_types,
     scores_from_rows,
@@ -379,15 +379,6 @@ class Report:
     def metric_names(self) -> frozenset[str]:
         """The metrics that have a section; other rows of the eval tables are baselines."""
         return frozenset(section.name for section in self.sections)
-
-
-def ground_truth(dataset: Dataset, errors: Sequence[ErrorLabel] = ()) -> GroundTruth:
-    """Every item of the dataset, and the errors known about them (none when not given)."""
-    return GroundTruth(
-        annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
-        image_ids=[image.id for image in dataset.images],
-        errors=tuple(errors),
-    )
 
 
 def build_report(

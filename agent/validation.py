@@ -43,10 +43,10 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.dataset import Dataset
 from agent.evaluation import (
-    GroundTruth,
     MetricEvaluation,
     check_files,
     evaluate,
+    ground_truth,
     load_error_labels,
     scores_from_rows,
 )
@@ -556,12 +556,7 @@ def evaluate_candidate(
     rows: Sequence[ScoreRow] | None = None,
 ) -> CandidateEvaluation:
     """Evaluate the ranking with `agent.evaluation.evaluate`, scoring the full dataset unless `rows` are given."""
-    errors = load_error_labels(errors_path)
-    truth = GroundTruth(
-        annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
-        image_ids=[image.id for image in dataset.images],
-        errors=tuple(errors),
-    )
+    truth = ground_truth(dataset, load_error_labels(errors_path))
     check_files(truth, errors_name=str(errors_path))
     if rows is None:
         rows = _timed_run(dataset, [spec], config)[0].rows

@@ -28,8 +28,8 @@ from agent.demo_data import generate_demo_dataset  # noqa: E402
 from agent.evaluation import (  # noqa: E402
     ERROR_TYPES,
     EvaluationReport,
-    GroundTruth,
     evaluate,
+    ground_truth,
     load_error_labels,
     scores_from_rows,
 )
@@ -57,11 +57,7 @@ def run(images: int, seed: int, data: Path, workers: int) -> EvaluationReport:
     outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers))
     if outcome.metric_errors or outcome.interrupted:
         raise SystemExit(f"scoring failed: {outcome.metric_errors or 'interrupted'}")
-    truth = GroundTruth(
-        annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
-        image_ids=[image.id for image in dataset.images],
-        errors=load_error_labels(data / "errors.json"),
-    )
+    truth = ground_truth(dataset, load_error_labels(data / "errors.json"))
     directions = {spec.name: spec.suspicious for spec in specs}
     return evaluate(truth, scores_from_rows(outcome.rows, directions))
 
