@@ -22,12 +22,13 @@ from agent.author_job import (
 from agent.authoring import AuthoringOutcome, AuthoringSettings, idea_from_text
 from agent.backend_replay import ReplayBackend
 from agent.chat_replay import is_chat_transcript, replay_chat
-from agent.console import EXIT_OK, EXIT_SOME_FAILED, positive_int, stderr, stdout
+from agent.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_int, stderr, stdout
 from agent.errors import UserError
+from agent.model import ModelBackend
 from agent.pricing import cost_usd
 from agent.transcript import read_transcript
 
-__all__ = ["add_model_options", "cmd_author", "cmd_replay", "register"]
+__all__ = ["add_model_options", "backend_from_args", "cmd_author", "cmd_replay", "register"]
 
 LOCAL_MAX_TOKENS = 512
 
@@ -76,19 +77,23 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transcript", type=Path, help="replay: the recording to play")
 
 
+def backend_from_args(args: argparse.Namespace) -> ModelBackend:
+    """The backend the options of `add_model_options` ask for."""
+    return make_backend(
+        args.backend or default_backend(args.base_url),
+        model=args.model,
+        base_url=args.base_url,
+        model_path=args.model_path,
+        transcript=args.transcript,
+        mode="completion" if args.completion else None,
+    )
+
+
 def _progress(event: str, data: dict[str, Any]) -> None:
     """One line on stderr per step of the loop, so a slow local model never looks stuck."""
     line = describe_event(event, data)
     if line is not None:
         stderr.print(line)
-
-
-def _default_run_dir(name: str) -> Path:
-    for index in range(1, 10_000):
-        candidate = Path("runs") / f"{name}-{index}"
-        if not candidate.exists():
-            return candidate
-    raise UserError("runs/ is full; pass --out")
 
 
 def _report(outcome: AuthoringOutcome, run_dir: Path) -> None:
@@ -118,15 +123,7 @@ def cmd_author(args: argparse.Namespace) -> int:
     if args.max_repairs < 0:
         raise UserError("--max-repairs must be 0 or more")
     description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
-    choice = args.backend or default_backend(args.base_url)
-    backend = make_backend(
-        choice,
-        model=args.model,
-        base_url=args.base_url,
-        model_path=args.model_path,
-        transcript=args.transcript,
-        mode="completion" if args.completion else None,
-    )
+    backend = backend_from_args(args)
     settings = AuthoringSettings(
         # A small local model writes slowly and rambles: a shorter reply budget keeps a round under a minute.
         max_tokens=args.max_tokens or (LOCAL_MAX_TOKENS if backend.name == "local" else AuthoringSettings().max_tokens),
@@ -135,7 +132,7 @@ def cmd_author(args: argparse.Namespace) -> int:
         token_cap=args.max_tokens_per_idea,
         temperature=args.temperature,
     )
-    run_dir = args.out or _default_run_dir(idea_from_text(args.idea).name)
+    run_dir = args.out or new_run_dir(idea_from_text(args.idea).name)
     stderr.print(f"authoring with {backend.name} ({backend.model}, {backend.mode} mode) into {run_dir}")
     outcome = run_author_job(
         AuthorJob(

@@ -16,6 +16,7 @@ from agent.console import (
     EXIT_INFRASTRUCTURE,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    new_run_dir,
     positive_int,
     stderr,
     stdout,
@@ -56,14 +57,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     review.set_defaults(handler=cmd_review)
 
 
-def _default_run_dir() -> Path:
-    for index in range(1, 10_000):
-        candidate = Path("runs") / f"batch-{index}"
-        if not candidate.exists():
-            return candidate
-    raise UserError("runs/ is full; pass --out")
-
-
 def _batch_progress(event: str, data: dict[str, Any]) -> None:
     if event == "start":
         stderr.print(f"{data['ideas']} ideas: {data['done']} done earlier, {data['todo']} to author")
@@ -87,7 +80,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         ("library",): str(args.library.resolve()) if args.library else None,
     }
     config = load_batch_config(args.config, overrides=overrides)
-    run_dir = args.resume or args.out or _default_run_dir()
+    run_dir = args.resume or args.out or new_run_dir("batch")
     stderr.print(f"batch run in {run_dir} with the {config.model.backend} backend")
     summary = run_batch(
         config,

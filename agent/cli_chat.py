@@ -16,14 +16,12 @@ from prompt_toolkit.output import Output
 from rich.console import Console
 from rich.markup import escape
 
-from agent.author_job import default_backend, make_backend
 from agent.authoring import AuthoringSettings
 from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.chat import COMMANDS, HISTORY_NAME, ChatSession, ChatSetup
 from agent.chat_replay import InterruptibleReplay
-from agent.cli_author import LOCAL_MAX_TOKENS, add_model_options
-from agent.console import EXIT_OK, positive_int, stdout
-from agent.errors import UserError
+from agent.cli_author import LOCAL_MAX_TOKENS, add_model_options, backend_from_args
+from agent.console import EXIT_OK, new_run_dir, positive_int, stdout
 
 __all__ = ["SlashCompleter", "cmd_chat", "register", "run_repl"]
 
@@ -107,14 +105,6 @@ def run_repl(
     return EXIT_OK
 
 
-def _default_run_dir() -> Path:
-    for index in range(1, 10_000):
-        candidate = Path("runs") / f"chat-{index}"
-        if not candidate.exists():
-            return candidate
-    raise UserError("runs/ is full; pass --out")
-
-
 def cmd_chat(args: argparse.Namespace) -> int:
     """Talk with the model about a dataset, brainstorm metric ideas, write and review them, in one session.
 
@@ -123,21 +113,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     `metricsmith replay` re-runs it offline.
     """
     description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
-    choice = args.backend or default_backend(args.base_url)
-    backend = make_backend(
-        choice,
-        model=args.model,
-        base_url=args.base_url,
-        model_path=args.model_path,
-        transcript=args.transcript,
-        mode="completion" if args.completion else None,
-    )
+    backend = backend_from_args(args)
     replay = backend if isinstance(backend, ReplayBackend) else None
     settings = AuthoringSettings(
         # A small local model writes slowly and rambles: a shorter reply budget keeps a round under a minute.
         max_tokens=LOCAL_MAX_TOKENS if backend.name == "local" else AuthoringSettings().max_tokens
     )
-    run_dir = args.out or _default_run_dir()
+    run_dir = args.out or new_run_dir("chat")
     setup = ChatSetup(
         annotations=args.annotations,
         images=args.images,

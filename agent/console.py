@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -17,6 +18,7 @@ __all__ = [
     "EXIT_SOME_FAILED",
     "EXIT_USAGE",
     "ArgumentParser",
+    "new_run_dir",
     "positive_float",
     "positive_int",
     "stderr",
@@ -37,6 +39,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message}")
+
+
+def new_run_dir(prefix: str) -> Path:
+    """The first free `runs/PREFIX-N`: each run keeps a folder of its own unless --out names one."""
+    for index in range(1, 10_000):
+        candidate = Path("runs") / f"{prefix}-{index}"
+        if not candidate.exists():
+            return candidate
+    raise UserError("runs/ is full; pass --out")
 
 
 def positive_int(text: str) -> int:
