@@ -263,7 +263,7 @@ class _Session:
     def run(self) -> AuthoringOutcome:
         for draft in range(1, self.settings.max_drafts + 1):
             self._emit("draft", {"draft": draft})
-            if self._draft(draft) or self.guard.tokens > self.settings.token_cap:
+            if self._draft(draft) or self.guard.over_cap():
                 break
         self._emit(
             "outcome",
@@ -280,8 +280,7 @@ class _Session:
 
     def _draft(self, draft: int) -> bool:
         """One draft with its repairs. True when it produced a candidate (or the token cap ended the idea)."""
-        # A fresh draft may meet an error an earlier draft met; only a repeat within a draft means it is stuck.
-        self.guard.signatures.clear()
+        self.guard.new_draft()
         conversation = Conversation(system_prompt(self.prompts).text)
         request = build_implement_request(
             self.prompts, self.task, conversation.messages(self.settings.context_budget_tokens),
@@ -334,7 +333,7 @@ class _Session:
                 turn_summary = f"[format correction, draft {draft}: {str(checked)[:160]}]"
                 continue
 
-            if checked.code_sha256 in self.guard.codes:
+            if self.guard.tried(checked.code_sha256):
                 self._round(draft, repairs, kind, "repeated_code", sha, "the model returned code it had tried", spent)
                 self.outcome.reason += " (the model then returned code it had already tried)"
                 self._emit("stopped", {"draft": draft, "why": "repeated_code"})

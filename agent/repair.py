@@ -234,6 +234,20 @@ class LoopGuard:
     codes: set[str] = field(default_factory=set)
     signatures: set[str] = field(default_factory=set)
 
+    def new_draft(self) -> None:
+        """A fresh draft may meet an error an earlier draft met; only a repeat within a draft means it is stuck.
+
+        Code hashes and tokens carry over: the same code is no better in a new draft.
+        """
+        self.signatures.clear()
+
+    def tried(self, code_sha: str) -> bool:
+        """Whether this code was validated before, in any draft of the idea."""
+        return code_sha in self.codes
+
+    def over_cap(self) -> bool:
+        return self.tokens > self.token_cap
+
     def observe(self, code_sha: str, signature: str | None) -> StopReason | None:
         """Record a round's code hash and failure signature (None when it passed); why to stop, if so."""
         if code_sha in self.codes:
@@ -251,4 +265,4 @@ class LoopGuard:
         if n < 0:
             raise ValueError(f"tokens spent must be >= 0, got {n}")
         self.tokens += n
-        return self.tokens > self.token_cap
+        return self.over_cap()

@@ -245,3 +245,13 @@ def test_tokens_are_counted_against_the_cap() -> None:
     assert guard.tokens == 1001
     with pytest.raises(ValueError):
         guard.spend(-1)
+
+
+def test_a_new_draft_forgets_errors_but_not_code_nor_tokens() -> None:
+    guard = LoopGuard(token_cap=100)
+    assert guard.observe(code_sha256("a"), "sig-1") is None
+    guard.spend(80)
+    guard.new_draft()
+    assert guard.tried(code_sha256("a")) and not guard.tried(code_sha256("b"))
+    assert guard.observe(code_sha256("b"), "sig-1") is None  # the same error, but in a fresh draft
+    assert guard.spend(30) and guard.over_cap()
