@@ -75,6 +75,7 @@ __all__ = [
     "author_idea",
     "dataset_fingerprint",
     "idea_from_text",
+    "model_defaults",
 ]
 
 # The path a candidate's code carries in tracebacks and reports: fixed, so that a replayed session
@@ -142,6 +143,8 @@ class AuthoringSettings:
     temperature: float = 0.2
     max_tokens: int = 1500
     seed: int = 0
+    # Hold completion-mode code to prompts/completion_grammar.gbnf.j2 (see `grammar_by_default`).
+    grammar: bool = False
     context_budget_tokens: int = 6000
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
@@ -190,6 +193,28 @@ class AuthoringOutcome:
 
 
 Listener = Callable[[str, dict[str, Any]], None]
+
+# A small local model writes slowly and rambles: a shorter reply budget keeps a round under a minute.
+LOCAL_MAX_TOKENS = 512
+
+
+def model_defaults(
+    backend: ModelBackend, *, grammar: bool | None = None, max_tokens: int | None = None
+) -> dict[str, Any]:
+    """The `AuthoringSettings` that follow the model rather than the idea (None: the model's default).
+
+    - max_tokens: LOCAL_MAX_TOKENS for the local backend.
+    - grammar: completion mode only, and on by default for the local backend there. A base model that
+      small almost never writes a whole metric that parses and runs (11 of 12 free drafts did not
+      parse); held to prompts/completion_grammar.gbnf.j2 it writes the measurement, always valid code.
+      An OpenAI-compatible server gets the grammar only when asked (llama.cpp's server honours it).
+    """
+    local = backend.name == "local"
+    wanted = local if grammar is None else grammar
+    return {
+        "max_tokens": max_tokens or (LOCAL_MAX_TOKENS if local else AuthoringSettings.max_tokens),
+        "grammar": wanted and backend.mode == "completion",
+    }
 
 
 def idea_from_text(text: str) -> Idea:
@@ -250,12 +275,14 @@ class _Session:
         self.outcome.completion_tokens += reply.usage.completion_tokens
         return reply
 
-    def _request_kwargs(self) -> dict[str, Any]:
+    def _request_kwargs(self, draft: int) -> dict[str, Any]:
         return {
             "mode": self.backend.mode,
             "temperature": self.settings.temperature,
             "max_tokens": self.settings.max_tokens,
-            "seed": self.settings.seed,
+            # A fresh draft asks the same question again: with the same seed a sampling model repeats itself.
+            "seed": self.settings.seed + draft - 1,
+            "grammar": self.settings.grammar,
         }
 
     # -- the loop -----------------------------------------------------------------------------
@@ -284,7 +311,7 @@ class _Session:
         conversation = Conversation(system_prompt(self.prompts).text)
         request = build_implement_request(
             self.prompts, self.task, conversation.messages(self.settings.context_budget_tokens),
-            **self._request_kwargs(),
+            **self._request_kwargs(draft),
         )  # fmt: skip
         kind: Literal["implement", "repair", "format_retry"] = "implement"
         turn_summary = f"[the request to implement the idea, draft {draft}]"
@@ -327,7 +354,7 @@ class _Session:
                     return False
                 request = build_format_retry(
                     self.prompts, self.task, conversation.messages(self.settings.context_budget_tokens),
-                    checked, code=extraction.code, **self._request_kwargs(),
+                    checked, code=extraction.code, **self._request_kwargs(draft),
                 )  # fmt: skip
                 kind = "format_retry"
                 turn_summary = f"[format correction, draft {draft}: {str(checked)[:160]}]"
@@ -361,7 +388,7 @@ class _Session:
             turn_summary = f"[repair request, draft {draft}: {detail[:160]}]"
             request = build_repair_request(
                 self.prompts, self.task, conversation.messages(self.settings.context_budget_tokens),
-                repair_context(report, self.validation), checked.source, **self._request_kwargs(),
+                repair_context(report, self.validation), checked.source, **self._request_kwargs(draft),
             )  # fmt: skip
             kind = "repair"
 

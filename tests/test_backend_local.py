@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.authoring import idea_from_text
 from agent.backend_local import LocalBackend
+from agent.dataset import load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.errors import UserError
+from agent.extract import check_code, extract_code
+from agent.metric_file import MetricSpec
 from agent.model import Message, ModelBackend, ModelRequest
+from agent.prompting import MetricTask, Prompts, build_implement_request, choose_examples, dataset_facts
 from agent.transcript import read_transcript
 
 pytestmark = [
@@ -68,6 +74,34 @@ def test_the_same_seed_gives_the_same_text(gemma: LocalBackend, temperature: flo
     first = gemma.complete(completion_request(seed=11, temperature=temperature))
     second = gemma.complete(completion_request(seed=11, temperature=temperature))
     assert first.text == second.text
+
+
+# What prompts/completion_grammar.gbnf.j2 lets the model write after the scaffold: one return line.
+GRAMMAR_LINE = re.compile(
+    r'    return (None if obj\["category"\] (!=|==) "(panda|bear|fox)" else )?float\(np\.\w+\(.+\)\)\n'
+)
+
+
+@pytest.mark.parametrize("idea", ["fox boxes that are not mostly orange", "images with a lot of green foliage"])
+def test_the_grammar_holds_every_sample_to_a_valid_metric(gemma: LocalBackend, tmp_path: Path, idea: str) -> None:
+    """Held to the grammar, the base model's every draft is a metric file that passes the static checks."""
+    annotations = generate_demo_dataset(tmp_path / "demo", n_images=6, seed=0, width=320, height=240)
+    facts = dataset_facts(load_coco(annotations))
+    spoken = idea_from_text(idea)
+    task = MetricTask(idea=spoken, description="Cartoon animals.", facts=facts, examples=tuple(choose_examples(idea)))
+    implement = build_implement_request(
+        Prompts(), task, (), mode="completion", temperature=0.9, max_tokens=160, grammar=True
+    )
+    assert implement.grammar is not None and "completion_grammar.gbnf.j2" in implement.templates
+    for seed in range(4):  # hot sampling, different seeds: the grammar, not luck, makes them valid
+        reply = gemma.complete(implement.model_copy(update={"seed": seed}))
+        body = reply.text[len(implement.reply_prefix) :]
+        assert GRAMMAR_LINE.fullmatch(body), body
+        extraction = extract_code(reply.text, implement.stop)
+        assert extraction.code is not None
+        checked = check_code(extraction.code)
+        assert isinstance(checked, MetricSpec), f"{checked}\n{extraction.code}"
+        assert checked.level == task.level
 
 
 def test_a_missing_model_file_is_a_user_error(tmp_path: Path) -> None:

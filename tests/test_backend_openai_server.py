@@ -114,6 +114,17 @@ def test_completion_mode_returns_code(llama_server: str, monkeypatch: pytest.Mon
     assert reply.finish_reason in ("stop", "length")
 
 
+def test_a_requests_grammar_reaches_the_server_and_holds(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With `--grammar` the request's GBNF goes as llama.cpp's `grammar` field, which the server enforces.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = OpenAIBackend("gemma-3-270m", base_url=llama_server, mode="completion", timeout_s=60)
+    grammar = 'root ::= "    return float(np." ("mean" | "std") "(image))\\n"'
+    for seed in (1, 2, 3):
+        held = request("completion").model_copy(update={"grammar": grammar, "seed": seed, "temperature": 0.9})
+        body = backend.complete(held).text[len(PREFIX) :]
+        assert body in ("    return float(np.mean(image))\n", "    return float(np.std(image))\n"), body
+
+
 def test_chat_mode_with_a_base_model_returns_an_empty_reply(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Emptiness depends on the prompt (see the module docstring); this one gives EOS at once.
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

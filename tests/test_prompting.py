@@ -36,6 +36,7 @@ from agent.resources import prompts_dir
 TEMPLATES = {
     "system.j2", "brainstorm.j2", "implement.j2", "repair.j2", "format_retry.j2",
     "completion.j2", "completion_repair.j2", "completion_brainstorm.j2", "_completion_file.j2", "chat.j2",
+    "completion_grammar.gbnf.j2", "_completion_lines.j2",
 }  # fmt: skip
 BROKEN = '''"""Box area."""
 
@@ -304,12 +305,15 @@ def test_completion_implement_request(prompts: Prompts, task: MetricTask) -> Non
     assert prefix.startswith('"""') and 'NAME = "loose_box"' in prefix and 'LEVEL = "object"' in prefix
     assert "def score(image, obj, scene):" in prefix
     # The prefix ends on the scaffold every box metric starts with: the box's pixels, clipped, as `crop`.
-    assert prefix.rstrip().endswith("red, green, blue = crop[:, :, 0], crop[:, :, 1], crop[:, :, 2]")
+    assert "red, green, blue = crop[:, :, 0], crop[:, :, 1], crop[:, :, 2]" in prefix
+    assert prefix.rstrip().endswith(
+        "hue, saturation, value = cv2.split(cv2.cvtColor(box, cv2.COLOR_RGB2HSV).astype(np.float32))"
+    )
     assert "if x1 - x0 < 3 or y1 - y0 < 3:\n        return None" in prefix
     assert task.description in prefix and "8 images" in prefix
     # About 4 characters per token: a 270M model's context stays small.
     assert len(request.prompt) / 4 < 1500
-    assert {"completion.j2", "_completion_file.j2", "implement.j2"} == set(request.templates)
+    assert {"completion.j2", "_completion_file.j2", "_completion_lines.j2", "implement.j2"} == set(request.templates)
     # A body completed by the model gives a file that passes the static check.
     reply = prefix + "    _, _, w, h = obj['bbox']\n    return float(w * h)\n"
     extraction = extract_code(reply, stop=request.stop)
@@ -356,6 +360,49 @@ def test_completion_format_retry_and_brainstorm(prompts: Prompts, task: MetricTa
     )  # fmt: skip
     assert brainstorm.prompt is not None and brainstorm.reply_prefix == "# 1."
     assert brainstorm.prompt.endswith("# 1.")
+
+
+def test_a_grammar_request_holds_the_grammar_and_shows_its_shape(prompts: Prompts, task: MetricTask) -> None:
+    free = build_implement_request(prompts, task, (), mode="completion", temperature=0.2, max_tokens=400)
+    held = build_implement_request(prompts, task, (), mode="completion", temperature=0.2, max_tokens=400, grammar=True)
+    assert free.grammar is None and "completion_grammar.gbnf.j2" not in free.templates
+    assert held.grammar is not None and held.grammar.startswith('root ::= "    return "')
+    assert {"completion_grammar.gbnf.j2", "_completion_lines.j2"} <= set(held.templates)
+    # The few-shot lines sit before the new file, never inside it: a candidate carries none of them.
+    assert "# How other box metrics end" in held.prompt and "How other" not in held.reply_prefix
+    assert "How other" not in (free.prompt or "")
+    assert held.reply_prefix == free.reply_prefix
+    # Every class of the dataset may be chosen; the planes are the scaffold's names.
+    for name in ("panda", "bear", "fox"):
+        assert f'"{name}"' in held.grammar
+    for plane in ("red", "green", "blue", "grey", "hue", "saturation", "value"):
+        assert f"{plane} = " in held.reply_prefix or f"{plane}," in held.reply_prefix
+    # The recorded form carries the grammar; an unconstrained request has no such key (old recordings).
+    assert '"grammar"' in held.normalised() and '"grammar"' not in free.normalised()
+    assert ModelRequest.model_validate_json(held.normalised()) == held
+    repair = build_repair_request(
+        prompts, task, (), FAILURE, BROKEN, mode="completion", temperature=0.2, max_tokens=400, grammar=True
+    )
+    assert repair.grammar == held.grammar and "How other box metrics end" in (repair.prompt or "")
+    chat = build_implement_request(prompts, task, (), mode="chat", temperature=0.2, max_tokens=400, grammar=True)
+    assert chat.grammar is None  # a grammar is for completions only
+
+
+def test_the_grammar_offers_only_class_names_safe_in_both_languages(prompts: Prompts, task: MetricTask) -> None:
+    odd = task.facts.model_copy(
+        update={"classes": (*task.facts.classes, task.facts.classes[0].model_copy(update={"name": 'say "cheese"\\'}))}
+    )
+    held = build_implement_request(
+        prompts, task.model_copy(update={"facts": odd}), (), mode="completion", temperature=0.2, max_tokens=400,
+        grammar=True,
+    )  # fmt: skip
+    assert held.grammar is not None and "cheese" not in held.grammar and '"fox"' in held.grammar
+    image_task = task.model_copy(update={"idea": Idea(name="dark_frames", rationale="dark frames", level="image")})
+    image = build_implement_request(
+        prompts, image_task, (), mode="completion", temperature=0.2, max_tokens=400, grammar=True
+    )
+    assert image.grammar is not None and "category" not in image.grammar  # no class guard for a whole image
+    assert "# How other image metrics end" in (image.prompt or "")
 
 
 def test_requests_serialise_for_transcripts(prompts: Prompts, task: MetricTask) -> None:
