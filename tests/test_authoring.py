@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.author_job import AuthorJob, run_author_job
-from agent.authoring import AuthoringSettings, idea_from_text
+from agent.authoring import AuthoringSettings, idea_from_text, model_defaults
 from agent.backend_replay import ReplayMismatch
 from agent.candidates import load_candidate
 from agent.demo_data import generate_demo_dataset
@@ -204,3 +204,28 @@ def test_a_dead_model_server_is_exit_3_with_one_line_and_on_the_record(demo: Pat
     assert "Traceback" not in result.stderr
     exchanges = read_transcript(run_dir / "transcript.jsonl").exchanges
     assert len(exchanges) == 1 and exchanges[0].error_kind == "unreachable"
+
+
+class _Named:
+    """Just the identity of a backend: what model_defaults looks at."""
+
+    def __init__(self, name: str, mode: str) -> None:
+        self.name, self.model, self.mode = name, "m", mode
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "asked", "expected"),
+    [
+        ("local", "completion", None, True),  # the embedded base model: held by default
+        ("local", "completion", False, False),  # --no-grammar
+        ("local", "chat", None, False),  # a GGUF with a chat template: grammars are for completions
+        ("openai", "completion", None, False),  # OpenAI itself rejects the field: only when asked
+        ("openai", "completion", True, True),  # --grammar, for a llama.cpp server
+        ("openai", "chat", True, False),
+    ],
+)
+def test_model_defaults_choose_the_grammar(name: str, mode: str, asked: bool | None, expected: bool) -> None:
+    defaults = model_defaults(_Named(name, mode), grammar=asked)  # type: ignore[arg-type]
+    assert defaults["grammar"] is expected
+    assert defaults["max_tokens"] == (512 if name == "local" else AuthoringSettings().max_tokens)
+    assert model_defaults(_Named(name, mode), max_tokens=99)["max_tokens"] == 99  # type: ignore[arg-type]
