@@ -176,6 +176,7 @@ def _brainstorm(config: BatchConfig, backend: ModelBackend, run_dir: Path) -> li
             mode=backend.mode,
             temperature=config.model.temperature,
             max_tokens=800,
+            grammar=model_defaults(backend, grammar=config.model.grammar)["grammar"],
         )
         reply = RecordingBackend(backend, writer).complete(request)
         ideas = extract_ideas(reply.text)

@@ -68,4 +68,5 @@ def show_candidate(console: Console, run: Path, record: CandidateRecord) -> None
     if record.evaluation:
         figures = record.evaluation["evaluation"]
         by_type = ", ".join(f"{t} {v:.3f}" for t, v in figures["ap_by_type"].items() if v is not None)
-        console.print(f"eval on the known errors: AP {figures['ap']}, per type: {by_type}")
+        overall = "–" if figures["ap"] is None else f"{figures['ap']:.3f}"
+        console.print(f"eval on the known errors: AP {overall}, per type: {by_type}")

