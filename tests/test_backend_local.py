@@ -16,10 +16,17 @@ from agent.backend_local import LocalBackend
 from agent.dataset import load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.errors import UserError
-from agent.extract import check_code, extract_code
+from agent.extract import check_code, extract_code, extract_ideas
 from agent.metric_file import MetricSpec
 from agent.model import Message, ModelBackend, ModelRequest
-from agent.prompting import MetricTask, Prompts, build_implement_request, choose_examples, dataset_facts
+from agent.prompting import (
+    MetricTask,
+    Prompts,
+    build_brainstorm_request,
+    build_implement_request,
+    choose_examples,
+    dataset_facts,
+)
 from agent.transcript import read_transcript
 
 pytestmark = [
@@ -102,6 +109,21 @@ def test_the_grammar_holds_every_sample_to_a_valid_metric(gemma: LocalBackend, t
         checked = check_code(extraction.code)
         assert isinstance(checked, MetricSpec), f"{checked}\n{extraction.code}"
         assert checked.level == task.level
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_a_grammar_held_brainstorm_always_gives_n_ideas(gemma: LocalBackend, tmp_path: Path, n: int) -> None:
+    annotations = generate_demo_dataset(tmp_path / "demo", n_images=4, seed=0, width=320, height=240)
+    request = build_brainstorm_request(
+        Prompts(), (), description="Cartoon pandas, bears and foxes.", facts=dataset_facts(load_coco(annotations)),
+        n=n, mode="completion", temperature=0.9, max_tokens=400, seed=n, grammar=True,
+    )  # fmt: skip
+    assert request.grammar is not None and "brainstorm_grammar.gbnf.j2" in request.templates
+    lines = [line for line in gemma.complete(request).text.splitlines() if line.strip()]
+    assert len(lines) == n, lines
+    for line in lines:  # each line on its own is one idea (names may repeat across lines)
+        [idea] = extract_ideas(line)
+        assert idea.level in ("image", "object") and len(idea.rationale) >= 15
 
 
 def test_a_missing_model_file_is_a_user_error(tmp_path: Path) -> None:

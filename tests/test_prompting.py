@@ -36,7 +36,7 @@ from agent.resources import prompts_dir
 TEMPLATES = {
     "system.j2", "brainstorm.j2", "implement.j2", "repair.j2", "format_retry.j2",
     "completion.j2", "completion_repair.j2", "completion_brainstorm.j2", "_completion_file.j2", "chat.j2",
-    "completion_grammar.gbnf.j2", "_completion_lines.j2",
+    "completion_grammar.gbnf.j2", "_completion_lines.j2", "brainstorm_grammar.gbnf.j2",
 }  # fmt: skip
 BROKEN = '''"""Box area."""
 
