@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import EnvironmentProblem, UserError
-from agent.model import Mode, ModelReply, ModelRequest, Usage
+from agent.model import Mode, ModelReply, ModelRequest, TextSink, Usage, estimate_tokens
 
 __all__ = ["DEFAULT_SEED", "LocalBackend", "gemma_model_path"]
 
@@ -89,8 +89,8 @@ class LocalBackend:
     def mode(self) -> Mode:
         return self._mode
 
-    def complete(self, request: ModelRequest) -> ModelReply:
-        """Generate one reply in this process."""
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        """Generate one reply in this process; with `on_text`, token by token as it is sampled."""
         sampling: dict[str, Any] = {
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -98,6 +98,7 @@ class LocalBackend:
             "seed": DEFAULT_SEED if request.seed is None else request.seed,
             # A small base model falls into repeating one line; this penalty measurably breaks the loop.
             "repeat_penalty": REPEAT_PENALTY,
+            "stream": on_text is not None,
         }
         with self._lock:
             if request.grammar is not None:
@@ -106,23 +107,49 @@ class LocalBackend:
             if request.mode == "completion":
                 if request.prompt is None:
                     raise ValueError("a completion-mode request needs a prompt")
+                if on_text is not None:
+                    on_text(request.reply_prefix)
                 response: Any = self._llama.create_completion(prompt=request.prompt, **sampling)
-                choice = response["choices"][0]
-                text = request.reply_prefix + (choice.get("text") or "")
             else:
                 messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
                 response = self._llama.create_chat_completion(messages=messages, **sampling)
+            if on_text is None:
                 choice = response["choices"][0]
-                text = choice["message"].get("content") or ""
+                generated = choice.get("text") if request.mode == "completion" else choice["message"].get("content")
+                finish, usage = choice.get("finish_reason"), response["usage"]
+                counted = Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"])
+            else:
+                generated, finish, pieces = self._stream(response, on_text)
+                counted = self._streamed_usage(request, generated or "", pieces)
             latency = time.perf_counter() - started
-        usage = response["usage"]
+        text = (generated or "") if request.mode == "chat" else request.reply_prefix + (generated or "")
         return ModelReply(
-            text=text,
-            finish_reason=choice.get("finish_reason") or "unknown",
-            usage=Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]),
-            model=self.model,
-            latency_s=latency,
+            text=text, finish_reason=finish or "unknown", usage=counted, model=self.model, latency_s=latency
         )
+
+    @staticmethod
+    def _stream(chunks: Iterator[Any], on_text: TextSink) -> tuple[str, str | None, int]:
+        """Hand each sampled piece to `on_text`: the text, the finish reason, and how many pieces came."""
+        parts: list[str] = []
+        finish: str | None = None
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+            if piece:
+                parts.append(piece)
+                on_text(piece)
+            finish = choice.get("finish_reason") or finish
+        return "".join(parts), finish, len(parts)
+
+    def _streamed_usage(self, request: ModelRequest, generated: str, pieces: int) -> Usage:
+        # A stream carries no usage: the prompt is counted with the model's own tokenizer, the
+        # completion by its pieces (one per sampled token). A chat prompt is formatted inside
+        # llama.cpp, so its count is an estimate, and marked so.
+        if request.mode == "completion" and request.prompt is not None:
+            prompt_tokens = len(self._llama.tokenize(request.prompt.encode("utf-8")))
+            return Usage(prompt_tokens=prompt_tokens, completion_tokens=pieces)
+        prompt_text = "\n".join(m.content for m in request.messages)
+        return Usage(prompt_tokens=estimate_tokens(prompt_text), completion_tokens=pieces, estimated=True)
 
     def _grammar(self, text: str) -> Any:
         """The compiled grammar for `text` (a bad grammar is a bug in the templates, so it raises)."""

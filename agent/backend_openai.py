@@ -26,13 +26,14 @@ import random
 import re
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from agent.errors import UserError
-from agent.model import Mode, ModelReply, ModelRequest, ModelUnreachable, Usage, estimate_tokens
+from agent.model import Mode, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, estimate_tokens
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIBackend"]
 
@@ -50,6 +51,14 @@ class _UnreadableReply(Exception):
 
 
 # What an unreadable body raises, on its way through the SDK or through _first_choice.
+class _BrokenStream(Exception):
+    """A streamed reply failed after some of it was shown: not retried (see `complete`)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 _UNREADABLE = (_UnreadableReply, json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError)
 
 
@@ -105,10 +114,16 @@ class OpenAIBackend:
     def mode(self) -> Mode:
         return self._mode
 
-    def complete(self, request: ModelRequest) -> ModelReply:
-        """Send one request, retrying transient failures. Raises ModelUnreachable."""
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        """Send one request, retrying transient failures. Raises ModelUnreachable.
+
+        With `on_text` the reply is streamed. A failure before the first piece is retried as usual;
+        after it, the text already shown cannot be taken back, so the failure ends the call.
+        """
         if request.mode == "completion" and request.prompt is None:
             raise ValueError("a completion-mode request needs a prompt")
+        if on_text is not None:
+            return self._with_retries(lambda timeout: self._send_streamed(request, timeout, on_text))
         send = self._send_completion if request.mode == "completion" else self._send_chat
         return self._with_retries(lambda timeout: send(request, timeout))
 
@@ -133,6 +148,9 @@ class OpenAIBackend:
         )
         try:
             return retrying(one_attempt)
+        except _BrokenStream as broken:
+            explained = self._explain(broken.cause, attempts, time.monotonic() - start)
+            raise ModelUnreachable(f"{explained} (the reply broke off while streaming)") from broken.cause
         except (openai.OpenAIError, *_UNREADABLE) as exc:  # a bug of ours stays a traceback
             raise ModelUnreachable(self._explain(exc, attempts, time.monotonic() - start)) from exc
 
@@ -171,6 +189,50 @@ class OpenAIBackend:
         choice = _first_choice(response)
         completion = getattr(choice, "text", None) or ""
         return self._reply(response, choice, request.reply_prefix + completion, completion, request.prompt, latency)
+
+    def _send_streamed(self, request: ModelRequest, timeout: float, on_text: TextSink) -> ModelReply:
+        started = time.perf_counter()
+        params = _sampling(request) | {"stream": True}
+        if self.base_url == DEFAULT_BASE_URL.rstrip("/"):
+            # OpenAI sends a stream's usage only when asked; some compatible servers reject the option.
+            params["stream_options"] = {"include_usage": True}
+        if request.mode == "completion":
+            assert request.prompt is not None  # checked in complete()
+            stream: Any = self._client.completions.create(
+                model=self._model, prompt=request.prompt, timeout=timeout, **params
+            )
+            prompt_text = request.prompt
+        else:
+            messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+            stream = self._client.chat.completions.create(
+                model=self._model, messages=messages, timeout=timeout, **params
+            )
+            prompt_text = "\n".join(m.content for m in request.messages)
+        parts: list[str] = []
+        finish: str | None = None
+        last: Any = None
+        try:
+            for chunk in stream:
+                last = chunk if getattr(chunk, "usage", None) is not None or last is None else last
+                for choice in getattr(chunk, "choices", None) or ():
+                    delta = getattr(choice, "delta", None)
+                    piece = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
+                    if piece:
+                        if not parts and request.mode == "completion":
+                            on_text(request.reply_prefix)
+                        parts.append(piece)
+                        on_text(piece)
+                    finish = getattr(choice, "finish_reason", None) or finish
+        except (openai.OpenAIError, *_UNREADABLE) as exc:
+            if parts:
+                raise _BrokenStream(exc) from exc
+            raise
+        if not parts and request.mode == "completion" and request.reply_prefix:
+            on_text(request.reply_prefix)  # nothing was generated: the reply is the prefix alone
+        generated = "".join(parts)
+        text = request.reply_prefix + generated if request.mode == "completion" else generated
+        finished = SimpleNamespace(finish_reason=finish)
+        return self._reply(last, finished, text, generated, prompt_text, time.perf_counter() - started)
 
     def _reply(
         self, response: Any, choice: Any, text: str, generated: str, prompt_text: str, latency: float

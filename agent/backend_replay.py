@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from agent.errors import UserError
-from agent.model import Mode, ModelReply, ModelRequest, ModelUnreachable
+from agent.model import Mode, ModelReply, ModelRequest, ModelUnreachable, TextSink, hand_over
 from agent.transcript import ExchangeLine, Transcript, read_transcript, scrub_secrets
 
 __all__ = ["ReplayBackend", "ReplayMismatch"]
@@ -60,7 +60,7 @@ class ReplayBackend:
         """The recorded exchanges not yet requested."""
         return self.transcript.exchanges[self._position :]
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         exchanges = self.transcript.exchanges
         index = self._position
         if index >= len(exchanges):
@@ -79,7 +79,7 @@ class ReplayBackend:
         # Advance only on a match, so `unused` still counts a request that failed to match.
         self._position += 1
         if recorded.reply is not None:
-            return recorded.reply
+            return hand_over(recorded.reply, on_text)
         message = recorded.error or ""
         if recorded.error_kind == "unreachable":
             raise ModelUnreachable(message.removeprefix(_UNREACHABLE_PREFIX))

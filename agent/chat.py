@@ -31,9 +31,12 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 from rich.console import Console
+from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
+from rich.spinner import Spinner
 from rich.table import Table
+from rich.text import Text
 
 from agent.author_job import (
     TRANSCRIPT_NAME,
@@ -55,7 +58,7 @@ from agent.extract import Idea, extract_ideas
 from agent.gate import approve, promote_candidate, reject
 from agent.library import default_library_dir, list_library
 from agent.metric_file import MetricSpec, list_builtin_metrics
-from agent.model import ForwardingBackend, Message, ModelBackend, ModelReply, ModelRequest, Usage
+from agent.model import ForwardingBackend, Message, ModelBackend, ModelReply, ModelRequest, TextSink, Usage
 from agent.pricing import cost_usd
 from agent.prompting import Prompts, build_brainstorm_request, build_chat_request, dataset_facts, system_prompt
 from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
@@ -122,8 +125,8 @@ class _Meter(ForwardingBackend):
             prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, estimated=self.estimated
         )
 
-    def complete(self, request: ModelRequest) -> ModelReply:
-        reply = self.inner.complete(request)
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        reply = self.inner.complete(request, on_text)
         self.exchanges += 1
         self.prompt_tokens += reply.usage.prompt_tokens
         self.completion_tokens += reply.usage.completion_tokens
@@ -445,8 +448,7 @@ class ChatSession:
             max_tokens=self.setup.settings.max_tokens,
             seed=self.setup.settings.seed,
         )
-        with self.console.status("the model is thinking…"):
-            reply = self.backend.complete(request)
+        reply = self._streamed(request)
         if not reply.text.strip():
             self.console.print(
                 "the model answered with nothing (a base model without a chat template does that); "
@@ -456,7 +458,21 @@ class ChatSession:
             return
         self.conversation.add("user", request.messages[-1].content, "chat", summary=f"[user: {text[:120]}]")
         self.conversation.add("assistant", reply.text, "chat_reply", summary=f"[model: {reply.text[:120]}]")
-        self.console.print(Markdown(reply.text))
+
+    def _streamed(self, request: ModelRequest) -> ModelReply:
+        """The reply, rendered as markdown while it arrives (a spinner until the first piece)."""
+        pieces: list[str] = []
+        waiting = Spinner("dots", text="the model is thinking…")
+        with Live(waiting, console=self.console, refresh_per_second=12, vertical_overflow="visible") as live:
+
+            def show(piece: str) -> None:
+                pieces.append(piece)
+                live.update(Markdown("".join(pieces)), refresh=True)  # each piece shows as it comes
+
+            reply = self.backend.complete(request, show)
+            if not reply.text.strip():
+                live.update(Text(""))  # the caller says what an empty reply means
+        return reply
 
     def _messages(self) -> tuple[Message, ...]:
         return self.conversation.messages(self.setup.settings.context_budget_tokens)

@@ -26,7 +26,7 @@ from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.chat import ChatSession, ChatSettings, ChatSetup
 from agent.editing import Editor
 from agent.errors import UserError
-from agent.model import ForwardingBackend, ModelReply, ModelRequest
+from agent.model import ForwardingBackend, ModelReply, ModelRequest, TextSink
 from agent.transcript import Transcript, read_transcript
 
 __all__ = ["InterruptibleReplay", "is_chat_transcript", "replay_chat", "session_outcome"]
@@ -40,10 +40,10 @@ class InterruptibleReplay(ForwardingBackend):
     def __init__(self, inner: ReplayBackend) -> None:
         super().__init__(inner)
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         left = len(self.inner.unused)
         try:
-            return self.inner.complete(request)
+            return self.inner.complete(request, on_text)
         except ReplayMismatch:
             interrupted = left and (self.inner.transcript.exchanges[-left].error or "").startswith("KeyboardInterrupt")
             if interrupted and len(self.inner.unused) < left:  # it matched, and was cancelled when recorded

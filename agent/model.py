@@ -1,8 +1,11 @@
 """The model boundary: one request type, one reply type, one method.
 
 Every backend (`openai`, `local`, `replay`) and every test model implements `ModelBackend`:
-`complete(request) -> ModelReply`. The authoring loop sees nothing else, so a recorded session
-replays through exactly the code path that produced it.
+`complete(request, on_text=None) -> ModelReply`. The authoring loop sees nothing else, so a recorded
+session replays through exactly the code path that produced it. `on_text` is for people watching
+(the chat REPL): a backend that streams hands it each piece of the reply as it arrives, and one
+that cannot hands it the whole text once; either way the pieces add up to `reply.text`, and the
+reply is the same as without it.
 
 A request is complete and self-describing: it carries the conversation (chat mode) or the rendered
 prompt (completion mode), every sampling parameter (the temperature is never left to a server's
@@ -20,6 +23,7 @@ Failures are split by who must act:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,11 +37,15 @@ __all__ = [
     "ModelReply",
     "ModelRequest",
     "ModelUnreachable",
+    "TextSink",
     "Usage",
     "estimate_tokens",
+    "hand_over",
 ]
 
 Mode = Literal["chat", "completion"]
+# Receives the reply's text piece by piece while it is generated (see the module docstring).
+TextSink = Callable[[str], None]
 
 
 class _Frozen(BaseModel):
@@ -119,7 +127,7 @@ class ModelBackend(Protocol):
         """The mode the loop should build requests in: "chat", or "completion" for base models."""
         ...
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         """Send one request. Raises ModelUnreachable when the model cannot be reached."""
         ...
 
@@ -142,12 +150,19 @@ class ForwardingBackend:
     def mode(self) -> Mode:
         return self.inner.mode
 
-    def complete(self, request: ModelRequest) -> ModelReply:
-        return self.inner.complete(request)
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        return self.inner.complete(request, on_text)
 
 
 class ModelUnreachable(MetricsmithError):
     """The model server failed or could not be reached after retries. Exit code 3."""
+
+
+def hand_over(reply: ModelReply, on_text: TextSink | None) -> ModelReply:
+    """For backends that cannot stream: the whole text to the sink, once, then the reply."""
+    if on_text is not None and reply.text:
+        on_text(reply.text)
+    return reply
 
 
 def estimate_tokens(text: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agent.model import Mode, ModelReply, ModelRequest, Usage, estimate_tokens
+from agent.model import Mode, ModelReply, ModelRequest, TextSink, Usage, estimate_tokens, hand_over
 
 __all__ = ["ScriptExhausted", "ScriptedModel"]
 
@@ -40,13 +40,13 @@ class ScriptedModel:
     def remaining(self) -> int:
         return len(self._replies) - len(self.history)
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         if self.remaining <= 0:
             raise ScriptExhausted(f"the script has {len(self._replies)} replies; request {len(self.history) + 1} came")
         text = self._replies[len(self.history)]
         self.history.append(request)
         prompt = request.prompt if request.prompt is not None else "".join(m.content for m in request.messages)
-        return ModelReply(
+        reply = ModelReply(
             text=text,
             finish_reason="stop",
             # Deterministic counts, so a recorded fixture replays to the same token totals.
@@ -54,3 +54,4 @@ class ScriptedModel:
             model=self._model,
             latency_s=0.0,
         )
+        return hand_over(reply, on_text)

@@ -77,7 +77,15 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from agent.errors import UserError
-from agent.model import ForwardingBackend, Mode, ModelBackend, ModelReply, ModelRequest, ModelUnreachable
+from agent.model import (
+    ForwardingBackend,
+    Mode,
+    ModelBackend,
+    ModelReply,
+    ModelRequest,
+    ModelUnreachable,
+    TextSink,
+)
 
 __all__ = [
     "REDACTED",
@@ -493,10 +501,10 @@ class RecordingBackend(ForwardingBackend):
         super().__init__(inner)
         self.writer = writer
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         started = time.monotonic()
         try:
-            reply = self.inner.complete(request)
+            reply = self.inner.complete(request, on_text)
         except ModelUnreachable as error:
             self.writer.exchange(
                 request,

@@ -126,6 +126,16 @@ def test_a_grammar_held_brainstorm_always_gives_n_ideas(gemma: LocalBackend, tmp
         assert idea.level in ("image", "object") and len(idea.rationale) >= 15
 
 
+def test_a_streamed_reply_is_the_same_reply_in_pieces(gemma: LocalBackend) -> None:
+    request = completion_request(seed=5, temperature=0.7)
+    whole = gemma.complete(request)
+    pieces: list[str] = []
+    streamed = gemma.complete(request, pieces.append)
+    assert streamed.text == whole.text == "".join(pieces)
+    assert pieces[0] == PREFIX and len(pieces) == 1 + streamed.usage.completion_tokens
+    assert streamed.usage == whole.usage and streamed.finish_reason == whole.finish_reason
+
+
 def test_a_missing_model_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cannot read the model file .*nope\.gguf"):
         LocalBackend(tmp_path / "nope.gguf")

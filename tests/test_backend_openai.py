@@ -31,6 +31,9 @@ class Answer:
     body: Any = None  # a dict is sent as JSON; a str as it is
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    content_type: str = "application/json"
+    # Close the connection after this many bytes of the body (a server dying mid-reply).
+    cut_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,17 @@ class FakeOpenAI:
                 data = payload.encode()
                 try:
                     self.send_response(answer.status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", answer.content_type)
                     self.send_header("content-length", str(len(data)))
                     for name, value in answer.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if answer.cut_after is None:
+                        self.wfile.write(data)
+                    else:
+                        self.wfile.write(data[: answer.cut_after])
+                        self.wfile.flush()
+                        self.connection.shutdown(socket.SHUT_RDWR)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting (the stall test): that is the point
 
@@ -133,6 +141,21 @@ def completion_body(text: str, finish_reason: str = "stop") -> dict[str, Any]:
         "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
     }
+
+
+def sse(*events: dict[str, Any]) -> str:
+    """A server-sent event stream, as OpenAI sends a streamed reply."""
+    return "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+
+
+def chat_chunk(content: str | None, finish_reason: str | None = None, usage: bool = False) -> dict[str, Any]:
+    choices = [] if usage else [{"index": 0, "delta": {"content": content}, "finish_reason": finish_reason}]
+    chunk: dict[str, Any] = {
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "test-model", "choices": choices,
+    }  # fmt: skip
+    if usage:
+        chunk["usage"] = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    return chunk
 
 
 def chat_request(**overrides: Any) -> ModelRequest:
@@ -333,4 +356,62 @@ def test_retry_after_as_an_http_date_is_honoured(server: FakeOpenAI) -> None:
     server.script(Answer(429, error_body("later"), {"retry-after": later}), Answer(body=chat_body("ok")))
     with pytest.raises(ModelUnreachable, match="HTTP 429"):
         backend(server, max_attempts=10, budget_s=2.0).complete(chat_request())
+    assert len(server.received) == 1
+
+
+# -- streaming ------------------------------------------------------------------------------------
+
+
+STREAMED = sse(
+    chat_chunk("def score"),
+    chat_chunk("(image, scene):\n"),
+    chat_chunk("    return 1.0\n", "stop"),
+    chat_chunk(None, usage=True),
+)
+
+
+def test_a_streamed_reply_arrives_piece_by_piece_and_adds_up(server: FakeOpenAI) -> None:
+    server.script(Answer(body=STREAMED, content_type="text/event-stream"))
+    pieces: list[str] = []
+    reply = backend(server).complete(chat_request(), pieces.append)
+    assert pieces == ["def score", "(image, scene):\n", "    return 1.0\n"]
+    assert reply.text == "".join(pieces) and reply.finish_reason == "stop"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.estimated) == (11, 3, False)
+    body = server.received[0].body
+    assert body["stream"] is True
+    assert "stream_options" not in body  # only OpenAI itself is asked for a stream's usage
+
+
+def test_a_stream_without_usage_is_estimated(server: FakeOpenAI) -> None:
+    server.script(Answer(body=sse(chat_chunk("hello"), chat_chunk(" there", "stop")), content_type="text/event-stream"))
+    reply = backend(server).complete(chat_request(), lambda piece: None)
+    assert reply.text == "hello there" and reply.usage.estimated
+
+
+def test_a_streamed_completion_starts_with_the_prefix(server: FakeOpenAI) -> None:
+    chunk = completion_body("    return 2.0\n") | {"usage": None}
+    server.script(Answer(body=sse(chunk), content_type="text/event-stream"))
+    pieces: list[str] = []
+    request = chat_request(mode="completion", prompt="PROMPT def score():\n", reply_prefix="def score():\n")
+    reply = backend(server).complete(request, pieces.append)
+    assert pieces == ["def score():\n", "    return 2.0\n"]
+    assert reply.text == "def score():\n    return 2.0\n"
+    assert server.received[0].path == "/v1/completions"
+
+
+def test_a_failure_before_the_first_piece_is_retried_and_shows_nothing_twice(server: FakeOpenAI) -> None:
+    server.script(Answer(status=500, body=error_body("boom")), Answer(body=STREAMED, content_type="text/event-stream"))
+    pieces: list[str] = []
+    reply = backend(server).complete(chat_request(), pieces.append)
+    assert len(server.received) == 2
+    assert "".join(pieces) == reply.text == "def score(image, scene):\n    return 1.0\n"
+
+
+def test_a_stream_that_breaks_off_is_not_retried(server: FakeOpenAI) -> None:
+    cut = STREAMED.index("    return 1.0") + 5  # after the first two events, in the middle of the third
+    server.script(Answer(body=STREAMED, content_type="text/event-stream", cut_after=cut))
+    pieces: list[str] = []
+    with pytest.raises(ModelUnreachable, match="broke off while streaming"):
+        backend(server).complete(chat_request(), pieces.append)
+    assert pieces == ["def score", "(image, scene):\n"]  # what was shown stays shown, once
     assert len(server.received) == 1

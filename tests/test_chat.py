@@ -29,7 +29,7 @@ from agent.cli_chat import SlashCompleter, run_repl
 from agent.demo_data import generate_demo_dataset
 from agent.editing import Editor
 from agent.library import list_library
-from agent.model import Mode, ModelReply, ModelRequest
+from agent.model import Mode, ModelReply, ModelRequest, TextSink
 from agent.scripted_model import ScriptedModel
 from agent.transcript import read_transcript
 
@@ -153,6 +153,37 @@ def test_free_chat_carries_the_dataset_facts_once(demo: Path, tmp_path: Path) ->
     assert second.messages[-1].content.strip() == "and swapped classes?"
 
 
+class _Streaming(ScriptedModel):
+    """Hands its reply over word by word, noting what the screen held after each piece."""
+
+    def __init__(self, replies: list[str], screen: StringIO) -> None:
+        super().__init__(replies)
+        self.screen = screen
+        self.seen: list[str] = []
+
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        reply = super().complete(request)
+        assert on_text is not None, "free chat asks for a streamed reply"
+        for word in reply.text.split(" "):
+            on_text(word if not self.seen else " " + word)
+            self.seen.append(self.screen.getvalue())
+        return reply
+
+
+def test_free_chat_shows_the_reply_while_it_streams(demo: Path, tmp_path: Path) -> None:
+    buffer = StringIO()
+    screen = Console(file=buffer, width=120, force_terminal=True, color_system=None)
+    model = _Streaming(["Start with box tightness, then appearance."], buffer)
+    setup = ChatSetup(annotations=demo, run_dir=tmp_path / "run", backend=model, library=tmp_path / "lib", workers=2)
+    with ChatSession(setup, screen) as chat:
+        chat.dispatch("what first?")
+    # Each word was on the screen before the next one was generated, and not a moment earlier.
+    assert len(model.seen) == 6
+    assert "Start" in model.seen[0] and "with" not in model.seen[0]
+    assert "Start" in model.seen[0] and "tightness," in model.seen[3] and "appearance." not in model.seen[3]
+    assert "appearance." in model.seen[-1]
+
+
 def test_free_chat_with_a_base_model_says_what_to_do_instead(demo: Path, tmp_path: Path) -> None:
     model = ScriptedModel([], mode="completion")
     chat, out = session(demo, tmp_path, model)
@@ -213,11 +244,11 @@ class _CtrlCOnce:
     def mode(self) -> Mode:
         return self.inner.mode
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         if not self.pressed:
             self.pressed = True
             raise KeyboardInterrupt
-        return self.inner.complete(request)
+        return self.inner.complete(request, on_text)
 
 
 def test_ctrl_c_cancels_the_command_not_the_session_and_replays(demo: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.errors import UserError
-from agent.model import Message, ModelBackend, ModelReply, ModelRequest, ModelUnreachable, Usage
+from agent.model import Message, ModelBackend, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, hand_over
 from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter, read_transcript
 
 DRAFT_SHA = "1a2b3c" + "0" * 58
@@ -44,11 +44,11 @@ class QueuedModel:
     def __init__(self, *queue: ModelReply | BaseException) -> None:
         self.queue = list(queue)
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         item = self.queue.pop(0)
         if isinstance(item, BaseException):
             raise item
-        return item
+        return hand_over(item, on_text)
 
 
 def record(path: Path, *steps: tuple[ModelRequest, ModelReply | BaseException]) -> Path:

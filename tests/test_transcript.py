@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import UserError
-from agent.model import Message, ModelBackend, ModelReply, ModelRequest, ModelUnreachable, Usage
+from agent.model import Message, ModelBackend, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, hand_over
 from agent.transcript import (
     REDACTED,
     EventLine,
@@ -62,12 +62,12 @@ class QueuedModel:
         self.queue = list(queue)
         self.history: list[ModelRequest] = []
 
-    def complete(self, request: ModelRequest) -> ModelReply:
+    def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         self.history.append(request)
         item = self.queue.pop(0)
         if isinstance(item, BaseException):
             raise item
-        return item
+        return hand_over(item, on_text)
 
 
 def test_round_trip_keeps_every_line_in_order(tmp_path: Path) -> None:
