@@ -69,4 +69,6 @@ def show_candidate(console: Console, run: Path, record: CandidateRecord) -> None
         figures = record.evaluation["evaluation"]
         by_type = ", ".join(f"{t} {v:.3f}" for t, v in figures["ap_by_type"].items() if v is not None)
         overall = "–" if figures["ap"] is None else f"{figures['ap']:.3f}"
-        console.print(f"eval on the known errors: AP {overall}, per type: {by_type}")
+        chance = (record.evaluation.get("random") or {}).get("ap")
+        versus = f" (a random ranking: {chance:.3f})" if chance is not None else ""
+        console.print(f"eval on the known errors: AP {overall}{versus}, per type: {by_type}")
