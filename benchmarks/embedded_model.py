@@ -1,6 +1,6 @@
 """The embedded model (Gemma 3 270M base) writing metrics, with and without the grammar, side by side.
 
-    python benchmarks/embedded_model.py [--images 200] [--seeds 2]
+    python benchmarks/embedded_model.py [--images 200] [--seeds 1]
 
 On a demo dataset (made in a temporary folder, seed 0, known label errors), it runs the real
 authoring loop with the local backend for each idea below and each sampling seed, twice: once held
@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from agent.author_job import AuthorJob, run_author_job  # noqa: E402
 from agent.authoring import AuthoringSettings, model_defaults  # noqa: E402
 from agent.backend_local import LocalBackend  # noqa: E402
+from agent.candidates import candidate_dir  # noqa: E402
 from agent.demo_data import generate_demo_dataset  # noqa: E402
 
 # None of them is one of the grammar's few-shot lines (prompts/_completion_lines.j2).
@@ -51,6 +52,7 @@ class Attempt:
     ap: float | None
     prevalence: float | None
     seconds: float
+    line: str  # the candidate's last line, which with the grammar is the whole measurement
 
 
 def attempt(
@@ -69,7 +71,11 @@ def attempt(
     evaluation = (outcome.candidate.evaluation or {}) if outcome.candidate else {}
     ap = evaluation.get("evaluation", {}).get("ap")
     random = evaluation.get("random", {}).get("ap")
-    return Attempt(idea, seed, outcome.verdict == "passed", outcome.exchanges, ap, random, seconds)
+    line = ""
+    if outcome.candidate is not None:
+        code = (candidate_dir(folder, outcome.candidate.id) / "metric.py").read_text(encoding="utf-8")
+        line = code.rstrip().splitlines()[-1].strip()
+    return Attempt(idea, seed, outcome.verdict == "passed", outcome.exchanges, ap, random, seconds, line)
 
 
 def summary(label: str, attempts: list[Attempt]) -> None:
@@ -90,7 +96,7 @@ def summary(label: str, attempts: list[Attempt]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args()
     backend = LocalBackend()
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +115,8 @@ def main() -> None:
                     chance = f"{result.prevalence:.3f}" if result.prevalence is not None else "–"
                     verdict = "passed" if result.passed else "gave_up"
                     print(f"{mode:8} {seed:4d} {verdict:8} {result.exchanges:4d} {ap:>6} {chance:>6}  {idea}")
+                    if result.line:
+                        print(f"{'':37}{result.line}")
     print()
     for mode, attempts in runs.items():
         summary(mode, attempts)
