@@ -13,6 +13,8 @@ Design:
 - Chat mode calls `/chat/completions`; completion mode (base models) calls `/completions` with the
   rendered prompt, and the reply is `reply_prefix + completion`, as `ModelRequest` defines. A
   request's grammar goes as llama.cpp's `grammar` field (the user asks for it with `--grammar`).
+- OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 ...) are sent only what they accept: no
+  temperature or stop, and `max_completion_tokens` with headroom for their hidden reasoning.
 - An empty reply or a truncated one is the model's behaviour, not an error: it is returned as it
   came (`text == ""`, `finish_reason == "length"`) for the loop to judge.
 """
@@ -170,7 +172,7 @@ class OpenAIBackend:
         started = time.perf_counter()
         messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
         response = self._client.chat.completions.create(
-            model=self._model, messages=messages, timeout=timeout, **_sampling(request)
+            model=self._model, messages=messages, timeout=timeout, **_sampling(request, self._model)
         )
         latency = time.perf_counter() - started
         choice = _first_choice(response)
@@ -183,7 +185,7 @@ class OpenAIBackend:
         assert request.prompt is not None  # checked in complete()
         started = time.perf_counter()
         response = self._client.completions.create(
-            model=self._model, prompt=request.prompt, timeout=timeout, **_sampling(request)
+            model=self._model, prompt=request.prompt, timeout=timeout, **_sampling(request, self._model)
         )
         latency = time.perf_counter() - started
         choice = _first_choice(response)
@@ -192,7 +194,7 @@ class OpenAIBackend:
 
     def _send_streamed(self, request: ModelRequest, timeout: float, on_text: TextSink) -> ModelReply:
         started = time.perf_counter()
-        params = _sampling(request) | {"stream": True}
+        params = _sampling(request, self._model) | {"stream": True}
         if self.base_url == DEFAULT_BASE_URL.rstrip("/"):
             # OpenAI sends a stream's usage only when asked; some compatible servers reject the option.
             params["stream_options"] = {"include_usage": True}
@@ -299,11 +301,28 @@ class OpenAIBackend:
         return message[:_QUOTE_CHARS] + ("…" if len(message) > _QUOTE_CHARS else "")
 
 
-def _sampling(request: ModelRequest) -> dict[str, Any]:
-    """The sampling parameters: temperature always explicit, stop and seed only when set."""
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 and later) take `max_completion_tokens`, which also
+# pays for their hidden reasoning, and refuse `temperature` and `stop`.
+_REASONING_MODEL = re.compile(r"^(?:openai/)?(?:o[1-9]|gpt-(?:[5-9]|\d{2,}))", re.IGNORECASE)
+# Room for the hidden reasoning on top of the reply's own budget; without it the reply comes back empty.
+REASONING_HEADROOM_TOKENS = 8192
+
+
+def is_reasoning_model(model: str) -> bool:
+    return _REASONING_MODEL.match(model) is not None
+
+
+def _sampling(request: ModelRequest, model: str) -> dict[str, Any]:
+    """The sampling parameters: temperature always explicit, stop and seed only when set.
+
+    A reasoning model gets what it accepts instead: no temperature or stop (the request still records
+    them, as asked), and `max_completion_tokens` with headroom for its reasoning.
+    """
     params: dict[str, Any] = {"temperature": request.temperature, "max_tokens": request.max_tokens}
     if request.stop:
         params["stop"] = list(request.stop)
+    if is_reasoning_model(model):
+        params = {"max_completion_tokens": request.max_tokens + REASONING_HEADROOM_TOKENS}
     if request.seed is not None:
         params["seed"] = request.seed
     if request.grammar is not None:

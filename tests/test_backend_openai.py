@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.backend_openai import OpenAIBackend
+from agent.backend_openai import REASONING_HEADROOM_TOKENS, OpenAIBackend
 from agent.errors import UserError
 from agent.model import Message, ModelBackend, ModelRequest, ModelUnreachable
 
@@ -415,3 +415,21 @@ def test_a_stream_that_breaks_off_is_not_retried(server: FakeOpenAI) -> None:
         backend(server).complete(chat_request(), pieces.append)
     assert pieces == ["def score", "(image, scene):\n"]  # what was shown stays shown, once
     assert len(server.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "reasoning"),
+    [("o4-mini", True), ("o3", True), ("gpt-5-mini", True), ("gpt-5.1", True), ("openai/o1", True),
+     ("gpt-4o-mini", False), ("gpt-4.1", False), ("orca-mini", False), ("gpt-oss:20b", False)],
+)  # fmt: skip
+def test_a_reasoning_model_gets_the_parameters_it_accepts(server: FakeOpenAI, model: str, reasoning: bool) -> None:
+    server.script(Answer(body=chat_body("ok") | {"model": model}))
+    reasoner = OpenAIBackend(model, base_url=server.url, max_attempts=1, timeout_s=5.0)
+    reasoner.complete(chat_request(temperature=0.2, max_tokens=1500, seed=3))
+    body = server.received[0].body
+    assert body["seed"] == 3
+    if reasoning:  # it refuses temperature and max_tokens, and its reasoning counts against the budget
+        assert "temperature" not in body and "max_tokens" not in body
+        assert body["max_completion_tokens"] == 1500 + REASONING_HEADROOM_TOKENS
+    else:
+        assert (body["temperature"], body["max_tokens"]) == (0.2, 1500) and "max_completion_tokens" not in body
