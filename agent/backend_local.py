@@ -75,6 +75,7 @@ class LocalBackend:
         self._path = path
         self._mode: Mode = "chat" if self._llama.metadata.get("tokenizer.chat_template") else "completion"
         self._lock = threading.Lock()
+        self._compile_grammar = llama_cpp.LlamaGrammar.from_string
         self._grammars: dict[str, Any] = {}
 
     @property
@@ -154,10 +155,8 @@ class LocalBackend:
     def _grammar(self, text: str) -> Any:
         """The compiled grammar for `text` (a bad grammar is a bug in the templates, so it raises)."""
         if text not in self._grammars:
-            import llama_cpp  # already imported by __init__; repeated for the name only
-
             with _native_stderr_silenced():
-                self._grammars[text] = llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+                self._grammars[text] = self._compile_grammar(text, verbose=False)
         return self._grammars[text]
 
 
