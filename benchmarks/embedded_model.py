@@ -97,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--modes", default="grammar,free", help="which of grammar,free to run")
     args = parser.parse_args()
     backend = LocalBackend()
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,6 +109,8 @@ def main() -> None:
         for idea_index, idea in enumerate(IDEAS):
             for seed in range(args.seeds):
                 for mode, grammar in (("grammar", True), ("free", False)):
+                    if mode not in args.modes.split(","):
+                        continue
                     run_dir = folder / f"run-{idea_index}-{seed}-{mode}"
                     result = attempt(backend, annotations, errors, run_dir, idea, seed, grammar)
                     runs[mode].append(result)
@@ -119,7 +122,8 @@ def main() -> None:
                         print(f"{'':37}{result.line}")
     print()
     for mode, attempts in runs.items():
-        summary(mode, attempts)
+        if attempts:
+            summary(mode, attempts)
     free = sum(a.passed for a in runs["free"])
     held = sum(a.passed for a in runs["grammar"])
     print(f"candidates, grammar / free: {held} / {free}")
