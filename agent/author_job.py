@@ -45,6 +45,7 @@ __all__ = [
     "BackendChoice",
     "DatasetSource",
     "JobSettings",
+    "SessionSetup",
     "default_backend",
     "describe_event",
     "job_settings_from_transcript",
@@ -182,11 +183,11 @@ def library_metrics(library: Path | None) -> list[MetricSpec]:
     return [*list_builtin_metrics(), *promoted]
 
 
-@dataclass(frozen=True)
-class AuthorJob:
-    """One `metricsmith author` (or replay) invocation, after the CLI parsed it."""
+@dataclass(frozen=True, kw_only=True)
+class SessionSetup:
+    """What every authoring session needs, after the CLI parsed it: the dataset, the model, the
+    loop's settings and where to write. `metricsmith chat` runs on exactly this (agent.chat)."""
 
-    idea: str
     annotations: Path
     run_dir: Path
     backend: ModelBackend
@@ -198,6 +199,13 @@ class AuthorJob:
     library: Path | None = None
     workers: int | None = None
     origin: Literal["recorded", "fixture"] = "recorded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthorJob(SessionSetup):
+    """One `metricsmith author` (or replay) invocation: a session for one idea."""
+
+    idea: str
     transcript_path: Path | None = None  # default: RUN_DIR/transcript.jsonl
 
 

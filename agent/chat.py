@@ -24,7 +24,7 @@ import inspect
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -41,12 +41,13 @@ from rich.text import Text
 from agent.author_job import (
     TRANSCRIPT_NAME,
     DatasetSource,
+    SessionSetup,
     dataset_source,
     describe_event,
     library_metrics,
     validation_set,
 )
-from agent.authoring import AuthoringOutcome, AuthoringSettings, author_idea, idea_from_text
+from agent.authoring import AuthoringOutcome, author_idea, idea_from_text
 from agent.backend_replay import ReplayMismatch
 from agent.candidate_view import show_candidate
 from agent.candidates import CandidateRecord, list_candidates, load_candidate
@@ -94,21 +95,8 @@ class ChatSettings(BaseModel):
     validation_size: int = 64
 
 
-@dataclass(frozen=True)
-class ChatSetup:
-    """One `metricsmith chat` session (or its replay), after the CLI parsed it."""
-
-    annotations: Path
-    run_dir: Path
-    backend: ModelBackend
-    images: Path | None = None
-    description: str = ""
-    errors: Path | None = None
-    settings: AuthoringSettings = field(default_factory=AuthoringSettings)
-    validation_size: int = 64
-    library: Path | None = None
-    workers: int | None = None
-    origin: Literal["recorded", "fixture"] = "recorded"
+# One `metricsmith chat` session (or its replay): what any authoring session needs, and no idea yet.
+ChatSetup = SessionSetup
 
 
 class _Meter(ForwardingBackend):
