@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,7 @@ __all__ = [
     "new_candidate_id",
     "now_iso",
     "save_candidate",
+    "twins",
     "write_json_atomic",
 ]
 
@@ -164,3 +166,11 @@ def list_candidates(run_dir: Path) -> list[CandidateRecord]:
         for child in sorted(folder.iterdir())
         if (child / "candidate.json").is_file()
     ]
+
+
+def twins(record: CandidateRecord, records: Sequence[CandidateRecord]) -> list[CandidateRecord]:
+    """The other candidates among `records` with byte-identical code. A small model often writes the
+    same line for different ideas; a batch gives each idea its own run, so only the idea and the id
+    together tell two candidates apart."""
+    me = (record.idea, record.id)
+    return [other for other in records if other.code_sha256 == record.code_sha256 and (other.idea, other.id) != me]

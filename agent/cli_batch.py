@@ -11,7 +11,7 @@ from typing import Any
 from agent.batch import BatchOptions, run_batch
 from agent.batch_config import load_batch_config
 from agent.candidate_view import show_candidate
-from agent.candidates import CandidateRecord, author_runs, list_candidates
+from agent.candidates import CandidateRecord, author_runs, list_candidates, twins
 from agent.console import (
     EXIT_INFRASTRUCTURE,
     EXIT_OK,
@@ -123,9 +123,14 @@ def cmd_review(args: argparse.Namespace) -> int:
         stderr.print(f"no pending candidate in {args.run_dir}")
         return EXIT_OK
     library = default_library_dir(args.library)
+    everything = [candidate for _, candidate in pending] + [
+        candidate for run in runs for candidate in list_candidates(run) if candidate.status != "pending"
+    ]
     for run, record in pending:
         while True:
             show_candidate(stdout, run, record)
+            for other in twins(record, everything):
+                stdout.print(f"the same code was also written for another idea ({other.status}): {other.idea}")
             sheet = run / "candidates" / record.id / "report.html"
             if sheet.exists():
                 stdout.print(f"worst and best items, with their boxes: {sheet}")

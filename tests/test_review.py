@@ -11,7 +11,7 @@ import pytest
 
 from agent.author_job import AuthorJob, run_author_job
 from agent.authoring import AuthoringSettings
-from agent.candidates import list_candidates
+from agent.candidates import list_candidates, twins
 from agent.demo_data import generate_demo_dataset
 from agent.scripted_model import ScriptedModel
 from agent.transcript import read_transcript
@@ -97,3 +97,30 @@ def test_edit_validates_again_and_the_new_code_is_what_gets_approved(run_dir: Pa
     assert decisions == ["edit", "approve", "promote"]
     library_code = next((tmp_path / "lib").glob("edge_density/v1/metric.py")).read_text()
     assert library_code == code
+
+
+def test_review_says_when_two_ideas_got_the_same_code(tmp_path: Path) -> None:
+    demo = generate_demo_dataset(tmp_path / "demo", n_images=12, seed=0, width=320, height=240)
+    batch = tmp_path / "batch"
+    ideas = ("boxes with no edges inside", "empty boxes")
+    for number, idea in enumerate(ideas, start=1):
+        run_author_job(
+            AuthorJob(
+                idea=idea, annotations=demo, run_dir=batch / "ideas" / f"0{number}",
+                backend=ScriptedModel([fixtures.fenced(fixtures.GOOD)]), workers=2,
+            )
+        )  # fmt: skip
+    result = review(batch, "s\ns\n", tmp_path / "lib")
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if line.startswith("the same code was also written")]
+    assert said == [
+        "the same code was also written for another idea (pending): empty boxes",
+        "the same code was also written for another idea (pending): boxes with no edges inside",
+    ]
+
+
+def test_twins_are_told_apart_by_idea_and_id(run_dir: Path) -> None:
+    [record] = list_candidates(run_dir)
+    again = record.model_copy(update={"idea": "another idea"})
+    edited = record.model_copy(update={"id": "edge_density-0000", "code_sha256": "0" * 64})
+    assert twins(record, [record, again, edited]) == [again]
