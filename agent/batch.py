@@ -48,7 +48,7 @@ from agent.scoring import score_dataset
 from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
 from sandbox.isolation import SandboxConfig
 
-__all__ = ["BatchIdea", "BatchManifest", "BatchResult", "BatchSummary", "run_batch"]
+__all__ = ["BatchIdea", "BatchManifest", "BatchResult", "BatchSummary", "backend_for", "run_batch"]
 
 APPROVE_PASSING_POLICY = "--approve-passing: every sandbox validation check passed (error rate, finite, not constant, "
 APPROVE_PASSING_POLICY += "deterministic, time budget, not a duplicate of a library metric)"
@@ -150,7 +150,8 @@ class _ResultLog:
             os.fsync(handle.fileno())
 
 
-def _backend(config: BatchConfig) -> ModelBackend:
+def backend_for(config: BatchConfig) -> ModelBackend:
+    """The model the config names."""
     model = config.model
     return make_backend(
         model.backend,
@@ -158,6 +159,7 @@ def _backend(config: BatchConfig) -> ModelBackend:
         base_url=model.base_url,
         model_path=model.model_path,
         transcript=model.transcript,
+        mode="completion" if model.completion else None,
     )
 
 
@@ -342,7 +344,7 @@ def run_batch(
     load_coco(config.dataset.annotations, config.dataset.images)
     if config.dataset.errors is not None and not config.dataset.errors.exists():
         raise UserError(f"{config.dataset.errors}: no such errors file (dataset.errors in the config)")
-    backend = _backend(config)
+    backend = backend_for(config)
     manifest = load_manifest(run_dir) if resume else _start(config, run_dir, backend)
     done = _read_results(run_dir)
     todo = [idea for idea in manifest.ideas if idea.id not in done]

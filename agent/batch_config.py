@@ -16,6 +16,7 @@
     model_path = "model.gguf"    # local: another GGUF than the embedded default
     transcript = "session.jsonl" # replay: the recording to play
     temperature = 0.2
+    completion = false           # openai: use the completions endpoint (a base model on a llama.cpp server)
     grammar = true               # completion mode: hold code to a grammar (default: on for "local")
 
     [budgets]
@@ -73,6 +74,7 @@ class ModelSection(_Section):
     model_path: Path | None = None
     transcript: Path | None = None
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    completion: bool = False
     grammar: bool | None = None  # None: agent.authoring.model_defaults decides
 
     @model_validator(mode="after")

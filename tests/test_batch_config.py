@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.authoring import model_defaults
+from agent.batch import backend_for
 from agent.batch_config import ConfigInvalid, load_batch_config
 from agent.errors import UserError
 
@@ -88,3 +90,17 @@ def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
         load_batch_config(tmp_path / "missing.toml")
     with pytest.raises(UserError, match="not valid TOML"):
         load_batch_config(write(tmp_path, "ideas = [\n"))
+
+
+def test_a_base_model_on_a_llama_cpp_server_gets_completion_mode_and_the_grammar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = GOOD.replace('model = "gpt-4o-mini"', 'model = "gemma"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                        "completion = true\ngrammar = true")  # fmt: skip
+    config = load_batch_config(write(tmp_path, text), environ={})
+    backend = backend_for(config)
+    assert (backend.name, backend.mode) == ("openai", "completion")
+    assert model_defaults(backend, grammar=config.model.grammar)["grammar"] is True
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    plain = backend_for(load_batch_config(write(tmp_path, GOOD), environ={}))
+    assert plain.mode == "chat" and model_defaults(plain, grammar=None)["grammar"] is False
