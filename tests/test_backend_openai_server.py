@@ -27,6 +27,8 @@ import pytest
 from agent.backend_local import gemma_model_path
 from agent.backend_openai import OpenAIBackend
 from agent.demo_data import generate_demo_dataset
+from agent.extract import check_code, extract_code
+from agent.metric_file import MetricSpec
 from agent.model import Message, ModelRequest
 from agent.transcript import read_transcript
 
@@ -150,6 +152,30 @@ def test_author_end_to_end_against_the_server(llama_server: str, tmp_path: Path)
     assert transcript.exchanges and all(line.reply is not None for line in transcript.exchanges)
     assert transcript.events[-1].event == "outcome"
     assert transcript.events[-1].data["verdict"] == ("passed" if result.returncode == 0 else "gave_up")
+
+
+def test_a_batch_against_the_server_with_the_grammar(llama_server: str, tmp_path: Path) -> None:
+    """`completion = true` and `grammar = true` in a batch config: the server holds every draft to valid code."""
+    generate_demo_dataset(tmp_path / "demo", n_images=12, seed=0, width=320, height=240)
+    config = tmp_path / "batch.toml"
+    config.write_text(
+        'ideas = ["fox boxes that are not mostly orange"]\nlibrary = "lib"\n\n'
+        '[dataset]\nannotations = "demo/annotations.json"\ndescription = "Cartoon pandas, bears and foxes."\n\n'
+        f'[model]\nbackend = "openai"\nbase_url = "{llama_server}"\nmodel = "gemma"\ncompletion = true\n'
+        "grammar = true\ntemperature = 0.7\n\n[budgets]\nmax_repairs = 1\nmax_drafts = 2\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "batch", str(config), "--out", str(tmp_path / "run"), "--json"],
+        capture_output=True, text=True, timeout=600, env={**_environment(), "OPENAI_API_KEY": ""},
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    [transcript_path] = (tmp_path / "run" / "ideas").glob("*/transcript.jsonl")
+    transcript = read_transcript(transcript_path)
+    assert transcript.meta.mode == "completion" and transcript.exchanges
+    for exchange in transcript.exchanges:  # the grammar went to the server, and the server held to it
+        assert exchange.request.grammar is not None and exchange.reply is not None
+        extraction = extract_code(exchange.reply.text, exchange.request.stop)
+        assert isinstance(check_code(extraction.code or ""), MetricSpec), exchange.reply.text
 
 
 def _environment() -> dict[str, str]:
