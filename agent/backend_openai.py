@@ -52,7 +52,6 @@ class _UnreadableReply(Exception):
     """The server answered 2xx with a body that is not a completion (bad JSON, HTML, no choices)."""
 
 
-# What an unreadable body raises, on its way through the SDK or through _first_choice.
 class _BrokenStream(Exception):
     """A streamed reply failed after some of it was shown: not retried (see `complete`)."""
 
@@ -61,6 +60,7 @@ class _BrokenStream(Exception):
         self.cause = cause
 
 
+# What an unreadable body raises, on its way through the SDK or through _first_choice.
 _UNREADABLE = (_UnreadableReply, json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError)
 
 
