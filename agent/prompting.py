@@ -601,6 +601,10 @@ def _code_grammar(prompts: Prompts, task: MetricTask, mode: Mode, grammar: bool)
     if not grammar or mode != "completion":
         return None
     names = [c.name for c in task.facts.classes if _PLAIN_CLASS_NAME.fullmatch(c.name)]
+    if len(names) > _GRAMMAR_MAX_CLASSES:
+        # Past the cap, the classes the idea names come first: "fox boxes ..." must be able to say "fox".
+        words = set(re.findall(r"[a-z0-9]+", task.idea.text.lower()))
+        names.sort(key=lambda name: not set(re.findall(r"[a-z0-9]+", name.lower())) <= words)
     return prompts.render("completion_grammar.gbnf.j2", level=task.level, classes=names[:_GRAMMAR_MAX_CLASSES])
 
 

@@ -405,6 +405,19 @@ def test_the_grammar_offers_only_class_names_safe_in_both_languages(prompts: Pro
     assert "# How other image metrics end" in (image.prompt or "")
 
 
+def test_the_classes_an_idea_names_survive_the_grammars_cap(prompts: Prompts, task: MetricTask) -> None:
+    template = task.facts.classes[0]
+    many = tuple(template.model_copy(update={"name": f"class {number}"}) for number in range(40))
+    facts = task.facts.model_copy(update={"classes": (*many, template.model_copy(update={"name": "snow leopard"}))})
+    idea = Idea(name="snow_leopards_without_spots", rationale="snow leopard boxes without spots", level="object")
+    held = build_implement_request(
+        prompts, task.model_copy(update={"facts": facts, "idea": idea}), (), mode="completion", temperature=0.2,
+        max_tokens=400, grammar=True,
+    )  # fmt: skip
+    assert held.grammar is not None and '"snow leopard"' in held.grammar
+    assert '"class 0"' in held.grammar and '"class 39"' not in held.grammar  # the rest, in order, up to the cap
+
+
 def test_requests_serialise_for_transcripts(prompts: Prompts, task: MetricTask) -> None:
     for mode in ("chat", "completion"):
         request = build_implement_request(prompts, task, (), mode=mode, temperature=0.2, max_tokens=500)
