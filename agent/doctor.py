@@ -106,8 +106,8 @@ def model_backends(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
             path = gemma.default_output_path()
             weights = f"assembled at {path}" if path.is_file() else "assembled into your cache on first use"
         lines.append(
-            f"local: llama-cpp-python {importlib.metadata.version('llama-cpp-python')}; Gemma 3 270M weights {weights}; "
-            "a base model, so its code is held to a grammar of one-line measurements (--no-grammar to free it)"
+            f"local: llama-cpp-python {importlib.metadata.version('llama-cpp-python')}; Gemma 3 270M weights {weights};"
+            " a base model, so its code is held to a grammar of one-line measurements (--no-grammar to free it)"
         )
     base_url, key = environ.get("OPENAI_BASE_URL"), environ.get("OPENAI_API_KEY")
     if base_url or key:
