@@ -168,48 +168,40 @@ class OpenAIBackend:
 
     # -- the two endpoints ----------------------------------------------------------------------
 
+    def _create(self, request: ModelRequest, timeout: float, **extra: Any) -> Any:
+        """Call the mode's endpoint with the request's sampling parameters (and `extra` ones)."""
+        params = _sampling(request, self._model) | extra
+        if request.mode == "completion":
+            assert request.prompt is not None  # checked in complete()
+            return self._client.completions.create(model=self._model, prompt=request.prompt, timeout=timeout, **params)
+        messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+        return self._client.chat.completions.create(model=self._model, messages=messages, timeout=timeout, **params)
+
     def _send_chat(self, request: ModelRequest, timeout: float) -> ModelReply:
         started = time.perf_counter()
-        messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
-        response = self._client.chat.completions.create(
-            model=self._model, messages=messages, timeout=timeout, **_sampling(request, self._model)
-        )
+        response = self._create(request, timeout)
         latency = time.perf_counter() - started
         choice = _first_choice(response)
         message = getattr(choice, "message", None)
         text = getattr(message, "content", None) or ""
-        prompt_text = "\n".join(m.content for m in request.messages)
-        return self._reply(response, choice, text, text, prompt_text, latency)
+        return self._reply(response, choice, text, text, _prompt_text(request), latency)
 
     def _send_completion(self, request: ModelRequest, timeout: float) -> ModelReply:
-        assert request.prompt is not None  # checked in complete()
         started = time.perf_counter()
-        response = self._client.completions.create(
-            model=self._model, prompt=request.prompt, timeout=timeout, **_sampling(request, self._model)
-        )
+        response = self._create(request, timeout)
         latency = time.perf_counter() - started
         choice = _first_choice(response)
         completion = getattr(choice, "text", None) or ""
-        return self._reply(response, choice, request.reply_prefix + completion, completion, request.prompt, latency)
+        text = request.reply_prefix + completion
+        return self._reply(response, choice, text, completion, _prompt_text(request), latency)
 
     def _send_streamed(self, request: ModelRequest, timeout: float, on_text: TextSink) -> ModelReply:
         started = time.perf_counter()
-        params = _sampling(request, self._model) | {"stream": True}
+        extra: dict[str, Any] = {"stream": True}
         if self.base_url == DEFAULT_BASE_URL.rstrip("/"):
             # OpenAI sends a stream's usage only when asked; some compatible servers reject the option.
-            params["stream_options"] = {"include_usage": True}
-        if request.mode == "completion":
-            assert request.prompt is not None  # checked in complete()
-            stream: Any = self._client.completions.create(
-                model=self._model, prompt=request.prompt, timeout=timeout, **params
-            )
-            prompt_text = request.prompt
-        else:
-            messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
-            stream = self._client.chat.completions.create(
-                model=self._model, messages=messages, timeout=timeout, **params
-            )
-            prompt_text = "\n".join(m.content for m in request.messages)
+            extra["stream_options"] = {"include_usage": True}
+        stream = self._create(request, timeout, **extra)
         parts: list[str] = []
         finish: str | None = None
         last: Any = None
@@ -234,7 +226,7 @@ class OpenAIBackend:
         generated = "".join(parts)
         text = request.reply_prefix + generated if request.mode == "completion" else generated
         finished = SimpleNamespace(finish_reason=finish)
-        return self._reply(last, finished, text, generated, prompt_text, time.perf_counter() - started)
+        return self._reply(last, finished, text, generated, _prompt_text(request), time.perf_counter() - started)
 
     def _reply(
         self, response: Any, choice: Any, text: str, generated: str, prompt_text: str, latency: float
@@ -329,6 +321,13 @@ def _sampling(request: ModelRequest, model: str) -> dict[str, Any]:
         # llama.cpp's server field; asked for only with --grammar, since OpenAI itself rejects it.
         params["extra_body"] = {"grammar": request.grammar}
     return params
+
+
+def _prompt_text(request: ModelRequest) -> str:
+    """What the model was shown, for estimating its size when a server reports no usage."""
+    if request.mode == "completion" and request.prompt is not None:
+        return request.prompt
+    return "\n".join(m.content for m in request.messages)
 
 
 def _first_choice(response: Any) -> Any:
