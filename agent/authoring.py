@@ -143,7 +143,7 @@ class AuthoringSettings:
     temperature: float = 0.2
     max_tokens: int = 1500
     seed: int = 0
-    # Hold completion-mode code to prompts/completion_grammar.gbnf.j2 (see `grammar_by_default`).
+    # Hold completion-mode code to prompts/completion_grammar.gbnf.j2 (see `model_defaults`).
     grammar: bool = False
     context_budget_tokens: int = 6000
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE

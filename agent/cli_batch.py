@@ -117,15 +117,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     """Go through the pending candidates of a run: approve, reject with a reason, edit, or skip each."""
-    runs = author_runs(args.run_dir)
-    pending = [(run, record) for run in runs for record in list_candidates(run) if record.status == "pending"]
+    listed = [(run, record) for run in author_runs(args.run_dir) for record in list_candidates(run)]
+    pending = [(run, record) for run, record in listed if record.status == "pending"]
     if not pending:
         stderr.print(f"no pending candidate in {args.run_dir}")
         return EXIT_OK
     library = default_library_dir(args.library)
-    everything = [candidate for _, candidate in pending] + [
-        candidate for run in runs for candidate in list_candidates(run) if candidate.status != "pending"
-    ]
+    everything = [record for _, record in listed]
     for run, record in pending:
         while True:
             show_candidate(stdout, run, record)
