@@ -30,6 +30,9 @@ _SECTIONS = ("images", "annotations", "categories")
 # coordinates, and a box ending at x=640.4 on a 640-wide image is not worth anyone's attention.
 _BORDER_TOLERANCE_PX = 1.0
 _SHOWN_VALUE_MAX = 60
+# A JSON syntax error quotes this many characters of its line on each side of the error position.
+_JSON_CONTEXT_CHARS = 30
+_JSON_MARKER = "<<HERE>>"
 
 
 Severity = Literal["error", "warning"]
@@ -393,13 +396,48 @@ def _read_json(path: Path) -> Any:
         # report them with the record and field they sit in, which a parse error could not do.
         return json.loads(data, parse_constant=float)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        where = f"line {exc.lineno}, column {exc.colno}"
+        context = _json_error_context(exc.doc, exc.pos)
+        # json's "Unterminated string starting at" and "Invalid control character at" already end in "at".
+        message = exc.msg.removesuffix(" at")
+        raise UserError(f"{path} is not valid JSON: {message} at {where}: {context}") from None
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{path} is not readable text ({exc.encoding} decoding failed at byte {exc.start}: {exc.reason})"
         ) from None
     except RecursionError:
         raise UserError(f"{path} is nested too deeply to be a COCO annotations file") from None
+
+
+def _json_error_context(document: str, position: int) -> str:
+    """The text of the error's line around `position`, on one line, with `<<HERE>>` where the error is.
+
+    COCO exporters often write the whole file on one line, so "column 14860" alone leaves the user
+    counting characters. About `_JSON_CONTEXT_CHARS` characters are quoted on each side, never from
+    another line, and `...` says the line goes on. The marker is plain ASCII so that it shows the same
+    on every terminal. Characters that would break the one-line message or the terminal (newlines,
+    tabs, control characters, lone surrogates from a file decoded as the wrong encoding) are shown as
+    Python escapes such as \\t.
+    """
+    position = min(max(position, 0), len(document))
+    line_start = document.rfind("\n", 0, position) + 1
+    line_end = document.find("\n", position)
+    if line_end == -1:
+        line_end = len(document)
+    elif line_end == position:
+        # The error IS the newline (an unescaped line break inside a string): show it, not the next line.
+        line_end += 1
+    start = max(line_start, position - _JSON_CONTEXT_CHARS)
+    end = min(line_end, position + _JSON_CONTEXT_CHARS)
+    before = ("..." if start > line_start else "") + _visible(document[start:position])
+    after = _visible(document[position:end]) + ("..." if end < line_end else "")
+    if position == len(document):
+        after = " (end of file)"
+    return f"{before}{_JSON_MARKER}{after}"
+
+
+def _visible(text: str) -> str:
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _top_level_lists(document: Any, path: Path) -> tuple[list[Any], list[Any], list[Any]]:

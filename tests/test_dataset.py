@@ -214,6 +214,70 @@ def test_invalid_json_reports_line_and_column(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+def _json_error(tmp_path: Path, content: bytes) -> str:
+    path = tmp_path / "broken.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        load_coco(path)
+    assert not isinstance(info.value, DatasetInvalid)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not ")
+    assert "\n" not in message
+    return message
+
+
+def test_json_error_on_a_long_line_quotes_the_text_around_it(tmp_path: Path) -> None:
+    document = _valid_document()
+    annotation = {"id": 999, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}
+    # One line of several thousand characters, as exporters write it, with the mistake in the middle.
+    document["annotations"] = document["annotations"] * 20 + [annotation] + document["annotations"] * 20
+    text = json.dumps(document).replace('{"id": 999,', '{"id": 999;')
+    column = text.index(";") + 1
+    assert column > 1000
+    message = _json_error(tmp_path, text.encode())
+    assert message.endswith(
+        f"Expecting ',' delimiter at line 1, column {column}: "
+        '...024, "iscrowd": 1}, {"id": 999<<HERE>>; "image_id": 1, "category_id"...'
+    )
+
+
+def test_json_error_at_the_first_character(tmp_path: Path) -> None:
+    message = _json_error(tmp_path, b'images: [], "annotations": [], "categories": []}')
+    assert message.endswith('Expecting value at line 1, column 1: <<HERE>>images: [], "annotations": [],...')
+
+
+def test_json_error_at_the_end_of_a_truncated_file(tmp_path: Path) -> None:
+    text = json.dumps(_valid_document())[:-2]  # cut inside the annotations list
+    message = _json_error(tmp_path, text.encode())
+    column = len(text) + 1
+    assert message.endswith(
+        f"Expecting ',' delimiter at line 1, column {column}: "
+        '...], "area": 1024, "iscrowd": 1}<<HERE>> (end of file)'
+    )
+
+
+def test_json_error_context_shows_control_characters_and_stays_on_its_line(tmp_path: Path) -> None:
+    message = _json_error(tmp_path, b'{"images":\t[],\x0c "annotations": []}')
+    assert message.endswith('quotes at line 1, column 15: {"images":\\t[],<<HERE>>\\x0c "annotations": []}')
+    # The unescaped line break inside the string is the error; the next line's text is not quoted.
+    message = _json_error(tmp_path, b'{"images": [{"file_name": "a\nb.jpg"}]}')
+    assert message.endswith('Invalid control character at line 1, column 29: {"images": [{"file_name": "a<<HERE>>\\n')
+    message = _json_error(tmp_path, b'{"images": []}\n{"annotations": []}')
+    assert message.endswith('Extra data at line 2, column 1: <<HERE>>{"annotations": []}')
+
+
+def test_json_error_context_never_carries_a_lone_surrogate(tmp_path: Path) -> None:
+    # json decodes bytes with surrogatepass, so UTF-8-encoded surrogates (ED A0 80) survive into the text.
+    message = _json_error(tmp_path, b'{"images": \xed\xa0\x80}')
+    assert message.endswith('Expecting value at line 1, column 12: {"images": <<HERE>>\\ud800}')
+    message.encode("utf-8")  # strict: a lone surrogate here would crash the terminal output
+
+
+def test_binary_file_is_a_user_error(tmp_path: Path) -> None:
+    message = _json_error(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    assert "is not readable text (utf-8 decoding failed at byte 0" in message
+
+
 def test_top_level_list_is_invalid(tmp_path: Path) -> None:
     err = _invalid(tmp_path, [{"image_id": 1, "bbox": [0, 0, 1, 1]}])
     assert len(err.problems) == 1
