@@ -66,7 +66,7 @@ from agent.metric_file import (
 from agent.model import ModelUnreachable
 from agent.report import build_report, human_size, render_html, write_report
 from agent.results_io import Journal, output_format, read_rows, write_rows
-from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
+from agent.scoring import ScoreOutcome, ScoreRow, failure_lines, score_dataset
 from sandbox.engine import WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig
 
@@ -478,11 +478,15 @@ def _print_summary(outcome: ScoreOutcome, out: Path) -> None:
     table = Table("metric", "level", "scored", "n/a", "failed", "min", "median", "max", title=f"wrote {out}")
     table.columns[0].no_wrap = True
     for summary in outcome.summaries:
-        failures = ", ".join(f"{count} {kind}" for kind, count in summary.failures.most_common()) or "0"
+        failures = ", ".join(f"{count} {kind}" for kind, count in summary.failure_counts()) or "0"
         quantiles = summary.quantiles()
         cells = [f"{value:.4g}" for value in quantiles] if quantiles else ["-", "-", "-"]
         table.add_row(summary.name, summary.level, str(summary.scored), str(summary.not_applicable), failures, *cells)
     stderr.print(table)
+    # The table only counts failures; without an example the user must dig the traceback out of the file.
+    for summary in outcome.summaries:
+        for line in failure_lines(summary, stderr.width):
+            stderr.print(line, markup=False)
     for name, error in outcome.metric_errors.items():
         stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
     active = [layer.name for layer in outcome.layers if layer.active]

@@ -2,7 +2,8 @@
 
 Pure glue between the dataset layer, the metric files and the sandbox engine: it builds one task
 per image holding every call on that image (so each image is decoded once for all metrics), turns
-engine results into rows keyed by annotation id, and summarises them per metric.
+engine results into rows keyed by annotation id, and summarises them per metric: counts, score
+range, and the first failure of each kind.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import os
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter
@@ -20,6 +21,7 @@ from agent.dataset import Dataset
 from agent.metric_file import MetricSpec
 from agent.neighbours import class_disagreement
 from sandbox.engine import CallResult, RunReport, ScoringEngine
+from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
 
@@ -48,6 +50,21 @@ ROW_COLUMNS = ("metric", "level", "image_id", "annotation_id", "score", "error_k
 ROW_SCHEMA = TypeAdapter(ScoreRow)
 
 
+@dataclass(frozen=True, slots=True)
+class FirstFailure:
+    """The first item a metric failed on with one error kind, as the run summary shows it."""
+
+    kind: str
+    image_id: int
+    annotation_id: int | None
+    file_name: str | None
+    error: str  # the last line of the traceback or message, e.g. "ZeroDivisionError: division by zero"
+
+    def item(self) -> str:
+        where = f"image {self.image_id}" + (f" ({self.file_name})" if self.file_name else "")
+        return where if self.annotation_id is None else f"{where} annotation {self.annotation_id}"
+
+
 @dataclass
 class MetricSummary:
     name: str
@@ -56,10 +73,15 @@ class MetricSummary:
     not_applicable: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     scores: list[float] = field(default_factory=list)
+    first_failures: dict[str, FirstFailure] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
+
+    def failure_counts(self) -> list[tuple[str, int]]:
+        """(kind, count), most frequent first; ties by name, not by which worker reported first."""
+        return sorted(self.failures.items(), key=lambda item: (-item[1], item[0]))
 
     def quantiles(self) -> tuple[float, float, float] | None:
         if not self.scores:
@@ -79,6 +101,60 @@ class ScoreOutcome:
     @property
     def failed(self) -> int:
         return sum(summary.failed for summary in self.summaries)
+
+
+def item_order(row: ScoreRow) -> tuple[int, int]:
+    """Where a row sits among its metric's rows in an output file: by image, then by annotation id."""
+    return row.image_id, row.annotation_id or 0
+
+
+def error_line(error: str | None) -> str:
+    """The last line of a row's error: an exception's type and message, without what the metric printed."""
+    lines = (error or "").partition(PRINTED_MARKER)[0].strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def first_failures(rows: Iterable[ScoreRow], file_names: Mapping[int, str]) -> dict[str, dict[str, FirstFailure]]:
+    """Per metric, then per error kind, the failed row that comes first in the output file."""
+    # Workers answer in whatever order they finish, so the first failure *received* changes from run to
+    # run. The lowest item in file order is the same every time, whatever order `rows` come in, and it is
+    # the first failed row of that kind the user meets on opening the file.
+    firsts: dict[str, dict[str, ScoreRow]] = {}
+    for row in rows:
+        if row.error_kind is None:
+            continue
+        by_kind = firsts.setdefault(row.metric, {})
+        known = by_kind.get(row.error_kind)
+        if known is None or item_order(row) < item_order(known):
+            by_kind[row.error_kind] = row
+    return {
+        metric: {
+            kind: FirstFailure(
+                kind=kind,
+                image_id=row.image_id,
+                annotation_id=row.annotation_id,
+                file_name=file_names.get(row.image_id),
+                error=error_line(row.error),
+            )
+            for kind, row in by_kind.items()
+        }
+        for metric, by_kind in firsts.items()
+    }
+
+
+def failure_lines(summary: MetricSummary, width: int) -> list[str]:
+    """One line per error kind of the metric: how many, the first item, and its error's last line.
+
+    Each line is cut to `width` characters: the summary is read on a terminal, the whole error is in the file.
+    """
+    lines = []
+    for kind, count in summary.failure_counts():
+        first = summary.first_failures.get(kind)
+        line = f"{summary.name}: {count} {kind}"
+        if first is not None:
+            line += f", first at {first.item()}" + (f": {first.error}" if first.error else "")
+        lines.append(line if len(line) <= width else line[: max(width - 1, 0)] + "…")
+    return lines
 
 
 def image_paths(dataset: Dataset) -> dict[int, str]:
@@ -226,7 +302,10 @@ def score_dataset(
     except KeyboardInterrupt:
         interrupted = True
     order = {spec.name: index for index, spec in enumerate(specs)}
-    collector.rows.sort(key=lambda row: (order[row.metric], row.image_id, row.annotation_id or 0))
+    collector.rows.sort(key=lambda row: (order[row.metric], *item_order(row)))
+    found = first_failures(collector.rows, {image.id: image.file_name for image in dataset.images})
+    for summary in collector.summaries:
+        summary.first_failures = found.get(summary.name, {})
     return ScoreOutcome(
         rows=collector.rows,
         expected_rows=count_calls(dataset, specs),

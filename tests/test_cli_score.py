@@ -36,6 +36,19 @@ def score(image, obj, scene):
     return w * h
 '''
 
+HALF_FAILING = '''"""Fails on every box with an odd annotation id, after printing a line."""
+NAME = "half_failing"
+LEVEL = "object"
+SUSPICIOUS = "low"
+
+
+def score(image, obj, scene):
+    if obj["id"] % 2:
+        print("about to divide by zero")
+        return 1 / 0
+    return 1.0
+'''
+
 SLOW = '''"""Sleeps, so that a run can be interrupted half-way."""
 import time
 
@@ -257,3 +270,27 @@ def test_unwritable_output_is_one_line_and_exit_2(tmp_path: Path, metrics: tuple
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(blocker) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_summary_shows_the_first_failure_of_each_kind(tmp_path: Path) -> None:
+    annotations = make_dataset(tmp_path / "data")
+    (tmp_path / "data" / "images" / "2.png").unlink()
+    metric = tmp_path / "half_failing.py"
+    metric.write_text(HALF_FAILING)
+    out = tmp_path / "scores.csv"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metric),
+                     "--out", str(out), "--workers", "2")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    # Odd ids 11, 21, 31, 41; image 2 is gone, so its boxes 20 and 21 fail as unreadable instead.
+    # Image 1 comes first in the file, whichever worker answered first.
+    assert "half_failing: 3 exception, first at image 1 (1.png) annotation 11: ZeroDivisionError: division by zero" in (
+        lines
+    ), result.stderr
+    assert (
+        "half_failing: 2 image_unreadable, first at image 2 (2.png) annotation 20: cannot decode 2.png: file not found"
+        in lines
+    ), result.stderr
+    assert "about to divide by zero" not in result.stderr, "what the metric printed stays in the file"
+    errors = [row["error"] for row in read_csv(out) if row["error_kind"] == "exception"]
+    assert len(errors) == 3 and all("about to divide by zero" in error for error in errors)
