@@ -69,7 +69,12 @@ class MetricSpec(BaseModel):
 
 
 class MetricFileError(UserError):
-    """A metric file breaks the contract; `str(err)` is `path:line: reason` (or `path: reason`)."""
+    """A metric file breaks the contract.
+
+    `str(err)` is `path:line: reason` (or `path: reason`) for one problem. For several it is a
+    header line naming the file and then one such line per problem, so that a user fixes them all
+    in one edit rather than one per run. `line` and `reason` are the first problem's.
+    """
 
     def __init__(
         self,
@@ -83,8 +88,13 @@ class MetricFileError(UserError):
         self.reason = reason
         # Every problem found, first one included, so a repair prompt can list them all in one round.
         self.problems: tuple[tuple[int | None, str], ...] = problems or ((line, reason),)
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {reason}")
+        if len(self.problems) == 1:
+            message = _located(path, line, reason)
+        else:
+            # Indented as the CLI lists a COCO file's problems under its `error:` line.
+            listed = "\n".join(f"  {_located(path, at, why)}" for at, why in self.problems)
+            message = f"{path}: {len(self.problems)} problems break the metric contract:\n{listed}"
+        super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The default reduce passes only the message back to __init__, which needs three arguments;
@@ -92,12 +102,16 @@ class MetricFileError(UserError):
         return (type(self), (self.path, self.line, self.reason, self.problems))
 
 
-# A problem is (line or None, reason). Collected rather than raised at once so that the one
-# reported is the first by line, whatever order the checks happen to run in.
+def _located(path: str, line: int | None, reason: str) -> str:
+    return f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}"
+
+
+# A problem is (line or None, reason). Checks append to a list rather than raise, so that one error
+# reports every problem, in line order whatever order the checks happen to run in.
 _Problem = tuple[int | None, str]
 
 
-def _raise_first(path: str, problems: list[_Problem]) -> None:
+def _raise_problems(path: str, problems: list[_Problem]) -> None:
     if not problems:
         return
     # Stable sort: line-less problems (missing things) go last, ties keep check order.
@@ -143,12 +157,12 @@ def _import_problems(tree: ast.AST) -> tuple[tuple[str, ...], list[_Problem]]:
 
 
 def check_imports(tree: ast.AST, path: str = "<metric>") -> tuple[str, ...]:
-    """Sorted top-level modules that `tree` imports; raises MetricFileError on the first bad import.
+    """Sorted top-level modules that `tree` imports; raises one MetricFileError listing every bad import.
 
     Only static `import` statements are seen; `__import__` and friends are the sandbox's job.
     """
     names, problems = _import_problems(tree)
-    _raise_first(path, problems)
+    _raise_problems(path, problems)
     return names
 
 
@@ -479,11 +493,12 @@ def code_sha256(source: str) -> str:
 def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "file") -> MetricSpec:
     """Validate a metric's text against the contract and describe it. Pure: no I/O, no execution.
 
-    Raises MetricFileError for the first problem by line (problems without a line come last);
-    `err.problems` holds all of them.
+    Raises one MetricFileError listing every problem by line (problems without a line come last).
+    A syntax error is the exception: without a tree there is nothing left to check.
     """
     if origin not in ("file", "builtin", "library"):
         raise ValueError(f"origin must be 'file', 'builtin' or 'library', got {origin!r}")
+    # A syntax error raises here, alone: every check below needs the parsed tree.
     tree = _parse_tree(source, path)
 
     problems: list[_Problem] = []
@@ -497,7 +512,7 @@ def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "f
     problems.extend(_score_problems(tree, constants.get("LEVEL")))
     imports, import_problems = _import_problems(tree)
     problems.extend(import_problems)
-    _raise_first(path, problems)
+    _raise_problems(path, problems)
 
     assert description is not None  # every missing piece above was reported as a problem
     return MetricSpec(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +295,69 @@ def test_error_survives_pickling() -> None:
     err = parse_error(object_source(replace={7: 'LEVEL = "box"'}))
     copy = pickle.loads(pickle.dumps(err))
     assert (copy.path, copy.line, copy.reason, str(copy)) == (err.path, err.line, err.reason, str(err))
+
+
+# Five problems, each of which used to take a run of its own to discover: no docstring (line 1 is a
+# comment), a forbidden import, and a bad NAME, LEVEL and SUSPICIOUS.
+MANY_PROBLEMS = {
+    1: "# a comment, not a docstring",
+    4: "import requests",
+    6: 'NAME = "Box Area"',
+    7: 'LEVEL = "box"',
+    8: 'SUSPICIOUS = "maybe"',
+}
+MANY_PROBLEMS_LINES = [
+    "4: imports 'requests'; a metric may import only numpy, cv2, math and the standard library",
+    "6: NAME must be snake_case (lowercase letters, digits and underscores, starting with a letter), got 'Box Area'",
+    "7: LEVEL must be 'image' or 'object', got 'box'",
+    "8: SUSPICIOUS must be 'high' or 'low', got 'maybe'",
+    " has no module docstring; its text is the metric's description",
+]
+
+
+def test_every_problem_is_in_one_message_by_line() -> None:
+    err = parse_error(object_source(replace=MANY_PROBLEMS))
+    assert [line for line, _ in err.problems] == [4, 6, 7, 8, None]
+    # The first problem stays available on its own for callers that show one.
+    assert (err.line, err.reason) == (4, err.problems[0][1])
+    listed = [f"  {PATH}:{line}" for line in MANY_PROBLEMS_LINES]
+    assert str(err).splitlines() == [f"{PATH}: 5 problems break the metric contract:", *listed]
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+def test_syntax_error_is_reported_alone() -> None:
+    # Nothing can be checked without a tree, so the bad NAME on line 6 cannot be reported yet.
+    err = parse_error(object_source(replace={6: 'NAME = "Box Area"', 16: "    _, _, bw, bh = = obj"}))
+    assert err.problems == ((16, "syntax error: invalid syntax"),)
+    assert str(err) == f"{PATH}:16: syntax error: invalid syntax"
+
+
+def test_check_imports_lists_every_bad_import() -> None:
+    import ast
+
+    with pytest.raises(MetricFileError) as info:
+        check_imports(ast.parse("import scipy\nimport math\nfrom torch import nn\n"), path="m.py")
+    assert [line for line, _ in info.value.problems] == [1, 3]
+    assert str(info.value).splitlines()[1:] == [
+        "  m.py:1: imports 'scipy'; a metric may import only numpy, cv2, math and the standard library",
+        "  m.py:3: imports 'torch'; a metric may import only numpy, cv2, math and the standard library",
+    ]
+
+
+def test_cli_shows_every_problem_in_one_run(tmp_path: Path) -> None:
+    metric = tmp_path / "broken.py"
+    metric.write_text(object_source(replace=MANY_PROBLEMS))
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}')
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric", str(metric),
+         "--out", str(tmp_path / "scores.csv")],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 2
+    listed = [f"  {metric}:{line}" for line in MANY_PROBLEMS_LINES]
+    assert result.stderr.splitlines() == [f"error: {metric}: 5 problems break the metric contract:", *listed]
+    assert not (tmp_path / "scores.csv").exists()
 
 
 @pytest.mark.parametrize(
