@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import webbrowser
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,44 @@ def cmd_batch(args: argparse.Namespace) -> int:
 # -- review -------------------------------------------------------------------------------------
 
 
+# The keys of the review prompt, in the order the prompt and the hint name them; each name starts
+# with its key, which is what the prompt's brackets show. Enter alone skips.
+_CHOICES = {"a": "approve", "r": "reject", "e": "edit", "s": "skip", "q": "quit"}
+_PROMPT = ", ".join(f"[{key}]{name[1:]}" for key, name in _CHOICES.items()) + "? "
+_KEYS_HINT = ", ".join(f"{key} ({name})" for key, name in _CHOICES.items())
+
+
+@dataclass
+class ReviewTally:
+    """What one `metricsmith review` session decided, summed up however the session ends."""
+
+    total: int
+    approved: list[str] = field(default_factory=list)  # lib:NAME@VERSION, or the candidate id if not promoted
+    rejected: list[str] = field(default_factory=list)  # candidate ids
+    left_pending: int = 0  # skipped, or edited into code that failed validation
+
+    @property
+    def still_pending(self) -> int:
+        return self.total - len(self.approved) - len(self.rejected)
+
+    def summary(self, finished: bool) -> str:
+        not_reviewed = self.still_pending - self.left_pending
+        parts = [_counted(self.approved, "approved"), _counted(self.rejected, "rejected")]
+        parts.append(f"{self.left_pending} left pending")
+        if not_reviewed:
+            parts.append(f"{not_reviewed} not reviewed")
+        return f"review {'finished' if finished else 'stopped'}: {', '.join(parts)}"
+
+
+def _counted(names: list[str], verb: str) -> str:
+    return f"{len(names)} {verb}" + (f" ({', '.join(names)})" if names else "")
+
+
 def cmd_review(args: argparse.Namespace) -> int:
-    """Go through the pending candidates of a run: approve, reject with a reason, edit, or skip each."""
+    """Go through the pending candidates of a run: approve, reject with a reason, edit, or skip each.
+
+    q stops early and leaves the rest pending. Review ends with what it decided, however it ends.
+    """
     listed = [(run, record) for run in author_runs(args.run_dir) for record in list_candidates(run)]
     pending = [(run, record) for run, record in listed if record.status == "pending"]
     if not pending:
@@ -124,39 +161,88 @@ def cmd_review(args: argparse.Namespace) -> int:
         return EXIT_OK
     library = default_library_dir(args.library)
     everything = [record for _, record in listed]
-    for run, record in pending:
-        while True:
-            show_candidate(stdout, run, record)
-            for other in twins(record, everything):
-                stdout.print(f"the same code was also written for another idea ({other.status}): {other.idea}")
-            sheet = run / "candidates" / record.id / "report.html"
-            if sheet.exists():
-                stdout.print(f"worst and best items, with their boxes: {sheet}")
-                if args.open:
-                    webbrowser.open(sheet.resolve().as_uri())
-            answer = _ask("[a]pprove, [r]eject, [e]dit, [s]kip? ").strip().lower()[:1]
-            if answer == "a":
-                note = _ask("note (optional): ").strip() or None
-                approve(run, record.id, note=note)
-                entry = promote_candidate(run, record.id, library)
-                stderr.print(f"promoted as lib:{entry.manifest.name}@{entry.manifest.version} in {library}")
+    tally = ReviewTally(total=len(pending))
+    finished = False
+    # The summary is printed however review ends (the last candidate, q, end of input, an error,
+    # Ctrl-C), because every decision taken so far is already on disk and the reviewer should know which.
+    try:
+        for run, record in pending:
+            if not _review_candidate(run, record, everything, library, args.open, tally):
                 break
-            if answer == "r":
-                reason = _ask("reason: ").strip()
-                if not reason:
-                    stderr.print("a rejection needs a reason")
-                    continue
-                reject(run, record.id, reason)
-                break
-            if answer == "e":
-                record = _edit(run, record)
-                if record.validation_passed:
-                    continue
-                stderr.print("the edited code did not pass validation; it stays pending")
-                break
-            if answer in ("s", ""):
-                break
+        else:
+            finished = True
+    finally:
+        stderr.print(tally.summary(finished), markup=False)
+        if tally.still_pending:
+            stderr.print(f"the pending candidates wait for the next `metricsmith review {args.run_dir}`", markup=False)
     return EXIT_OK
+
+
+def _review_candidate(
+    run: Path,
+    record: CandidateRecord,
+    everything: list[CandidateRecord],
+    library: Path,
+    open_sheet: bool,
+    tally: ReviewTally,
+) -> bool:
+    """Show one candidate and ask until it is decided or skipped; False when the reviewer quits."""
+    _show(run, record, everything, open_sheet)
+    while True:
+        typed = _ask(_PROMPT).strip().lower()
+        choice = _choice(typed)
+        if choice is None:
+            stderr.print(f"unknown choice {typed!r}: press {_KEYS_HINT}", markup=False)
+        elif choice == "approve":
+            note = _ask("note (optional): ").strip() or None
+            approve(run, record.id, note=note)
+            tally.approved.append(record.id)  # should promotion fail, the summary still names the approval
+            entry = promote_candidate(run, record.id, library)
+            tally.approved[-1] = f"lib:{entry.manifest.name}@{entry.manifest.version}"
+            stderr.print(f"promoted as {tally.approved[-1]} in {library}")
+            return True
+        elif choice == "reject":
+            reason = _ask("reason: ").strip()
+            if not reason:
+                stderr.print("a rejection needs a reason")
+                continue
+            reject(run, record.id, reason)
+            tally.rejected.append(record.id)
+            return True
+        elif choice == "edit":
+            record = _edit(run, record)
+            if record.validation_passed:
+                _show(run, record, everything, open_sheet)  # the new code, for a decision on it
+                continue
+            stderr.print("the edited code did not pass validation; it stays pending")
+            tally.left_pending += 1
+            return True
+        elif choice == "skip":
+            tally.left_pending += 1
+            return True
+        else:  # quit
+            return False
+
+
+def _choice(typed: str) -> str | None:
+    """The choice a typed answer names, None if it names none; Enter alone skips."""
+    if not typed:
+        return "skip"
+    # A letter or the whole word, nothing looser: at an approval gate, "as" must not count as "a".
+    if typed in _CHOICES:
+        return _CHOICES[typed]
+    return typed if typed in _CHOICES.values() else None
+
+
+def _show(run: Path, record: CandidateRecord, everything: list[CandidateRecord], open_sheet: bool) -> None:
+    show_candidate(stdout, run, record)
+    for other in twins(record, everything):
+        stdout.print(f"the same code was also written for another idea ({other.status}): {other.idea}")
+    sheet = run / "candidates" / record.id / "report.html"
+    if sheet.exists():
+        stdout.print(f"worst and best items, with their boxes: {sheet}")
+        if open_sheet:
+            webbrowser.open(sheet.resolve().as_uri())
 
 
 def _ask(prompt: str) -> str:

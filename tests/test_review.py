@@ -12,6 +12,7 @@ import pytest
 from agent.author_job import AuthorJob, run_author_job
 from agent.authoring import AuthoringSettings
 from agent.candidates import list_candidates, twins
+from agent.cli_batch import ReviewTally
 from agent.demo_data import generate_demo_dataset
 from agent.scripted_model import ScriptedModel
 from agent.transcript import read_transcript
@@ -50,13 +51,44 @@ def review(run: Path, answers: str, library: Path, editor: str | None = None) ->
     )
 
 
+HINT = "press a (approve), r (reject), e (edit), s (skip), q (quit)"
+PROMPTS = ("[a]pprove, [r]eject, [e]dit, [s]kip, [q]uit? ", "note (optional): ", "reason: ")
+
+
+def said(result: subprocess.CompletedProcess) -> list[str]:
+    """The lines review wrote on stderr, without its prompts (the answers are not echoed from a pipe)."""
+    text = result.stderr
+    for prompt in PROMPTS:
+        text = text.replace(prompt, "")
+    return text.splitlines()
+
+
+@pytest.fixture()
+def two_ideas(tmp_path: Path) -> Path:
+    """A batch run of two ideas whose candidates got byte-identical code, both pending."""
+    demo = generate_demo_dataset(tmp_path / "demo", n_images=12, seed=0, width=320, height=240)
+    batch = tmp_path / "batch"
+    ideas = ("boxes with no edges inside", "empty boxes")
+    for number, idea in enumerate(ideas, start=1):
+        run_author_job(
+            AuthorJob(
+                idea=idea, annotations=demo, run_dir=batch / "ideas" / f"0{number}",
+                backend=ScriptedModel([fixtures.fenced(fixtures.GOOD)]), workers=2,
+            )
+        )  # fmt: skip
+    return batch
+
+
 def test_review_shows_the_evidence_and_approval_promotes(run_dir: Path, tmp_path: Path) -> None:
     result = review(run_dir, "a\nedges find empty boxes\n", tmp_path / "lib")
     assert result.returncode == 0, result.stderr
     for shown in ("edge_density", "validation: passed", "scores on the whole dataset", "█", "eval on the known errors"):
         assert shown in result.stdout, shown
     assert "report.html" in result.stdout  # the contact sheet of the worst and best items
-    assert "promoted as lib:edge_density@1" in result.stderr
+    assert said(result) == [
+        f"promoted as lib:edge_density@1 in {tmp_path / 'lib'}",
+        "review finished: 1 approved (lib:edge_density@1), 0 rejected, 0 left pending",
+    ]
     record = list_candidates(run_dir)[0]
     assert record.status == "promoted" and record.approval is not None
     assert record.approval.note == "edges find empty boxes"
@@ -69,19 +101,71 @@ def test_review_shows_the_evidence_and_approval_promotes(run_dir: Path, tmp_path
 def test_a_rejection_needs_a_reason(run_dir: Path, tmp_path: Path) -> None:
     result = review(run_dir, "r\n\nr\ntoo close to box_tightness\n", tmp_path / "lib")
     assert result.returncode == 0, result.stderr
-    assert "a rejection needs a reason" in result.stderr
     record = list_candidates(run_dir)[0]
+    assert said(result) == [
+        "a rejection needs a reason",
+        f"review finished: 0 approved, 1 rejected ({record.id}), 0 left pending",
+    ]
     assert record.status == "rejected" and record.rejection is not None
     assert record.rejection.note == "too close to box_tightness"
     assert not (tmp_path / "lib").exists()
 
 
 def test_skip_and_end_of_input_decide_nothing(run_dir: Path, tmp_path: Path) -> None:
-    assert review(run_dir, "s\n", tmp_path / "lib").returncode == 0
+    skipped = review(run_dir, "s\n", tmp_path / "lib")
+    assert skipped.returncode == 0
+    assert said(skipped) == [
+        "review finished: 0 approved, 0 rejected, 1 left pending",
+        f"the pending candidates wait for the next `metricsmith review {run_dir}`",
+    ]
     assert list_candidates(run_dir)[0].status == "pending"
     ended = review(run_dir, "", tmp_path / "lib")
-    assert ended.returncode == 2 and "nothing was decided" in ended.stderr
+    assert ended.returncode == 2
+    assert said(ended) == [
+        "review stopped: 0 approved, 0 rejected, 0 left pending, 1 not reviewed",
+        f"the pending candidates wait for the next `metricsmith review {run_dir}`",
+        "error: no answer on standard input; review stopped (nothing was decided for this candidate)",
+    ]
     assert list_candidates(run_dir)[0].status == "pending"
+
+
+def test_an_unknown_key_says_which_keys_are_valid(run_dir: Path, tmp_path: Path) -> None:
+    # "as" is refused rather than read as its first letter: a typo must not approve anything.
+    result = review(run_dir, "x\nas\nq\n", tmp_path / "lib")
+    assert result.returncode == 0, result.stderr
+    assert said(result) == [
+        f"unknown choice 'x': {HINT}",
+        f"unknown choice 'as': {HINT}",
+        "review stopped: 0 approved, 0 rejected, 0 left pending, 1 not reviewed",
+        f"the pending candidates wait for the next `metricsmith review {run_dir}`",
+    ]
+    assert result.stdout.count("validation: passed") == 1  # the hint, not the whole candidate again
+    assert list_candidates(run_dir)[0].status == "pending"
+
+
+def test_the_summary_lists_every_decision(two_ideas: Path, tmp_path: Path) -> None:
+    result = review(two_ideas, "approve\n\nr\nthe same code as the first\n", tmp_path / "lib")
+    assert result.returncode == 0, result.stderr
+    first, second = (list_candidates(run)[0] for run in sorted((two_ideas / "ideas").iterdir()))
+    assert (first.status, second.status) == ("promoted", "rejected")
+    assert said(result) == [
+        f"promoted as lib:edge_density@1 in {tmp_path / 'lib'}",
+        f"review finished: 1 approved (lib:edge_density@1), 1 rejected ({second.id}), 0 left pending",
+    ]
+
+
+def test_quit_leaves_the_rest_pending(two_ideas: Path, tmp_path: Path) -> None:
+    result = review(two_ideas, "a\n\nq\n", tmp_path / "lib")
+    assert result.returncode == 0, result.stderr
+    assert said(result) == [
+        f"promoted as lib:edge_density@1 in {tmp_path / 'lib'}",
+        "review stopped: 1 approved (lib:edge_density@1), 0 rejected, 0 left pending, 1 not reviewed",
+        f"the pending candidates wait for the next `metricsmith review {two_ideas}`",
+    ]
+    assert [list_candidates(run)[0].status for run in sorted((two_ideas / "ideas").iterdir())] == [
+        "promoted",
+        "pending",
+    ]
 
 
 def test_edit_validates_again_and_the_new_code_is_what_gets_approved(run_dir: Path, tmp_path: Path) -> None:
@@ -99,24 +183,23 @@ def test_edit_validates_again_and_the_new_code_is_what_gets_approved(run_dir: Pa
     assert library_code == code
 
 
-def test_review_says_when_two_ideas_got_the_same_code(tmp_path: Path) -> None:
-    demo = generate_demo_dataset(tmp_path / "demo", n_images=12, seed=0, width=320, height=240)
-    batch = tmp_path / "batch"
-    ideas = ("boxes with no edges inside", "empty boxes")
-    for number, idea in enumerate(ideas, start=1):
-        run_author_job(
-            AuthorJob(
-                idea=idea, annotations=demo, run_dir=batch / "ideas" / f"0{number}",
-                backend=ScriptedModel([fixtures.fenced(fixtures.GOOD)]), workers=2,
-            )
-        )  # fmt: skip
-    result = review(batch, "s\ns\n", tmp_path / "lib")
+def test_review_says_when_two_ideas_got_the_same_code(two_ideas: Path, tmp_path: Path) -> None:
+    result = review(two_ideas, "s\ns\n", tmp_path / "lib")
     assert result.returncode == 0, result.stderr
     said = [line for line in result.stdout.splitlines() if line.startswith("the same code was also written")]
     assert said == [
         "the same code was also written for another idea (pending): empty boxes",
         "the same code was also written for another idea (pending): boxes with no edges inside",
     ]
+
+
+def test_the_summary_names_an_approval_whose_promotion_failed() -> None:
+    tally = ReviewTally(total=5, approved=["lib:a@1", "b-0123abcd"], rejected=["c-4567ef01"], left_pending=1)
+    expected = (
+        "review stopped: 2 approved (lib:a@1, b-0123abcd), 1 rejected (c-4567ef01), 1 left pending, 1 not reviewed"
+    )
+    assert tally.summary(finished=False) == expected
+    assert tally.still_pending == 2
 
 
 def test_twins_are_told_apart_by_idea_and_id(run_dir: Path) -> None:
