@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,11 @@ from agent.dataset import Dataset, load_coco
 from agent.demo_data import generate_demo_dataset
 from agent.errors import UserError
 from agent.extract import Idea
-from agent.library import default_library_dir, list_library, load_library_metric
+from agent.library import LibraryRef, default_library_dir, latest_library_refs, load_pinned_metrics
 from agent.metric_file import MetricSpec, list_builtin_metrics
 from agent.model import Mode, ModelBackend
 from agent.prompting import Prompts
+from agent.resources import cache_dir
 from agent.transcript import RecordingBackend, Transcript, TranscriptMeta, TranscriptWriter
 from agent.validation_set import ValidationSet, build_validation_set, load_validation_set
 from sandbox.isolation import SandboxConfig
@@ -89,6 +91,10 @@ class JobSettings(BaseModel):
     dataset: DatasetSource
     authoring: dict[str, Any]
     validation_size: int = 64
+    # The promoted metrics the draft was checked against for duplicates. A replay compares with exactly
+    # these (the built-ins come with the code, like the templates), never with whatever library the
+    # replaying machine has. Recordings from before this field compared with none.
+    library: list[LibraryRef] = []
 
 
 def default_backend(base_url: str | None) -> BackendChoice:
@@ -161,10 +167,12 @@ def materialise(source: DatasetSource) -> tuple[Path, Path | None, Path | None]:
             f"the recorded dataset {annotations} is missing or changed; pass --annotations with the same dataset"
         )
     recipe = source.demo
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "metricsmith"
-    folder = cache / f"demo-{recipe.images}-{recipe.seed}-{recipe.error_rate:g}-{recipe.width}x{recipe.height}"
+    folder = cache_dir() / f"demo-{recipe.images}-{recipe.seed}-{recipe.error_rate:g}-{recipe.width}x{recipe.height}"
     made = folder / "annotations.json"
-    if not made.exists():
+    # A cached copy made by another version of the generator is not the recorded dataset: make it again.
+    if not made.exists() or (source.fingerprint is not None and dataset_fingerprint(made) != source.fingerprint):
+        if folder.exists():
+            shutil.rmtree(folder)
         generate_demo_dataset(
             folder,
             n_images=recipe.images,
@@ -176,11 +184,14 @@ def materialise(source: DatasetSource) -> tuple[Path, Path | None, Path | None]:
     return made, None, (folder / "errors.json") if source.errors else None
 
 
-def library_metrics(library: Path | None) -> list[MetricSpec]:
-    """What a candidate is compared with: the built-ins and the latest version of every promoted metric."""
+def library_metrics(
+    library: Path | None, pinned: Sequence[LibraryRef] | None = None
+) -> tuple[list[LibraryRef], list[MetricSpec]]:
+    """What a candidate is compared with, and the pins that record it: the built-ins, and the pinned
+    promoted versions (default: the latest version of every promoted metric in the library)."""
     folder = default_library_dir(library)
-    promoted = [load_library_metric(f"lib:{entry.manifest.name}", folder) for entry in list_library(folder)]
-    return [*list_builtin_metrics(), *promoted]
+    pins = list(latest_library_refs(folder) if pinned is None else pinned)
+    return pins, [*list_builtin_metrics(), *load_pinned_metrics(pins, folder)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +208,8 @@ class SessionSetup:
     settings: AuthoringSettings = field(default_factory=AuthoringSettings)
     validation_size: int = 64
     library: Path | None = None
+    # The promoted versions to compare drafts with; None: the library's latest of each (a replay pins them).
+    pinned_library: tuple[LibraryRef, ...] | None = None
     workers: int | None = None
     origin: Literal["recorded", "fixture"] = "recorded"
 
@@ -220,6 +233,7 @@ def run_author_job(job: AuthorJob, listener: Listener = lambda event, data: None
     dataset: Dataset = load_coco(job.annotations, job.images)
     if job.errors is not None and not job.errors.exists():
         raise UserError(f"{job.errors}: no such errors file")
+    pins, library = library_metrics(job.library, job.pinned_library)
     _prepare_run_dir(job.run_dir)
     sandbox = SandboxConfig(workers=job.workers) if job.workers else SandboxConfig()
     validation = validation_set(dataset, job.run_dir / "validation-set", job.validation_size)
@@ -230,6 +244,7 @@ def run_author_job(job: AuthorJob, listener: Listener = lambda event, data: None
         dataset=dataset_source(job.annotations, job.images, job.errors),
         authoring=job.settings.as_dict(),
         validation_size=job.validation_size,
+        library=pins,
     )
     prompts = Prompts()
     transcript_path = job.transcript_path or job.run_dir / TRANSCRIPT_NAME
@@ -252,7 +267,7 @@ def run_author_job(job: AuthorJob, listener: Listener = lambda event, data: None
             description=job.description,
             settings=job.settings,
             sandbox=sandbox,
-            library=library_metrics(job.library),
+            library=library,
             errors_path=job.errors,
             transcript_name=os.path.relpath(transcript_path, job.run_dir),
             listener=listener,

@@ -57,7 +57,7 @@ from agent.editing import Editor, edit_candidate, open_in_editor, revalidate_can
 from agent.errors import MetricsmithError, UserError
 from agent.extract import Idea, extract_ideas
 from agent.gate import approve, promote_candidate, reject
-from agent.library import default_library_dir, list_library
+from agent.library import LibraryRef, default_library_dir, latest_library_refs, list_library
 from agent.metric_file import MetricSpec, list_builtin_metrics
 from agent.model import ForwardingBackend, Message, ModelBackend, ModelReply, ModelRequest, TextSink, Usage
 from agent.pricing import cost_usd
@@ -93,6 +93,9 @@ class ChatSettings(BaseModel):
     dataset: DatasetSource
     authoring: dict[str, Any]
     validation_size: int = 64
+    # The promoted metrics in the library when the session started (see JobSettings.library); what the
+    # session promotes itself is in its decisions, and a replay promotes it again.
+    library: list[LibraryRef] = []
 
 
 # One `metricsmith chat` session (or its replay): what any authoring session needs, and no idea yet.
@@ -149,12 +152,17 @@ class ChatSession:
         self.prompts = Prompts()
         self.facts = dataset_facts(self.dataset)
         self.library_dir = default_library_dir(setup.library)
+        # What drafts are compared with: the library as it was when the session started, plus what the
+        # session itself promotes; never versions another process promotes meanwhile, which a replay can't know.
+        pinned = setup.pinned_library
+        self.library_pins = list(latest_library_refs(self.library_dir) if pinned is None else pinned)
         self.sandbox = SandboxConfig(workers=setup.workers) if setup.workers else SandboxConfig()
         settings = ChatSettings(
             description=setup.description,
             dataset=dataset_source(setup.annotations, setup.images, setup.errors),
             authoring=setup.settings.as_dict(),
             validation_size=setup.validation_size,
+            library=self.library_pins,
         )
         meta = TranscriptMeta.for_backend(
             setup.backend,
@@ -347,6 +355,7 @@ class ChatSession:
         self._decided("approve", approved.id, approved.code_sha256, note=argument or None)
         entry = promote_candidate(self.run_dir, record.id, self.library_dir)
         self._decided("promote", record.id, entry.manifest.code_sha256, version=entry.manifest.version)
+        self.library_pins.append(LibraryRef.of(entry.manifest))
         where = escape(str(self.library_dir))
         self.console.print(f"[green]promoted[/] as lib:{entry.manifest.name}@{entry.manifest.version} in {where}")
 
@@ -466,16 +475,15 @@ class ChatSession:
         return self.conversation.messages(self.setup.settings.context_budget_tokens)
 
     def _existing_names(self) -> list[str]:
-        """Metrics a brainstorm should not propose again: the built-ins and what this session promoted.
+        """Metrics a brainstorm should not propose again: the built-ins, the library and what this session promoted.
 
-        Not the whole library: what it holds depends on the machine, and a replay must send the same requests.
+        The library as the session pinned it, not as it is now: a replay must send the same requests.
         """
-        promoted = [d["name"] for d in self.decisions if d["action"] == "promote"]
-        return sorted({spec.name for spec in list_builtin_metrics()} | set(promoted))
+        return sorted({spec.name for spec in list_builtin_metrics()} | {pin.name for pin in self.library_pins})
 
     def _library(self, record: CandidateRecord | None = None) -> list[MetricSpec]:
         """What a candidate must not duplicate: the library, without the candidate's own promoted versions."""
-        specs = library_metrics(self.library_dir)
+        _, specs = library_metrics(self.library_dir, self.library_pins)
         return [spec for spec in specs if record is None or spec.name != record.name]
 
     def _validation_set(self) -> ValidationSet:

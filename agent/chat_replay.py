@@ -26,6 +26,7 @@ from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.chat import ChatSession, ChatSettings, ChatSetup
 from agent.editing import Editor
 from agent.errors import UserError
+from agent.library import copy_pinned_versions, default_library_dir
 from agent.model import ForwardingBackend, ModelReply, ModelRequest, TextSink
 from agent.transcript import Transcript, read_transcript
 
@@ -91,10 +92,12 @@ def replay_chat(
     out: Path | None = None,
     annotations: Path | None = None,
     workers: int | None = None,
+    library: Path | None = None,
 ) -> bool:
     """Feed a recorded chat session's input through the dispatcher again, offline; True when the outcome is the same.
 
-    Promotions go into a library inside the replay's run directory, never into yours.
+    Promotions go into a library inside the replay's run directory, never into yours. The library
+    versions the recording pinned are copied into it first, from `library` (default: yours).
     """
     try:
         settings = ChatSettings.model_validate(transcript.meta.settings)
@@ -116,12 +119,15 @@ def replay_chat(
         settings=authoring_settings(settings.authoring),
         validation_size=settings.validation_size,
         library=run_dir / "library",
+        pinned_library=tuple(settings.library),
         workers=workers,
         origin=transcript.meta.origin,
     )
     lines: Sequence[str] = [event.data["line"] for event in transcript.events if event.event == "user_input"]
     edits = [event.data.get("code") for event in transcript.events if event.event == "editor"]
     with ChatSession(setup, console, editor=_replayed_editor(edits)) as session:
+        # After the session claimed the (empty) run directory: the pinned versions, checked, go into its library.
+        copy_pinned_versions(settings.library, default_library_dir(library), run_dir / "library")
         for line in lines:
             console.print(f"[bold]chat>[/] {escape(line)}")
             if not session.dispatch(line):

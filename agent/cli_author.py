@@ -56,6 +56,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     replay.add_argument("transcript", type=Path, help="a recorded transcript (JSONL)")
     replay.add_argument("--annotations", type=Path, help="the dataset, when the recorded path is gone")
     replay.add_argument("--out", type=Path, help="run directory (default: a temporary folder)")
+    replay.add_argument(
+        "--library",
+        type=Path,
+        help="where the library versions the recording pins are (default: $METRICSMITH_LIBRARY or "
+        "./metricsmith-library); a recording that pins none needs no library",
+    )
     replay.add_argument("--workers", type=positive_int, help="sandbox worker processes")
     replay.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     replay.set_defaults(handler=cmd_replay)
@@ -169,7 +175,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """
     transcript = read_transcript(args.transcript)
     if is_chat_transcript(transcript):
-        same = replay_chat(transcript, stdout, out=args.out, annotations=args.annotations, workers=args.workers)
+        same = replay_chat(
+            transcript, stdout, out=args.out, annotations=args.annotations, workers=args.workers, library=args.library
+        )
         return EXIT_OK if same else EXIT_SOME_FAILED
     settings = job_settings_from_transcript(transcript)
     if args.annotations is not None:
@@ -191,6 +199,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             errors=errors,
             settings=authoring_settings(settings.authoring),
             validation_size=settings.validation_size,
+            library=args.library,
+            pinned_library=tuple(settings.library),
             workers=args.workers,
             origin=transcript.meta.origin,
         ),

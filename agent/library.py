@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,15 @@ __all__ = [
     "Approval",
     "LibraryEntry",
     "LibraryManifest",
+    "LibraryRef",
     "Provenance",
+    "copy_pinned_versions",
     "default_library_dir",
+    "latest_library_refs",
     "library_versions",
     "list_library",
     "load_library_metric",
+    "load_pinned_metrics",
     "promote",
     "remove_metric",
     "resolve_metric",
@@ -107,6 +111,24 @@ class LibraryEntry(BaseModel):
 
     manifest: LibraryManifest
     path: Path  # metric.py
+
+
+class LibraryRef(BaseModel):
+    """One exact library version, as a transcript pins it: a replay must compare against this code and no other."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    code_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @classmethod
+    def of(cls, manifest: LibraryManifest) -> LibraryRef:
+        return cls(name=manifest.name, version=manifest.version, code_sha256=manifest.code_sha256)
+
+    @property
+    def ref(self) -> str:
+        return f"{LIBRARY_PREFIX}{self.name}@{self.version}"
 
 
 def default_library_dir(given: Path | None = None) -> Path:
@@ -251,6 +273,40 @@ def load_library_metric(ref: str, library: Path) -> MetricSpec:
             f"approved {entry.manifest.code_sha256[:12]}); promote the new code through review instead"
         )
     return spec
+
+
+def latest_library_refs(library: Path) -> list[LibraryRef]:
+    """The latest version of every metric in the library, as pins."""
+    return [LibraryRef.of(entry.manifest) for entry in list_library(library)]
+
+
+def load_pinned_metrics(refs: Sequence[LibraryRef], library: Path) -> list[MetricSpec]:
+    """Exactly the pinned versions, each checked against its sha256; a missing or different one is refused."""
+    specs = []
+    for pin in refs:
+        try:
+            spec = load_library_metric(pin.ref, library)
+        except UserError as error:
+            raise UserError(
+                f"the recording was made with {pin.ref} (sha256 {pin.code_sha256[:12]}), which the library "
+                f"{library} cannot give: {error}; pass --library with the library it was recorded with"
+            ) from None
+        if spec.code_sha256 != pin.code_sha256:
+            raise UserError(
+                f"{pin.ref} in {library} is other code (sha256 {spec.code_sha256[:12]}) than the recording's "
+                f"({pin.code_sha256[:12]}); pass --library with the library it was recorded with"
+            )
+        specs.append(spec)
+    return specs
+
+
+def copy_pinned_versions(refs: Sequence[LibraryRef], source: Path, target: Path) -> None:
+    """Copy the pinned versions (checked first) from one library into another, keeping their version numbers."""
+    load_pinned_metrics(refs, source)
+    for pin in refs:
+        destination = target / pin.name / f"v{pin.version}"
+        if not destination.exists():
+            shutil.copytree(source / pin.name / f"v{pin.version}", destination)
 
 
 def resolve_metric(ref: str, library: Path | None = None) -> MetricSpec:

@@ -34,6 +34,7 @@ from agent.evaluation import (  # noqa: E402
     scores_from_rows,
 )
 from agent.metric_file import list_builtin_metrics  # noqa: E402
+from agent.resources import cache_dir  # noqa: E402
 from agent.scoring import score_dataset  # noqa: E402
 from sandbox.isolation import SandboxConfig  # noqa: E402
 
@@ -44,8 +45,7 @@ TABLE_END = "<!-- label-error-table:end -->"
 
 
 def default_data_dir(images: int, seed: int) -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "metricsmith" / f"label-errors-{images}-{seed}"
+    return cache_dir() / f"label-errors-{images}-{seed}"
 
 
 def run(images: int, seed: int, data: Path, workers: int) -> EvaluationReport:

@@ -77,10 +77,11 @@ def _inside_repo(path: Path) -> bool:
 def prepare_dataset(data: Path | None, n_images: int, seed: int) -> tuple[Path, bool]:
     """The annotations file to score, generated unless one is already there. Returns (path, reused)."""
     from agent.demo_data import generate_demo_dataset
+    from agent.resources import cache_dir
 
     if data is not None and data.is_file():
         return data, True
-    folder = data if data is not None else Path.home() / ".cache" / "metricsmith" / f"bench-{n_images}-{seed}"
+    folder = data if data is not None else cache_dir() / f"bench-{n_images}-{seed}"
     annotations = folder / "annotations.json"
     if annotations.is_file():
         return annotations, True
