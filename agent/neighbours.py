@@ -7,12 +7,16 @@ gathers every box's vector and scores each box here, with plain numpy:
 1. Each feature is standardised over the dataset (mean 0, standard deviation 1; a constant
    feature is dropped), so no feature dominates the distance by its units alone.
 2. The k nearest other boxes by Euclidean distance are found by brute force, in blocks of rows
-   so that memory stays near `_BLOCK_BYTES` whatever the dataset size.
+   so that memory stays near `_BLOCK_BYTES` whatever the dataset size. Squared distances are
+   summed feature by feature with elementwise operations, not with a matrix product: IEEE
+   rounds each of those the same way on every CPU, while a BLAS product's rounding depends on
+   the kernel and thread count that the machine picks, and on a near tie that changes which
+   boxes are neighbours. Exact ties go to the lower index.
 3. The score is the share of those k neighbours whose class differs from the box's own label:
    0 when every neighbour agrees, 1 when none does. High is suspicious.
 
-The result is deterministic: the same vectors in the same order give the same scores. With fewer than two
-boxes there are no neighbours and every score is None.
+The result is deterministic: the same vectors in the same order give the same scores, on any machine.
+With fewer than two boxes there are no neighbours and every score is None.
 """
 
 from __future__ import annotations
@@ -39,16 +43,28 @@ def nearest_neighbours(vectors: NDArray[np.float64], k: int) -> NDArray[np.intp]
     k = min(k, count - 1)
     if k < 1:
         return np.empty((count, 0), dtype=np.intp)
-    squared = np.einsum("ij,ij->i", vectors, vectors)
-    block = max(1, _BLOCK_BYTES // (8 * count))
+    columns = np.ascontiguousarray(vectors.T)  # one contiguous row per feature
+    block = max(1, _BLOCK_BYTES // (16 * count))  # the distances and one feature's differences
     result = np.empty((count, k), dtype=np.intp)
     for start in range(0, count, block):
         stop = min(start + block, count)
-        distances = squared[start:stop, None] + squared[None, :] - 2.0 * (vectors[start:stop] @ vectors.T)
+        distances = np.zeros((stop - start, count))
+        difference = np.empty_like(distances)
+        for feature in columns:
+            np.subtract(feature[start:stop, None], feature[None, :], out=difference)
+            np.multiply(difference, difference, out=difference)
+            np.add(distances, difference, out=distances)
         rows = np.arange(stop - start)
         distances[rows, rows + start] = np.inf
         candidates = np.argpartition(distances, k - 1, axis=1)[:, :k]
         picked = np.take_along_axis(distances, candidates, axis=1)
+        # argpartition picks any of the items tied at the k-th distance; where it left out a tied item
+        # of lower index, that row is sorted whole, stably, so the lower indices are the ones taken.
+        kth = picked.max(axis=1, keepdims=True)
+        unfair = (distances == kth).sum(axis=1) > (picked == kth).sum(axis=1)
+        for row in np.flatnonzero(unfair):
+            candidates[row] = np.argsort(distances[row], kind="stable")[:k]
+            picked[row] = distances[row, candidates[row]]
         order = np.lexsort((candidates, picked), axis=1)
         result[start:stop] = np.take_along_axis(candidates, order, axis=1)
     return result

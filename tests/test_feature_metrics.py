@@ -206,3 +206,22 @@ def test_cli_writes_feature_scores(demo: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == len(json.loads(demo.read_text())["annotations"])
     assert all(row["metric"] == "appearance_neighbours" and 0 <= row["score"] <= 1 for row in rows)
+
+
+def test_neighbours_follow_feature_by_feature_arithmetic_whatever_the_blas() -> None:
+    # Values on a 0.1 grid make many distances equal in exact arithmetic; which of them a machine
+    # sees as smaller then depends on rounding alone. A BLAS product (|a|² + |b|² - 2a·b) rounds
+    # by kernel and thread count; the search must instead match the plain sequential sum of
+    # squared differences, ties going to the lower index, which every IEEE machine computes alike.
+    rng = np.random.default_rng(5)
+    vectors = rng.integers(0, 4, size=(120, 5)) / 10
+    found = nearest_neighbours(vectors, k=6)
+    for row in range(len(vectors)):
+        distances = []
+        for other in range(len(vectors)):
+            total = 0.0
+            for a, b in zip(vectors[row], vectors[other], strict=True):
+                total += (float(a) - float(b)) ** 2
+            distances.append((total, other))
+        expected = [other for _, other in sorted(d for d in distances if d[1] != row)[:6]]
+        assert found[row].tolist() == expected, row

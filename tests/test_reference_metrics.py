@@ -330,6 +330,25 @@ def test_appearance_features_describe_colours_not_size() -> None:
     assert np.linalg.norm(np.asarray(call("appearance_neighbours", image, small)) - panda) < 0.35
 
 
+@pytest.mark.parametrize(("height", "width"), [(100, 73), (48, 48), (30, 7), (2, 2)])
+def test_appearance_cells_are_exact_integer_means(height: int, width: int) -> None:
+    # The vector must not depend on the CPU: each cell is the mean of its pixels, rounded half up, in
+    # integers. Checked against the plain definition, one cell at a time.
+    module = metric("appearance_neighbours")
+    crop = np.random.default_rng(height * width).integers(0, 256, size=(height, width, 3)).astype(np.uint8)
+    side = module._SIDE
+    cells = module._cell_means(crop)
+    assert cells.shape == (side, side, 3) and cells.dtype == np.uint8
+    for row in range(side):
+        top, bottom = row * height // side, (row + 1) * height // side
+        for column in range(side):
+            left, right = column * width // side, (column + 1) * width // side
+            block = crop[top : max(bottom, top + 1), left : max(right, left + 1)].reshape(-1, 3).astype(int)
+            expected = [(2 * int(total) + len(block)) // (2 * len(block)) for total in block.sum(axis=0)]
+            assert cells[row, column].tolist() == expected, (row, column)
+    assert (np.rint(module._WEIGHTS) == module._WEIGHTS).all(), "whole-number weights: exact sums in any order"
+
+
 def rectangle_image() -> np.ndarray:
     image = textured()
     image[40:80, 50:110] = 230  # the object: rows 40..79, columns 50..109

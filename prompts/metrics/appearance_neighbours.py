@@ -14,6 +14,11 @@ The vector (24 numbers, each a share of the box's weighted pixels, so box size d
 Pixels are weighted by a Gaussian centred on the box (sigma = 30% of each side), because an
 animal fills the middle of its box while the corners hold background.
 None for a box under 4 px either way or wholly outside the image.
+
+The vector is exact arithmetic on the pixels, so it is the same on every machine: the box is
+averaged down to 48 x 48 cells with integer sums (cv2.resize's area filter rounds in floating
+point, which can follow the CPU's instruction set), and the weights are whole numbers, whose sums
+are exact in any order. A difference in the last bit would otherwise reorder near-tied neighbours.
 """
 
 import math
@@ -30,19 +35,34 @@ TAGS = ["appearance", "class"]
 OUTPUT = "features"
 NEIGHBOURS = 10
 
-_SIDE = 48  # crops are resized to this many pixels each way: the colours, not the detail, matter
+_SIDE = 48  # the box is averaged down to this many cells each way: the colours, not the detail, matter
 _MIN_SATURATION = 60
 _MIN_VALUE = 40
 
 
 def _centre_weights() -> np.ndarray:
-    axis = (np.arange(_SIDE, dtype=np.float32) + 0.5) / _SIDE - 0.5
-    bump = np.exp(-0.5 * (axis / 0.3) ** 2)
-    weights = np.outer(bump, bump)
-    return weights / weights.sum()
+    bump = [math.exp(-0.5 * (((k + 0.5) / _SIDE - 0.5) / 0.3) ** 2) for k in range(_SIDE)]
+    return np.rint(np.outer(bump, bump) * 10_000).astype(np.float64)  # whole numbers
 
 
 _WEIGHTS = _centre_weights()
+
+
+def _cell_edges(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of the _SIDE cells starts along a side, and how many pixels it holds (at least 1)."""
+    edges = (np.arange(_SIDE + 1) * length) // _SIDE
+    return edges[:-1], np.maximum(np.diff(edges), 1)
+
+
+def _cell_means(crop: np.ndarray) -> np.ndarray:
+    """The crop as _SIDE x _SIDE mean colours, rounded half up; a side under _SIDE px repeats its pixels."""
+    row_starts, row_counts = _cell_edges(crop.shape[0])
+    column_starts, column_counts = _cell_edges(crop.shape[1])
+    # reduceat sums each run of pixels; where two starts are equal it takes that one pixel, which the
+    # count of 1 then leaves as it is.
+    sums = np.add.reduceat(np.add.reduceat(crop.astype(np.int64), row_starts, axis=0), column_starts, axis=1)
+    counts = (row_counts[:, None] * column_counts[None, :])[..., None]
+    return ((2 * sums + counts) // (2 * counts)).astype(np.uint8)
 
 
 def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
@@ -54,8 +74,8 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
     x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return None
-    crop = cv2.resize(image[y0:y1, x0:x1], (_SIDE, _SIDE), interpolation=cv2.INTER_AREA)
-    hsv = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)  # OpenCV hue runs 0..179
+    cells = _cell_means(image[y0:y1, x0:x1])
+    hsv = cv2.cvtColor(cells, cv2.COLOR_RGB2HSV)  # OpenCV hue runs 0..179
     hue, saturation, value = (hsv[..., i].astype(np.int32) for i in range(3))
 
     coloured = (saturation >= _MIN_SATURATION) & (value >= _MIN_VALUE)
@@ -63,4 +83,5 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
     grey = ~coloured
     value_bins = np.bincount((value[grey] * 6) // 256, weights=_WEIGHTS[grey], minlength=6)
     saturation_bins = np.bincount((saturation * 6 // 256).ravel(), weights=_WEIGHTS.ravel(), minlength=6)
-    return np.concatenate([hue_bins, value_bins, saturation_bins]).tolist()
+    total = _WEIGHTS.sum()
+    return (np.concatenate([hue_bins, value_bins, saturation_bins]) / total).tolist()
