@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,3 +27,11 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     _, tests = opening_commands()
     ci = (REPO / ".ci" / "run").read_text()
     assert tests in ci.splitlines()
+
+
+def test_what_the_quick_start_writes_stays_out_of_git() -> None:
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout (an sdist): nothing to ignore")
+    written = ["demo/annotations.json", "runs/batch-1/manifest.json", "metricsmith-library/name/v1/metric.py"]
+    result = subprocess.run(["git", "check-ignore", *written], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.split() == written
