@@ -1068,6 +1068,10 @@ def test_module_level_misbehaviour_fails_only_that_metric(tmp_path: Path, varian
     if variant == "raise":
         assert_all_failed(outcome, {"metric_load"})
         assert "refusing to load" in outcome.report.metric_errors["hostile"]
+        # Each item says why in words, the traceback's last line: what a score summary shows.
+        assert {result.error for result in outcome.hostile} == {
+            "metric hostile failed to load: RuntimeError: refusing to load"
+        }
 
 
 # -- 24: kernel surfaces ---------------------------------------------------------------------------
