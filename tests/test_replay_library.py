@@ -11,13 +11,18 @@ import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from agent.author_job import AuthorJob, run_author_job
 from agent.authoring import AuthoringSettings
+from agent.chat import ChatSession, ChatSetup
+from agent.chat_replay import replay_chat
 from agent.demo_data import generate_demo_dataset
+from agent.errors import UserError
 from agent.library import Approval, LibraryRef, promote
 from agent.metric_file import parse_metric_source
 from agent.scripted_model import ScriptedModel
@@ -130,3 +135,34 @@ def test_a_replay_refuses_a_pinned_version_whose_code_changed(
     assert result.returncode == 2
     assert "lib:inner_edge_share@1" in result.stderr and "changed after it was approved" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+IDEAS_REPLY = "1. edge_density (object) - share of Canny edge pixels inside the box; an empty box has few.\n"
+
+
+def test_a_chat_session_pins_its_starting_library_and_its_replay_copies_it(demo: Path, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    _promote(library, fixtures.GOOD.replace('NAME = "edge_density"', 'NAME = "inner_edge_share"'))
+    screen = Console(file=StringIO(), width=200)
+    setup = ChatSetup(
+        annotations=demo,
+        run_dir=tmp_path / "run",
+        backend=ScriptedModel([IDEAS_REPLY, fixtures.fenced(fixtures.GOOD)]),
+        settings=AuthoringSettings(max_repairs=0, max_drafts=1),
+        library=library,
+        workers=2,
+    )
+    with ChatSession(setup, screen) as chat:
+        chat.dispatch("/ideas 1")
+        chat.dispatch("/implement 1")
+    recorded = read_transcript(tmp_path / "run" / "transcript.jsonl")
+    (pin,) = (LibraryRef.model_validate(value) for value in recorded.meta.settings["library"])
+    assert pin.ref == "lib:inner_edge_share@1"
+    outcomes = [event.data for event in recorded.events if event.event == "outcome"]
+    assert outcomes and outcomes[0]["verdict"] == "gave_up", "the library took part in the duplicate check"
+
+    # The replay copies the pinned version into its own library and reaches the same outcome.
+    assert replay_chat(recorded, screen, out=tmp_path / "replayed", library=library)
+    assert (tmp_path / "replayed" / "library" / "inner_edge_share" / "v1" / "metric.py").is_file()
+    with pytest.raises(UserError, match="the recording was made with lib:inner_edge_share@1"):
+        replay_chat(recorded, screen, out=tmp_path / "replayed-without", library=tmp_path / "empty")
