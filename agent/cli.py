@@ -65,15 +65,24 @@ from agent.metric_file import (
 )
 from agent.model import ModelUnreachable
 from agent.report import build_report, human_size, render_html, write_report
-from agent.results_io import Journal, output_format, read_rows, write_rows
+from agent.results_io import (
+    Journal,
+    RecordedMetric,
+    combine_recorded,
+    output_format,
+    read_rows,
+    recorded_metrics,
+    write_rows,
+)
 from agent.scoring import ScoreOutcome, ScoreRow, failure_lines, score_dataset
 from sandbox.engine import WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig
 
 EVAL_EPILOG = (
     "Object metrics are ranked over every annotation, image metrics over every image; a missing or failed "
-    "score ranks last and ties earn no credit. A metric's direction comes from its file (--metric), from the "
-    "built-in metric of that name, or from --direction NAME=high|low. Baselines: `random`, `combined` (a "
+    "score ranks last and ties earn no credit. A metric's direction comes from --direction NAME=high|low if "
+    "given, else from the score file (which records it), its file (--metric) or, for score files written "
+    "before metricsmith recorded directions, the built-in metric of that name. Baselines: `random`, `combined` (a "
     "logistic regression on the metrics' ranks, cross-validated by image) and `rank_average` (label-free). "
     "Exit 2 when the files do not belong together."
 )
@@ -168,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=_direction,
         metavar="NAME=high|low",
-        help="SUSPICIOUS direction of a metric in --scores that is not built in and not given with --metric",
+        help="use this SUSPICIOUS direction for metric NAME instead of the one its score file or metric file gives "
+        "(needed only for score files written before metricsmith recorded directions)",
     )
     evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluation.add_argument("--images", type=Path, help="image folder for --metric (default: as for score)")
@@ -206,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=_direction,
         metavar="NAME=high|low",
-        help="SUSPICIOUS direction of a metric in --scores that is not built in",
+        help="use this SUSPICIOUS direction for metric NAME instead of the one recorded (as for eval)",
     )
     report.add_argument("--top", type=positive_int, default=8, help="items shown at each end per metric (default 8)")
     report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
@@ -420,30 +430,70 @@ def _gather_scores(
     """The rows of every --scores file and of every --metric scored in the sandbox, each metric's SUSPICIOUS
     direction, and the metric files known by name.
 
-    Scores files don't carry a direction. A metric's comes from its file (--metric), else from
-    --direction NAME=high|low, else from the built-in metric of that name; a metric with none is refused
-    later, by `scores_from_rows`, with a message naming the --direction to pass.
+    A score file records each metric's direction, sha256 and origin (see `agent.results_io`). A metric
+    read from a file and also given with --metric is refused before anything is scored.
     """
     rows: list[ScoreRow] = []
+    tables = []
     for path in args.scores:
         read = read_rows(path)
         check_files(dataclasses.replace(truth, errors=()), read, scores_name=str(path))
+        tables.append(recorded_metrics(read, str(path)))
         rows.extend(read)
-    known = {spec.name: spec for spec in specs}
-    names = list(dict.fromkeys(row.metric for row in rows))
-    given: dict[str, Direction] = {name: direction for name, direction in args.direction if name in names}
-    builtins = set(builtin_metric_names())
-    for name in names:
-        if name not in given and name not in known and name in builtins:
-            known[name] = load_metric_file(f"{BUILTIN_PREFIX}{name}")
-    directions: dict[str, Direction] = {name: spec.suspicious for name, spec in known.items()} | given
+    recorded = combine_recorded(*tables)
+    for spec in specs:
+        if spec.name in recorded:
+            raise UserError(_scored_twice(spec, recorded[spec.name]))
+    directions, known = _directions(recorded, specs, dict(args.direction))
     if specs:
-        scored = _score_in_sandbox(dataset, specs, args.workers)
-        clash = next((name for name in names if name in {spec.name for spec in specs}), None)
-        if clash is not None:
-            raise UserError(f"metric {clash} is both scored with --metric and read from --scores")
-        rows.extend(scored)
+        rows.extend(_score_in_sandbox(dataset, specs, args.workers))
     return rows, directions, known
+
+
+def _directions(
+    recorded: dict[str, RecordedMetric], specs: list[MetricSpec], overrides: dict[str, Direction]
+) -> tuple[dict[str, Direction], dict[str, MetricSpec]]:
+    """Each metric's direction: --direction, else what its score file or metric file says.
+
+    A score file written before directions were recorded falls back on the built-in metric of that
+    name, as it always did; a metric left without a direction is refused later, by `scores_from_rows`,
+    with a message naming the --direction to pass. The built-in's spec (its title, in the report) is
+    used only when the file's rows are that built-in's code, or do not say what code they are.
+    """
+    # An override that names no metric is most likely a typo, and would silently leave the recorded direction.
+    names = [*recorded, *(spec.name for spec in specs)]
+    unknown = [name for name in overrides if name not in names]
+    if unknown:
+        name = unknown[0]
+        raise UserError(f"--direction {name}={overrides[name]}: no metric {name} to evaluate ({', '.join(names)})")
+    known = {spec.name: spec for spec in specs}
+    directions: dict[str, Direction] = {spec.name: spec.suspicious for spec in specs}
+    builtins = set(builtin_metric_names())
+    for name, record in recorded.items():
+        builtin = load_metric_file(f"{BUILTIN_PREFIX}{name}") if name in builtins else None
+        if builtin is not None and (
+            record.code_sha256 == builtin.code_sha256 or (record.code_sha256 is None and name not in overrides)
+        ):
+            known[name] = builtin
+            directions[name] = record.suspicious or builtin.suspicious
+        elif record.suspicious is not None:
+            directions[name] = record.suspicious
+    return directions | overrides, known
+
+
+def _scored_twice(spec: MetricSpec, record: RecordedMetric) -> str:
+    """Why a metric may not be both read from a score file and scored with --metric: its rows would mix."""
+    if record.code_sha256 is None:
+        return f"metric {spec.name} is both scored with --metric {spec.path} and read from --scores {record.where}"
+    if record.code_sha256 == spec.code_sha256:
+        return (
+            f"metric {spec.name} is read from {record.where} and would be scored again with --metric {spec.path} "
+            f"(the same code, sha256 {spec.code_sha256[:12]}); drop one of the two"
+        )
+    return (
+        f"metric {spec.name}: {record.where} holds scores of other code ({record.code()}) "
+        f"than --metric {spec.path} (sha256 {spec.code_sha256[:12]}); evaluate them separately"
+    )
 
 
 def _score_in_sandbox(dataset: Dataset, specs: list[MetricSpec], workers: int) -> list[ScoreRow]:

@@ -3,6 +3,15 @@
 While a job runs, every row is appended to `OUT.partial` (JSON Lines) as it arrives, so a crash or
 SIGKILL leaves the work done so far on disk. At the end the sorted rows are written to a temporary
 file beside OUT and renamed over it, and the journal is removed.
+
+A score file describes its own metrics, so that `eval` and `report` need neither the metric files
+nor `--direction`: each row carries its metric's `level`, `suspicious` direction, `code_sha256` and
+`origin`. They repeat on every row (CSV columns, JSON fields) rather than sitting in a header,
+because a header would not survive `sort`, `grep` or `cat a.csv b.csv`. Parquet has the same
+columns, dictionary-encoded so the repeats cost next to nothing, and also the per-metric table in
+its schema metadata under `metricsmith` (JSON: `{"metrics": {NAME: {"level", "suspicious",
+"code_sha256", "origin"}}}`) for tools that read a schema without reading rows; metricsmith itself
+reads the columns. Files written before these columns existed still read: their rows have None there.
 """
 
 from __future__ import annotations
@@ -12,14 +21,21 @@ import importlib.util
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
+
+from pydantic import ValidationError
 
 from agent.errors import UserError
 from agent.scoring import ROW_COLUMNS, ROW_SCHEMA, ScoreRow
 
 OutputFormat = Literal["csv", "jsonl", "parquet"]
 COLUMNS = ROW_COLUMNS
+PARQUET_METADATA_KEY = b"metricsmith"
+# Columns whose values repeat on every row of a metric: read once per distinct value, not once per row.
+_REPEATED = ("metric", "level", "error_kind", "suspicious", "code_sha256", "origin")
 
 
 def output_format(path: Path) -> OutputFormat:
@@ -93,7 +109,12 @@ def _write_parquet(path: Path, rows: list[ScoreRow]) -> None:
     import pyarrow as pa  # optional extra, checked by output_format()
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([row.as_dict() for row in rows], schema=_parquet_schema(pa))
+    metrics = {
+        name: {"level": m.level, "suspicious": m.suspicious, "code_sha256": m.code_sha256, "origin": m.origin}
+        for name, m in recorded_metrics(rows, str(path)).items()
+    }
+    schema = _parquet_schema(pa).with_metadata({PARQUET_METADATA_KEY: json.dumps({"metrics": metrics})})
+    table = pa.Table.from_pylist([row.as_dict() for row in rows], schema=schema)
     pq.write_table(table, path)
 
 
@@ -107,22 +128,136 @@ def _parquet_schema(pa):  # type: ignore[no-untyped-def]
             ("score", pa.float64()),
             ("error_kind", pa.string()),
             ("error", pa.string()),
+            ("suspicious", pa.string()),
+            ("code_sha256", pa.string()),
+            ("origin", pa.string()),
         ]
     )
 
 
 def read_rows(path: Path) -> list[ScoreRow]:
-    """Read rows back from a CSV or JSON Lines file written by `write_rows` (or a journal)."""
+    """Read rows back from a file written by `write_rows` (or a journal); a bad row is a UserError naming it."""
     fmt = output_format(path) if path.suffix != ".partial" else "jsonl"
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as handle:
-            return [ROW_SCHEMA.validate_json(line) for line in handle if line.strip()]
+            return _validated(path, _json_records(path, handle))
     if fmt == "csv":
         with path.open(newline="", encoding="utf-8") as handle:
-            return [
-                ROW_SCHEMA.validate_python({key: (value if value != "" else None) for key, value in record.items()})
+            records = (
+                {key: (value if value != "" else None) for key, value in record.items()}
                 for record in csv.DictReader(handle)
-            ]
+            )
+            return _validated(path, records)
+    import pyarrow as pa  # optional extra, checked by output_format()
     import pyarrow.parquet as pq
 
-    return [ROW_SCHEMA.validate_python(record) for record in pq.read_table(path).to_pylist()]
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as error:
+        raise UserError(f"{path}: not a readable Parquet file: {error}") from None
+    return _validated(path, table.to_pylist())
+
+
+def _json_records(path: Path, lines: Iterable[str]) -> Iterator[Any]:
+    for number, line in enumerate((line for line in lines if line.strip()), start=1):
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: row {number}: not JSON: {error.msg}") from None
+
+
+def _validated(path: Path, records: Iterable[Any]) -> list[ScoreRow]:
+    """Rows from plain records, each checked by `ROW_SCHEMA`; the repeated strings are shared, not copied."""
+    # Without sharing, every row would hold its own copy of its metric's 64-character sha256 and origin:
+    # on a large dataset that is hundreds of bytes per row, more than the row itself.
+    shared: dict[str, str] = {}
+    rows = []
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, dict):
+            for key in _REPEATED:
+                value = record.get(key)
+                if isinstance(value, str):
+                    record[key] = shared.setdefault(value, value)
+        try:
+            rows.append(ROW_SCHEMA.validate_python(record))
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the row"
+            raise UserError(f"{path}: row {number}: {where}: {first['msg']}") from None
+    return rows
+
+
+# -- what a score file says about its metrics -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedMetric:
+    """One metric as its rows in a score file describe it; None where the file does not say."""
+
+    name: str
+    level: str
+    suspicious: Literal["high", "low"] | None
+    code_sha256: str | None
+    origin: str | None
+    where: str  # the file, for messages
+
+    def code(self) -> str:
+        """The code as messages show it: `sha256 0123456789ab from ORIGIN`."""
+        shown = f"sha256 {(self.code_sha256 or '')[:12]}"
+        return f"{shown} from {self.origin}" if self.origin else shown
+
+
+# Fields two records of one metric must agree on, with the name a message gives each. The origin may
+# differ: the same code scored from its file and, after promotion, from the library is the same metric.
+_MUST_AGREE = (("level", "level"), ("suspicious", "SUSPICIOUS"), ("code_sha256", "code"))
+
+
+def recorded_metrics(rows: Iterable[ScoreRow], where: str) -> dict[str, RecordedMetric]:
+    """Each metric of one file's rows, in first-seen order; rows of one metric that disagree are a UserError."""
+    found: dict[str, RecordedMetric] = {}
+    last: dict[str, tuple[str, str | None, str | None, str | None]] = {}
+    for row in rows:
+        described = (row.level, row.suspicious, row.code_sha256, row.origin)
+        # Nearly every row repeats the one before it; only a change needs a closer look.
+        if last.get(row.metric) == described:
+            continue
+        last[row.metric] = described
+        record = RecordedMetric(row.metric, *described, where=where)
+        known = found.get(row.metric)
+        found[row.metric] = record if known is None else _combined(known, record)
+    return found
+
+
+def combine_recorded(*tables: Mapping[str, RecordedMetric]) -> dict[str, RecordedMetric]:
+    """The metrics of several score files by name; one name described differently by two files is a UserError.
+
+    Two files may share a metric (one dataset scored in parts), as long as it is the same metric.
+    """
+    combined: dict[str, RecordedMetric] = {}
+    for table in tables:
+        for name, record in table.items():
+            known = combined.get(name)
+            combined[name] = record if known is None else _combined(known, record)
+    return combined
+
+
+def _combined(known: RecordedMetric, other: RecordedMetric) -> RecordedMetric:
+    """`known` completed by `other`, a record of the same metric; None is "not said" and never disagrees."""
+    for field, label in _MUST_AGREE:
+        mine, theirs = getattr(known, field), getattr(other, field)
+        if mine is not None and theirs is not None and mine != theirs:
+            if field == "code_sha256":
+                mine, theirs = known.code(), other.code()
+            if known.where == other.where:
+                raise UserError(
+                    f"{known.where}: metric {known.name} has rows with {label} {mine} and rows with {theirs}; "
+                    "a score file must hold one version of each metric"
+                )
+            raise UserError(
+                f"metric {known.name}: {known.where} has {label} {mine} but {other.where} has {theirs}; "
+                "these are two different metrics under one name: evaluate them separately"
+            )
+    filled = {field: getattr(other, field) for field, _ in _MUST_AGREE if getattr(known, field) is None}
+    if known.origin is None:
+        filled["origin"] = other.origin
+    return replace(known, **filled) if filled else known

@@ -14,8 +14,9 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from agent.dataset import Dataset
 from agent.metric_file import MetricSpec
@@ -32,6 +33,11 @@ class ScoreRow:
 
     A plain dataclass: a run makes one per item from results the engine has already validated.
     Rows read back from files are validated by `ROW_SCHEMA`.
+
+    `suspicious`, `code_sha256` and `origin` describe the metric, not the item, and repeat on each of
+    its rows, so a score file says on its own how to rank its scores and which code made them, even
+    after `sort`, `grep` or concatenation. They are None in rows of files written before they
+    existed, and in rows built by hand without a metric file (as tests do).
     """
 
     metric: str
@@ -41,13 +47,29 @@ class ScoreRow:
     score: float | None
     error_kind: str | None = None
     error: str | None = None
+    suspicious: Literal["high", "low"] | None = None
+    code_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    origin: str | None = None  # see `metric_origin`
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in ROW_COLUMNS}
 
 
-ROW_COLUMNS = ("metric", "level", "image_id", "annotation_id", "score", "error_kind", "error")
+# The metric's own columns come last, so the first seven keep the places they have always had.
+ROW_COLUMNS = (
+    "metric", "level", "image_id", "annotation_id", "score", "error_kind", "error",
+    "suspicious", "code_sha256", "origin",
+)  # fmt: skip
 ROW_SCHEMA = TypeAdapter(ScoreRow)
+
+
+def metric_origin(spec: MetricSpec) -> str:
+    """Where a metric's code came from, as its rows record it: `builtin:NAME`, `lib:NAME@VERSION` or `file:PATH`.
+
+    The first two are `--metric` references as they are (a library spec's path always names its
+    version); PATH is the file as it was given, which with `code_sha256` is enough to find it again.
+    """
+    return spec.path if spec.origin in ("builtin", "library") else f"file:{spec.path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +228,8 @@ class _Collector:
         self.dataset, self.specs, self.on_rows = dataset, specs, on_rows
         self.rows: list[ScoreRow] = []
         self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
+        # One string per metric, shared by all its rows rather than rebuilt for each.
+        self._origins = [metric_origin(spec) for spec in specs]
         self._annotation_ids: dict[int, list[int]] = {}
         self._held: dict[int, list[CallResult]] = {i: [] for i, spec in enumerate(specs) if spec.output == "features"}
 
@@ -275,6 +299,9 @@ class _Collector:
             score=result.score,
             error_kind=result.kind,
             error=result.error,
+            suspicious=spec.suspicious,
+            code_sha256=spec.code_sha256,
+            origin=self._origins[result.metric],
         )
 
 

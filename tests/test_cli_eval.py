@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_cli_score import BOX_AREA, make_dataset
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -52,6 +55,7 @@ def write_errors(root: Path, records: list[dict[str, object]]) -> Path:
 
 
 def write_scores(path: Path, rows: list[tuple[str, str, int, int | None, float | None]]) -> Path:
+    """A score file as metricsmith wrote them before rows recorded their metric: no direction, no sha256."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["metric", "level", "image_id", "annotation_id", "score", "error_kind", "error"])
@@ -160,3 +164,119 @@ def test_builtin_metric_on_a_demo_dataset(tmp_path: Path) -> None:
     duplicates = report["metrics"][0]
     assert duplicates["level"] == "object" and duplicates["direction"] == "high"
     assert duplicates["n_items"] == report["items"]["annotations"]
+
+
+# -- score files that record their metrics --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """box_area (not a built-in; SUSPICIOUS low) scored by `metricsmith score` into each format.
+
+    make_dataset gives every image a 100 px box (10*i) and a 600 px one (10*i + 1); the errors are
+    on boxes 11 and 21, both large. So "low" ranks them last (AP 2/8) and "high" first, tied with
+    the two other large boxes (AP 2/4).
+    """
+    root = tmp_path_factory.mktemp("scored")
+    annotations = make_dataset(root / "data")
+    errors = write_errors(root / "data", [_record("shift", 1, 11), _record("duplicate", 2, 21)])
+    metric = root / "box_area.py"
+    metric.write_text(BOX_AREA)
+    files = {"annotations": annotations, "errors": errors, "metric": metric}
+    for suffix in ("csv", "jsonl", "parquet"):
+        if suffix == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            continue
+        out = root / f"scores.{suffix}"
+        result = run_cli("score", "--annotations", str(annotations), "--metric", str(metric), "--out", str(out),
+                         "--workers", "2")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        files[suffix] = out
+    return files
+
+
+def _eval(scored: dict[str, Path], *args: str) -> subprocess.CompletedProcess:
+    return run_cli("eval", "--annotations", str(scored["annotations"]), "--errors", str(scored["errors"]), *args)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_direction_comes_from_the_score_file_and_direction_overrides_it(scored: dict[str, Path], suffix: str) -> None:
+    if suffix not in scored:
+        pytest.skip("pyarrow is needed for .parquet")
+    result = _eval(scored, "--scores", str(scored[suffix]), "--json")
+    assert result.returncode == 0, result.stderr
+    box_area = json.loads(result.stdout)["metrics"][0]
+    assert (box_area["metric"], box_area["direction"], box_area["ap"]) == ("box_area", "low", pytest.approx(2 / 8))
+    result = _eval(scored, "--scores", str(scored[suffix]), "--direction", "box_area=high", "--json")
+    assert result.returncode == 0, result.stderr
+    box_area = json.loads(result.stdout)["metrics"][0]
+    assert (box_area["direction"], box_area["ap"]) == ("high", pytest.approx(2 / 4))
+
+
+def _rewritten(source: Path, target: Path, **changes: str) -> Path:
+    """`source`'s rows with some recorded fields changed, as another run (or a hand edit) would leave them."""
+    with source.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(row | changes for row in rows)
+    return target
+
+
+def test_two_files_disagreeing_about_a_metric_are_refused_in_one_line(scored: dict[str, Path], tmp_path: Path) -> None:
+    high = _rewritten(scored["csv"], tmp_path / "high.csv", suspicious="high")
+    result = _eval(scored, "--scores", str(scored["csv"]), "--scores", str(high))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: metric box_area: {scored['csv']} has SUSPICIOUS low but {high} has high; "
+        "these are two different metrics under one name: evaluate them separately"
+    ]
+    # The same rows once more with the same record merge (as parts of one dataset would); only the
+    # duplicated items are refused then, by the ranking.
+    again = _rewritten(scored["csv"], tmp_path / "again.csv")
+    result = _eval(scored, "--scores", str(scored["csv"]), "--scores", str(again))
+    assert result.returncode == 2 and "two rows for object 10" in result.stderr
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(scored["csv"].read_text() + "".join(high.read_text().splitlines(keepends=True)[1:]))
+    result = _eval(scored, "--scores", str(mixed))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {mixed}: metric box_area has rows with SUSPICIOUS low and rows with high; "
+        "a score file must hold one version of each metric"
+    ]
+
+
+def test_a_metric_read_and_given_again_with_metric_is_refused_before_scoring(
+    scored: dict[str, Path], tmp_path: Path
+) -> None:
+    sha256 = hashlib.sha256(BOX_AREA.encode()).hexdigest()
+    metric = scored["metric"]
+    result = _eval(scored, "--scores", str(scored["csv"]), "--metric", str(metric))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: metric box_area is read from {scored['csv']} and would be scored again with --metric {metric} "
+        f"(the same code, sha256 {sha256[:12]}); drop one of the two"
+    ]
+    edited = tmp_path / "box_area.py"
+    edited.write_text(BOX_AREA.replace("w * h", "w + h"))
+    edited_sha256 = hashlib.sha256(edited.read_bytes()).hexdigest()
+    result = _eval(scored, "--scores", str(scored["csv"]), "--metric", str(edited))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: metric box_area: {scored['csv']} holds scores of other code (sha256 {sha256[:12]} from file:{metric}) "
+        f"than --metric {edited} (sha256 {edited_sha256[:12]}); evaluate them separately"
+    ]
+
+
+def test_bad_recorded_fields_and_unknown_overrides_are_one_line(scored: dict[str, Path], tmp_path: Path) -> None:
+    sideways = _rewritten(scored["csv"], tmp_path / "sideways.csv", suspicious="sideways")
+    result = _eval(scored, "--scores", str(sideways))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {sideways}: row 1: suspicious: Input should be 'high' or 'low'"
+    ]
+    result = _eval(scored, "--scores", str(scored["csv"]), "--direction", "box_aera=high")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --direction box_aera=high: no metric box_aera to evaluate (box_area)"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from agent.metric_file import load_metric_file
 
 BRIGHTNESS = '''"""Mean brightness of the image."""
 NAME = "mean_brightness"
@@ -141,6 +144,48 @@ def test_jsonl_and_parquet_outputs_hold_the_same_rows(tmp_path: Path, metrics: t
     as_parquet = read_rows(outputs["parquet"])
     assert len(as_jsonl) == 8
     assert as_jsonl == as_parquet
+
+
+def test_every_format_records_each_metrics_direction_code_and_origin(
+    tmp_path: Path, metrics: tuple[Path, Path]
+) -> None:
+    """What `eval` and `report` need later, read from the files as written, not through read_rows."""
+    annotations = make_dataset(tmp_path / "data", n_images=2)
+    builtin_sha256 = load_metric_file("builtin:brightness").code_sha256
+    expected = {
+        "box_area": {
+            "level": "object",
+            "suspicious": "low",
+            "code_sha256": hashlib.sha256(BOX_AREA.encode()).hexdigest(),
+            "origin": f"file:{metrics[1]}",
+        },
+        "brightness": {
+            "level": "image",
+            "suspicious": "low",
+            "code_sha256": builtin_sha256,
+            "origin": "builtin:brightness",
+        },
+    }
+    for suffix in ("csv", "jsonl", "parquet"):
+        if suffix == "parquet":
+            pytest.importorskip("pyarrow", reason="pyarrow is needed for .parquet output")
+        out = tmp_path / f"scores.{suffix}"
+        result = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[1]),
+                         "--metric", "builtin:brightness", "--out", str(out))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        if suffix == "csv":
+            rows = read_csv(out)
+        elif suffix == "jsonl":
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+        else:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(out).to_pylist()
+            metadata = json.loads(pq.read_schema(out).metadata[b"metricsmith"])
+            assert metadata == {"metrics": expected}
+        assert sorted(row["metric"] for row in rows) == ["box_area"] * 4 + ["brightness"] * 2
+        for row in rows:  # every row, not only the first: the file must survive `sort` or `grep` whole
+            assert {key: row[key] for key in expected[row["metric"]]} == expected[row["metric"]], (suffix, row)
 
 
 def test_malformed_coco_is_one_clear_line_and_exit_2(tmp_path: Path, metrics: tuple[Path, Path]) -> None:

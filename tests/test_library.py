@@ -152,6 +152,10 @@ def test_cli_lists_shows_scores_with_and_removes_library_metrics(tmp_path: Path)
                   str(library), "--out", str(out), "--workers", "1", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert {row["score"] for row in csv.DictReader(out.open())} == {"1.0"}
+    # The rows name the version that ran and its code, so eval and report need no metric file later.
+    first_sha256 = hashlib.sha256(source(value="1.0").encode()).hexdigest()
+    recorded = {(row["origin"], row["code_sha256"], row["suspicious"]) for row in csv.DictReader(out.open())}
+    assert recorded == {("lib:box_area@1", first_sha256, "low")}
     # The environment variable names the library too.
     env_result = subprocess.run(
         [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric", "lib:box_area",
@@ -161,6 +165,7 @@ def test_cli_lists_shows_scores_with_and_removes_library_metrics(tmp_path: Path)
     )  # fmt: skip
     assert env_result.returncode == 0, env_result.stderr
     assert {row["score"] for row in csv.DictReader(out.open())} == {"2.0"}
+    assert {row["origin"] for row in csv.DictReader(out.open())} == {"lib:box_area@2"}, "the latest, by number"
 
     removed = _cli("library", "remove", "box_area", "--library", str(library), cwd=tmp_path)
     assert removed.returncode == 0 and "2 versions" in removed.stderr

@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from test_cli_score import BOX_AREA, make_dataset
 
 from agent.dataset import load_coco
 from agent.demo_data import generate_demo_dataset
@@ -180,6 +181,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
                      "mine=high", "--out", str(tmp_path / "r.pdf"))  # fmt: skip
     assert result.returncode == 2 and "name it with .html" in result.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_takes_each_metrics_direction_from_its_score_file(tmp_path: Path) -> None:
+    annotations = make_dataset(tmp_path / "data", n_images=2)
+    metric = tmp_path / "box_area.py"  # not a built-in: nothing but the score file knows its direction
+    metric.write_text(BOX_AREA)
+    scores = tmp_path / "scores.jsonl"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", str(metric), "--out", str(scores))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "report.html"
+    for extra, shown in (((), "low"), (("--direction", "box_area=high"), "high")):
+        result = run_cli("report", "--annotations", str(annotations), "--scores", str(scores), "--top", "1",
+                         "--out", str(out), *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        html = out.read_text()
+        assert 'id="metric-box_area"' in html and f"suspicious when <b>{shown}</b>" in html
 
 
 # -- end to end, in a real browser ----------------------------------------------------------------
