@@ -430,7 +430,8 @@ class _Worker:
         name, level, filename, output, function = self.metrics[metric]
         if function is None:
             reason = self.metric_errors.get(name, "").strip().splitlines()
-            return {"score": None, "kind": "metric_load", "error": f"metric {name} failed to load: {reason[-1] if reason else 'no reason given'}"}
+            last = reason[-1] if reason else "no reason given"
+            return {"score": None, "kind": "metric_load", "error": f"metric {name} failed to load: {last}"}
         if image_error is not None:
             return {"score": None, "kind": "image_unreadable", "error": image_error}
         # Each metric gets its own copy of the scene, so one metric mutating it can't skew the next.
