@@ -12,6 +12,11 @@ Design:
   text is compiled once and kept.
 - The model is loaded once per backend and calls are serialised: a llama.cpp context is not
   thread-safe. Sampling is seeded, so the same request gives the same reply.
+- On a CPU with AMX (Intel's matrix tiles), a llama.cpp built for that CPU (pip's default source
+  build) multiplies through its AMX kernels, and those crashed the process with a segmentation fault
+  on the first token here (llama-cpp-python 0.3.36, Gemma 3 270M). There the model is loaded without
+  llama.cpp's "extra" buffer types, which is what routes weights to those kernels; the plain CPU
+  kernels give the same replies. `.ci/run` builds llama.cpp without AMX for its server tests too.
 """
 
 from __future__ import annotations
@@ -47,6 +52,43 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def _cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU advertises AMX tiles (see the module docstring for why that matters)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo.splitlines())
+
+
+_params_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _plain_cpu_buffers() -> Iterator[None]:
+    """While a model loads: llama.cpp's default model parameters, with its extra buffer types (AMX) off.
+
+    llama-cpp-python's Llama() takes no option for it, so the defaults it starts from are replaced for
+    the duration of the load, under a lock, and restored.
+    """
+    import llama_cpp.llama_cpp as bindings
+
+    original = bindings.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    with _params_lock:
+        bindings.llama_model_default_params = without_extra_buffers
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = original
+
+
 class LocalBackend:
     """A GGUF model in this process. `model_path=None` means the packaged Gemma 3 270M base."""
 
@@ -61,8 +103,9 @@ class LocalBackend:
         path = gemma_model_path() if model_path is None else Path(model_path).expanduser()
         if not path.is_file() or not os.access(path, os.R_OK):
             raise UserError(f"cannot read the model file {path}: pass the path of a readable .gguf file")
+        plain_buffers = _plain_cpu_buffers() if _cpu_has_amx() else contextlib.nullcontext()
         try:
-            with _native_stderr_silenced():
+            with _native_stderr_silenced(), plain_buffers:
                 self._llama = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=n_ctx,

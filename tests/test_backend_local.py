@@ -170,3 +170,24 @@ def test_author_end_to_end_with_the_embedded_model(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+def test_amx_is_read_from_the_cpu_flags() -> None:
+    from agent.backend_local import _cpu_has_amx
+
+    assert _cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile amx_int8\n")
+    assert not _cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert not _cpu_has_amx("model name\t: has amx_tile in its name only\n")
+
+
+def test_plain_buffers_turn_off_extra_buffer_types_only_while_loading() -> None:
+    import llama_cpp.llama_cpp as bindings
+
+    from agent.backend_local import _plain_cpu_buffers
+
+    assert bindings.llama_model_default_params().use_extra_bufts, "llama.cpp's default, which AMX CPUs crash on"
+    with _plain_cpu_buffers():
+        params = bindings.llama_model_default_params()
+        assert params.use_extra_bufts is False
+        assert params.n_gpu_layers == bindings.llama_model_default_params().n_gpu_layers  # nothing else changed
+    assert bindings.llama_model_default_params().use_extra_bufts, "restored afterwards"
