@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.author_job import AuthorJob, run_author_job  # noqa: E402
-from agent.authoring import AuthoringSettings, model_defaults  # noqa: E402
-from agent.backend_local import LocalBackend  # noqa: E402
-from agent.candidates import candidate_dir  # noqa: E402
-from agent.demo_data import generate_demo_dataset  # noqa: E402
+from agent.authoring.candidates import candidate_dir  # noqa: E402
+from agent.authoring.job import AuthorJob, run_author_job  # noqa: E402
+from agent.authoring.loop import AuthoringSettings, model_defaults  # noqa: E402
+from agent.data.demo import generate_demo_dataset  # noqa: E402
+from agent.llm.backends.local import LocalBackend  # noqa: E402
 
 # None of them is one of the grammar's few-shot lines (prompts/_completion_lines.j2).
 IDEAS = (

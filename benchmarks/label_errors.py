@@ -23,9 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.dataset import load_coco  # noqa: E402
-from agent.demo_data import generate_demo_dataset  # noqa: E402
-from agent.evaluation import (  # noqa: E402
+from agent.data.coco import load_coco  # noqa: E402
+from agent.data.demo import generate_demo_dataset  # noqa: E402
+from agent.evaluation.ranking import (  # noqa: E402
     ERROR_TYPES,
     EvaluationReport,
     evaluate,
@@ -33,9 +33,9 @@ from agent.evaluation import (  # noqa: E402
     load_error_labels,
     scores_from_rows,
 )
-from agent.metric_file import list_builtin_metrics  # noqa: E402
+from agent.metrics.contract import list_builtin_metrics  # noqa: E402
+from agent.metrics.scoring import score_dataset  # noqa: E402
 from agent.resources import cache_dir  # noqa: E402
-from agent.scoring import score_dataset  # noqa: E402
 from sandbox.isolation import SandboxConfig  # noqa: E402
 
 GOAL_COMBINED_AP = 0.6

@@ -27,15 +27,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.author_job import (  # noqa: E402
+from agent.authoring.job import (  # noqa: E402
     AuthorJob,
     authoring_settings,
     job_settings_from_transcript,
     materialise,
     run_author_job,
 )
-from agent.backend_replay import ReplayBackend  # noqa: E402
-from agent.transcript import read_transcript  # noqa: E402
+from agent.llm.backends.replay import ReplayBackend  # noqa: E402
+from agent.llm.transcript import read_transcript  # noqa: E402
 
 GOAL_OVERHEAD_S = 1.0
 

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:
-    from agent.dataset import Dataset
-    from agent.metric_file import MetricSpec
+    from agent.data.coco import Dataset
+    from agent.metrics.contract import MetricSpec
     from sandbox.protocol import LayerStatus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def _inside_repo(path: Path) -> bool:
 
 def prepare_dataset(data: Path | None, n_images: int, seed: int) -> tuple[Path, bool]:
     """The annotations file to score, generated unless one is already there. Returns (path, reused)."""
-    from agent.demo_data import generate_demo_dataset
+    from agent.data.demo import generate_demo_dataset
     from agent.resources import cache_dir
 
     if data is not None and data.is_file():
@@ -230,7 +230,7 @@ class EngineRun:
 
 def run_engine(dataset: Dataset, specs: list[MetricSpec], workers: int) -> EngineRun:
     """(b): `metricsmith score`'s code path, every layer the machine offers."""
-    from agent.scoring import score_dataset
+    from agent.metrics.scoring import score_dataset
     from sandbox.isolation import SandboxConfig
 
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -260,7 +260,7 @@ def run_per_metric(dataset: Dataset, specs: list[MetricSpec], workers: int) -> t
 
 def cold_start(dataset: Dataset, spec: MetricSpec, repeats: int) -> list[float]:
     """Seconds from spawning one sandboxed worker to its first result: one image, one cheap metric."""
-    from agent.scoring import build_tasks, data_roots
+    from agent.metrics.scoring import build_tasks, data_roots
     from sandbox.engine import CallResult, ScoringEngine
     from sandbox.isolation import SandboxConfig
     from sandbox.protocol import MetricCode
@@ -379,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.update(SINGLE_THREAD_ENV)  # inherited by the (a) pool; the sandbox sets the same itself
 
-    from agent.dataset import load_coco
-    from agent.metric_file import load_metric_file
+    from agent.data.coco import load_coco
+    from agent.metrics.contract import load_metric_file
 
     wait_for_metrics([*METRICS, COLD_START_METRICS[-1]], args.wait_for_metrics)
     specs = [load_metric_file(f"builtin:{name}") for name in METRICS]

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.author_job import AuthorJob, run_author_job
-from agent.authoring import AuthoringSettings, idea_from_text, model_defaults
-from agent.backend_replay import ReplayMismatch
-from agent.candidates import load_candidate
-from agent.demo_data import generate_demo_dataset
-from agent.scripted_model import ScriptedModel
-from agent.transcript import read_transcript
+from agent.authoring.candidates import load_candidate
+from agent.authoring.job import AuthorJob, run_author_job
+from agent.authoring.loop import AuthoringSettings, idea_from_text, model_defaults
+from agent.data.demo import generate_demo_dataset
+from agent.llm.backends.replay import ReplayMismatch
+from agent.llm.backends.scripted import ScriptedModel
+from agent.llm.transcript import read_transcript
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSCRIPTS = sorted((REPO / "transcripts").glob("*.jsonl"))

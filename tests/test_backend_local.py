@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.authoring import idea_from_text
-from agent.backend_local import LocalBackend
-from agent.dataset import load_coco
-from agent.demo_data import generate_demo_dataset
-from agent.errors import UserError
-from agent.extract import check_code, extract_code, extract_ideas
-from agent.metric_file import MetricSpec
-from agent.model import Message, ModelBackend, ModelRequest
-from agent.prompting import (
+from agent.authoring.extract import check_code, extract_code, extract_ideas
+from agent.authoring.loop import idea_from_text
+from agent.authoring.prompting import (
     MetricTask,
     Prompts,
     build_brainstorm_request,
@@ -27,7 +21,13 @@ from agent.prompting import (
     choose_examples,
     dataset_facts,
 )
-from agent.transcript import read_transcript
+from agent.data.coco import load_coco
+from agent.data.demo import generate_demo_dataset
+from agent.errors import UserError
+from agent.llm.backends.local import LocalBackend
+from agent.llm.model import Message, ModelBackend, ModelRequest
+from agent.llm.transcript import read_transcript
+from agent.metrics.contract import MetricSpec
 
 pytestmark = [
     pytest.mark.slow,
@@ -173,7 +173,7 @@ def test_author_end_to_end_with_the_embedded_model(tmp_path: Path) -> None:
 
 
 def test_amx_is_read_from_the_cpu_flags() -> None:
-    from agent.backend_local import _cpu_has_amx
+    from agent.llm.backends.local import _cpu_has_amx
 
     assert _cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile amx_int8\n")
     assert not _cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
@@ -183,7 +183,7 @@ def test_amx_is_read_from_the_cpu_flags() -> None:
 def test_plain_buffers_turn_off_extra_buffer_types_only_while_loading() -> None:
     import llama_cpp.llama_cpp as bindings
 
-    from agent.backend_local import _plain_cpu_buffers
+    from agent.llm.backends.local import _plain_cpu_buffers
 
     assert bindings.llama_model_default_params().use_extra_bufts, "llama.cpp's default, which AMX CPUs crash on"
     with _plain_cpu_buffers():

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from agent.backend_openai import REASONING_HEADROOM_TOKENS, OpenAIBackend
 from agent.errors import UserError
-from agent.model import Message, ModelBackend, ModelRequest, ModelUnreachable
+from agent.llm.backends.openai import REASONING_HEADROOM_TOKENS, OpenAIBackend
+from agent.llm.model import Message, ModelBackend, ModelRequest, ModelUnreachable
 
 API_KEY = "sk-test-SECRET-0123456789abcdef"
 

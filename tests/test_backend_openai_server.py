@@ -24,13 +24,13 @@ from typing import Literal
 
 import pytest
 
-from agent.backend_local import gemma_model_path
-from agent.backend_openai import OpenAIBackend
-from agent.demo_data import generate_demo_dataset
-from agent.extract import check_code, extract_code
-from agent.metric_file import MetricSpec
-from agent.model import Message, ModelRequest
-from agent.transcript import read_transcript
+from agent.authoring.extract import check_code, extract_code
+from agent.data.demo import generate_demo_dataset
+from agent.llm.backends.local import gemma_model_path
+from agent.llm.backends.openai import OpenAIBackend
+from agent.llm.model import Message, ModelRequest
+from agent.llm.transcript import read_transcript
+from agent.metrics.contract import MetricSpec
 
 pytestmark = [
     pytest.mark.slow,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.batch import BatchResult
-from agent.demo_data import generate_demo_dataset
+from agent.data.demo import generate_demo_dataset
+from agent.sessions.batch import BatchResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transcripts"))
 import record_fixtures as fixtures

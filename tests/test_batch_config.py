@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.authoring import model_defaults
-from agent.batch import backend_for
-from agent.batch_config import ConfigInvalid, load_batch_config
+from agent.authoring.loop import model_defaults
 from agent.errors import UserError
+from agent.sessions.batch import backend_for
+from agent.sessions.batch_config import ConfigInvalid, load_batch_config
 
 GOOD = """
 ideas = ["flag boxes that are not on a panda", "flag blurry images"]

@@ -21,17 +21,17 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from agent.backend_replay import ReplayBackend
-from agent.candidates import author_runs, list_candidates, load_candidate
-from agent.chat import COMMANDS, ChatSession, ChatSetup
-from agent.chat_replay import InterruptibleReplay, replay_chat, session_outcome
-from agent.cli_chat import SlashCompleter, run_repl
-from agent.demo_data import generate_demo_dataset
-from agent.editing import Editor
-from agent.library import list_library
-from agent.model import Mode, ModelReply, ModelRequest, TextSink
-from agent.scripted_model import ScriptedModel
-from agent.transcript import read_transcript
+from agent.authoring.candidates import author_runs, list_candidates, load_candidate
+from agent.cli.chat import SlashCompleter, run_repl
+from agent.data.demo import generate_demo_dataset
+from agent.llm.backends.replay import ReplayBackend
+from agent.llm.backends.scripted import ScriptedModel
+from agent.llm.model import Mode, ModelReply, ModelRequest, TextSink
+from agent.llm.transcript import read_transcript
+from agent.metrics.library import list_library
+from agent.review.editing import Editor
+from agent.sessions.chat import COMMANDS, ChatSession, ChatSetup
+from agent.sessions.chat_replay import InterruptibleReplay, replay_chat, session_outcome
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "transcripts"))

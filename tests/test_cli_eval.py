@@ -152,7 +152,7 @@ def test_needs_metric_or_scores(files: tuple[Path, Path, Path]) -> None:
 
 @pytest.mark.slow
 def test_builtin_metric_on_a_demo_dataset(tmp_path: Path) -> None:
-    from agent.demo_data import generate_demo_dataset
+    from agent.data.demo import generate_demo_dataset
 
     annotations = generate_demo_dataset(tmp_path / "demo", n_images=8)
     result = run_cli("eval", "--annotations", str(annotations), "--errors", str(annotations.parent / "errors.json"),

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.metric_file import load_metric_file
+from agent.metrics.contract import load_metric_file
 
 BRIGHTNESS = '''"""Mean brightness of the image."""
 NAME = "mean_brightness"
@@ -142,7 +142,7 @@ def test_jsonl_and_parquet_outputs_hold_the_same_rows(tmp_path: Path, metrics: t
         result = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[1]), "--out", str(out))
         assert result.returncode == 0, result.stderr
         outputs[suffix] = out
-    from agent.results_io import read_rows
+    from agent.metrics.results import read_rows
 
     as_jsonl = read_rows(outputs["jsonl"])
     as_parquet = read_rows(outputs["parquet"])

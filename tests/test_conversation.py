@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.conversation import Conversation, Turn, count_tokens
-from agent.model import Message
+from agent.llm.conversation import Conversation, Turn, count_tokens
+from agent.llm.model import Message
 
 SYSTEM = "You write data-quality metrics for COCO datasets. Return one Python file."
 IDEA = "Score each box by how far its aspect ratio is from the median of its category."

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.dataset import DatasetInvalid, Problem, default_image_root, load_coco
+from agent.data.coco import DatasetInvalid, Problem, default_image_root, load_coco
 from agent.errors import UserError
 
 

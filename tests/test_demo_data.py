@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import demo_data
-from agent.demo_data import generate_demo_dataset
+from agent.data import demo as demo_data
+from agent.data.demo import generate_demo_dataset
 from agent.errors import UserError
 
 N_IMAGES = 16

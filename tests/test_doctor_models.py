@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from agent.doctor import model_backends
+from agent.cli.doctor import model_backends
 
 
 def test_an_endpoint_is_named_and_its_key_never_shown() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.evaluation import (
+from agent.evaluation.ranking import (
     ErrorLabel,
     GroundTruth,
     MetricScores,
@@ -22,7 +22,7 @@ from agent.evaluation import (
     recall_at_budget,
     suspicion_ranks,
 )
-from agent.scoring import ScoreRow
+from agent.metrics.scoring import ScoreRow
 
 
 @pytest.mark.parametrize("direction", ["high", "low"])

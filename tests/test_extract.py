@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.extract import (
+from agent.authoring.extract import (
     Extraction,
     FormatProblem,
     Idea,
@@ -13,7 +13,7 @@ from agent.extract import (
     extract_code,
     extract_ideas,
 )
-from agent.metric_file import MetricSpec
+from agent.metrics.contract import MetricSpec
 
 GOOD = '''"""Box area relative to the image; tiny boxes are often stray clicks."""
 

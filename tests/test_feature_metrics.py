@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import neighbours
-from agent.dataset import load_coco
-from agent.demo_data import generate_demo_dataset
-from agent.metric_file import MetricFileError, load_metric_file, parse_metric_source
-from agent.neighbours import class_disagreement, nearest_neighbours
-from agent.scoring import score_dataset
+from agent.data.coco import load_coco
+from agent.data.demo import generate_demo_dataset
+from agent.metrics import neighbours
+from agent.metrics.contract import MetricFileError, load_metric_file, parse_metric_source
+from agent.metrics.neighbours import class_disagreement, nearest_neighbours
+from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
 
 FEATURE_HEADER = '''"""A feature metric for the tests: returns a small vector per box."""

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.candidates import CandidateRecord, list_candidates, load_candidate, now_iso, save_candidate
-from agent.gate import GateRefused, approve, promote_candidate, record_edit, reject
-from agent.library import load_library_metric
-from agent.metric_file import code_sha256
+from agent.authoring.candidates import CandidateRecord, list_candidates, load_candidate, now_iso, save_candidate
+from agent.metrics.contract import code_sha256
+from agent.metrics.library import load_library_metric
+from agent.review.gate import GateRefused, approve, promote_candidate, record_edit, reject
 
 CODE = '''"""Box area, for the gate tests."""
 

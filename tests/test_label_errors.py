@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from agent.dataset import load_coco
-from agent.demo_data import generate_demo_dataset
+from agent.data.coco import load_coco
+from agent.data.demo import generate_demo_dataset
+from agent.data.label_errors import ERROR_TYPES, ErrorsFile, box_iou, error_counts, load_errors
 from agent.errors import UserError
-from agent.label_errors import ERROR_TYPES, ErrorsFile, box_iou, error_counts, load_errors
 
 N_IMAGES = 40
 RATE = 0.3
@@ -45,7 +45,7 @@ def _labelled_box(ann: dict[str, Any]) -> str:
 
 
 def _own_iou(a: list[float], b: list[float]) -> float:
-    # Written independently of agent.label_errors.box_iou, from corner coordinates.
+    # Written independently of agent.data.label_errors.box_iou, from corner coordinates.
     ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
     inter = max(0.0, min(ax2, bx2) - max(a[0], b[0])) * max(0.0, min(ay2, by2) - max(a[1], b[1]))
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)

@@ -16,7 +16,7 @@ import pytest
 from test_cli_score import make_dataset
 
 from agent.errors import UserError
-from agent.library import (
+from agent.metrics.library import (
     Approval,
     Provenance,
     library_versions,

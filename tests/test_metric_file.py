@@ -14,7 +14,7 @@ import pytest
 
 from agent import resources
 from agent.errors import UserError
-from agent.metric_file import (
+from agent.metrics.contract import (
     MetricFileError,
     MetricSpec,
     check_imports,

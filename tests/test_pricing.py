@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.model import Usage
-from agent.pricing import cost_usd
+from agent.llm.model import Usage
+from agent.llm.pricing import cost_usd
 
 
 @pytest.mark.parametrize(

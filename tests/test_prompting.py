@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.dataset import Dataset, load_coco
-from agent.demo_data import generate_demo_dataset
-from agent.extract import Idea, check_code, extract_code
-from agent.metric_file import MetricSpec, list_builtin_metrics
-from agent.model import Message, ModelRequest
-from agent.prompting import (
+from agent.authoring.extract import Idea, check_code, extract_code
+from agent.authoring.prompting import (
     COMPLETION_STOPS,
     DatasetFacts,
     FailedItem,
@@ -31,6 +27,10 @@ from agent.prompting import (
     idea_level,
     system_prompt,
 )
+from agent.data.coco import Dataset, load_coco
+from agent.data.demo import generate_demo_dataset
+from agent.llm.model import Message, ModelRequest
+from agent.metrics.contract import MetricSpec, list_builtin_metrics
 from agent.resources import prompts_dir
 
 TEMPLATES = {

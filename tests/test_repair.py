@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.dataset import load_coco
-from agent.metric_file import code_sha256
-from agent.repair import (
+from agent.authoring.repair import (
     LoopGuard,
     error_signature,
     normalise_message,
     repair_context,
     trim_traceback,
 )
-from agent.validation import CheckResult, Failure, ScoreStats, Timing, ValidationReport
-from agent.validation_set import ValidationSet
+from agent.authoring.validation import CheckResult, Failure, ScoreStats, Timing, ValidationReport
+from agent.authoring.validation_set import ValidationSet
+from agent.data.coco import load_coco
+from agent.metrics.contract import code_sha256
 
 METRIC = "/tmp/run-3/candidates/box_ratio-1a2b3c4d/metric.py"
 

@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.backend_replay import ReplayBackend, ReplayMismatch
 from agent.errors import UserError
-from agent.model import Message, ModelBackend, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, hand_over
-from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter, read_transcript
+from agent.llm.backends.replay import ReplayBackend, ReplayMismatch
+from agent.llm.model import (
+    Message,
+    ModelBackend,
+    ModelReply,
+    ModelRequest,
+    ModelUnreachable,
+    TextSink,
+    Usage,
+    hand_over,
+)
+from agent.llm.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter, read_transcript
 
 DRAFT_SHA = "1a2b3c" + "0" * 58
 REPAIR_SHA = "4d5e6f" + "0" * 58

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.author_job import AuthorJob, run_author_job
-from agent.authoring import AuthoringSettings
-from agent.chat import ChatSession, ChatSetup
-from agent.chat_replay import replay_chat
-from agent.demo_data import generate_demo_dataset
+from agent.authoring.job import AuthorJob, run_author_job
+from agent.authoring.loop import AuthoringSettings
+from agent.data.demo import generate_demo_dataset
 from agent.errors import UserError
-from agent.library import Approval, LibraryRef, promote
-from agent.metric_file import parse_metric_source
-from agent.scripted_model import ScriptedModel
-from agent.transcript import read_transcript
+from agent.llm.backends.scripted import ScriptedModel
+from agent.llm.transcript import read_transcript
+from agent.metrics.contract import parse_metric_source
+from agent.metrics.library import Approval, LibraryRef, promote
+from agent.sessions.chat import ChatSession, ChatSetup
+from agent.sessions.chat_replay import replay_chat
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "transcripts"))

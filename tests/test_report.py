@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from test_cli_score import BOX_AREA, make_dataset
 
-from agent.dataset import load_coco
-from agent.demo_data import generate_demo_dataset
-from agent.evaluation import ERROR_TYPES, image_error_types, load_error_labels, object_error_types
-from agent.report import (
+from agent.data.coco import load_coco
+from agent.data.demo import generate_demo_dataset
+from agent.evaluation.ranking import ERROR_TYPES, image_error_types, load_error_labels, object_error_types
+from agent.evaluation.report import (
     Fences,
     build_report,
     count_outliers,
@@ -31,7 +31,7 @@ from agent.report import (
     render_html,
     write_report,
 )
-from agent.scoring import ScoreRow
+from agent.metrics.scoring import ScoreRow
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

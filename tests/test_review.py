@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.author_job import AuthorJob, run_author_job
-from agent.authoring import AuthoringSettings
-from agent.candidates import list_candidates, twins
-from agent.cli_batch import ReviewTally
-from agent.demo_data import generate_demo_dataset
-from agent.scripted_model import ScriptedModel
-from agent.transcript import read_transcript
+from agent.authoring.candidates import list_candidates, twins
+from agent.authoring.job import AuthorJob, run_author_job
+from agent.authoring.loop import AuthoringSettings
+from agent.cli.batch import ReviewTally
+from agent.data.demo import generate_demo_dataset
+from agent.llm.backends.scripted import ScriptedModel
+from agent.llm.transcript import read_transcript
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transcripts"))
 import record_fixtures as fixtures

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from agent.scoring import FirstFailure, MetricSummary, ScoreRow, error_line, failure_lines, first_failures
+from agent.metrics.scoring import FirstFailure, MetricSummary, ScoreRow, error_line, failure_lines, first_failures
 from sandbox.framing import PRINTED_MARKER
 
 TRACEBACK = (

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.evaluation import ErrorLabel, GroundTruth, MetricScores, evaluate
-from agent.stacking import cross_validated_scores, expand_features, fit_logistic, fold_of_groups, predict_logistic
+from agent.evaluation.ranking import ErrorLabel, GroundTruth, MetricScores, evaluate
+from agent.evaluation.stacking import (
+    cross_validated_scores,
+    expand_features,
+    fit_logistic,
+    fold_of_groups,
+    predict_logistic,
+)
 
 
 def _toy(seed: int = 0, count: int = 400) -> tuple[np.ndarray, np.ndarray, list[int]]:

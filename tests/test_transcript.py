@@ -14,8 +14,17 @@ from pathlib import Path
 import pytest
 
 from agent.errors import UserError
-from agent.model import Message, ModelBackend, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, hand_over
-from agent.transcript import (
+from agent.llm.model import (
+    Message,
+    ModelBackend,
+    ModelReply,
+    ModelRequest,
+    ModelUnreachable,
+    TextSink,
+    Usage,
+    hand_over,
+)
+from agent.llm.transcript import (
     REDACTED,
     EventLine,
     ExchangeLine,
@@ -118,8 +127,8 @@ def test_a_killed_session_leaves_every_completed_line_readable(tmp_path: Path) -
         f"""
         import os, signal
         from pathlib import Path
-        from agent.model import Message, ModelReply, ModelRequest, Usage
-        from agent.transcript import TranscriptMeta, TranscriptWriter
+        from agent.llm.model import Message, ModelReply, ModelRequest, Usage
+        from agent.llm.transcript import TranscriptMeta, TranscriptWriter
 
         writer = TranscriptWriter(Path({str(path)!r}), TranscriptMeta(backend="b", model="m", mode="chat"))
         for i in range(3):

@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.dataset import AnnotationInfo, Dataset, load_coco
-from agent.demo_data import generate_demo_dataset
-from agent.metric_file import MetricSpec, load_metric_file, parse_metric_source
-from agent.repair import repair_context
-from agent.validation import ValidationReport, average_ranks, evaluate_candidate, spearman, validate
-from agent.validation_set import EdgeCaseName, ValidationSet, build_validation_set, load_validation_set
+from agent.authoring.repair import repair_context
+from agent.authoring.validation import ValidationReport, average_ranks, evaluate_candidate, spearman, validate
+from agent.authoring.validation_set import EdgeCaseName, ValidationSet, build_validation_set, load_validation_set
+from agent.data.coco import AnnotationInfo, Dataset, load_coco
+from agent.data.demo import generate_demo_dataset
+from agent.metrics.contract import MetricSpec, load_metric_file, parse_metric_source
 from sandbox.isolation import SandboxConfig
 
 CONFIG = SandboxConfig(workers=2)

@@ -44,7 +44,7 @@ def test_wheel_lists_prompts_and_metrics(tmp_path: Path) -> None:
     in_repo = {path.name for path in (REPO / "prompts" / "metrics").glob("*.py")}
     assert in_repo and in_repo <= shipped
     assert "sandbox/worker.py" in names
-    assert "agent/templates/report.html.j2" in names  # `metricsmith report` renders it
+    assert "agent/evaluation/templates/report.html.j2" in names  # `metricsmith report` renders it
 
 
 def test_installed_wheel_runs_builtin_metrics_without_the_checkout(installed: Path, tmp_path: Path) -> None:

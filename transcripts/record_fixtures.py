@@ -18,10 +18,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from agent.author_job import AuthorJob, run_author_job  # noqa: E402
-from agent.authoring import AuthoringSettings  # noqa: E402
-from agent.demo_data import generate_demo_dataset  # noqa: E402
-from agent.scripted_model import ScriptedModel  # noqa: E402
+from agent.authoring.job import AuthorJob, run_author_job  # noqa: E402
+from agent.authoring.loop import AuthoringSettings  # noqa: E402
+from agent.data.demo import generate_demo_dataset  # noqa: E402
+from agent.llm.backends.scripted import ScriptedModel  # noqa: E402
 
 IDEA = "boxes whose inside has almost no edges: empty or badly placed boxes"
 DESCRIPTION = "Cartoon pandas, brown bears and red foxes on textured backgrounds."
@@ -147,7 +147,7 @@ def main() -> None:
         )
         assert model.remaining == 0, f"{name}: {model.remaining} scripted replies unused"
         print(f"{name}: {outcome.verdict} after {outcome.exchanges} exchanges ({outcome.reason})")
-    # The replay side rebuilds the dataset from the recipe each meta line holds (agent.author_job.materialise).
+    # The replay side rebuilds the dataset from the recipe each meta line holds (agent.authoring.job.materialise).
     shutil.rmtree(data)
 
 

@@ -4,7 +4,7 @@ A run directory (`metricsmith author --out RUN_DIR`, or a batch run) holds:
 
     RUN_DIR/
       transcript.jsonl            # or transcripts/IDEA.jsonl in a batch run
-      decisions.jsonl             # append-only log of every decision (agent.gate)
+      decisions.jsonl             # append-only log of every decision (agent.review.gate)
       candidates/ID/
         metric.py                 # the code, exactly as validated
         candidate.json            # CandidateRecord, below

@@ -10,7 +10,7 @@ sequences), so it is lenient about form and strict about content:
    whole reply when it is code. Among several blocks, the last one that defines `score` wins: models
    often show a broken snippet first and the fixed file last. A fence left open (a reply cut at
    max_tokens) runs to the end of the reply and is marked truncated.
-3. `check_code` validates the code with `agent.metric_file.parse_metric_source` (the one static
+3. `check_code` validates the code with `agent.metrics.contract.parse_metric_source` (the one static
    contract check; nothing is executed) and turns its problems into a `FormatProblem` whose
    `corrective_message` tells the model exactly what to change.
 
@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.metric_file import (
+from agent.metrics.contract import (
     LEVEL_PARAMETERS,
     NAME_MAX_LENGTH,
     NAME_PATTERN,

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from rich.markup import escape
 
-from agent.authoring import (
+from agent.authoring.extract import Idea
+from agent.authoring.loop import (
     AuthoringOutcome,
     AuthoringSettings,
     Listener,
@@ -27,20 +28,19 @@ from agent.authoring import (
     dataset_fingerprint,
     idea_from_text,
 )
-from agent.backend_local import LocalBackend
-from agent.backend_openai import OpenAIBackend
-from agent.backend_replay import ReplayBackend
-from agent.dataset import Dataset, load_coco
-from agent.demo_data import generate_demo_dataset
+from agent.authoring.prompting import Prompts
+from agent.authoring.validation_set import ValidationSet, build_validation_set, load_validation_set
+from agent.data.coco import Dataset, load_coco
+from agent.data.demo import generate_demo_dataset
 from agent.errors import UserError
-from agent.extract import Idea
-from agent.library import LibraryRef, default_library_dir, latest_library_refs, load_pinned_metrics
-from agent.metric_file import MetricSpec, list_builtin_metrics
-from agent.model import Mode, ModelBackend
-from agent.prompting import Prompts
+from agent.llm.backends.local import LocalBackend
+from agent.llm.backends.openai import OpenAIBackend
+from agent.llm.backends.replay import ReplayBackend
+from agent.llm.model import Mode, ModelBackend
+from agent.llm.transcript import RecordingBackend, Transcript, TranscriptMeta, TranscriptWriter
+from agent.metrics.contract import MetricSpec, list_builtin_metrics
+from agent.metrics.library import LibraryRef, default_library_dir, latest_library_refs, load_pinned_metrics
 from agent.resources import cache_dir
-from agent.transcript import RecordingBackend, Transcript, TranscriptMeta, TranscriptWriter
-from agent.validation_set import ValidationSet, build_validation_set, load_validation_set
 from sandbox.isolation import SandboxConfig
 
 __all__ = [
@@ -197,7 +197,7 @@ def library_metrics(
 @dataclass(frozen=True, kw_only=True)
 class SessionSetup:
     """What every authoring session needs, after the CLI parsed it: the dataset, the model, the
-    loop's settings and where to write. `metricsmith chat` runs on exactly this (agent.chat)."""
+    loop's settings and where to write. `metricsmith chat` runs on exactly this (agent.sessions.chat)."""
 
     annotations: Path
     run_dir: Path

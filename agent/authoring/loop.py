@@ -12,7 +12,7 @@ A whole session is therefore replayable: the same settings, dataset and template
 requests, and the replay backend checks them one by one.
 
 The loop never promotes anything. A passing draft becomes a *pending* candidate in the run
-directory (agent.candidates); the gate (agent.gate) is where a human decides.
+directory (agent.authoring.candidates); the gate (agent.review.gate) is where a human decides.
 
 Empty and truncated replies are the model's behaviour, not exceptions: an empty reply is asked
 again, a truncated one is asked again for a complete, shorter file. Only `ModelUnreachable`
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.candidates import (
+from agent.authoring.candidates import (
     CandidateRecord,
     candidate_dir,
     new_candidate_id,
@@ -36,13 +36,8 @@ from agent.candidates import (
     save_candidate,
     write_json_atomic,
 )
-from agent.conversation import Conversation
-from agent.dataset import Dataset
-from agent.evaluation import load_error_labels
-from agent.extract import Extraction, FormatProblem, Idea, Issue, check_code, extract_code, no_code_problem
-from agent.metric_file import MetricSpec
-from agent.model import ModelBackend, ModelReply, ModelRequest, Usage
-from agent.prompting import (
+from agent.authoring.extract import Extraction, FormatProblem, Idea, Issue, check_code, extract_code, no_code_problem
+from agent.authoring.prompting import (
     MetricTask,
     Prompts,
     build_format_retry,
@@ -53,19 +48,24 @@ from agent.prompting import (
     idea_level,
     system_prompt,
 )
-from agent.repair import DEFAULT_TOKEN_CAP, LoopGuard, error_signature, repair_context
-from agent.report import build_report, render_html, write_report
-from agent.results_io import write_rows
-from agent.scoring import score_dataset
-from agent.transcript import TranscriptWriter
-from agent.validation import (
+from agent.authoring.repair import DEFAULT_TOKEN_CAP, LoopGuard, error_signature, repair_context
+from agent.authoring.validation import (
     DEFAULT_MAX_ERROR_RATE,
     DEFAULT_TIME_BUDGET_S,
     ValidationReport,
     evaluate_candidate,
     validate,
 )
-from agent.validation_set import ValidationSet
+from agent.authoring.validation_set import ValidationSet
+from agent.data.coco import Dataset
+from agent.evaluation.ranking import load_error_labels
+from agent.evaluation.report import build_report, render_html, write_report
+from agent.llm.conversation import Conversation
+from agent.llm.model import ModelBackend, ModelReply, ModelRequest, Usage
+from agent.llm.transcript import TranscriptWriter
+from agent.metrics.contract import MetricSpec
+from agent.metrics.results import write_rows
+from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
 
 __all__ = [

@@ -3,7 +3,7 @@
 The templates are jinja2 files in the prompts folder (`agent.resources.prompts_dir()`), rendered with
 StrictUndefined so a missing variable is an error, not a silently empty line. The metric contract
 (CONTRACT.md) is injected into the system prompt verbatim as the global `contract`, so what the
-model is told is always exactly what `agent.metric_file` checks.
+model is told is always exactly what `agent.metrics.contract` checks.
 
 Every request records the sha256 of each source that went into it (templates, included templates
 and CONTRACT.md) in `ModelRequest.templates`, so a replay mismatch can name the template that
@@ -34,10 +34,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from agent import resources
-from agent.dataset import Dataset
-from agent.extract import FormatProblem, Idea, corrective_message
-from agent.metric_file import MetricSpec, list_builtin_metrics
-from agent.model import Message, Mode, ModelRequest
+from agent.authoring.extract import FormatProblem, Idea, corrective_message
+from agent.data.coco import Dataset
+from agent.llm.model import Message, Mode, ModelRequest
+from agent.metrics.contract import MetricSpec, list_builtin_metrics
 
 __all__ = [
     "COMPLETION_STOPS",
@@ -648,7 +648,7 @@ def build_brainstorm_request(
     seed: int | None = None,
     grammar: bool = False,
 ) -> ModelRequest:
-    """Ask for `n` metric ideas (parse the reply with `agent.extract.extract_ideas`)."""
+    """Ask for `n` metric ideas (parse the reply with `agent.authoring.extract.extract_ideas`)."""
     turn = prompts.render(
         "brainstorm.j2",
         description=description,

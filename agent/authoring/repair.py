@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from agent.prompting import FailedItem, RepairContext
-from agent.validation import Failure, ValidationReport
-from agent.validation_set import ValidationSet
+from agent.authoring.prompting import FailedItem, RepairContext
+from agent.authoring.validation import Failure, ValidationReport
+from agent.authoring.validation_set import ValidationSet
 
 TRACEBACK_LIMIT = 2500
 DEFAULT_TOKEN_CAP = 60_000
@@ -38,7 +38,7 @@ _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 # The harness's own code: the worker's frames above the metric, or its SIGALRM handler below it.
 _PACKAGE_DIRS = tuple(str(Path(__file__).resolve().parent.parent / name) + os.sep for name in ("agent", "sandbox"))
-_HARNESS_SUFFIXES = ("sandbox/worker.py", "sandbox/engine.py", "sandbox/host.py", "agent/scoring.py")
+_HARNESS_SUFFIXES = ("sandbox/worker.py", "sandbox/engine.py", "sandbox/host.py", "agent/metrics/scoring.py")
 
 
 # -- tracebacks -------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Validation of a candidate metric in the sandbox, before anyone looks at its scores.
 
-A candidate runs on a small validation set (`agent.validation_set`): about 64 items sampled from the
+A candidate runs on a small validation set (`agent.authoring.validation_set`): about 64 items sampled from the
 user's dataset plus the edge cases that break naive code (an image without boxes, a greyscale image,
 a 2×2 box, a box on the border, a box partly outside the image).
 
-`validate` scores the set twice through `agent.scoring.score_dataset` (the second run is the
+`validate` scores the set twice through `agent.metrics.scoring.score_dataset` (the second run is the
 determinism check) and runs these checks, in this order, each named in the report:
 
     loads           the module-level code ran (else its traceback; the other checks are skipped)
@@ -41,8 +41,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict
 
-from agent.dataset import Dataset
-from agent.evaluation import (
+from agent.authoring.validation_set import EdgeCaseName, ItemKey, ValidationSet
+from agent.data.coco import Dataset
+from agent.evaluation.ranking import (
     MetricEvaluation,
     check_files,
     evaluate,
@@ -50,9 +51,8 @@ from agent.evaluation import (
     load_error_labels,
     scores_from_rows,
 )
-from agent.metric_file import MetricSpec
-from agent.scoring import ScoreOutcome, ScoreRow, score_dataset
-from agent.validation_set import EdgeCaseName, ItemKey, ValidationSet
+from agent.metrics.contract import MetricSpec
+from agent.metrics.scoring import ScoreOutcome, ScoreRow, score_dataset
 from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 
@@ -555,7 +555,7 @@ def evaluate_candidate(
     config: SandboxConfig,
     rows: Sequence[ScoreRow] | None = None,
 ) -> CandidateEvaluation:
-    """Evaluate the ranking with `agent.evaluation.evaluate`, scoring the full dataset unless `rows` are given."""
+    """Evaluate the ranking (`agent.evaluation.ranking.evaluate`), scoring the full dataset unless `rows` are given."""
     truth = ground_truth(dataset, load_error_labels(errors_path))
     check_files(truth, errors_name=str(errors_path))
     if rows is None:

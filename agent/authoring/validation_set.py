@@ -4,7 +4,7 @@ About 64 items sampled from the dataset (images stratified so every class appear
 edge cases that real datasets hold by the thousand and that break naive code: an image without
 boxes, a greyscale image, a 2×2 box, a box touching the border and a box partly outside the image.
 The dataset layer accepts that last one with a warning (only a box lying entirely outside is
-refused), so it is written unclipped. `agent.validation` runs candidates on it.
+refused), so it is written unclipped. `agent.authoring.validation` runs candidates on it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Literal
 
 import cv2
 
-from agent.dataset import AnnotationInfo, Dataset, ImageInfo, load_coco
+from agent.data.coco import AnnotationInfo, Dataset, ImageInfo, load_coco
 
 EdgeCaseName = Literal["empty_image", "grey_image", "edge_boxes_image", "tiny_box", "border_box", "partly_outside_box"]
 ItemKey = tuple[int, int | None]  # (image_id, annotation_id); annotation_id is None at image level

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.author_job import (
+from agent.authoring.job import (
     AuthorJob,
     authoring_settings,
     default_backend,
@@ -19,14 +19,14 @@ from agent.author_job import (
     recorded_outcome,
     run_author_job,
 )
-from agent.authoring import AuthoringOutcome, AuthoringSettings, idea_from_text, model_defaults
-from agent.backend_replay import ReplayBackend
-from agent.chat_replay import is_chat_transcript, replay_chat
-from agent.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_int, stderr, stdout
+from agent.authoring.loop import AuthoringOutcome, AuthoringSettings, idea_from_text, model_defaults
+from agent.cli.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_int, stderr, stdout
 from agent.errors import UserError
-from agent.model import ModelBackend
-from agent.pricing import cost_usd
-from agent.transcript import read_transcript
+from agent.llm.backends.replay import ReplayBackend
+from agent.llm.model import ModelBackend
+from agent.llm.pricing import cost_usd
+from agent.llm.transcript import read_transcript
+from agent.sessions.chat_replay import is_chat_transcript, replay_chat
 
 __all__ = ["add_model_options", "backend_from_args", "cmd_author", "cmd_replay", "register"]
 

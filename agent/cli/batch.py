@@ -9,11 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.batch import BatchOptions, run_batch
-from agent.batch_config import load_batch_config
-from agent.candidate_view import show_candidate
-from agent.candidates import CandidateRecord, author_runs, list_candidates, twins
-from agent.console import (
+from agent.authoring.candidates import CandidateRecord, author_runs, list_candidates, twins
+from agent.cli.console import (
     EXIT_INFRASTRUCTURE,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -22,10 +19,13 @@ from agent.console import (
     stderr,
     stdout,
 )
-from agent.editing import edit_candidate
 from agent.errors import UserError
-from agent.gate import approve, promote_candidate, reject
-from agent.library import default_library_dir
+from agent.metrics.library import default_library_dir
+from agent.review.editing import edit_candidate
+from agent.review.gate import approve, promote_candidate, reject
+from agent.review.view import show_candidate
+from agent.sessions.batch import BatchOptions, run_batch
+from agent.sessions.batch_config import load_batch_config
 
 __all__ = ["cmd_batch", "cmd_review", "register"]
 

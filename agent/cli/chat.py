@@ -1,4 +1,4 @@
-"""`metricsmith chat`, registered by agent.cli: the prompt_toolkit loop around agent.chat's dispatcher."""
+"""`metricsmith chat`, registered by agent.cli: the prompt_toolkit loop around agent.sessions.chat's dispatcher."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from prompt_toolkit.output import Output
 from rich.console import Console
 from rich.markup import escape
 
-from agent.authoring import AuthoringSettings, model_defaults
-from agent.backend_replay import ReplayBackend, ReplayMismatch
-from agent.chat import COMMANDS, HISTORY_NAME, ChatSession, ChatSetup
-from agent.chat_replay import InterruptibleReplay
-from agent.cli_author import add_model_options, backend_from_args
-from agent.console import EXIT_OK, new_run_dir, positive_int, stdout
+from agent.authoring.loop import AuthoringSettings, model_defaults
+from agent.cli.author import add_model_options, backend_from_args
+from agent.cli.console import EXIT_OK, new_run_dir, positive_int, stdout
+from agent.llm.backends.replay import ReplayBackend, ReplayMismatch
+from agent.sessions.chat import COMMANDS, HISTORY_NAME, ChatSession, ChatSetup
+from agent.sessions.chat_replay import InterruptibleReplay
 
 __all__ = ["SlashCompleter", "cmd_chat", "register", "run_repl"]
 

@@ -7,6 +7,7 @@ every layer that is not, what the sandbox then fails to stop.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
 import os
@@ -18,7 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydantic import BaseModel
+from rich.table import Table
 
+from agent.cli.console import EXIT_OK, EXIT_USAGE, stdout
 from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed
 from sandbox.isolation import KERNEL_LAYERS, PROTECTS, SandboxConfig, probe_machine
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -135,3 +138,43 @@ def _layers_in_a_real_worker() -> tuple[LayerStatus, ...]:
     if not results or results[0].score != 1.0:
         raise WorkerStartFailed(f"the probe metric did not run: {results[0].error if results else 'no result'}")
     return report.layers
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    doctor = commands.add_parser("doctor", help=cmd_doctor.__doc__, description=cmd_doctor.__doc__)
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    doctor.set_defaults(handler=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Report which sandbox layers are active on this machine and what is left unprotected."""
+    report = run_doctor()
+    if args.json:
+        stdout.print_json(report.model_dump_json())
+    else:
+        _print_doctor(report)
+    return EXIT_OK if report.worker_ok else EXIT_USAGE
+
+
+def _print_doctor(report: DoctorReport) -> None:
+    table = Table("layer", "state", "what it does here", title="metricsmith sandbox layers")
+    for item in report.always_on:
+        table.add_row("always", "[green]active[/]", item)
+    for layer in report.layers:
+        state = "[green]active[/]" if layer.active else "[red]missing[/]"
+        table.add_row(layer.name, state, layer.detail)
+    stdout.print(table)
+    for line in report.missing_protections:
+        stdout.print(f"[red]missing protection[/]: {line}")
+    for line in report.models:
+        stdout.print(f"model backend: {line}", markup=False)
+    for note in report.notes:
+        stdout.print(f"[yellow]note[/]: {note}")
+    if report.worker_error:
+        stdout.print(f"[red]error[/]: {report.worker_error}")
+    verdict = "fully isolated" if report.fully_isolated else "partly isolated: see above"
+    stdout.print(f"verdict: {verdict}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agent.candidates import locate_candidate
-from agent.console import EXIT_OK, stderr
-from agent.gate import approve, promote_candidate, reject
-from agent.library import default_library_dir
+from agent.authoring.candidates import locate_candidate
+from agent.cli.console import EXIT_OK, stderr
+from agent.metrics.library import default_library_dir
+from agent.review.gate import approve, promote_candidate, reject
 
 __all__ = ["cmd_approve", "cmd_reject", "register"]
 

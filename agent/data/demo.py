@@ -13,9 +13,9 @@ example inject label errors between compositing and writing) without touching th
 Each image gets its own random generator seeded from (seed, image index), so the output depends on
 the seed only, never on how many worker processes drew it or in which order.
 
-After rendering, `agent.label_errors` corrupts a known share of the labels: annotations.json holds
+After rendering, `agent.data.label_errors` corrupts a known share of the labels: annotations.json holds
 the noisy labels, clean.json the exact truth and errors.json the list of injected errors (its
-schema is documented in `agent.label_errors`). The errors have a random stream of their own, so
+schema is documented in `agent.data.label_errors`). The errors have a random stream of their own, so
 the images are the same whatever the error rate.
 """
 
@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.data.label_errors import inject_label_errors
 from agent.errors import UserError
-from agent.label_errors import inject_label_errors
 
 __all__ = [
     "CATEGORIES",
@@ -661,7 +661,7 @@ def generate_demo_dataset(
     """Write a demo COCO dataset to out_dir/annotations.json and out_dir/images/*.jpg.
 
     Returns the path of annotations.json, which holds the NOISY labels: a share `error_rate` of
-    the true annotations carries a known error (see `agent.label_errors`). clean.json, next to
+    the true annotations carries a known error (see `agent.data.label_errors`). clean.json, next to
     it, holds the true labels and errors.json the list of injected errors. The content depends
     only on (seed, width, height, error_rate) and, for how many images, on n_images; image k is
     the same whatever n_images, workers and error_rate are.

@@ -1,6 +1,6 @@
 """Known label errors injected into the demo dataset, and the `errors.json` file that lists them.
 
-The demo generator (`agent.demo_data`) draws exact ground truth, then corrupts a known share of it
+The demo generator (`agent.data.demo`) draws exact ground truth, then corrupts a known share of it
 so that data-quality metrics can be scored against the truth. A demo folder holds three files:
 
 - `annotations.json`: the NOISY labels, valid COCO, annotation ids 1..M without gaps. Boxes only:
@@ -59,7 +59,7 @@ extremely crowded ones). The records always list exactly what was injected.
 `inject_label_errors` itself gives boxes whose geometry changed (shift, loose, spurious,
 duplicate) `area` = w·h and no `segmentation`, since the true polygon no longer matches them;
 swapped and untouched annotations keep theirs. The demo generator then strips every annotation of
-annotations.json down to its box (`agent.demo_data.boxes_only`).
+annotations.json down to its box (`agent.data.demo.boxes_only`).
 """
 
 from __future__ import annotations

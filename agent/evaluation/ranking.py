@@ -38,7 +38,7 @@ Conventions (every number of the report follows them):
   image scores (object metrics pooled as above):
   - `combined`: learned. Each metric's scores become suspicion ranks in (0, 1] (mid-ranks over its
     scored items divided by their count, missing = 0); a logistic regression on those ranks, their
-    missing flags and their pairwise products predicts "has an error" (`agent.stacking`). It is
+    missing flags and their pairwise products predicts "has an error" (`agent.evaluation.stacking`). It is
     cross-validated: items are split into 5 folds by image (a seeded shuffle, seed 0), and every
     item is scored by a model fitted on the other folds only, so no item's own label, nor that of
     any box of its image, ever reaches its score.
@@ -75,11 +75,11 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
-from agent.dataset import Dataset
+from agent.data.coco import Dataset
+from agent.data.label_errors import load_errors
 from agent.errors import UserError
-from agent.label_errors import load_errors
-from agent.scoring import ScoreRow
-from agent.stacking import cross_validated_scores
+from agent.evaluation.stacking import cross_validated_scores
+from agent.metrics.scoring import ScoreRow
 
 Direction = Literal["high", "low"]
 Level = Literal["object", "image"]
@@ -108,7 +108,7 @@ class ErrorLabel(BaseModel):
 
 
 def load_error_labels(path: Path) -> list[ErrorLabel]:
-    """Read errors.json through `agent.label_errors` (which checks it) and keep what ranking needs."""
+    """Read errors.json through `agent.data.label_errors` (which checks it) and keep what ranking needs."""
     return [
         ErrorLabel(type=record.type, image_id=record.image_id, annotation_id=record.annotation_id)
         for record in load_errors(path).errors

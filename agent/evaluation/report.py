@@ -2,7 +2,7 @@
 
 Two steps. `build_report` turns score rows, the dataset and, when known, the injected errors into
 plain data: IQR fences and outlier counts, histogram geometry, the most and least suspicious items
-with their thumbnails already encoded, and the eval tables of `agent.evaluation.evaluate`.
+with their thumbnails already encoded, and the eval tables of `agent.evaluation.ranking.evaluate`.
 `render_html` fills the jinja2 template `templates/report.html.j2` (autoescaped) with it.
 
 The page fetches nothing: CSS and SVG are inline and thumbnails are base64 JPEG `data:` URIs, so the
@@ -29,9 +29,9 @@ import jinja2
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.dataset import Dataset
+from agent.data.coco import Dataset
 from agent.errors import UserError
-from agent.evaluation import (
+from agent.evaluation.ranking import (
     DEFAULT_BUDGET,
     ERROR_TYPES,
     Direction,
@@ -47,8 +47,8 @@ from agent.evaluation import (
     scores_from_rows,
     suspicion,
 )
-from agent.metric_file import MetricSpec
-from agent.scoring import ScoreRow
+from agent.metrics.contract import MetricSpec
+from agent.metrics.scoring import ScoreRow
 
 BGRImage = NDArray[np.uint8]
 ImageReader = Callable[[int], BGRImage | None]

@@ -25,7 +25,7 @@ the system prompt the list always alternates between user and assistant: some ch
 (Gemma, Llama 2) reject anything else, and dropping a turn could otherwise leave two in a row.
 
 Pure and deterministic: the same turns and budget give the same messages, which replay relies on.
-Token counts are `agent.model.estimate_tokens` estimates plus a small per-message overhead.
+Token counts are `agent.llm.model.estimate_tokens` estimates plus a small per-message overhead.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.model import Message, estimate_tokens
+from agent.llm.model import Message, estimate_tokens
 
 __all__ = ["MESSAGE_OVERHEAD_TOKENS", "Conversation", "Turn", "count_tokens"]
 

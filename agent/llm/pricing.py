@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from agent.model import Usage
+from agent.llm.model import Usage
 
 __all__ = ["PRICES", "Price", "cost_usd"]
 

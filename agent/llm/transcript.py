@@ -3,7 +3,7 @@
 A transcript is the record of everything the model was asked and answered, plus what the loop did
 with each answer. It is written line by line (each line flushed and fsync'ed before the call that
 produced it returns), so a crash, SIGKILL or Ctrl-C loses nothing already exchanged, and it is what
-`ReplayBackend` (agent/backend_replay.py) replays.
+`ReplayBackend` (agent/llm/backends/replay.py) replays.
 
 File format, schema version 1
 =============================
@@ -31,8 +31,8 @@ only (a JSON string may legitimately hold U+2028). Blank lines are ignored. Ever
 
    - `kind`: `"exchange"`
    - `index`: integer, 0 for the first exchange, then 1, 2, ... with no gaps.
-   - `request`: object, `agent.model.ModelRequest` in its JSON form.
-   - `reply`: object (`agent.model.ModelReply`) or null when the call failed.
+   - `request`: object, `agent.llm.model.ModelRequest` in its JSON form.
+   - `reply`: object (`agent.llm.model.ModelReply`) or null when the call failed.
    - `error`: string or null, `"ExceptionName: message"` when the call failed.
    - `error_kind`: `"unreachable"` (the backend raised `ModelUnreachable`; replay raises it again)
      or null (the call succeeded, or was ended by something else, e.g. `"KeyboardInterrupt: "`).
@@ -77,7 +77,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from agent.errors import UserError
-from agent.model import (
+from agent.llm.model import (
     ForwardingBackend,
     Mode,
     ModelBackend,

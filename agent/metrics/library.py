@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import UserError
-from agent.metric_file import NAME_PATTERN, MetricSpec, load_metric_file, parse_metric_source
+from agent.metrics.contract import NAME_PATTERN, MetricSpec, load_metric_file, parse_metric_source
 
 __all__ = [
     "LIBRARY_PREFIX",

@@ -29,7 +29,7 @@ from typing import IO, Any, Literal
 from pydantic import ValidationError
 
 from agent.errors import UserError
-from agent.scoring import ROW_COLUMNS, ROW_SCHEMA, ScoreRow
+from agent.metrics.scoring import ROW_COLUMNS, ROW_SCHEMA, ScoreRow
 
 OutputFormat = Literal["csv", "jsonl", "parquet"]
 COLUMNS = ROW_COLUMNS

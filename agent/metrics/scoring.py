@@ -18,9 +18,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from agent.dataset import Dataset
-from agent.metric_file import MetricSpec
-from agent.neighbours import class_disagreement
+from agent.data.coco import Dataset
+from agent.metrics.contract import MetricSpec
+from agent.metrics.neighbours import class_disagreement
 from sandbox.engine import CallResult, RunReport, ScoringEngine
 from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig

@@ -1,7 +1,7 @@
 """A candidate changed after the loop: a human edit in $EDITOR, and validating its code again.
 
 `metricsmith review` (edit) and the `chat` REPL (`/edit`, `/run`) share these. The gate's rule
-holds throughout: new code goes through `agent.gate.record_edit` (back to pending, any approval
+holds throughout: new code goes through `agent.review.gate.record_edit` (back to pending, any approval
 void) before it is validated, so a decision is never bound to code nobody validated.
 """
 
@@ -13,11 +13,11 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agent.candidates import CandidateRecord, candidate_dir, save_candidate, write_json_atomic
-from agent.gate import current_approver, record_edit
-from agent.metric_file import MetricSpec, code_sha256, parse_metric_source
-from agent.validation import ValidationReport, validate
-from agent.validation_set import load_validation_set
+from agent.authoring.candidates import CandidateRecord, candidate_dir, save_candidate, write_json_atomic
+from agent.authoring.validation import ValidationReport, validate
+from agent.authoring.validation_set import load_validation_set
+from agent.metrics.contract import MetricSpec, code_sha256, parse_metric_source
+from agent.review.gate import current_approver, record_edit
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["Editor", "edit_candidate", "open_in_editor", "revalidate_candidate"]

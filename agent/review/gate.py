@@ -1,6 +1,6 @@
 """The human approval gate: nothing reaches the library without a decision bound to the code's hash.
 
-States of a candidate (agent.candidates.CandidateRecord.status):
+States of a candidate (agent.authoring.candidates.CandidateRecord.status):
 
     pending --approve--> approved --promote--> promoted
     pending --reject (reason)--> rejected
@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from agent.candidates import (
+from agent.authoring.candidates import (
     CandidateRecord,
     Decision,
     candidate_dir,
@@ -35,10 +35,10 @@ from agent.candidates import (
     save_candidate,
 )
 from agent.errors import UserError
-from agent.library import Approval as LibraryApproval
-from agent.library import LibraryEntry, Provenance, promote
-from agent.metric_file import code_sha256
-from agent.transcript import append_event
+from agent.llm.transcript import append_event
+from agent.metrics.contract import code_sha256
+from agent.metrics.library import Approval as LibraryApproval
+from agent.metrics.library import LibraryEntry, Provenance, promote
 
 __all__ = [
     "DECISION_LOG",

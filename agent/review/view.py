@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from agent.candidates import CandidateRecord
-from agent.results_io import read_rows
+from agent.authoring.candidates import CandidateRecord
+from agent.metrics.results import read_rows
 
 __all__ = ["histogram", "show_candidate"]
 

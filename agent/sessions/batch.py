@@ -30,22 +30,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.author_job import AuthorJob, make_backend, run_author_job
-from agent.authoring import AuthoringOutcome, AuthoringSettings, model_defaults
-from agent.batch_config import BatchConfig
-from agent.candidates import list_candidates, now_iso, write_json_atomic
-from agent.dataset import load_coco
+from agent.authoring.candidates import list_candidates, now_iso, write_json_atomic
+from agent.authoring.extract import extract_ideas
+from agent.authoring.job import AuthorJob, make_backend, run_author_job
+from agent.authoring.loop import AuthoringOutcome, AuthoringSettings, model_defaults
+from agent.authoring.prompting import Prompts, build_brainstorm_request, dataset_facts
+from agent.data.coco import load_coco
 from agent.errors import UserError
-from agent.evaluation import load_error_labels
-from agent.extract import extract_ideas
-from agent.gate import approve, promote_candidate
-from agent.metric_file import MetricSpec, parse_metric_source
-from agent.model import ModelBackend, ModelUnreachable
-from agent.pricing import cost_usd
-from agent.prompting import Prompts, build_brainstorm_request, dataset_facts
-from agent.report import build_report, render_html, write_report
-from agent.scoring import score_dataset
-from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
+from agent.evaluation.ranking import load_error_labels
+from agent.evaluation.report import build_report, render_html, write_report
+from agent.llm.model import ModelBackend, ModelUnreachable
+from agent.llm.pricing import cost_usd
+from agent.llm.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
+from agent.metrics.contract import MetricSpec, parse_metric_source
+from agent.metrics.scoring import score_dataset
+from agent.review.gate import approve, promote_candidate
+from agent.sessions.batch_config import BatchConfig
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["BatchIdea", "BatchManifest", "BatchResult", "BatchSummary", "backend_for", "run_batch"]

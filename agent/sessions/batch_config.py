@@ -75,7 +75,7 @@ class ModelSection(_Section):
     transcript: Path | None = None
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     completion: bool = False
-    grammar: bool | None = None  # None: agent.authoring.model_defaults decides
+    grammar: bool | None = None  # None: agent.authoring.loop.model_defaults decides
 
     @model_validator(mode="after")
     def _replay_needs_a_recording(self) -> ModelSection:

@@ -3,16 +3,16 @@
 `ChatSession.dispatch(line)` runs one line of input: a slash command (the table `COMMANDS`; each
 handler's docstring is its `/help` text), or free text, which is a chat turn with the model about
 the dataset. Output goes to the rich Console the session was given; nothing here reads a terminal,
-so tests drive the dispatcher directly and the REPL (agent/cli_chat.py, prompt_toolkit) is only the
+so tests drive the dispatcher directly and the REPL (agent/cli/chat.py, prompt_toolkit) is only the
 loop around it.
 
 The session is recorded as ONE transcript, RUN_DIR/transcript.jsonl: every model exchange (through
 `RecordingBackend`), every line typed (`user_input` events), the authoring loop's own events, what
 the editor did (`editor`, with the new code) and every gate decision (`decision`). The meta line's
 settings say `"kind": "chat"`, so `metricsmith replay` sends such a transcript to
-agent.chat_replay, which feeds the recorded lines through the same dispatcher with the replay backend.
+agent.sessions.chat_replay, which feeds the recorded lines through the same dispatcher with the replay backend.
 
-The run directory is an ordinary authoring run (agent.candidates): candidates land in
+The run directory is an ordinary authoring run (agent.authoring.candidates): candidates land in
 RUN_DIR/candidates/ID, the validation set in RUN_DIR/validation-set, so `metricsmith review RUN_DIR`
 and `metricsmith approve RUN_DIR ID` work on it as on an `author` run.
 """
@@ -38,7 +38,9 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from agent.author_job import (
+from agent.authoring.candidates import CandidateRecord, list_candidates, load_candidate
+from agent.authoring.extract import Idea, extract_ideas
+from agent.authoring.job import (
     TRANSCRIPT_NAME,
     DatasetSource,
     SessionSetup,
@@ -47,24 +49,28 @@ from agent.author_job import (
     library_metrics,
     validation_set,
 )
-from agent.authoring import AuthoringOutcome, author_idea, idea_from_text
-from agent.backend_replay import ReplayMismatch
-from agent.candidate_view import show_candidate
-from agent.candidates import CandidateRecord, list_candidates, load_candidate
-from agent.conversation import Conversation
-from agent.dataset import load_coco
-from agent.editing import Editor, edit_candidate, open_in_editor, revalidate_candidate
+from agent.authoring.loop import AuthoringOutcome, author_idea, idea_from_text
+from agent.authoring.prompting import (
+    Prompts,
+    build_brainstorm_request,
+    build_chat_request,
+    dataset_facts,
+    system_prompt,
+)
+from agent.authoring.validation import ValidationReport
+from agent.authoring.validation_set import ValidationSet
+from agent.data.coco import load_coco
 from agent.errors import MetricsmithError, UserError
-from agent.extract import Idea, extract_ideas
-from agent.gate import approve, promote_candidate, reject
-from agent.library import LibraryRef, default_library_dir, latest_library_refs, list_library
-from agent.metric_file import MetricSpec, list_builtin_metrics
-from agent.model import ForwardingBackend, Message, ModelBackend, ModelReply, ModelRequest, TextSink, Usage
-from agent.pricing import cost_usd
-from agent.prompting import Prompts, build_brainstorm_request, build_chat_request, dataset_facts, system_prompt
-from agent.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
-from agent.validation import ValidationReport
-from agent.validation_set import ValidationSet
+from agent.llm.backends.replay import ReplayMismatch
+from agent.llm.conversation import Conversation
+from agent.llm.model import ForwardingBackend, Message, ModelBackend, ModelReply, ModelRequest, TextSink, Usage
+from agent.llm.pricing import cost_usd
+from agent.llm.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
+from agent.metrics.contract import MetricSpec, list_builtin_metrics
+from agent.metrics.library import LibraryRef, default_library_dir, latest_library_refs, list_library
+from agent.review.editing import Editor, edit_candidate, open_in_editor, revalidate_candidate
+from agent.review.gate import approve, promote_candidate, reject
+from agent.review.view import show_candidate
 from sandbox.engine import WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig
 
@@ -545,7 +551,7 @@ class ChatSession:
 
     def _decided(self, action: str, candidate: str, sha: str, **details: Any) -> None:
         decision = {"action": action, "candidate": candidate, "code_sha256": sha, **details}
-        # The gate itself appends the decision to this session's transcript (agent.gate._append_decision).
+        # The gate itself appends the decision to this session's transcript (agent.review.gate._append_decision).
         self.decisions.append({**decision, "name": load_candidate(self.run_dir, candidate).name})
 
     def _cost_line(self) -> str:

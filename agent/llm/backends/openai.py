@@ -35,7 +35,7 @@ import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from agent.errors import UserError
-from agent.model import Mode, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, estimate_tokens
+from agent.llm.model import Mode, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, estimate_tokens
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIBackend"]
 

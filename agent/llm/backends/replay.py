@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 
 from agent.errors import UserError
-from agent.model import Mode, ModelReply, ModelRequest, ModelUnreachable, TextSink, hand_over
-from agent.transcript import ExchangeLine, Transcript, read_transcript, scrub_secrets
+from agent.llm.model import Mode, ModelReply, ModelRequest, ModelUnreachable, TextSink, hand_over
+from agent.llm.transcript import ExchangeLine, Transcript, read_transcript, scrub_secrets
 
 __all__ = ["ReplayBackend", "ReplayMismatch"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agent.model import Mode, ModelReply, ModelRequest, TextSink, Usage, estimate_tokens, hand_over
+from agent.llm.model import Mode, ModelReply, ModelRequest, TextSink, Usage, estimate_tokens, hand_over
 
 __all__ = ["ScriptExhausted", "ScriptedModel"]
 

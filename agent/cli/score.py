@@ -1,0 +1,102 @@
+"""`metricsmith score`: every metric over every item of a dataset, in the sandbox, written as rows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from agent.cli.console import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, positive_float, positive_int, stderr
+from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
+from agent.data.coco import load_coco
+from agent.errors import UserError
+from agent.metrics.contract import list_builtin_metrics
+from agent.metrics.results import Journal, output_format, write_rows
+from agent.metrics.scoring import ScoreOutcome, failure_lines, score_dataset
+from sandbox.isolation import SandboxConfig
+
+__all__ = ["cmd_score", "register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    score = commands.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
+    score.add_argument("--annotations", required=True, type=Path, help="COCO JSON file")
+    score.add_argument("--images", type=Path, help="image folder (default: the JSON's folder or its images/)")
+    score.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        help="metric file or builtin:NAME (repeatable; default: every built-in metric)",
+    )
+    score.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
+    score.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    score.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per score() call")
+    score.add_argument("--memory", type=positive_int, default=2048, help="MB each worker may allocate")
+    score.add_argument(
+        "--require-isolation", action="store_true", help="refuse to run unless Landlock, seccomp and bwrap all hold"
+    )
+    score.add_argument(
+        "--separate-workers",
+        action="store_true",
+        help="give each metric workers of its own, so an untrusted metric can't alter the others' scores "
+        "(slower: each image is decoded once per metric)",
+    )
+    add_library_option(score)
+    score.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    score.set_defaults(handler=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Run metric files over a COCO dataset in the sandbox and write one row per (metric, item)."""
+    output_format(args.out)
+    specs = load_metrics(args.metrics, args.library) if args.metrics else list_builtin_metrics()
+    if not specs:
+        raise UserError("no metrics given and no built-in metrics installed; pass --metric FILE")
+    dataset = load_coco(args.annotations, args.images)
+    for warning in dataset.warnings[:10]:
+        stderr.print(f"[yellow]warning[/]: {args.annotations}: {warning}")
+    if len(dataset.warnings) > 10:
+        stderr.print(f"[yellow]warning[/]: ... and {len(dataset.warnings) - 10} more warnings")
+    config = SandboxConfig(
+        workers=args.workers,
+        timeout_s=args.timeout,
+        memory_mb=args.memory,
+        require_isolation=args.require_isolation,
+        share_workers=not args.separate_workers,
+    )
+    journal = Journal(args.out)
+    with ProgressBar() as (progress, advance):
+        outcome = score_dataset(dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(rows)))
+        progress.stop()
+    write_rows(args.out, outcome.rows)
+    journal.discard()
+    _print_summary(outcome, args.out)
+    if outcome.interrupted:
+        stderr.print(f"interrupted: wrote the {len(outcome.rows)} of {outcome.expected_rows} rows scored to {args.out}")
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
+
+
+def _print_summary(outcome: ScoreOutcome, out: Path) -> None:
+    table = Table("metric", "level", "scored", "n/a", "failed", "min", "median", "max", title=f"wrote {out}")
+    table.columns[0].no_wrap = True
+    for summary in outcome.summaries:
+        failures = ", ".join(f"{count} {kind}" for kind, count in summary.failure_counts()) or "0"
+        quantiles = summary.quantiles()
+        cells = [f"{value:.4g}" for value in quantiles] if quantiles else ["-", "-", "-"]
+        table.add_row(summary.name, summary.level, str(summary.scored), str(summary.not_applicable), failures, *cells)
+    stderr.print(table)
+    # The table only counts failures; without an example the user must dig the traceback out of the file.
+    for summary in outcome.summaries:
+        for line in failure_lines(summary, stderr.width):
+            stderr.print(line, markup=False)
+    for name, error in outcome.metric_errors.items():
+        stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
+    active = [layer.name for layer in outcome.layers if layer.active]
+    inactive = [layer.name for layer in outcome.layers if not layer.active]
+    line = f"sandbox: {', '.join(active) or 'no kernel layers'} active"
+    if inactive:
+        line += f"; not active: {', '.join(inactive)} (see `metricsmith doctor`)"
+    stderr.print(line)

@@ -1,0 +1,5 @@
+"""Evaluation: how well a ranking finds label errors (`ranking`: AP, AUROC, precision@K, recall), the
+learned combination of metrics (`stacking`), and the HTML report with its template.
+
+May import `agent.metrics`, `agent.data` and the leaves. Pure maths, apart from the report's files.
+"""

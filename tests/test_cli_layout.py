@@ -1,0 +1,102 @@
+"""The package layout holds: the layers import only downwards, and the CLI loads a command's dependencies
+only when that command runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli.main import COMMANDS, build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+# Libraries that only authoring, chat, the report's renderer or the local model need.
+HEAVY = ("openai", "jinja2", "prompt_toolkit", "llama_cpp")
+
+# Parses `argv` with the real CLI, then, instead of running the command, prints what is imported.
+PROBE = """
+import json, sys
+import agent.cli.main as cli
+cli.run_command = lambda args: print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {heavy}))) or 0
+sys.exit(cli.main({argv}))
+"""
+
+
+def _imported_after_parsing(argv: list[str]) -> list[str]:
+    script = PROBE.format(heavy=set(HEAVY), argv=argv)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["score", "--annotations", "a.json", "--out", "s.csv"],
+        ["eval", "--annotations", "a.json", "--errors", "e.json", "--scores", "s.csv"],
+        ["report", "--annotations", "a.json", "--scores", "s.csv", "--out", "r.html"],
+        ["doctor"],
+        ["library", "list"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_commands_that_talk_to_no_model_import_no_model_library(argv: list[str]) -> None:
+    assert _imported_after_parsing(argv) == []
+
+
+def test_the_probe_sees_a_heavy_import_when_there_is_one() -> None:
+    # `chat` needs prompt_toolkit at parse time already: proof that the probe above can fail.
+    assert "prompt_toolkit" in _imported_after_parsing(["chat", "--annotations", "a.json"])
+
+
+def test_help_loads_no_command_module() -> None:
+    script = (
+        "import sys, agent.cli.main as cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('agent.cli.') and m != 'agent.cli.main'"
+        " and m != 'agent.cli.console'))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert all(name in result.stdout for name in COMMANDS)
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_each_summary_is_the_first_line_of_its_commands_docstring(name: str) -> None:
+    subcommands = next(action for action in build_parser(name)._actions if action.dest == "command")
+    handler = subcommands.choices[name].get_default("handler")
+    assert handler is not None, f"{COMMANDS[name].module} does not register {name}"
+    assert handler.__doc__.strip().splitlines()[0] == COMMANDS[name].summary
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["lint-imports", "--config", str(root / "pyproject.toml"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(root)},
+    )
+
+
+@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="needs import-linter: pip install -e '.[test]'")
+def test_an_import_against_the_layers_breaks_the_contracts(tmp_path: Path) -> None:
+    for part in ("agent", "sandbox"):
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    kept = _lint_imports(tmp_path)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+
+    # The data layer reaching up into the command line: the kind of import the layers forbid.
+    coco = tmp_path / "agent" / "data" / "coco.py"
+    coco.write_text(coco.read_text() + "\nimport agent.cli.console  # noqa: E402\n")
+    broken = _lint_imports(tmp_path)
+    assert broken.returncode != 0
+    assert "agent's layers import only downwards BROKEN" in broken.stdout
+    assert "agent.data.coco -> agent.cli.console" in broken.stdout
