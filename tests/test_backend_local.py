@@ -19,10 +19,10 @@ from agent.authoring.prompting import (
     build_brainstorm_request,
     build_implement_request,
     choose_examples,
-    dataset_facts,
 )
 from agent.data.coco import load_coco
 from agent.data.demo import generate_demo_dataset
+from agent.data.facts import dataset_facts
 from agent.errors import UserError
 from agent.llm.backends.local import LocalBackend
 from agent.llm.model import Message, ModelBackend, ModelRequest

@@ -11,7 +11,6 @@ import pytest
 from agent.authoring.extract import Idea, check_code, extract_code
 from agent.authoring.prompting import (
     COMPLETION_STOPS,
-    DatasetFacts,
     FailedItem,
     MetricTask,
     Prompts,
@@ -21,14 +20,13 @@ from agent.authoring.prompting import (
     build_implement_request,
     build_repair_request,
     choose_examples,
-    dataset_facts,
-    facts_text,
     head_tail,
     idea_level,
     system_prompt,
 )
 from agent.data.coco import Dataset, load_coco
 from agent.data.demo import generate_demo_dataset
+from agent.data.facts import DatasetFacts, dataset_facts, facts_text
 from agent.llm.model import Message, ModelRequest
 from agent.metrics.contract import MetricSpec, list_builtin_metrics
 from agent.resources import prompts_dir

@@ -44,7 +44,6 @@ from agent.authoring.prompting import (
     build_implement_request,
     build_repair_request,
     choose_examples,
-    dataset_facts,
     idea_level,
     system_prompt,
 )
@@ -58,6 +57,7 @@ from agent.authoring.validation import (
 )
 from agent.authoring.validation_set import ValidationSet
 from agent.data.coco import Dataset
+from agent.data.facts import dataset_facts
 from agent.evaluation.ranking import load_error_labels
 from agent.evaluation.report import build_report, render_html, write_report
 from agent.llm.conversation import Conversation

@@ -34,8 +34,9 @@ from agent.authoring.candidates import list_candidates, now_iso, write_json_atom
 from agent.authoring.extract import extract_ideas
 from agent.authoring.job import AuthorJob, make_backend, run_author_job
 from agent.authoring.loop import AuthoringOutcome, AuthoringSettings, model_defaults
-from agent.authoring.prompting import Prompts, build_brainstorm_request, dataset_facts
+from agent.authoring.prompting import Prompts, build_brainstorm_request
 from agent.data.coco import load_coco
+from agent.data.facts import dataset_facts
 from agent.errors import UserError
 from agent.evaluation.ranking import load_error_labels
 from agent.evaluation.report import build_report, render_html, write_report

@@ -50,16 +50,11 @@ from agent.authoring.job import (
     validation_set,
 )
 from agent.authoring.loop import AuthoringOutcome, author_idea, idea_from_text
-from agent.authoring.prompting import (
-    Prompts,
-    build_brainstorm_request,
-    build_chat_request,
-    dataset_facts,
-    system_prompt,
-)
+from agent.authoring.prompting import Prompts, build_brainstorm_request, build_chat_request, system_prompt
 from agent.authoring.validation import ValidationReport
 from agent.authoring.validation_set import ValidationSet
 from agent.data.coco import load_coco
+from agent.data.facts import dataset_facts
 from agent.errors import MetricsmithError, UserError
 from agent.llm.backends.replay import ReplayMismatch
 from agent.llm.conversation import Conversation
