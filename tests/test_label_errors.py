@@ -289,3 +289,16 @@ def test_load_errors_rejects_malformed_files_naming_the_file(tmp_path: Path, con
 def test_load_errors_names_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"missing\.json"):
         load_errors(tmp_path / "missing.json")
+
+
+def test_a_json_syntax_error_quotes_the_text_around_it(tmp_path: Path) -> None:
+    document = json.dumps(_errors_document())
+    broken = document.replace('"type"', '"type" "', 1)  # a second string where a colon belongs
+    path = tmp_path / "errors.json"
+    path.write_text(broken)
+    with pytest.raises(UserError) as caught:
+        load_errors(path)
+    message = str(caught.value)
+    column = broken.index('"type" "') + len('"type" ') + 1
+    assert f"line 1, column {column}" in message
+    assert '"type" <<HERE>>"' in message and "\n" not in message

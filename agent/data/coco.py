@@ -396,17 +396,20 @@ def _read_json(path: Path) -> Any:
         # report them with the record and field they sit in, which a parse error could not do.
         return json.loads(data, parse_constant=float)
     except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}"
-        context = _json_error_context(exc.doc, exc.pos)
-        # json's "Unterminated string starting at" and "Invalid control character at" already end in "at".
-        message = exc.msg.removesuffix(" at")
-        raise UserError(f"{path} is not valid JSON: {message} at {where}: {context}") from None
+        raise UserError(f"{path} is not valid JSON: {describe_json_error(exc)}") from None
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{path} is not readable text ({exc.encoding} decoding failed at byte {exc.start}: {exc.reason})"
         ) from None
     except RecursionError:
         raise UserError(f"{path} is nested too deeply to be a COCO annotations file") from None
+
+
+def describe_json_error(exc: json.JSONDecodeError) -> str:
+    """`MESSAGE at line L, column C: ...text<<HERE>>text...`, for any JSON file the user gave us."""
+    # json's "Unterminated string starting at" and "Invalid control character at" already end in "at".
+    message = exc.msg.removesuffix(" at")
+    return f"{message} at line {exc.lineno}, column {exc.colno}: {_json_error_context(exc.doc, exc.pos)}"
 
 
 def _json_error_context(document: str, position: int) -> str:

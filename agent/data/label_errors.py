@@ -72,6 +72,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.data.coco import describe_json_error
 from agent.errors import UserError
 
 __all__ = [
@@ -170,7 +171,7 @@ def load_errors(path: Path) -> ErrorsFile:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
+        raise UserError(f"{path}: not valid JSON: {describe_json_error(exc)}") from exc
     try:
         return ErrorsFile.model_validate(document)
     except ValidationError as exc:
