@@ -207,3 +207,17 @@ def test_twins_are_told_apart_by_idea_and_id(run_dir: Path) -> None:
     again = record.model_copy(update={"idea": "another idea"})
     edited = record.model_copy(update={"id": "edge_density-0000", "code_sha256": "0" * 64})
     assert twins(record, [record, again, edited]) == [again]
+
+
+def test_approving_code_that_failed_validation_asks_again(run_dir: Path, tmp_path: Path) -> None:
+    # An edit that breaks the metric leaves it pending; in the next review, `a` must not end the review.
+    editor = f'{sys.executable} -c "import sys,pathlib; p=pathlib.Path(sys.argv[1]); '
+    editor += "p.write_text(p.read_text().replace('return float(', 'return 1 / 0 * float('))\""
+    first = review(run_dir, "e\n", tmp_path / "lib", editor=editor)
+    assert "the edited code did not pass validation; it stays pending" in said(first)
+    again = review(run_dir, "a\ns\n", tmp_path / "lib")
+    assert again.returncode == 0, again.stderr
+    lines = said(again)
+    assert "this code did not pass validation, so it cannot be approved: edit, reject or skip it" in lines
+    assert list_candidates(run_dir)[0].status == "pending"
+    assert not (tmp_path / "lib").exists()

@@ -194,6 +194,10 @@ def _review_candidate(
         if choice is None:
             stderr.print(f"unknown choice {typed!r}: press {_KEYS_HINT}", markup=False)
         elif choice == "approve":
+            if not record.validation_passed:
+                # The gate would refuse it; saying so here keeps the reviewer on this candidate.
+                stderr.print("this code did not pass validation, so it cannot be approved: edit, reject or skip it")
+                continue
             note = _ask("note (optional): ").strip() or None
             approve(run, record.id, note=note)
             tally.approved.append(record.id)  # should promotion fail, the summary still names the approval
