@@ -74,9 +74,12 @@ def test_each_summary_is_the_first_line_of_its_commands_docstring(name: str) -> 
     assert handler.__doc__.strip().splitlines()[0] == COMMANDS[name].summary
 
 
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"  # this environment's, whatever PATH says
+
+
 def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["lint-imports", "--config", str(root / "pyproject.toml"), "--no-cache"],
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -85,7 +88,7 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="needs import-linter: pip install -e '.[test]'")
+@pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="needs import-linter: pip install -e '.[test]'")
 def test_an_import_against_the_layers_breaks_the_contracts(tmp_path: Path) -> None:
     for part in ("agent", "sandbox"):
         shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
