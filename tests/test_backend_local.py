@@ -173,11 +173,11 @@ def test_author_end_to_end_with_the_embedded_model(tmp_path: Path) -> None:
 
 
 def test_amx_is_read_from_the_cpu_flags() -> None:
-    from agent.llm.backends.local import _cpu_has_amx
+    from agent.llm.backends.local import cpu_has_amx
 
-    assert _cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile amx_int8\n")
-    assert not _cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
-    assert not _cpu_has_amx("model name\t: has amx_tile in its name only\n")
+    assert cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 amx_bf16 amx_tile amx_int8\n")
+    assert not cpu_has_amx("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert not cpu_has_amx("model name\t: has amx_tile in its name only\n")
 
 
 def test_plain_buffers_turn_off_extra_buffer_types_only_while_loading() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 
+import pytest
+
+from agent.cli import doctor
 from agent.cli.doctor import model_backends
 
 
@@ -23,3 +26,12 @@ def test_without_an_endpoint_the_local_model_is_the_default() -> None:
     else:
         assert local.startswith("local: llama-cpp-python ") and "Gemma 3 270M weights" in local
         assert "held to a grammar" in local
+
+
+def test_the_amx_workaround_is_named_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("needs llama-cpp-python: pip install 'metricsmith[local]'")
+    for has_amx in (True, False):
+        monkeypatch.setattr(doctor, "cpu_has_amx", lambda has_amx=has_amx: has_amx)
+        local = next(line for line in model_backends({}) if line.startswith("local:"))
+        assert ("without llama.cpp's AMX kernels" in local) is has_amx

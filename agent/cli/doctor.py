@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from agent.cli.console import EXIT_OK, EXIT_USAGE, stdout
+from agent.llm.backends.local import cpu_has_amx
 from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed
 from sandbox.isolation import KERNEL_LAYERS, PROTECTS, SandboxConfig, probe_machine
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -108,9 +109,10 @@ def model_backends(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
 
             path = gemma.default_output_path()
             weights = f"assembled at {path}" if path.is_file() else "assembled into your cache on first use"
+        amx = "; on this CPU (AMX) it runs without llama.cpp's AMX kernels, which crash here" if cpu_has_amx() else ""
         lines.append(
             f"local: llama-cpp-python {importlib.metadata.version('llama-cpp-python')}; Gemma 3 270M weights {weights};"
-            " a base model, so its code is held to a grammar of one-line measurements (--no-grammar to free it)"
+            " a base model, so its code is held to a grammar of one-line measurements (--no-grammar to free it)" + amx
         )
     base_url, key = environ.get("OPENAI_BASE_URL"), environ.get("OPENAI_API_KEY")
     if base_url or key:

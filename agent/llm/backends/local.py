@@ -32,7 +32,7 @@ from typing import Any
 from agent.errors import EnvironmentProblem, UserError
 from agent.llm.model import Mode, ModelReply, ModelRequest, TextSink, Usage, estimate_tokens
 
-__all__ = ["DEFAULT_SEED", "LocalBackend", "gemma_model_path"]
+__all__ = ["DEFAULT_SEED", "LocalBackend", "cpu_has_amx", "gemma_model_path"]
 
 REPEAT_PENALTY = 1.3
 DEFAULT_SEED = 1234
@@ -52,7 +52,7 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _cpu_has_amx(cpuinfo: str | None = None) -> bool:
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     """Whether the CPU advertises AMX tiles (see the module docstring for why that matters)."""
     if cpuinfo is None:
         try:
@@ -103,7 +103,7 @@ class LocalBackend:
         path = gemma_model_path() if model_path is None else Path(model_path).expanduser()
         if not path.is_file() or not os.access(path, os.R_OK):
             raise UserError(f"cannot read the model file {path}: pass the path of a readable .gguf file")
-        plain_buffers = _plain_cpu_buffers() if _cpu_has_amx() else contextlib.nullcontext()
+        plain_buffers = _plain_cpu_buffers() if cpu_has_amx() else contextlib.nullcontext()
         try:
             with _native_stderr_silenced(), plain_buffers:
                 self._llama = llama_cpp.Llama(
