@@ -51,6 +51,10 @@ COMMANDS: dict[str, Command] = {
     "demo-data": Command(
         "agent.cli.demo", "Generate a small procedural COCO dataset (pandas, bears, foxes) to try metricsmith on."
     ),
+    "inject": Command(
+        "agent.cli.inject",
+        "Write a copy of a COCO dataset with known label errors: annotations.json, errors.json, ids.json, images/.",
+    ),
     "eval": Command(
         "agent.cli.evaluate",
         "Measure how well metrics rank the known label errors of errors.json first (AP, AUROC, P@K, recall).",

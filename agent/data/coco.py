@@ -285,7 +285,7 @@ def default_image_root(annotations_path: Path) -> Path:
     json_dir = _json_dir(Path(annotations_path))
     if not (json_dir / "images").is_dir():
         return json_dir
-    document = _read_json(Path(annotations_path))
+    document = read_coco_json(Path(annotations_path))
     first_name: str | None = None
     if isinstance(document, dict):
         images = document.get("images")
@@ -337,7 +337,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _load(annotations_path: Path, explicit_root: Path | None) -> Dataset:
-    document = _read_json(annotations_path)
+    document = read_coco_json(annotations_path)
     raw_images, raw_annotations, raw_categories = _top_level_lists(document, annotations_path)
 
     problems: list[Problem] = []
@@ -378,7 +378,8 @@ def _explicit_root(image_root: Path) -> Path:
     return image_root.resolve()
 
 
-def _read_json(path: Path) -> Any:
+def read_coco_json(path: Path) -> Any:
+    """The parsed JSON of a COCO file, or a UserError naming the file and what is wrong (before any schema check)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -80,11 +80,15 @@ __all__ = [
     "ErrorRecord",
     "ErrorsFile",
     "box_iou",
+    "duplicated_box",
     "inject_label_errors",
     "load_errors",
+    "loosened_box",
+    "shifted_box",
 ]
 
-ErrorType = Literal["swap", "shift", "loose", "spurious", "duplicate", "drop"]
+# `tight` comes from `agent.data.inject` only; the demo injects the six of ERROR_TYPES.
+ErrorType = Literal["swap", "shift", "loose", "tight", "spurious", "duplicate", "drop"]
 ERROR_TYPES: tuple[ErrorType, ...] = ("swap", "shift", "loose", "spurious", "duplicate", "drop")
 ERRORS_DESCRIPTION = "metricsmith demo dataset label errors"
 
@@ -255,6 +259,10 @@ def _duplicated(box: list[float], width: int, height: int, rng: np.random.Genera
     dx1, dx2 = rng.uniform(-_DUPLICATE_JITTER, _DUPLICATE_JITTER, 2) * w
     dy1, dy2 = rng.uniform(-_DUPLICATE_JITTER, _DUPLICATE_JITTER, 2) * h
     return [float(v) for v in _corners_to_box(x + dx1, y + dy1, x + w + dx2, y + h + dy2, width, height)]
+
+
+# The same geometry for `agent.data.inject`, which formats the result like the dataset's own boxes.
+shifted_box, loosened_box, duplicated_box = _shifted, _loosened, _duplicated
 
 
 # ---------------------------------------------------------------------------------------------
