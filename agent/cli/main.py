@@ -55,6 +55,10 @@ COMMANDS: dict[str, Command] = {
         "agent.cli.inject",
         "Write a copy of a COCO dataset with known label errors: annotations.json, errors.json, ids.json, images/.",
     ),
+    "selftest": Command(
+        "agent.cli.selftest",
+        "Estimate how well metrics find label errors in your data: inject known errors, score, measure, over seeds.",
+    ),
     "eval": Command(
         "agent.cli.evaluate",
         "Measure how well metrics rank the known label errors of errors.json first (AP, AUROC, P@K, recall).",

@@ -1,0 +1,114 @@
+"""`metricsmith selftest`: how well metrics find errors injected into your own data (an estimate)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from agent.cli.console import EXIT_OK, positive_int, stderr, stdout
+from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
+from agent.data.coco import load_coco, read_coco_json
+from agent.data.inject import INJECT_TYPES
+from agent.errors import UserError
+from agent.evaluation.selftest import ESTIMATE, Figure, SelftestReport, run_selftest, sample_images
+from agent.metrics.contract import list_builtin_metrics
+from agent.metrics.library import default_library_dir, latest_library_refs, load_pinned_metrics
+from sandbox.isolation import SandboxConfig
+
+__all__ = ["cmd_selftest", "register"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    selftest = commands.add_parser("selftest", help=cmd_selftest.__doc__, description=cmd_selftest.__doc__)
+    selftest.add_argument("--annotations", required=True, type=Path, help="COCO JSON file (left as it is)")
+    selftest.add_argument("--images", type=Path, help="image folder (default: the JSON's folder or its images/)")
+    selftest.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        help="metric file, builtin:NAME or lib:NAME (repeatable; default: the built-ins and the promoted library)",
+    )
+    selftest.add_argument("--seeds", type=positive_int, default=3, help="injections to average over (default 3)")
+    selftest.add_argument("--rate", type=float, default=0.2, help="share of boxes given an error (default 0.2)")
+    selftest.add_argument("--sample-images", type=positive_int, help="use this many images drawn at random, for speed")
+    selftest.add_argument("--json", action="store_true", help="print the report as JSON (agent/evaluation/selftest.py)")
+    selftest.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    add_library_option(selftest)
+    selftest.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    selftest.set_defaults(handler=cmd_selftest)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """Estimate how well metrics find label errors in your data: inject known errors, score, measure, over seeds.
+
+    The figures are an estimate on injected errors (see `metricsmith inject`), not the truth about the
+    errors your dataset really has. Per metric and error type: the mean AP over the seeds, its spread,
+    a random ranking's AP and the lift over it.
+    """
+    if not 0 < args.rate < 1:
+        raise UserError(f"--rate must be above 0 and below 1, got {args.rate}")
+    if args.metrics:
+        specs = load_metrics(args.metrics, args.library)
+    else:
+        library = default_library_dir(args.library)
+        specs = [*list_builtin_metrics(), *load_pinned_metrics(latest_library_refs(library), library)]
+    dataset = load_coco(args.annotations, args.images)  # every problem of the input, before any work
+    document = read_coco_json(args.annotations)
+    if args.sample_images:
+        document = sample_images(document, args.sample_images)
+    with ProgressBar() as (progress, advance):
+        report = run_selftest(
+            document,
+            dataset.image_root,
+            specs,
+            seeds=list(range(args.seeds)),
+            rate=args.rate,
+            sandbox=SandboxConfig(workers=args.workers),
+            on_rows=advance,
+        )
+        progress.stop()
+    if args.json:
+        stdout.print_json(report.model_dump_json())
+    else:
+        _print_report(report)
+    return EXIT_OK
+
+
+_SHORT_TYPES = {"spurious": "spur.", "duplicate": "dupl."}
+
+
+def _shown(figure: Figure, spread: bool = True) -> str:
+    if figure.mean is None:
+        return "-"
+    return f"{figure.mean:.3f}±{figure.spread:.3f}" if spread and figure.spread else f"{figure.mean:.3f}"
+
+
+def _print_report(report: SelftestReport) -> None:
+    types = [t for t in INJECT_TYPES if t in report.errors_by_type]
+    title = (
+        f"selftest: {ESTIMATE}. {report.images} images, {report.annotations} annotations; "
+        f"{len(report.seeds)} seeds at rate {report.rate:g}. AP: mean±sd over seeds, per type the mean; "
+        "lift: AP over random's"
+    )
+    # Per type only the mean, so the table fits 120 piped columns; --json has every seed's figure.
+    headers = [_SHORT_TYPES.get(t, t) for t in types]
+    table = Table(
+        "metric", "level", "AP", "random", "lift", *headers, title=title, box=box.SIMPLE_HEAD, pad_edge=False,
+        collapse_padding=True,
+    )  # fmt: skip
+    for column in table.columns:
+        column.no_wrap = True
+    for row in report.metrics:
+        lift = f"{row.ap.lift:.2f}x" if row.ap.lift is not None else "-"
+        random = f"{row.ap.random:.3f}" if row.ap.random is not None else "-"
+        cells = [_shown(row.by_type[t], spread=False) if t in row.by_type else "-" for t in types]
+        style = "dim" if row.metric in ("random", "combined", "rank_average") else None
+        table.add_row(row.metric, "obj" if row.level == "object" else "img", _shown(row.ap), random, lift, *cells,
+                      style=style)  # fmt: skip
+    stdout.print(table)
+    for note in report.notes:
+        stderr.print(f"note: {note}", markup=False)

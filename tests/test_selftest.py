@@ -1,0 +1,107 @@
+"""`metricsmith selftest`: metrics measured on errors injected into the user's data, over seeds, beside random."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.data.demo import generate_demo_dataset
+from agent.evaluation.ranking import EvaluationReport, ItemCounts, MetricEvaluation, Prevalence
+from agent.evaluation.selftest import ESTIMATE, summarise
+
+
+def _row(metric: str, ap: float | None, shift: float | None) -> MetricEvaluation:
+    return MetricEvaluation(
+        metric=metric, level="object", direction="high", n_items=10, n_positive=2, ap=ap, auroc=None,
+        precision_at_k=None, recall_at_5pct=None, ap_by_type={"shift": shift}, image_ap=None,
+    )  # fmt: skip
+
+
+def _report(*rows: MetricEvaluation) -> EvaluationReport:
+    return EvaluationReport(
+        items=ItemCounts(annotations=10, images=2, errors=2, errors_by_type={"shift": 2}),
+        prevalence=Prevalence(object=0.2, image=None, object_by_type={"shift": 0.2}, image_by_type={}),
+        budget=0.05,
+        metrics=list(rows),
+    )
+
+
+def test_figures_are_the_mean_and_spread_over_seeds_beside_random() -> None:
+    reports = [
+        _report(_row("tightness", 0.6, 0.5), _row("random", 0.2, 0.2)),
+        _report(_row("tightness", 0.4, None), _row("random", 0.2, 0.2)),
+    ]
+    figures = {f.metric: f for f in summarise(reports)}
+    tightness = figures["tightness"]
+    assert tightness.ap.per_seed == [0.6, 0.4]
+    assert tightness.ap.mean == pytest.approx(0.5)
+    assert tightness.ap.spread == pytest.approx(statistics.stdev([0.6, 0.4]))
+    assert tightness.ap.random == pytest.approx(0.2) and tightness.ap.lift == pytest.approx(2.5)
+    # A seed without positives of a type says nothing about it: the mean is over the seeds that had some.
+    shift = tightness.by_type["shift"]
+    assert shift.per_seed == [0.5, None] and shift.mean == 0.5 and shift.spread == 0.0
+    assert figures["random"].ap.lift == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's true labels: a dataset with no known errors of its own, like a user's."""
+    folder = generate_demo_dataset(tmp_path_factory.mktemp("selftest") / "demo", n_images=16, seed=2).parent
+    return folder / "clean.json"
+
+
+def _selftest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "selftest", *args, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_selftest_reports_each_metric_over_the_seeds_and_says_it_is_an_estimate(clean: Path) -> None:
+    args = ["--annotations", str(clean), "--metric", "builtin:box_tightness",
+            "--metric", "builtin:object_area_relative", "--seeds", "2"]  # fmt: skip
+    result = _selftest(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["estimate"] == ESTIMATE and report["seeds"] == [0, 1]
+    assert set(report["errors_by_type"]) == {"swap", "shift", "loose", "tight", "spurious", "duplicate", "drop"}
+    rows = {row["metric"]: row for row in report["metrics"]}
+    assert {"box_tightness", "object_area_relative", "random", "combined", "rank_average"} <= set(rows)
+    for row in rows.values():
+        assert len(row["ap"]["per_seed"]) == 2 and row["ap"]["spread"] >= 0
+        assert row["ap"]["random"] == rows["random"]["ap"]["mean"]
+    # Box tightness reads the pixels at the box's edges: loose boxes are what it exists to find.
+    assert rows["box_tightness"]["by_type"]["loose"]["lift"] > 2
+    assert _selftest(*args, "--json").stdout == result.stdout, "the same seeds give the same figures"
+
+    shown = _selftest(*args)
+    assert shown.returncode == 0 and "an estimate on injected errors" in shown.stdout
+    assert "box_tightness" in shown.stdout and "lift" in shown.stdout
+
+
+def test_a_sample_of_images_is_what_gets_measured(clean: Path) -> None:
+    result = _selftest("--annotations", str(clean), "--metric", "builtin:brightness", "--seeds", "1",
+                       "--sample-images", "5", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["images"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--annotations", "missing.json"], "COCO annotations file not found"),
+        (["--annotations", "{clean}", "--rate", "0"], "--rate must be above 0 and below 1"),
+        (["--annotations", "{clean}", "--metric", "builtin:nope"], "nope"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(clean: Path, args: list[str], message: str) -> None:
+    result = _selftest(*[arg.format(clean=clean) for arg in args])
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
