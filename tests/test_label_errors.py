@@ -12,7 +12,8 @@ import pytest
 
 from agent.data.coco import load_coco
 from agent.data.demo import generate_demo_dataset
-from agent.data.label_errors import ERROR_TYPES, ErrorsFile, box_iou, error_counts, load_errors
+from agent.data.inject import inject_errors
+from agent.data.label_errors import ERROR_TYPES, ErrorsFile, box_iou, load_errors
 from agent.errors import UserError
 
 N_IMAGES = 40
@@ -57,22 +58,33 @@ def test_box_iou_on_known_boxes() -> None:
     assert box_iou([0, 0, 10, 10], [20, 20, 5, 5]) == 0.0
 
 
-def test_count_per_type_is_round_of_rate_times_n_over_six(demo: Demo) -> None:
+def test_count_per_type_is_round_of_rate_times_n_over_the_types(demo: Demo) -> None:
     n_clean = len(demo.clean["annotations"])
-    expected = round(RATE * n_clean / 6)
+    expected = round(RATE * n_clean / len(ERROR_TYPES))
     assert expected >= 3, "the sample should be large enough to hold several errors of each type"
     assert Counter(record.type for record in demo.errors.errors) == dict.fromkeys(ERROR_TYPES, expected)
-    assert error_counts(n_clean, RATE) == expected
     # Consumed types remove or replace one annotation each; duplicates and spurious boxes add one.
     assert len(demo.noisy["annotations"]) == n_clean - expected + 2 * expected
 
 
 def test_error_counts_rounding_and_cap() -> None:
-    assert error_counts(15, 1 / 3 * 0.9999999) == 1  # 0.83 rounds up
-    assert error_counts(9, 1 / 3) == 0  # 0.5 rounds to even
-    assert error_counts(27, 1 / 3) == 2  # 1.5 rounds to even
-    assert error_counts(4, 0.99) == 0  # 0.66 would round to 1, but five types need five annotations
-    assert error_counts(100, 0.0) == 0
+    def injected(n: int, rate: float) -> int:
+        images = [{"id": 1, "file_name": "1.jpg", "width": 640, "height": 480}]
+        boxes = [{"id": i, "image_id": 1, "category_id": 1 + i % 2, "bbox": [10 * i, 5, 8, 8], "area": 64, "iscrowd": 0}
+                 for i in range(1, n + 1)]  # fmt: skip
+        document = {
+            "images": images,
+            "annotations": boxes,
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        }
+        counts = Counter(r.type for r in inject_errors(document, rate=rate, seed=0).errors.errors)
+        return counts["swap"]
+
+    assert injected(21, 1 / 3 * 0.9999999) == 1  # 0.99 rounds up
+    assert injected(21, 0.5) == 2  # 1.5 rounds to even
+    assert injected(35, 0.5) == 2  # 2.5 rounds to even
+    assert injected(5, 0.99) == 0  # 0.71 would round to 1, but six types need six annotations
+    assert injected(30, 0.0) == 0
 
 
 def test_each_annotation_gets_at_most_one_error(demo: Demo) -> None:
@@ -162,14 +174,12 @@ def test_spurious_boxes_overlap_no_true_box(demo: Demo) -> None:
     truth: dict[int, list[list[float]]] = {}
     for ann in demo.clean["annotations"]:
         truth.setdefault(ann["image_id"], []).append(ann["bbox"])
-    other_images = {}
-    for ann in demo.clean["annotations"]:
-        other_images.setdefault(tuple(ann["bbox"]), set()).add(ann["image_id"])
+    sizes = {(ann["category_id"], ann["bbox"][2], ann["bbox"][3]) for ann in demo.clean["annotations"]}
     for record in demo.of_type("spurious"):
         box = demo.noisy_by_id[record.annotation_id]["bbox"]
         assert all(_own_iou(box, true_box) <= 0.1 for true_box in truth.get(record.image_id, []))
-        # Copied at the same coordinates from an annotation of another image.
-        assert other_images.get(tuple(box), set()) - {record.image_id}
+        # Sized like a real box of its class.
+        assert (record.category_id, box[2], box[3]) in sizes
         assert record.original_bbox is None and record.clean_annotation_id is None
 
 

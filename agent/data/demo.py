@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.data.label_errors import inject_label_errors
+from agent.data.inject import inject_errors
+from agent.data.label_errors import ERRORS_DESCRIPTION
 from agent.errors import UserError
 
 __all__ = [
@@ -698,7 +699,13 @@ def generate_demo_dataset(
             stale.unlink()
 
     categories = [dict(c) for c in CATEGORIES]
-    noisy, errors = inject_label_errors(images, annotations, [int(c["id"]) for c in CATEGORIES], seed, error_rate)
+    # The noisy labels are a detection dataset (boxes only, area = w·h), corrupted by the same injection as
+    # `metricsmith inject`: every box is written like the clean ones (whole pixels, ids and positions that
+    # say nothing), so only the pixels give an error away.
+    boxes = {"images": images, "annotations": boxes_only(annotations), "categories": categories}
+    injection = inject_errors(boxes, rate=error_rate, seed=seed)
+    noisy = injection.document["annotations"]
+    errors = injection.errors.model_copy(update={"description": ERRORS_DESCRIPTION})
 
     def coco(annotations: list[dict[str, object]]) -> bytes:
         # The same info in both files, so that at error rate 0 they are byte for byte equal.
@@ -726,7 +733,7 @@ def generate_demo_dataset(
     for name, data in (
         ("clean.json", coco(annotations)),
         ("errors.json", errors_text.encode("utf-8")),
-        ("annotations.json", coco(boxes_only(noisy))),
+        ("annotations.json", coco(noisy)),
     ):
         partial = out_dir / f"{name}.partial"
         _write_new(partial, data)

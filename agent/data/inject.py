@@ -24,7 +24,8 @@ corrupted annotation and a clean one is its geometry or class. Everything else i
 The error types, and how large each one is (relative to the box, or to its class here):
 
     swap       the class is changed to another class that occurs in the dataset
-    shift      moved and resized: IoU with the truth in [0.4, 0.7), as in the demo
+    shift      moved and resized: IoU with the truth in [0.4, 0.7) before it is written in the dataset's
+               number format (whole pixels can move it slightly)
     loose      grown around its centre to 1.3-2x the area, containing the truth
     tight      shrunk around its centre to 0.5-0.77x the area (the inverse of loose), cutting part
                of the object off
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from agent.data.label_errors import (
+    ERROR_TYPES,
     ErrorRecord,
     ErrorsFile,
     box_iou,
@@ -61,11 +63,12 @@ from agent.errors import UserError
 
 __all__ = ["INJECT_TYPES", "Injection", "inject_errors"]
 
-INJECT_TYPES = ("swap", "shift", "loose", "tight", "spurious", "duplicate", "drop")
+INJECT_TYPES = ERROR_TYPES
 INJECT_DESCRIPTION = "metricsmith injected label errors"
 _TIGHT_AREA_FACTOR = (1 / 2.0, 1 / 1.3)
 _SPURIOUS_MAX_IOU = 0.1
 _SPURIOUS_TRIES = 200
+_SHIFT_REDRAWS = 20
 # A float showing this many decimals or more was not rounded by its exporter: neither are ours.
 _FULL_PRECISION = 9
 
@@ -125,12 +128,20 @@ class _Format:
     areas: _Precision
     box_areas: bool  # every area is w·h, as written to the areas' precision
 
-    def bbox(self, box: Sequence[float], width: int, height: int) -> list[int | float]:
-        x, y, w, h = (self.coordinates.write(float(v)) for v in box)
+    def bbox(self, box: Sequence[float], width: int, height: int, rounding: str = "nearest") -> list[int | float]:
+        """`box` written as the dataset writes boxes. `rounding` "out" never cuts into the box (so a loose box
+        still contains its truth), "in" never grows it (a tight box stays inside its truth)."""
+        x1, y1 = float(box[0]), float(box[1])
+        x2, y2 = x1 + float(box[2]), y1 + float(box[3])
+        if rounding != "nearest" and self.coordinates.decimals is not None:
+            scale = 10.0 ** (0 if self.coordinates.ints else self.coordinates.decimals)
+            grow, shrink = (math.floor, math.ceil) if rounding == "out" else (math.ceil, math.floor)
+            x1, y1 = grow(round(x1 * scale, 6)) / scale, grow(round(y1 * scale, 6)) / scale
+            x2, y2 = shrink(round(x2 * scale, 6)) / scale, shrink(round(y2 * scale, 6)) / scale
         # Rounding must not leave the image nor collapse the box: the smallest step the format allows.
-        x, y = max(x, 0), max(y, 0)
-        w = self.coordinates.write(max(min(w, width - x), self.coordinates.step))
-        h = self.coordinates.write(max(min(h, height - y), self.coordinates.step))
+        x, y = self.coordinates.write(max(x1, 0.0)), self.coordinates.write(max(y1, 0.0))
+        w = self.coordinates.write(max(min(x2, width) - x, self.coordinates.step))
+        h = self.coordinates.write(max(min(y2, height) - y, self.coordinates.step))
         return [x, y, w, h]
 
     def area(self, bbox: Sequence[float], template: dict[str, Any]) -> Any:
@@ -211,13 +222,14 @@ def inject_errors(
             "original_bbox": [float(v) for v in annotation["bbox"]],
         }
 
-    def regeometry(annotation: dict[str, Any], box: Sequence[float]) -> None:
+    def regeometry(annotation: dict[str, Any], box: Sequence[float], rounding: str = "nearest") -> list[Any]:
         image = images[int(annotation["image_id"])]
-        new = fmt.bbox(box, int(image["width"]), int(image["height"]))
+        new = fmt.bbox(box, int(image["width"]), int(image["height"]), rounding)
         area = fmt.area(new, annotation)
         annotation["bbox"] = new
         if area is not None:
             annotation["area"] = area
+        return new
 
     for kind in consuming:
         for index in chosen[kind]:
@@ -240,11 +252,16 @@ def inject_errors(
                 records.append(({**fields, "type": kind, "category_id": int(twin["category_id"])}, twin))
                 continue
             elif kind == "shift":
-                regeometry(annotation, shifted_box(box, *size, rng))
+                original = copy.deepcopy(annotation)
+                for _ in range(_SHIFT_REDRAWS):
+                    annotation.update(copy.deepcopy(original))
+                    # Written in the dataset's format, the IoU can leave [0.4, 0.7): such a draw is redrawn.
+                    if 0.4 <= box_iou(regeometry(annotation, shifted_box(box, *size, rng)), box) < 0.7:
+                        break
             elif kind == "loose":
-                regeometry(annotation, loosened_box(box, *size, rng))
+                regeometry(annotation, loosened_box(box, *size, rng), "out")
             elif kind == "tight":
-                regeometry(annotation, _tightened(box, rng))
+                regeometry(annotation, _tightened(box, rng), "in")
             records.append(({**fields, "type": kind, "category_id": int(annotation["category_id"])}, annotation))
 
     if "spurious" in wanted and corruptible:

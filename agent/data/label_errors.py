@@ -1,11 +1,10 @@
-"""Known label errors injected into the demo dataset, and the `errors.json` file that lists them.
+"""Known label errors and the `errors.json` file that lists them; the box geometry of each error type.
 
-The demo generator (`agent.data.demo`) draws exact ground truth, then corrupts a known share of it
-so that data-quality metrics can be scored against the truth. A demo folder holds three files:
+Errors are injected by `agent.data.inject` (`metricsmith inject`, and the demo generator
+`agent.data.demo`, whose folder holds three files):
 
-- `annotations.json`: the NOISY labels, valid COCO, annotation ids 1..M without gaps. Boxes only:
-  every `area` is the box's w·h and no annotation has a `segmentation`, so nothing but the pixels
-  tells a corrupted box from a true one;
+- `annotations.json`: the NOISY labels, valid COCO, annotation ids 1..M in list order. Boxes only:
+  every `area` is the box's w·h and no annotation has a `segmentation`;
 - `clean.json`: the true labels, exactly as drawn (polygons, and mask areas), same images and
   categories;
 - `errors.json`: one record per injected error, described below.
@@ -15,14 +14,14 @@ so that data-quality metrics can be scored against the truth. A demo folder hold
     {
       "version": 1,                      # schema version; only 1 exists
       "description": "metricsmith demo dataset label errors",   # optional, informative
-      "seed": 0,                         # the dataset seed; null if unknown
+      "seed": 0,                         # the injection seed; null if unknown
       "error_rate": 0.2,                 # share of clean annotations that got an error, 0 <= r < 1
       "errors": [ErrorRecord, ...]       # sorted by image_id, then annotation_id
     }
 
 Each ErrorRecord is an object; boxes are COCO `[x, y, w, h]` in pixels with w, h > 0:
 
-    type                   one of "swap", "shift", "loose", "spurious", "duplicate", "drop"
+    type                   one of "swap", "shift", "loose", "tight", "spurious", "duplicate", "drop"
     image_id               the image, the same id in annotations.json and clean.json
     annotation_id          id of the noisy annotation in annotations.json; null for "drop"
     clean_annotation_id    id of the true annotation in clean.json; null for "spurious"
@@ -31,35 +30,15 @@ Each ErrorRecord is an object; boxes are COCO `[x, y, w, h]` in pixels with w, h
     bbox                   the noisy box; null for "drop"
     original_bbox          the true box; null for "spurious"
 
-What each type means (the noisy annotation is the one `annotation_id` points at):
+What each type means is in `agent.data.inject`. The geometry here:
 
-- `swap`: the class was changed to another class, drawn uniformly among the other ones; the box
-  and segmentation are untouched.
-- `shift`: the box was moved and resized (w, h and the centre drawn from normal distributions
-  around the truth with a spread of 0.15·w or 0.15·h, redrawn until the IoU with the truth is in
-  [0.4, 0.7)), clipped to the image, w and h > 1.
-- `loose`: the box was grown around its centre so that its AREA is 1.3 to 2 times the true area
-  (factor uniform in [1.3, 2.0]; each side grows by its square root), then clipped to the image.
-  It always contains the true box.
-- `spurious`: a box that matches no object: the box of an annotation in ANOTHER image, copied at
-  the same coordinates, placed only where its IoU with every true box of this image (and every
-  earlier spurious box) is at most 0.1, with a class drawn uniformly among all classes.
-- `duplicate`: a second annotation on the same object: each side of the true box moved by up to
-  ±5% of its w or h, same class. The true annotation stays as it was.
-- `drop`: the annotation was removed; `original_bbox` and `category_id` describe it. An image
-  may be left with no annotation at all, as in real datasets.
-
-Each true annotation gets at most one error. With N true annotations and rate r, each of the six
-types gets round(r·N/6) errors, with Python's `round` (halves go to the even number: 2.5 -> 2).
-Two cases inject fewer: when the five types that consume a true annotation would need more
-annotations than exist, each type is cut to N // 5; and a spurious box is abandoned when no
-placement is found within a bounded number of draws (only plausible for a single image or for
-extremely crowded ones). The records always list exactly what was injected.
-
-`inject_label_errors` itself gives boxes whose geometry changed (shift, loose, spurious,
-duplicate) `area` = w·h and no `segmentation`, since the true polygon no longer matches them;
-swapped and untouched annotations keep theirs. The demo generator then strips every annotation of
-annotations.json down to its box (`agent.data.demo.boxes_only`).
+- `shifted_box`: moved and resized (w, h and the centre drawn from normal distributions around the
+  truth with a spread of 0.15·w or 0.15·h, redrawn until the IoU with the truth is in [0.4, 0.7)),
+  clipped to the image, w and h > 1.
+- `loosened_box`: grown around its centre so that its AREA is 1.3 to 2 times the true area (factor
+  uniform in [1.3, 2.0]; each side grows by its square root), clipped to the image; it always
+  contains the true box.
+- `duplicated_box`: each side of the true box moved by up to ±5% of its w or h.
 """
 
 from __future__ import annotations
@@ -81,20 +60,15 @@ __all__ = [
     "ErrorsFile",
     "box_iou",
     "duplicated_box",
-    "inject_label_errors",
     "load_errors",
     "loosened_box",
     "shifted_box",
 ]
 
-# `tight` comes from `agent.data.inject` only; the demo injects the six of ERROR_TYPES.
 ErrorType = Literal["swap", "shift", "loose", "tight", "spurious", "duplicate", "drop"]
-ERROR_TYPES: tuple[ErrorType, ...] = ("swap", "shift", "loose", "spurious", "duplicate", "drop")
+ERROR_TYPES: tuple[ErrorType, ...] = ("swap", "shift", "loose", "tight", "spurious", "duplicate", "drop")
 ERRORS_DESCRIPTION = "metricsmith demo dataset label errors"
 
-# The error stream is seeded from (seed, this constant): the bytes of "errors" as an integer, since
-# numpy seeds take integers. A stream of its own keeps the rendered images independent of the rate.
-_ERRORS_STREAM = int.from_bytes(b"errors", "big")
 _SHIFT_IOU = (0.4, 0.7)
 # Accepted IoUs stay this far inside [0.4, 0.7), so any other IoU implementation, rounding its
 # floats differently, still finds them in range.
@@ -104,9 +78,7 @@ _SHIFT_BATCH = 64
 _SHIFT_BATCHES = 32
 _LOOSE_AREA_FACTOR = (1.3, 2.0)
 _DUPLICATE_JITTER = 0.05
-_SPURIOUS_MAX_IOU = 0.1
-_SPURIOUS_TRIES = 1000
-# Noisy coordinates are rounded to 1/100 px: readable files, and far finer than any metric cares.
+# Geometry is computed to 1/100 px; `agent.data.inject` then writes it as the dataset writes its boxes.
 _DECIMALS = 2
 
 _Box = tuple[
@@ -212,7 +184,7 @@ def _corners_to_box(
     return x1, y1, round(x2 - x1, _DECIMALS), round(y2 - y1, _DECIMALS)
 
 
-def _shifted(box: list[float], width: int, height: int, rng: np.random.Generator) -> list[float]:
+def shifted_box(box: list[float], width: int, height: int, rng: np.random.Generator) -> list[float]:
     x, y, w, h = box
     cx, cy = x + w / 2, y + h / 2
     lo, hi = _SHIFT_IOU[0] + _IOU_MARGIN, _SHIFT_IOU[1] - _IOU_MARGIN
@@ -237,7 +209,7 @@ def _shifted(box: list[float], width: int, height: int, rng: np.random.Generator
     return [float(v) for v in _corners_to_box(x, cy - 0.275 * h, x + w, cy + 0.275 * h, width, height)]
 
 
-def _loosened(box: list[float], width: int, height: int, rng: np.random.Generator) -> list[float]:
+def loosened_box(box: list[float], width: int, height: int, rng: np.random.Generator) -> list[float]:
     x, y, w, h = box
     # The factor applies to the area, so each side grows by its square root.
     grow = math.sqrt(rng.uniform(*_LOOSE_AREA_FACTOR))
@@ -254,176 +226,8 @@ def _loosened(box: list[float], width: int, height: int, rng: np.random.Generato
     return [x1, y1, bw, bh]
 
 
-def _duplicated(box: list[float], width: int, height: int, rng: np.random.Generator) -> list[float]:
+def duplicated_box(box: list[float], width: int, height: int, rng: np.random.Generator) -> list[float]:
     x, y, w, h = box
     dx1, dx2 = rng.uniform(-_DUPLICATE_JITTER, _DUPLICATE_JITTER, 2) * w
     dy1, dy2 = rng.uniform(-_DUPLICATE_JITTER, _DUPLICATE_JITTER, 2) * h
     return [float(v) for v in _corners_to_box(x + dx1, y + dy1, x + w + dx2, y + h + dy2, width, height)]
-
-
-# The same geometry for `agent.data.inject`, which formats the result like the dataset's own boxes.
-shifted_box, loosened_box, duplicated_box = _shifted, _loosened, _duplicated
-
-
-# ---------------------------------------------------------------------------------------------
-# Injection.
-# ---------------------------------------------------------------------------------------------
-
-
-def error_counts(n_annotations: int, error_rate: float) -> int:
-    """How many errors of each type are requested for n true annotations (see module docstring)."""
-    per_type = round(error_rate * n_annotations / len(ERROR_TYPES))
-    # Five of the six types each consume a distinct true annotation.
-    return min(per_type, n_annotations // (len(ERROR_TYPES) - 1))
-
-
-def inject_label_errors(
-    images: list[dict[str, Any]],
-    clean: list[dict[str, Any]],
-    category_ids: list[int],
-    seed: int,
-    error_rate: float,
-) -> tuple[list[dict[str, Any]], ErrorsFile]:
-    """Noisy annotations (ids 1..M) and the record of every error injected into `clean`.
-
-    `images` and `clean` are COCO records (clean ids may be any unique integers); `clean` is not
-    modified. The result depends only on the inputs, `seed` and `error_rate`.
-    """
-    rng = np.random.default_rng([seed, _ERRORS_STREAM])
-    sizes = {int(img["id"]): (int(img["width"]), int(img["height"])) for img in images}
-    per_type = error_counts(len(clean), error_rate)
-
-    # Which true annotation gets which error: one permutation cut into consecutive blocks.
-    order = rng.permutation(len(clean))
-    consuming = [t for t in ERROR_TYPES if t != "spurious"]
-    chosen = {t: sorted(order[i * per_type : (i + 1) * per_type].tolist()) for i, t in enumerate(consuming)}
-
-    replaced: dict[int, dict[str, Any] | None] = {}  # clean index -> noisy annotation, None = dropped
-    added: dict[int, list[dict[str, Any]]] = {}  # image id -> new annotations
-    pending: list[tuple[dict[str, Any], dict[str, Any] | None]] = []  # (record fields, noisy annotation)
-
-    def truth_fields(ann: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "image_id": ann["image_id"],
-            "clean_annotation_id": ann["id"],
-            "original_category_id": ann["category_id"],
-            "original_bbox": list(ann["bbox"]),
-        }
-
-    def box_annotation(image_id: int, category_id: int, bbox: list[float]) -> dict[str, Any]:
-        # No segmentation: the true polygon does not match a changed box.
-        return {
-            "image_id": image_id,
-            "category_id": category_id,
-            "bbox": bbox,
-            "area": round(bbox[2] * bbox[3], _DECIMALS),
-            "iscrowd": 0,
-        }
-
-    for index in chosen["swap"]:
-        ann = clean[index]
-        others = [c for c in category_ids if c != ann["category_id"]]
-        noisy = {key: value for key, value in ann.items() if key != "id"}
-        noisy["category_id"] = int(others[int(rng.integers(len(others)))])
-        replaced[index] = noisy
-        pending.append(({"type": "swap", **truth_fields(ann)}, noisy))
-
-    for kind, corrupt in (("shift", _shifted), ("loose", _loosened)):
-        for index in chosen[kind]:
-            ann = clean[index]
-            bbox = corrupt(list(ann["bbox"]), *sizes[ann["image_id"]], rng)
-            noisy = box_annotation(ann["image_id"], ann["category_id"], bbox)
-            replaced[index] = noisy
-            pending.append(({"type": kind, **truth_fields(ann)}, noisy))
-
-    for index in chosen["duplicate"]:
-        ann = clean[index]
-        bbox = _duplicated(list(ann["bbox"]), *sizes[ann["image_id"]], rng)
-        noisy = box_annotation(ann["image_id"], ann["category_id"], bbox)
-        added.setdefault(ann["image_id"], []).append(noisy)
-        pending.append(({"type": "duplicate", **truth_fields(ann)}, noisy))
-
-    for index in chosen["drop"]:
-        replaced[index] = None
-        pending.append(({"type": "drop", **truth_fields(clean[index])}, None))
-
-    _add_spurious(images, clean, category_ids, per_type, rng, added, pending, box_annotation)
-
-    # Assemble per image: surviving annotations in their original order, and each new one at a
-    # random position, so that the order of a file does not give the errors away.
-    by_image: dict[int, list[dict[str, Any]]] = {int(img["id"]): [] for img in images}
-    for index, ann in enumerate(clean):
-        noisy = replaced.get(index, {key: value for key, value in ann.items() if key != "id"})
-        if noisy is not None:
-            by_image[ann["image_id"]].append(noisy)
-    for image_id, extra in added.items():
-        for noisy in extra:
-            slot = int(rng.integers(len(by_image[image_id]) + 1))
-            by_image[image_id].insert(slot, noisy)
-
-    annotations: list[dict[str, Any]] = []
-    noisy_id: dict[int, int] = {}  # id() of a noisy dict -> its annotation id
-    for image_anns in by_image.values():
-        for noisy in image_anns:
-            noisy_id[id(noisy)] = len(annotations) + 1
-            annotations.append({"id": len(annotations) + 1, **noisy})
-
-    records = []
-    for fields, noisy in pending:
-        records.append(
-            ErrorRecord(
-                **{
-                    "clean_annotation_id": None,
-                    "original_category_id": None,
-                    "original_bbox": None,
-                    **fields,
-                    "annotation_id": None if noisy is None else noisy_id[id(noisy)],
-                    "category_id": fields["original_category_id"] if noisy is None else noisy["category_id"],
-                    "bbox": None if noisy is None else noisy["bbox"],
-                }
-            )
-        )
-    records.sort(key=lambda r: (r.image_id, r.annotation_id or 0, r.clean_annotation_id or 0))
-    return annotations, ErrorsFile(seed=seed, error_rate=error_rate, errors=records)
-
-
-def _add_spurious(
-    images: list[dict[str, Any]],
-    clean: list[dict[str, Any]],
-    category_ids: list[int],
-    count: int,
-    rng: np.random.Generator,
-    added: dict[int, list[dict[str, Any]]],
-    pending: list[tuple[dict[str, Any], dict[str, Any] | None]],
-    box_annotation: Any,
-) -> None:
-    """Copy boxes of other images onto free space; fewer than `count` if no place is found."""
-    truth: dict[int, list[list[float]]] = {}
-    for ann in clean:
-        truth.setdefault(ann["image_id"], []).append(ann["bbox"])
-    image_ids = [int(img["id"]) for img in images]
-    sizes = {int(img["id"]): (int(img["width"]), int(img["height"])) for img in images}
-    placed: dict[int, list[list[float]]] = {}
-    tries = 0
-    for _ in range(count):
-        while tries < _SPURIOUS_TRIES and clean:
-            tries += 1
-            # A new target and a new source on every draw: a crowded image does not block the rest.
-            target = image_ids[int(rng.integers(len(image_ids)))]
-            source = clean[int(rng.integers(len(clean)))]
-            if source["image_id"] == target:
-                continue
-            width, height = sizes[target]
-            x, y, w, h = source["bbox"]
-            bbox = [float(v) for v in _corners_to_box(x, y, x + w, y + h, width, height)]
-            if bbox[2] <= 1 or bbox[3] <= 1:
-                continue  # the source image was larger than this one
-            blockers = truth.get(target, []) + placed.get(target, [])
-            if any(box_iou(bbox, other) > _SPURIOUS_MAX_IOU for other in blockers):
-                continue
-            category_id = int(category_ids[int(rng.integers(len(category_ids)))])
-            noisy = box_annotation(target, category_id, bbox)
-            added.setdefault(target, []).append(noisy)
-            placed.setdefault(target, []).append(bbox)
-            pending.append(({"type": "spurious", "image_id": target}, noisy))
-            break

@@ -86,7 +86,7 @@ Level = Literal["object", "image"]
 ScoreValue = float | None
 
 # The order the report shows error types in; unknown types from a newer generator follow, sorted.
-ERROR_TYPES = ("swap", "shift", "loose", "spurious", "duplicate", "drop")
+ERROR_TYPES = ("swap", "shift", "loose", "tight", "spurious", "duplicate", "drop")
 DEFAULT_BUDGET = 0.05
 
 
