@@ -38,8 +38,7 @@ from agent.llm.backends.openai import OpenAIBackend
 from agent.llm.backends.replay import ReplayBackend
 from agent.llm.model import Mode, ModelBackend
 from agent.llm.transcript import RecordingBackend, Transcript, TranscriptMeta, TranscriptWriter
-from agent.metrics.contract import MetricSpec, list_builtin_metrics
-from agent.metrics.library import LibraryRef, default_library_dir, latest_library_refs, load_pinned_metrics
+from agent.metrics.library import LibraryRef, library_metrics
 from agent.resources import cache_dir
 from sandbox.isolation import SandboxConfig
 
@@ -182,16 +181,6 @@ def materialise(source: DatasetSource) -> tuple[Path, Path | None, Path | None]:
             height=recipe.height,
         )
     return made, None, (folder / "errors.json") if source.errors else None
-
-
-def library_metrics(
-    library: Path | None, pinned: Sequence[LibraryRef] | None = None
-) -> tuple[list[LibraryRef], list[MetricSpec]]:
-    """What a candidate is compared with, and the pins that record it: the built-ins, and the pinned
-    promoted versions (default: the latest version of every promoted metric in the library)."""
-    folder = default_library_dir(library)
-    pins = list(latest_library_refs(folder) if pinned is None else pinned)
-    return pins, [*list_builtin_metrics(), *load_pinned_metrics(pins, folder)]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_SOME_FAILED",
     "EXIT_USAGE",
+    "SHORT_TYPE_NAMES",
     "ArgumentParser",
     "new_run_dir",
     "positive_float",
@@ -28,6 +29,9 @@ __all__ = [
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 # The model or its server could not be reached: the environment's problem, not the user's input.
 EXIT_INFRASTRUCTURE = 3
+
+# Error types' column headers in the eval and selftest tables, short enough for 120 piped columns.
+SHORT_TYPE_NAMES = {"spurious": "spur.", "duplicate": "dupl."}
 
 # Piped output has no terminal width; 120 columns keep the tables readable in logs.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120)

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from agent.cli.console import EXIT_OK, positive_int, stderr, stdout
+from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, stderr, stdout
 from agent.cli.metric_options import add_library_option, load_metrics, score_in_sandbox
 from agent.data.coco import Dataset, load_coco
 from agent.errors import UserError
@@ -247,14 +247,11 @@ def _scored_twice(spec: MetricSpec, record: RecordedMetric) -> str:
     )
 
 
-_SHORT_TYPES = {"spurious": "spur.", "duplicate": "dupl."}
-
-
 def _print_evaluation(report: EvaluationReport) -> None:
     types = list(report.items.errors_by_type)
     title = f"{report.items.errors} errors in {report.items.annotations} annotations and {report.items.images} images"
     # Error-type AP columns get short headers (spur. = spurious): the table must fit 120 piped columns.
-    short = [_SHORT_TYPES.get(t, t[:5]) for t in types]
+    short = [SHORT_TYPE_NAMES.get(t, t[:5]) for t in types]
     headers = ["metric", "level", "AP", "AUROC", "P@K", f"R@{report.budget:.0%}", *short, "img AP"]
     table = Table(
         *headers,

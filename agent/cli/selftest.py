@@ -9,14 +9,13 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from agent.cli.console import EXIT_OK, positive_int, stderr, stdout
+from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, stderr, stdout
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import load_coco, read_coco_json
 from agent.data.inject import INJECT_TYPES
 from agent.errors import UserError
 from agent.evaluation.selftest import ESTIMATE, Figure, SelftestReport, run_selftest, sample_images
-from agent.metrics.contract import list_builtin_metrics
-from agent.metrics.library import default_library_dir, latest_library_refs, load_pinned_metrics
+from agent.metrics.library import library_metrics
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["cmd_selftest", "register"]
@@ -54,8 +53,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     if args.metrics:
         specs = load_metrics(args.metrics, args.library)
     else:
-        library = default_library_dir(args.library)
-        specs = [*list_builtin_metrics(), *load_pinned_metrics(latest_library_refs(library), library)]
+        _, specs = library_metrics(args.library)
     dataset = load_coco(args.annotations, args.images)  # every problem of the input, before any work
     document = read_coco_json(args.annotations)
     if args.sample_images:
@@ -78,9 +76,6 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_SHORT_TYPES = {"spurious": "spur.", "duplicate": "dupl."}
-
-
 def _shown(figure: Figure, spread: bool = True) -> str:
     if figure.mean is None:
         return "-"
@@ -95,7 +90,7 @@ def _print_report(report: SelftestReport) -> None:
         "lift: AP over random's"
     )
     # Per type only the mean, so the table fits 120 piped columns; --json has every seed's figure.
-    headers = [_SHORT_TYPES.get(t, t) for t in types]
+    headers = [SHORT_TYPE_NAMES.get(t, t) for t in types]
     table = Table(
         "metric", "level", "AP", "random", "lift", *headers, title=title, box=box.SIMPLE_HEAD, pad_edge=False,
         collapse_padding=True,

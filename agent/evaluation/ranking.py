@@ -76,7 +76,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from agent.data.coco import Dataset
-from agent.data.label_errors import load_errors
+from agent.data.label_errors import ERROR_TYPES, load_errors
 from agent.errors import UserError
 from agent.evaluation.stacking import cross_validated_scores
 from agent.metrics.scoring import ScoreRow
@@ -86,7 +86,6 @@ Level = Literal["object", "image"]
 ScoreValue = float | None
 
 # The order the report shows error types in; unknown types from a newer generator follow, sorted.
-ERROR_TYPES = ("swap", "shift", "loose", "tight", "spurious", "duplicate", "drop")
 DEFAULT_BUDGET = 0.05
 
 

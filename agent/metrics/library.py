@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import UserError
-from agent.metrics.contract import NAME_PATTERN, MetricSpec, load_metric_file, parse_metric_source
+from agent.metrics.contract import NAME_PATTERN, MetricSpec, list_builtin_metrics, load_metric_file, parse_metric_source
 
 __all__ = [
     "LIBRARY_PREFIX",
@@ -48,6 +48,7 @@ __all__ = [
     "copy_pinned_versions",
     "default_library_dir",
     "latest_library_refs",
+    "library_metrics",
     "library_versions",
     "list_library",
     "load_library_metric",
@@ -298,6 +299,16 @@ def load_pinned_metrics(refs: Sequence[LibraryRef], library: Path) -> list[Metri
             )
         specs.append(spec)
     return specs
+
+
+def library_metrics(
+    library: Path | None, pinned: Sequence[LibraryRef] | None = None
+) -> tuple[list[LibraryRef], list[MetricSpec]]:
+    """Every metric usable by name, and the pins that record the promoted ones: the built-ins, and the
+    pinned promoted versions (default: the latest version of every promoted metric in the library)."""
+    folder = default_library_dir(library)
+    pins = list(latest_library_refs(folder) if pinned is None else pinned)
+    return pins, [*list_builtin_metrics(), *load_pinned_metrics(pins, folder)]
 
 
 def copy_pinned_versions(refs: Sequence[LibraryRef], source: Path, target: Path) -> None:

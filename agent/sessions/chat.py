@@ -46,7 +46,6 @@ from agent.authoring.job import (
     SessionSetup,
     dataset_source,
     describe_event,
-    library_metrics,
     validation_set,
 )
 from agent.authoring.loop import AuthoringOutcome, author_idea, idea_from_text
@@ -62,7 +61,7 @@ from agent.llm.model import ForwardingBackend, Message, ModelBackend, ModelReply
 from agent.llm.pricing import cost_usd
 from agent.llm.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
 from agent.metrics.contract import MetricSpec, list_builtin_metrics
-from agent.metrics.library import LibraryRef, default_library_dir, latest_library_refs, list_library
+from agent.metrics.library import LibraryRef, default_library_dir, latest_library_refs, library_metrics, list_library
 from agent.review.editing import Editor, edit_candidate, open_in_editor, revalidate_candidate
 from agent.review.gate import approve, promote_candidate, reject
 from agent.review.view import show_candidate
