@@ -152,6 +152,7 @@ def main() -> None:
     dataset = load_coco(annotations)
     report = run_selftest(
         json.loads(annotations.read_text()),
+        annotations,
         dataset.image_root,
         list_builtin_metrics(),
         seeds=list(range(args.seeds)),

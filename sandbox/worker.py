@@ -310,7 +310,8 @@ def _call_once(function: Callable[..., Any], args: tuple, timeout_s: float, file
         return {"score": None, "kind": "exception", "error": _trimmed_traceback(error, filename)}
 
 
-def _decode(path: str, scene: dict) -> tuple[np.ndarray | None, str | None]:
+def _read(path: str) -> tuple[np.ndarray | None, str | None]:
+    """The image as RGB, read-only; or why it can't be read."""
     try:
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     except Exception as error:
@@ -320,14 +321,18 @@ def _decode(path: str, scene: dict) -> tuple[np.ndarray | None, str | None]:
         return None, f"cannot decode {os.path.basename(path)}: {reason}"
     image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     image.setflags(write=False)
+    return image, None
+
+
+def _check_size(path: str, image: np.ndarray, scene: dict) -> str | None:
     info = scene.get("image", {})
     expected = (info.get("height"), info.get("width"))
     if expected != image.shape[:2]:
-        return None, (
+        return (
             f"{os.path.basename(path)} is {image.shape[1]}x{image.shape[0]} but the annotations say "
             f"{expected[1]}x{expected[0]}"
         )
-    return image, None
+    return None
 
 
 def _freeze(value: Any) -> Any:
@@ -380,6 +385,7 @@ class _Worker:
         self.flush_interval_s = float(init.get("flush_interval_s", 0.1))
         self.metrics: list[tuple[str, str, str, str, Callable[..., Any] | None]] = []
         self.metric_errors: dict[str, str] = {}
+        self._last_decoded: tuple[str, np.ndarray | None, str | None] | None = None
         for index, metric in enumerate(init["metrics"]):
             loaded = self._load(index, metric)
             output = metric.get("output", "score")
@@ -413,7 +419,10 @@ class _Worker:
         rows: list[dict] = []
         last_flush = time.monotonic()
         for task in frame["tasks"]:
-            image, image_error = _decode(task["path"], task["scene"])
+            image, image_error = self._decoded(task["path"])
+            if image is not None:
+                image_error = _check_size(task["path"], image, task["scene"])
+                image = None if image_error else image
             scene = _freeze_nested(task["scene"])
             copies: dict[int, dict] = {}
             for call in task["calls"]:
@@ -422,6 +431,12 @@ class _Worker:
                     _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": False})
                     rows, last_flush = [], time.monotonic()
         _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": True})
+
+    def _decoded(self, path: str) -> tuple[np.ndarray | None, str | None]:
+        """The image at `path`, decoded once for consecutive tasks on it (the versions `selftest` scores)."""
+        if self._last_decoded is None or self._last_decoded[0] != path:
+            self._last_decoded = (path, *_read(path))
+        return self._last_decoded[1], self._last_decoded[2]
 
     def _call(
         self, call: list, image: np.ndarray | None, image_error: str | None, scene: dict, copies: dict[int, dict]

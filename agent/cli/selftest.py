@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, stderr, stdout
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
-from agent.data.coco import load_coco, read_coco_json
+from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES
 from agent.errors import UserError
 from agent.evaluation.selftest import ESTIMATE, Figure, SelftestReport, run_selftest, sample_images
@@ -54,19 +54,20 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         specs = load_metrics(args.metrics, args.library)
     else:
         _, specs = library_metrics(args.library)
-    dataset = load_coco(args.annotations, args.images)  # every problem of the input, before any work
     document = read_coco_json(args.annotations)
+    dataset = coco_from_document(document, args.annotations, args.images)  # every problem of the input, first
     if args.sample_images:
         document = sample_images(document, args.sample_images)
-    with ProgressBar() as (progress, advance):
+    with ProgressBar() as (progress, _):
         report = run_selftest(
             document,
+            args.annotations,
             dataset.image_root,
             specs,
             seeds=list(range(args.seeds)),
             rate=args.rate,
             sandbox=SandboxConfig(workers=args.workers),
-            on_rows=advance,
+            on_calls=lambda count: progress.advance(progress.task_ids[0], count),
         )
         progress.stop()
     if args.json:

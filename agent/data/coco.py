@@ -336,8 +336,21 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def coco_from_document(document: Any, annotations_path: Path, image_root: Path | None = None) -> Dataset:
+    """`load_coco` for a document already parsed (or made, as `inject` makes one) from `annotations_path`.
+
+    `annotations_path` names the document in messages and, without `image_root`, locates the images.
+    """
+    explicit_root = _explicit_root(Path(image_root)) if image_root is not None else None
+    with _gc_paused():
+        return _dataset(document, Path(annotations_path), explicit_root)
+
+
 def _load(annotations_path: Path, explicit_root: Path | None) -> Dataset:
-    document = read_coco_json(annotations_path)
+    return _dataset(read_coco_json(annotations_path), annotations_path, explicit_root)
+
+
+def _dataset(document: Any, annotations_path: Path, explicit_root: Path | None) -> Dataset:
     raw_images, raw_annotations, raw_categories = _top_level_lists(document, annotations_path)
 
     problems: list[Problem] = []

@@ -41,7 +41,6 @@ only on the document, the rate, the types and the seed.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -173,6 +172,15 @@ def _tightened(box: Sequence[float], rng: np.random.Generator) -> list[float]:
     return [cx - shrink * w / 2, cy - shrink * h / 2, shrink * w, shrink * h]
 
 
+def _json_copy(value: Any) -> Any:
+    """A copy of parsed JSON, new dicts and lists all the way down (the rest is immutable); deepcopy is 5x slower."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
+
+
 def _is_crowd(annotation: dict[str, Any]) -> bool:
     return bool(annotation.get("iscrowd", 0))
 
@@ -188,9 +196,7 @@ def inject_errors(
         raise UserError(f"--rate must be at least 0 and below 1, got {rate}")
     rng = np.random.default_rng([seed, int.from_bytes(b"inject", "big")])
     images = {int(image["id"]): image for image in document["images"]}
-    annotations = [copy.deepcopy(a) for a in document["annotations"]]
-    for annotation in annotations:
-        annotation.pop("segmentation", None)
+    annotations = [{k: _json_copy(v) for k, v in a.items() if k != "segmentation"} for a in document["annotations"]]
     corruptible = [index for index, a in enumerate(annotations) if not _is_crowd(a)]
     fmt = _learn_format([annotations[i] for i in corruptible])
     present = Counter(int(annotations[i]["category_id"]) for i in corruptible)
@@ -246,15 +252,15 @@ def inject_errors(
                 others = sorted(c for c in present if c != int(annotation["category_id"]))
                 annotation["category_id"] = int(rng.choice(others))
             elif kind == "duplicate":
-                twin = copy.deepcopy(annotation)
+                twin = _json_copy(annotation)
                 regeometry(twin, duplicated_box(box, *size, rng))
                 added.append((int(annotation["image_id"]), twin))
                 records.append(({**fields, "type": kind, "category_id": int(twin["category_id"])}, twin))
                 continue
             elif kind == "shift":
-                original = copy.deepcopy(annotation)
+                original = _json_copy(annotation)
                 for _ in range(_SHIFT_REDRAWS):
-                    annotation.update(copy.deepcopy(original))
+                    annotation.update(_json_copy(original))
                     # Written in the dataset's format, the IoU can leave [0.4, 0.7): such a draw is redrawn.
                     if 0.4 <= box_iou(regeometry(annotation, shifted_box(box, *size, rng)), box) < 0.7:
                         break
@@ -288,7 +294,7 @@ def inject_errors(
         for fields, annotation in records
     ]
     errors.sort(key=lambda r: (r.image_id, r.annotation_id or 0, r.clean_annotation_id or 0))
-    result = {key: (noisy if key == "annotations" else copy.deepcopy(value)) for key, value in document.items()}
+    result = {key: (noisy if key == "annotations" else _json_copy(value)) for key, value in document.items()}
     errors_file = ErrorsFile(description=INJECT_DESCRIPTION, seed=seed, error_rate=rate, errors=errors)
     return Injection(document=result, errors=errors_file, id_map=id_map, notes=notes)
 
@@ -328,7 +334,7 @@ def _add_spurious(
                 break
         else:
             continue
-        spurious = copy.deepcopy(template)
+        spurious = _json_copy(template)
         spurious["image_id"] = image_id if isinstance(template["image_id"], int) else float(image_id)
         new = fmt.bbox(box, width, height)
         area = fmt.area(new, template)
@@ -351,13 +357,16 @@ def _assemble(
 ) -> list[dict[str, Any]]:
     """The copy's annotation list: the kept ones in their order, each new one at a random place among its image's."""
     kept = [annotation for index, annotation in enumerate(annotations) if index not in dropped]
+    # Each annotation's image, kept in step with `kept`: finding an image's places is then one vector compare.
+    owners = np.fromiter((int(annotation["image_id"]) for annotation in kept), dtype=np.int64, count=len(kept))
     for image_id, new in added:
-        places = [i for i, annotation in enumerate(kept) if int(annotation["image_id"]) == image_id]
-        if places:
+        places = np.flatnonzero(owners == image_id)
+        if places.size:
             # Any of the n + 1 slots around the image's n annotations, with equal chance.
-            slot = int(rng.integers(len(places) + 1))
-            position = places[slot] if slot < len(places) else places[-1] + 1
+            slot = int(rng.integers(places.size + 1))
+            position = int(places[slot]) if slot < places.size else int(places[-1]) + 1
         else:
             position = int(rng.integers(len(kept) + 1))
         kept.insert(position, new)
+        owners = np.insert(owners, position, image_id)
     return kept

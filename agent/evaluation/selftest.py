@@ -1,7 +1,8 @@
 """How well metrics find label errors in the user's own data, estimated on errors injected into it.
 
 For each of K seeds, `agent.data.inject` writes known errors into a copy of the dataset, the metrics
-score it in the sandbox, and `agent.evaluation.ranking.evaluate` measures them. The report gives,
+score the copies in the sandbox (each distinct call once, see `run_selftest`), and
+`agent.evaluation.ranking.evaluate` measures them. The report gives,
 per metric and error type, the mean AP over the seeds, its spread (the standard deviation over the
 seeds; 0 with one seed), a random ranking's AP, and the lift (mean AP over random's). These are
 estimates on injected errors, which are not the errors the dataset really has: the report says so
@@ -13,6 +14,7 @@ JSON schema (`SelftestReport`, what `metricsmith selftest --json` prints):
       "estimate": "an estimate on injected errors, not the truth about the dataset's real errors",
       "seeds": [0, 1, 2],  "rate": 0.2,  "images": 120,  "annotations": 410,
       "errors_by_type": {"swap": 12, ...},     # injected per seed (the same count every seed)
+      "calls": {"run": 5210, "without_reuse": 12906},  # score() calls made, and made without reuse
       "metrics": [{"metric": "box_tightness", "level": "object",
                    "ap": Figure, "by_type": {"shift": Figure, ...}}, ...],
       "notes": ["..."]
@@ -25,9 +27,7 @@ The rows include the baselines `evaluate` adds: `random`, `combined` and `rank_a
 
 from __future__ import annotations
 
-import json
 import statistics
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from agent.data.coco import load_coco
+from agent.data.coco import coco_from_document
 from agent.data.inject import inject_errors
 from agent.evaluation.ranking import (
     ErrorLabel,
@@ -45,10 +45,12 @@ from agent.evaluation.ranking import (
     scores_from_rows,
 )
 from agent.metrics.contract import MetricSpec
-from agent.metrics.scoring import ScoreRow, score_dataset
+from agent.metrics.scoring import score_versions
 from sandbox.isolation import SandboxConfig
 
-__all__ = ["ESTIMATE", "Figure", "MetricFigures", "SelftestReport", "run_selftest", "sample_images", "summarise"]
+__all__ = [
+    "ESTIMATE", "Calls", "Figure", "MetricFigures", "SelftestReport", "run_selftest", "sample_images", "summarise",
+]  # fmt: skip
 
 ESTIMATE = "an estimate on injected errors, not the truth about the dataset's real errors"
 
@@ -68,6 +70,11 @@ class MetricFigures(BaseModel):
     by_type: dict[str, Figure]
 
 
+class Calls(BaseModel):
+    run: int
+    without_reuse: int
+
+
 class SelftestReport(BaseModel):
     estimate: str = ESTIMATE
     seeds: list[int]
@@ -75,6 +82,7 @@ class SelftestReport(BaseModel):
     images: int
     annotations: int
     errors_by_type: dict[str, int]
+    calls: Calls
     metrics: list[MetricFigures]
     notes: list[str] = []
 
@@ -122,39 +130,41 @@ def summarise(reports: Sequence[EvaluationReport]) -> list[MetricFigures]:
 
 def run_selftest(
     document: dict[str, Any],
+    annotations_path: Path,
     image_root: Path,
     specs: Sequence[MetricSpec],
     *,
     seeds: Sequence[int],
     rate: float,
     sandbox: SandboxConfig,
-    on_rows: Callable[[list[ScoreRow]], None] = lambda rows: None,
+    on_calls: Callable[[int], None] = lambda count: None,
 ) -> SelftestReport:
-    """Inject, score and evaluate once per seed; the figures over the seeds."""
-    reports, notes, counts = [], [], {}
-    for seed in seeds:
-        injection = inject_errors(document, rate=rate, seed=seed)
+    """Inject once per seed, score all the noisy copies in one run, and evaluate each; the figures over the seeds.
+
+    `annotations_path` is where `document` came from (for messages). The copies share their images
+    and most boxes, so `score_versions` makes each distinct call once: a box no injection touched is
+    scored once for all seeds by a metric that reads nothing but its own box (`agent.metrics.inputs`).
+    """
+    injections = [inject_errors(document, rate=rate, seed=seed) for seed in seeds]
+    versions = [coco_from_document(injection.document, annotations_path, image_root) for injection in injections]
+    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
+    if any(outcome.interrupted for outcome in scored.outcomes):
+        raise KeyboardInterrupt
+    directions = {spec.name: spec.suspicious for spec in specs}
+    reports, notes = [], []
+    for injection, version, outcome in zip(injections, versions, scored.outcomes, strict=True):
         notes.extend(note for note in injection.notes if note not in notes)
-        with tempfile.TemporaryDirectory(prefix="metricsmith-selftest-") as folder:
-            annotations = Path(folder) / "annotations.json"
-            annotations.write_text(json.dumps(injection.document), encoding="utf-8")
-            dataset = load_coco(annotations, image_root)
-        outcome = score_dataset(dataset, list(specs), sandbox, on_rows=on_rows)
-        if outcome.interrupted:
-            raise KeyboardInterrupt
         labels = [
             ErrorLabel(type=r.type, image_id=r.image_id, annotation_id=r.annotation_id) for r in injection.errors.errors
         ]
-        truth = ground_truth(dataset, labels)
-        directions = {spec.name: spec.suspicious for spec in specs}
-        reports.append(evaluate(truth, scores_from_rows(outcome.rows, directions)))
-        counts = reports[-1].items.errors_by_type
+        reports.append(evaluate(ground_truth(version, labels), scores_from_rows(outcome.rows, directions)))
     return SelftestReport(
         seeds=list(seeds),
         rate=rate,
         images=len(document["images"]),
         annotations=len(document["annotations"]),
-        errors_by_type=counts,
+        errors_by_type=reports[-1].items.errors_by_type if reports else {},
+        calls=Calls(run=scored.calls_run, without_reuse=scored.calls_needed),
         metrics=summarise(reports),
         notes=notes,
     )

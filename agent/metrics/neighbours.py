@@ -7,7 +7,9 @@ gathers every box's vector and scores each box here, with plain numpy:
 1. Each feature is standardised over the dataset (mean 0, standard deviation 1; a constant
    feature is dropped), so no feature dominates the distance by its units alone.
 2. The k nearest other boxes by Euclidean distance are found by brute force, in blocks of rows
-   so that memory stays near `_BLOCK_BYTES` whatever the dataset size. Squared distances are
+   small enough (`_BLOCK_BYTES`) that one block's distances stay in the CPU cache across the
+   passes over the features: the passes are memory-bound, and cache-sized blocks make them about
+   3x faster than 64 MB ones, with the very same arithmetic. Squared distances are
    summed feature by feature with elementwise operations, not with a matrix product: IEEE
    rounds each of those the same way on every CPU, while a BLAS product's rounding depends on
    the kernel and thread count that the machine picks, and on a near tie that changes which
@@ -28,7 +30,7 @@ from numpy.typing import NDArray
 
 __all__ = ["class_disagreement", "nearest_neighbours"]
 
-_BLOCK_BYTES = 64 * 1024 * 1024
+_BLOCK_BYTES = 2 * 1024 * 1024
 
 
 def _standardised(vectors: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -9,10 +9,12 @@ range, and the first failure of each kind.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -20,6 +22,7 @@ from pydantic import Field, TypeAdapter
 
 from agent.data.coco import Dataset
 from agent.metrics.contract import MetricSpec
+from agent.metrics.inputs import metric_inputs
 from agent.metrics.neighbours import class_disagreement
 from sandbox.engine import CallResult, RunReport, ScoringEngine
 from sandbox.framing import PRINTED_MARKER
@@ -313,21 +316,135 @@ def score_dataset(
 ) -> ScoreOutcome:
     """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted."""
     paths = image_paths(dataset)
+    collector = _Collector(dataset, specs, on_rows)
+    report, interrupted = _run_engine(dataset, specs, config, paths, build_tasks(dataset, specs, paths), collector)
+    if not interrupted:
+        collector.finish()
+    return _outcome(dataset, specs, collector, report, interrupted)
+
+
+def score_versions(
+    versions: Sequence[Dataset],
+    specs: list[MetricSpec],
+    config: SandboxConfig,
+    on_calls: Callable[[int], None] = lambda count: None,
+) -> VersionsOutcome:
+    """Score several versions of one dataset (the same images, other annotations), each distinct call once.
+
+    A call's result is reused wherever the metric provably sees the same input
+    (`agent.metrics.inputs`): the same image for an image metric that never reads the scene, the same
+    image and the same values of the keys it reads for an object metric that never reads the scene,
+    and otherwise the same image with the very same scene. Each version's outcome is then what
+    `score_dataset` on it alone would give. The calls are run in one engine run, the versions of an
+    image next to each other, so a worker decodes the image once for all of them. `on_calls` counts
+    the calls that are really run (`VersionsOutcome.calls_run` of them).
+    """
+    first = versions[0]
+    for version in versions[1:]:
+        if version.image_root != first.image_root or version.images != first.images:
+            raise ValueError("score_versions needs versions with the same images")
+    inputs = [metric_inputs(spec.source, spec.level) for spec in specs]
+    paths = image_paths(first)
+    # Per version, each call's key; per distinct key, where its one real call went (task number, call).
+    keys: list[dict[tuple[int, int, int | None], Hashable]] = [{} for _ in versions]
+    where: dict[Hashable, tuple[int, Call]] = {}
+    tasks: list[ImageTask] = []
+
+    def distinct_tasks() -> Iterator[ImageTask]:
+        for image in first.images:
+            for version, version_keys in zip(versions, keys, strict=True):
+                scene = version.scene(image.id)
+                objects = scene["annotations"]
+                scene_digest = _digest(scene) if any(i.scene or i.obj_keys is None for i in inputs) else b""
+                # repr tells 1 from 1.0, and a list of numbers from the same numbers in a tuple.
+                shown: list[dict[str, str]] = [{} for _ in objects]
+                calls = []
+                for index, (spec, reads) in enumerate(zip(specs, inputs, strict=True)):
+                    for obj in [None] if spec.level == "image" else range(len(objects)):
+                        if reads.scene or reads.obj_keys is None:
+                            key: Hashable = (index, image.id, scene_digest, obj)
+                        elif obj is None:
+                            key = (index, image.id)
+                        else:
+                            seen = shown[obj]
+                            for name in reads.obj_keys - seen.keys():
+                                seen[name] = repr(objects[obj].get(name, _ABSENT))
+                            key = (index, image.id, *(seen[name] for name in sorted(reads.obj_keys)))
+                        version_keys[(index, image.id, obj)] = key
+                        if key not in where:
+                            where[key] = (len(tasks), Call(metric=index, obj=obj))
+                            calls.append(where[key][1])
+                if calls:
+                    # The task's number stands in for the image id, so results say which version they are for.
+                    task = ImageTask(image_id=len(tasks), path=paths[image.id], scene=scene, calls=tuple(calls))
+                    tasks.append(task)
+                    yield task
+
+    results: dict[tuple[int, int, int | None], CallResult] = {}
+
+    def collect(batch: list[CallResult]) -> None:
+        for result in batch:
+            results[(result.image_id, result.metric, result.obj)] = result
+        on_calls(len(batch))
+
+    report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect)
+    outcomes = []
+    for version, version_keys in zip(versions, keys, strict=True):
+        collector = _Collector(version, specs, lambda rows: None)
+        own = []
+        for (_, image_id, obj), key in version_keys.items():
+            task_number, call = where[key]
+            result = results.get((task_number, call.metric, call.obj))
+            if result is not None:
+                score, kind, error, features = result.score, result.kind, result.error, result.features
+                own.append(CallResult(call.metric, image_id, obj, score, kind, error, features))
+        collector(own)
+        if not interrupted:
+            collector.finish()
+        outcomes.append(_outcome(version, specs, collector, report, interrupted))
+    return VersionsOutcome(outcomes=outcomes, calls_run=len(results), calls_needed=sum(map(len, keys)))
+
+
+@dataclass
+class VersionsOutcome:
+    outcomes: list[ScoreOutcome]  # one per version, in order
+    calls_run: int  # score() calls really made
+    calls_needed: int  # what scoring each version on its own would have made
+
+
+_ABSENT = ("metricsmith: key absent",)  # what an absent key is shown as: no JSON value looks like it
+
+
+def _digest(value: object) -> bytes:
+    """A short fingerprint of JSON data (a scene); it tells 1 from 1.0."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _run_engine(
+    dataset: Dataset,
+    specs: list[MetricSpec],
+    config: SandboxConfig,
+    paths: dict[int, str],
+    tasks: Iterable[ImageTask],
+    sink: Callable[[list[CallResult]], None],
+) -> tuple[RunReport, bool]:
+    """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted)."""
     roots = data_roots(dataset, paths.values())
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
     metrics = [
         MetricCode(name=spec.name, level=spec.level, source=spec.source, filename=spec.path, output=spec.output)
         for spec in specs
     ]
-    collector = _Collector(dataset, specs, on_rows)
-    engine = ScoringEngine(config)
-    report = RunReport()
-    interrupted = False
     try:
-        report = engine.run(metrics, build_tasks(dataset, specs, paths), collector)
-        collector.finish()
+        return ScoringEngine(config).run(metrics, tasks, sink), False
     except KeyboardInterrupt:
-        interrupted = True
+        return RunReport(), True
+
+
+def _outcome(
+    dataset: Dataset, specs: list[MetricSpec], collector: _Collector, report: RunReport, interrupted: bool
+) -> ScoreOutcome:
     order = {spec.name: index for index, spec in enumerate(specs)}
     collector.rows.sort(key=lambda row: (order[row.metric], *item_order(row)))
     found = first_failures(collector.rows, {image.id: image.file_name for image in dataset.images})
