@@ -105,3 +105,42 @@ def test_bad_input_is_one_line_and_exit_2(clean: Path, args: list[str], message:
     result = _selftest(*[arg.format(clean=clean) for arg in args])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def _html_report(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "report", *args, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_report_shows_the_selftest_as_an_estimate_for_its_own_dataset(clean: Path, tmp_path: Path) -> None:
+    measured = _selftest("--annotations", str(clean), "--metric", "builtin:box_tightness", "--seeds", "2", "--json")
+    assert measured.returncode == 0, measured.stderr
+    figures = json.loads(measured.stdout)
+    assert figures["dataset_sha256"] and figures["calls"]["run"] < figures["calls"]["without_reuse"]
+    selftest = tmp_path / "selftest.json"
+    selftest.write_text(measured.stdout, encoding="utf-8")
+    page = tmp_path / "report.html"
+    made = _html_report("--annotations", str(clean), "--metric", "builtin:box_tightness", "--selftest", str(selftest),
+                   "--out", str(page))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    html = page.read_text(encoding="utf-8")
+    section = html[html.index('<section id="selftest">') : html.index("</section>", html.index('id="selftest"'))]
+    assert "an estimate on injected errors" in section and '<a href="#metric-box_tightness">' in section
+    tightness = next(row for row in figures["metrics"] if row["metric"] == "box_tightness")
+    assert f"{tightness['ap']['mean']:.3f} ± {tightness['ap']['spread']:.3f}" in section
+    assert "Selftest (an estimate on injected errors" in html[html.index('id="metric-box_tightness"') :]
+
+    # Figures about another file, or a file that is not a selftest, are one line and exit 2.
+    noisy = clean.parent / "annotations.json"
+    other = _html_report("--annotations", str(noisy), "--metric", "builtin:box_tightness", "--selftest", str(selftest),
+                    "--out", str(page))  # fmt: skip
+    assert other.returncode == 2 and "run selftest on this annotations file" in other.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"seeds": [0]}', encoding="utf-8")
+    bad = _html_report("--annotations", str(clean), "--metric", "builtin:box_tightness", "--selftest", str(broken),
+                  "--out", str(page))  # fmt: skip
+    assert bad.returncode == 2 and "not a valid selftest file" in bad.stderr and "Traceback" not in bad.stderr

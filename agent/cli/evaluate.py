@@ -29,6 +29,7 @@ from agent.evaluation.ranking import (
     load_error_labels,
     scores_from_rows,
 )
+from agent.evaluation.selftest import load_selftest
 from agent.metrics.contract import BUILTIN_PREFIX, MetricSpec, builtin_metric_names, load_metric_file
 from agent.metrics.results import RecordedMetric, combine_recorded, output_format, read_rows, recorded_metrics
 from agent.metrics.scoring import ScoreRow
@@ -116,6 +117,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--errors", type=Path, help="errors.json of known label errors: marks each item and adds the eval tables"
     )
+    report.add_argument(
+        "--selftest",
+        type=Path,
+        help="what `metricsmith selftest --json` wrote for this annotations file: adds its estimates",
+    )
     add_library_option(report)
     report.add_argument(
         "--direction",
@@ -162,6 +168,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         output_format(path)
     specs = load_metrics(args.metrics, args.library)
     errors = load_error_labels(args.errors) if args.errors is not None else None
+    selftest = load_selftest(args.selftest, args.annotations) if args.selftest is not None else None
     dataset = load_coco(args.annotations, args.images)
     truth = ground_truth(dataset, errors or ())
     if errors is not None:
@@ -169,7 +176,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows, directions, known = _gather_scores(args, specs, dataset, truth)
     from agent.evaluation.report import build_report, human_size, render_html, write_report  # jinja2: only here
 
-    report = build_report(dataset, rows, directions, errors=errors, specs=known, top_k=args.top)
+    report = build_report(dataset, rows, directions, errors=errors, specs=known, top_k=args.top, selftest=selftest)
     size = write_report(args.out, render_html(report))
     stderr.print(f"wrote {args.out} ({human_size(size)})", markup=False)
     return EXIT_OK

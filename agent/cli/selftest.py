@@ -67,6 +67,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
             seeds=list(range(args.seeds)),
             rate=args.rate,
             sandbox=SandboxConfig(workers=args.workers),
+            sample_images=len(document["images"]) if len(document["images"]) < len(dataset.images) else None,
             on_calls=lambda count: progress.advance(progress.task_ids[0], count),
         )
         progress.stop()

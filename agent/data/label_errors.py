@@ -43,16 +43,14 @@ What each type means is in `agent.data.inject`. The geometry here:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.data.coco import describe_json_error
-from agent.errors import UserError
+from agent.data.json_files import load_json_model
 
 __all__ = [
     "ERROR_TYPES",
@@ -138,27 +136,7 @@ class ErrorsFile(BaseModel):
 
 def load_errors(path: Path) -> ErrorsFile:
     """Read and check an errors.json file; raises UserError naming the file if it is unusable."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"{path}: cannot read this label-errors file: {reason}") from exc
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON: {describe_json_error(exc)}") from exc
-    try:
-        return ErrorsFile.model_validate(document)
-    except ValidationError as exc:
-        problems = [_problem(error) for error in exc.errors()]
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise UserError(f"{path}: not a valid label-errors file: {shown}") from exc
-
-
-def _problem(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "top level"
-    return f"{where}: {error['msg']}"
+    return load_json_model(path, ErrorsFile, "label-errors")
 
 
 # ---------------------------------------------------------------------------------------------

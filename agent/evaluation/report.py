@@ -47,6 +47,7 @@ from agent.evaluation.ranking import (
     scores_from_rows,
     suspicion,
 )
+from agent.evaluation.selftest import Figure, MetricFigures, SelftestReport
 from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import ScoreRow
 
@@ -357,6 +358,7 @@ class MetricSection:
     histogram: Histogram | None
     evaluation: MetricEvaluation | None
     baseline: MetricEvaluation | None
+    selftest: MetricFigures | None  # its figures in the selftest given, if any
     top: tuple[Tile, ...]
     bottom: tuple[Tile, ...]
 
@@ -374,6 +376,8 @@ class Report:
     sections: tuple[MetricSection, ...]
     evaluation: EvaluationReport | None
     error_types: tuple[str, ...]
+    selftest: SelftestReport | None = None
+    selftest_types: tuple[str, ...] = ()
 
     @property
     def metric_names(self) -> frozenset[str]:
@@ -390,8 +394,13 @@ def build_report(
     specs: Mapping[str, MetricSpec] | None = None,
     top_k: int = 8,
     read_image: ImageReader | None = None,
+    selftest: SelftestReport | None = None,
 ) -> Report:
-    """The report's data. `errors` None means no errors file: no badges and no eval tables."""
+    """The report's data. `errors` None means no errors file: no badges and no eval tables.
+
+    `selftest` (what `metricsmith selftest --json` wrote, for this dataset) adds its table and, in
+    each metric's section, that metric's figures: estimates on injected errors.
+    """
     if top_k < 1:
         raise UserError(f"--top must be at least 1, got {top_k}")
     metrics = scores_from_rows(rows, directions)
@@ -426,6 +435,7 @@ def build_report(
                 n_not_applicable=not_applicable.get(metric.name, 0),
                 n_missing=max(0, n_items - rows_seen),
                 evaluation=evaluation,
+                selftest=selftest,
             )
         )
     return Report(
@@ -436,6 +446,8 @@ def build_report(
         sections=tuple(sections),
         evaluation=evaluation,
         error_types=tuple(error_types(errors or ())),
+        selftest=selftest,
+        selftest_types=tuple(t for t in ERROR_TYPES if selftest is not None and t in selftest.errors_by_type),
     )
 
 
@@ -450,6 +462,7 @@ def _section(
     n_not_applicable: int,
     n_missing: int,
     evaluation: EvaluationReport | None,
+    selftest: SelftestReport | None,
 ) -> MetricSection:
     values = [value for value in metric.scores.values() if value is not None and math.isfinite(value)]
     bounds = fences(values)
@@ -459,6 +472,9 @@ def _section(
         mine = next((row for row in evaluation.metrics if row.metric == metric.name), None)
         baseline = next((r for r in evaluation.metrics if r.metric == "random" and r.level == metric.level), None)
     description = spec.description.strip().splitlines()[0] if spec is not None else None
+    figures = None
+    if selftest is not None:
+        figures = next((f for f in selftest.metrics if f.metric == metric.name and f.level == metric.level), None)
     return MetricSection(
         name=metric.name,
         title=(spec.title if spec is not None and spec.title else metric.name),
@@ -475,6 +491,7 @@ def _section(
         histogram=histogram(values, bounds) if bounds else None,
         evaluation=mine,
         baseline=baseline,
+        selftest=figures,
         top=tuple(tiles.tile(metric, key) for key in top),
         bottom=tuple(tiles.tile(metric, key) for key in bottom),
     )
@@ -538,6 +555,16 @@ def _fixed(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _figure(figure: Figure) -> str:
+    if figure.mean is None:
+        return "–"
+    return f"{figure.mean:.3f} ± {figure.spread:.3f}" if figure.spread else f"{figure.mean:.3f}"
+
+
+def _lift(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
 @functools.cache
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
@@ -549,6 +576,8 @@ def _environment() -> jinja2.Environment:
     )
     environment.filters["num"] = _number
     environment.filters["fixed"] = _fixed
+    environment.filters["figure"] = _figure
+    environment.filters["lift"] = _lift
     return environment
 
 

@@ -12,6 +12,8 @@ JSON schema (`SelftestReport`, what `metricsmith selftest --json` prints):
 
     {
       "estimate": "an estimate on injected errors, not the truth about the dataset's real errors",
+      "dataset": "data/annotations.json",  "dataset_sha256": "<sha256 of that file>",
+      "sample_images": null,                   # or N: measured on N of its images, drawn at random
       "seeds": [0, 1, 2],  "rate": 0.2,  "images": 120,  "annotations": 410,
       "errors_by_type": {"swap": 12, ...},     # injected per seed (the same count every seed)
       "calls": {"run": 5210, "without_reuse": 12906},  # score() calls made, and made without reuse
@@ -27,16 +29,19 @@ The rows include the baselines `evaluate` adds: `random`, `combined` and `rank_a
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agent.data.coco import coco_from_document
 from agent.data.inject import inject_errors
+from agent.data.json_files import load_json_model
+from agent.errors import UserError
 from agent.evaluation.ranking import (
     ErrorLabel,
     EvaluationReport,
@@ -49,7 +54,8 @@ from agent.metrics.scoring import score_versions
 from sandbox.isolation import SandboxConfig
 
 __all__ = [
-    "ESTIMATE", "Calls", "Figure", "MetricFigures", "SelftestReport", "run_selftest", "sample_images", "summarise",
+    "ESTIMATE", "Calls", "Figure", "MetricFigures", "SelftestReport", "load_selftest", "run_selftest", "sample_images",
+    "summarise",
 ]  # fmt: skip
 
 ESTIMATE = "an estimate on injected errors, not the truth about the dataset's real errors"
@@ -77,6 +83,9 @@ class Calls(BaseModel):
 
 class SelftestReport(BaseModel):
     estimate: str = ESTIMATE
+    dataset: str  # the annotations file measured, as it was named
+    dataset_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sample_images: int | None = None  # measured on this many of its images, drawn at random
     seeds: list[int]
     rate: float
     images: int
@@ -85,6 +94,21 @@ class SelftestReport(BaseModel):
     calls: Calls
     metrics: list[MetricFigures]
     notes: list[str] = []
+
+
+def load_selftest(path: Path, annotations: Path) -> SelftestReport:
+    """A `selftest --json` file, checked to be about `annotations` (the same bytes); UserError otherwise."""
+    report = load_json_model(path, SelftestReport, "selftest")
+    try:
+        digest = hashlib.sha256(Path(annotations).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise UserError(f"{annotations}: cannot read: {exc.strerror or exc}") from exc
+    if digest != report.dataset_sha256:
+        raise UserError(
+            f"{path}: measured on {report.dataset}, which is not {annotations} (their sha256 differ); "
+            "run selftest on this annotations file"
+        )
+    return report
 
 
 def sample_images(document: dict[str, Any], count: int, seed: int = 0) -> dict[str, Any]:
@@ -137,13 +161,15 @@ def run_selftest(
     seeds: Sequence[int],
     rate: float,
     sandbox: SandboxConfig,
+    sample_images: int | None = None,
     on_calls: Callable[[int], None] = lambda count: None,
 ) -> SelftestReport:
     """Inject once per seed, score all the noisy copies in one run, and evaluate each; the figures over the seeds.
 
-    `annotations_path` is where `document` came from (for messages). The copies share their images
-    and most boxes, so `score_versions` makes each distinct call once: a box no injection touched is
-    scored once for all seeds by a metric that reads nothing but its own box (`agent.metrics.inputs`).
+    `annotations_path` is the file `document` was read from (cut to `sample_images` images, when
+    given). The copies share their images and most boxes, so `score_versions` makes each distinct
+    call once: a box no injection touched is scored once for all seeds by a metric that reads
+    nothing but its own box (`agent.metrics.inputs`).
     """
     injections = [inject_errors(document, rate=rate, seed=seed) for seed in seeds]
     versions = [coco_from_document(injection.document, annotations_path, image_root) for injection in injections]
@@ -159,6 +185,9 @@ def run_selftest(
         ]
         reports.append(evaluate(ground_truth(version, labels), scores_from_rows(outcome.rows, directions)))
     return SelftestReport(
+        dataset=str(annotations_path),
+        dataset_sha256=hashlib.sha256(Path(annotations_path).read_bytes()).hexdigest(),
+        sample_images=sample_images,
         seeds=list(seeds),
         rate=rate,
         images=len(document["images"]),
