@@ -67,7 +67,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -398,13 +398,20 @@ class _Level:
     kind: Level
     keys: list[int]
     types: dict[int, frozenset[str]]
+    # Every metric is ranked on the same items: each ranking's items and labels are made once.
+    _made: dict[str | None, tuple[list[int], list[bool]]] = field(default_factory=dict, compare=False, repr=False)
 
     def labels(self, error_type: str | None = None) -> tuple[list[int], list[bool]]:
         """Items and labels of one ranking: all items, or for a type, clean items plus those of the type."""
-        if error_type is None:
-            return self.keys, [bool(self.types.get(key)) for key in self.keys]
-        keys = [key for key in self.keys if not self.types.get(key) or error_type in self.types[key]]
-        return keys, [error_type in self.types.get(key, ()) for key in keys]
+        made = self._made.get(error_type)
+        if made is None:
+            if error_type is None:
+                made = self.keys, [bool(self.types.get(key)) for key in self.keys]
+            else:
+                keys = [key for key in self.keys if not self.types.get(key) or error_type in self.types[key]]
+                made = keys, [error_type in self.types.get(key, ()) for key in keys]
+            self._made[error_type] = made
+        return made
 
 
 def _ranking_stats(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,35 @@ def sample_images(document: dict[str, Any], count: int, seed: int = 0) -> dict[s
     return {**document, "images": kept, "annotations": annotations}
 
 
+def numbered_by_image(documents: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[int, int]]]:
+    """Each noisy copy with its annotations renumbered image by image; (copy, old id -> new id).
+
+    `inject` numbers a copy's annotations 1..M in list order, so one drop or insertion shifts the id
+    of every later annotation, and an image no injection touched still differs between copies in
+    its ids: every metric that reads the scene would score it again for each seed. Here an
+    annotation's id is its image's rank times 10^d plus its place among the image's annotations
+    (1, 2, ...), d the same for all copies. An untouched image then reads the same in every copy.
+    The place says no more than the list position does, which `inject` already draws at random for
+    new annotations (the format-probe tests hold it to that), so no id tells which are injected.
+    """
+    per_image = [Counter(int(a["image_id"]) for a in document["annotations"]) for document in documents]
+    most = max((max(counts.values(), default=0) for counts in per_image), default=0)
+    step = 10 ** len(str(most + 1))
+    renumbered = []
+    for document in documents:
+        rank = {int(image["id"]): index for index, image in enumerate(document["images"])}
+        places: Counter[int] = Counter()
+        new_id: dict[int, int] = {}
+        annotations = []
+        for annotation in document["annotations"]:
+            image_id = int(annotation["image_id"])
+            places[image_id] += 1
+            new_id[int(annotation["id"])] = rank[image_id] * step + places[image_id]
+            annotations.append({**annotation, "id": new_id[int(annotation["id"])]})
+        renumbered.append(({**document, "annotations": annotations}, new_id))
+    return renumbered
+
+
 def _figure(values: Sequence[float | None], randoms: Sequence[float | None]) -> Figure:
     known = [v for v in values if v is not None]
     chance = [r for r in randoms if r is not None]
@@ -172,16 +202,22 @@ def run_selftest(
     nothing but its own box (`agent.metrics.inputs`).
     """
     injections = [inject_errors(document, rate=rate, seed=seed) for seed in seeds]
-    versions = [coco_from_document(injection.document, annotations_path, image_root) for injection in injections]
+    copies = numbered_by_image([injection.document for injection in injections])
+    versions = [coco_from_document(copy, annotations_path, image_root) for copy, _ in copies]
     scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
     if any(outcome.interrupted for outcome in scored.outcomes):
         raise KeyboardInterrupt
     directions = {spec.name: spec.suspicious for spec in specs}
     reports, notes = [], []
-    for injection, version, outcome in zip(injections, versions, scored.outcomes, strict=True):
+    for injection, (_, new_id), version, outcome in zip(injections, copies, versions, scored.outcomes, strict=True):
         notes.extend(note for note in injection.notes if note not in notes)
         labels = [
-            ErrorLabel(type=r.type, image_id=r.image_id, annotation_id=r.annotation_id) for r in injection.errors.errors
+            ErrorLabel(
+                type=r.type,
+                image_id=r.image_id,
+                annotation_id=None if r.annotation_id is None else new_id[r.annotation_id],
+            )
+            for r in injection.errors.errors
         ]
         reports.append(evaluate(ground_truth(version, labels), scores_from_rows(outcome.rows, directions)))
     return SelftestReport(
