@@ -15,7 +15,7 @@ import dataclasses
 import selectors
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 
 from sandbox.host import WorkerProcess
@@ -84,6 +84,8 @@ class _Slot:
 
 # A second chunk queued behind the running one hides the round trip between chunks.
 _CHUNKS_IN_FLIGHT = 2
+# Tasks built ahead of the workers, in chunks per worker: enough that none waits for the next chunk.
+_LOOKAHEAD_CHUNKS = 4
 
 
 def _hard_deadline_s(timeout_s: float) -> float:
@@ -165,6 +167,7 @@ class _Run:
         self.layers = layers
         self.init = InitFrame(metrics=tuple(metrics), timeout_s=config.timeout_s)
         self.tasks = tasks
+        self.source: Iterator[ImageTask] | None = None  # tasks not yet taken into `pending`
         self.pending: deque[tuple[ImageTask, bool]] = deque()
         self.sink = sink
         self.selector = selectors.DefaultSelector()
@@ -200,7 +203,21 @@ class _Run:
         self.selector.close()
 
     def _work_left(self) -> bool:
-        return bool(self.pending) or any(slot.chunks for slot in self.slots)
+        return bool(self.pending) or self.source is not None or any(slot.chunks for slot in self.slots)
+
+    def _refill(self) -> None:
+        """Take tasks from the source until a few chunks per worker wait in `pending`.
+
+        Tasks are built while the workers score the ones before them, rather than all before the
+        first is sent: building them (scenes, and `score_versions`' reuse keys) costs the host time.
+        """
+        wanted = _LOOKAHEAD_CHUNKS * self.config.chunk_images * max(len(self.slots), 1)
+        while self.source is not None and len(self.pending) < wanted:
+            task = next(self.source, None)
+            if task is None:
+                self.source = None
+            elif task.calls:
+                self.pending.append((task, False))
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -212,7 +229,8 @@ class _Run:
         if count == 0:
             return self.report
         self.slots = [self._spawn() for _ in range(count)]
-        self.pending.extend((task, False) for task in self.tasks if task.calls)
+        self.source = iter(self.tasks)
+        self._refill()
         try:
             while self._work_left():
                 self._step()
@@ -244,6 +262,7 @@ class _Run:
                 else:
                     self._fail_current(slot, "hard_timeout", self._hard_timeout_message())
         for slot in list(self.slots):
+            self._refill()
             while slot.worker.ready is not None and len(slot.chunks) < _CHUNKS_IN_FLIGHT and self.pending:
                 if not self._assign(slot):
                     break
@@ -337,7 +356,7 @@ class _Run:
             slot.worker.images_done += len(chunk.tasks)
             if not slot.chunks:
                 slot.deadline = float("inf")
-                if slot.worker.images_done >= self.config.recycle_after_images and self.pending:
+                if slot.worker.images_done >= self.config.recycle_after_images and (self.pending or self.source):
                     self._replace(slot)
 
     def _check_layers(self, slot: _Slot, ready: ReadyFrame) -> None:
@@ -382,7 +401,10 @@ class _Run:
 
     def _assign(self, slot: _Slot) -> bool:
         """Send the worker its next chunk; False when the worker turned out to be gone."""
-        share = max(1, len(self.pending) // (2 * len(self.slots)))
+        # Near the end, smaller chunks, so that no worker is left with a long one while the others idle.
+        share = (
+            self.config.chunk_images if self.source is not None else max(1, len(self.pending) // (2 * len(self.slots)))
+        )
         size = min(self.config.chunk_images, share)
         taken: list[tuple[ImageTask, bool]] = []
         while self.pending and len(taken) < size:

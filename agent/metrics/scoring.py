@@ -343,42 +343,54 @@ def score_versions(
     for version in versions[1:]:
         if version.image_root != first.image_root or version.images != first.images:
             raise ValueError("score_versions needs versions with the same images")
-    inputs = [metric_inputs(spec.source, spec.level) for spec in specs]
+    # Per metric, what its calls' results depend on besides the pixels: the scene, nothing, or some keys of the box.
+    plans: list[tuple[int, str, str, tuple[str, ...]]] = []
+    for index, spec in enumerate(specs):
+        reads = metric_inputs(spec.source, spec.level)
+        kind = "scene" if reads.scene or reads.obj_keys is None else "pixels" if spec.level == "image" else "box"
+        plans.append((index, spec.level, kind, tuple(sorted(reads.obj_keys or ()))))
+    reads_scene = any(kind == "scene" for _, _, kind, _ in plans)
     paths = image_paths(first)
-    # Per version, each call's key; per distinct key, where its one real call went (task number, call).
-    keys: list[dict[tuple[int, int, int | None], Hashable]] = [{} for _ in versions]
-    where: dict[Hashable, tuple[int, Call]] = {}
-    tasks: list[ImageTask] = []
+    # Per distinct key, its one real call: (task number, metric, object), as its result comes back.
+    # Per version, each of its calls (metric, image id, object) with the real call that answers it.
+    where: dict[Hashable, tuple[int, int, int | None]] = {}
+    answered_by: list[list[tuple[int, int, int | None, tuple[int, int, int | None]]]] = [[] for _ in versions]
+    task_count = 0
 
     def distinct_tasks() -> Iterator[ImageTask]:
+        nonlocal task_count
         for image in first.images:
-            for version, version_keys in zip(versions, keys, strict=True):
+            for version, version_calls in zip(versions, answered_by, strict=True):
                 scene = version.scene(image.id)
                 objects = scene["annotations"]
-                scene_digest = _digest(scene) if any(i.scene or i.obj_keys is None for i in inputs) else b""
+                scene_digest = _digest(scene) if reads_scene else b""
                 # repr tells 1 from 1.0, and a list of numbers from the same numbers in a tuple.
-                shown: list[dict[str, str]] = [{} for _ in objects]
+                shown: dict[tuple[int | None, tuple[str, ...]], tuple[str, ...]] = {}
                 calls = []
-                for index, (spec, reads) in enumerate(zip(specs, inputs, strict=True)):
-                    for obj in [None] if spec.level == "image" else range(len(objects)):
-                        if reads.scene or reads.obj_keys is None:
+                for index, level, kind, names in plans:
+                    for obj in (None,) if level == "image" else range(len(objects)):
+                        if kind == "scene":
                             key: Hashable = (index, image.id, scene_digest, obj)
-                        elif obj is None:
+                        elif kind == "pixels":
                             key = (index, image.id)
                         else:
-                            seen = shown[obj]
-                            for name in reads.obj_keys - seen.keys():
-                                seen[name] = repr(objects[obj].get(name, _ABSENT))
-                            key = (index, image.id, *(seen[name] for name in sorted(reads.obj_keys)))
-                        version_keys[(index, image.id, obj)] = key
-                        if key not in where:
-                            where[key] = (len(tasks), Call(metric=index, obj=obj))
-                            calls.append(where[key][1])
+                            values = shown.get((obj, names))
+                            if values is None:
+                                values = tuple(repr(objects[obj].get(name, _ABSENT)) for name in names)  # type: ignore[index]
+                                shown[(obj, names)] = values
+                            key = (index, image.id, values)
+                        real = where.get(key)
+                        if real is None:
+                            real = where[key] = (task_count, index, obj)
+                            calls.append(Call(metric=index, obj=obj))
+                        version_calls.append((index, image.id, obj, real))
                 if calls:
                     # The task's number stands in for the image id, so results say which version they are for.
-                    task = ImageTask(image_id=len(tasks), path=paths[image.id], scene=scene, calls=tuple(calls))
-                    tasks.append(task)
-                    yield task
+                    # Built from checked data: validating each scene again would cost more than the calls.
+                    yield ImageTask.model_construct(
+                        image_id=task_count, path=paths[image.id], scene=scene, calls=tuple(calls)
+                    )
+                    task_count += 1
 
     results: dict[tuple[int, int, int | None], CallResult] = {}
 
@@ -389,20 +401,19 @@ def score_versions(
 
     report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect)
     outcomes = []
-    for version, version_keys in zip(versions, keys, strict=True):
+    for version, version_calls in zip(versions, answered_by, strict=True):
         collector = _Collector(version, specs, lambda rows: None)
         own = []
-        for (_, image_id, obj), key in version_keys.items():
-            task_number, call = where[key]
-            result = results.get((task_number, call.metric, call.obj))
+        for metric, image_id, obj, real in version_calls:
+            result = results.get(real)
             if result is not None:
                 score, kind, error, features = result.score, result.kind, result.error, result.features
-                own.append(CallResult(call.metric, image_id, obj, score, kind, error, features))
+                own.append(CallResult(metric, image_id, obj, score, kind, error, features))
         collector(own)
         if not interrupted:
             collector.finish()
         outcomes.append(_outcome(version, specs, collector, report, interrupted))
-    return VersionsOutcome(outcomes=outcomes, calls_run=len(results), calls_needed=sum(map(len, keys)))
+    return VersionsOutcome(outcomes=outcomes, calls_run=len(results), calls_needed=sum(map(len, answered_by)))
 
 
 @dataclass
