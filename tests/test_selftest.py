@@ -55,13 +55,17 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "clean.json"
 
 
-def _selftest(*args: str) -> subprocess.CompletedProcess[str]:
+def _metricsmith(command: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", "selftest", *args, "--workers", "2"],
+        [sys.executable, "-m", "agent.cli", command, *args, "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def _selftest(*args: str) -> subprocess.CompletedProcess[str]:
+    return _metricsmith("selftest", *args)
 
 
 def test_selftest_reports_each_metric_over_the_seeds_and_says_it_is_an_estimate(clean: Path) -> None:
@@ -108,12 +112,7 @@ def test_bad_input_is_one_line_and_exit_2(clean: Path, args: list[str], message:
 
 
 def _html_report(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent.cli", "report", *args, "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return _metricsmith("report", *args)
 
 
 def test_report_shows_the_selftest_as_an_estimate_for_its_own_dataset(clean: Path, tmp_path: Path) -> None:

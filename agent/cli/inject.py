@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from agent.cli.console import EXIT_OK, stderr
-from agent.data.coco import load_coco, read_coco_json
+from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES, inject_errors
 from agent.errors import UserError
 
@@ -40,10 +40,11 @@ def cmd_inject(args: argparse.Namespace) -> int:
     The images are never copied or written: OUT/images is a link to them. See agent/data/inject.py for
     what each error type does and why nothing but geometry or class tells an injected box apart.
     """
-    dataset = load_coco(args.annotations, args.images)  # every problem of the input, before anything is written
+    document = read_coco_json(args.annotations)
+    dataset = coco_from_document(document, args.annotations, args.images)  # every problem, before any writing
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise UserError(f"{args.out} exists and is not an empty folder: give --out a new folder")
-    injection = inject_errors(read_coco_json(args.annotations), rate=args.rate, seed=args.seed, types=args.types)
+    injection = inject_errors(document, rate=args.rate, seed=args.seed, types=args.types)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "annotations.json").write_text(json.dumps(injection.document), encoding="utf-8")
     (args.out / "errors.json").write_text(injection.errors.model_dump_json(indent=1) + "\n", encoding="utf-8")
