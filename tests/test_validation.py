@@ -14,7 +14,7 @@ from agent.authoring.validation import ValidationReport, average_ranks, evaluate
 from agent.authoring.validation_set import EdgeCaseName, ValidationSet, build_validation_set, load_validation_set
 from agent.data.coco import AnnotationInfo, Dataset, load_coco
 from agent.data.demo import generate_demo_dataset
-from agent.metrics.contract import MetricSpec, load_metric_file, parse_metric_source
+from agent.metrics.contract import MetricSpec, list_builtin_metrics, load_metric_file, parse_metric_source
 from sandbox.isolation import SandboxConfig
 
 CONFIG = SandboxConfig(workers=2)
@@ -201,6 +201,32 @@ def test_a_constant_metric_fails_not_constant(validation: ValidationSet, tmp_pat
     assert report.first_failure is not None and "got 0.5" in report.first_failure.message
 
 
+def test_a_metric_crowded_at_its_suspicious_end_fails_not_constant(validation: ValidationSet, tmp_path: Path) -> None:
+    # The newcomer's foliage metric: OpenCV hue runs 0-179, so `hue < 255` always holds, and nearly
+    # every image scores about 1.0. Here as a box metric, suspicious when high, as that one was.
+    body = """
+def score(image, obj, scene):
+    x, y, w, h = (int(v) for v in obj["bbox"])
+    crop = image[max(y, 0) : y + max(h, 1), max(x, 0) : x + max(w, 1)]
+    if crop.size == 0:
+        return None
+    hsv = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2HSV)
+    share = float(np.mean((hsv[..., 0] < 255) & (hsv[..., 1] >= 0)))  # always 1.0
+    return 0.5 if w % 7 == 0 else share - 1e-6 * (w % 3)  # a few boxes differ, the rest crowd at 1.0
+"""
+    crowded = metric(
+        tmp_path, "foliage", body, OBJECT_HEADER.replace('"low"', '"high"').replace("import math", "import cv2")
+    )
+    report = validate(crowded, validation, CONFIG)
+    assert [c.name for c in report.checks if c.status == "failed"] == ["not_constant"]
+    message = report.first_failure.message if report.first_failure else ""
+    assert "within 1% of the score range of the most suspicious value" in message and "0-179" in message
+    # Read the other way round, the same scores crowd at the *unsuspicious* end, as a duplicate
+    # detector's zeros do: the few that differ are what it flags, and that passes.
+    calm = metric(tmp_path, "foliage_low", body, OBJECT_HEADER.replace("import math", "import cv2"))
+    assert validate(calm, validation, CONFIG).check("not_constant").passed
+
+
 def test_random_numbers_fail_determinism(validation: ValidationSet, tmp_path: Path) -> None:
     body = """
 def score(image, obj, scene):
@@ -349,3 +375,10 @@ def test_what_a_failing_call_printed_reaches_the_repair_context(validation: Vali
     assert failure.printed.startswith("looking at [")
     assert "printed by the metric" not in (failure.traceback or "") and "ZeroDivisionError" in failure.message
     assert repair_context(report, validation).stdout == failure.printed
+
+
+def test_every_built_in_passes_not_constant(validation: ValidationSet) -> None:
+    # The near-constant rule must not call the reference metrics useless: their crowds sit at the calm end.
+    for spec in list_builtin_metrics():
+        check = validate(spec, validation, CONFIG).check("not_constant")
+        assert check.passed, f"{spec.name}: {check.detail}"

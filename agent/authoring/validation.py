@@ -12,7 +12,8 @@ determinism check) and runs these checks, in this order, each named in the repor
                     on a 2×2 box will crash on every tiny box of a real dataset
     finite_outputs  no NaN, infinity or non-number (the worker records those as invalid_output);
                     zero tolerance, since None exists for "not applicable"
-    not_constant    at least 2 distinct values among the scored items
+    not_constant    at least 2 distinct values among the scored items, and not most of them crowded
+                    at the suspicious end (within 1% of the score range of the most suspicious value)
     deterministic   the second run gives the same result for every item
     time_budget     no call timed out, and the mean wall time per item is within the budget
     not_duplicate   with library metrics given: Spearman |rho| < 0.95 with each one of the same level
@@ -52,7 +53,7 @@ from agent.evaluation.ranking import (
     scores_from_rows,
 )
 from agent.metrics.contract import MetricSpec
-from agent.metrics.scoring import ScoreOutcome, ScoreRow, score_dataset
+from agent.metrics.scoring import ScoreOutcome, ScoreRow, error_line, score_dataset
 from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 
@@ -273,11 +274,6 @@ def _loads_failed(spec: MetricSpec, load_error: str) -> tuple[CheckResult, Failu
     return CheckResult(name="loads", status="failed", detail=f"module-level code failed: {message}"), failure
 
 
-def _last_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else ""
-
-
 class _Checker:
     """The per-item checks over one run's rows; each returns (result, failure or None)."""
 
@@ -293,7 +289,7 @@ class _Checker:
         is_traceback = row.error_kind == "exception" and error.startswith("Traceback")
         return Failure(
             check=check,
-            message=message or _last_line(error),
+            message=message or error_line(row.error),
             metric_file=self.spec.path,
             item=self.validation.describe(*key),
             image_id=key[0],
@@ -342,8 +338,18 @@ class _Checker:
         scored = [row for row in self.rows.values() if row.error_kind is None and row.score is not None]
         distinct = {row.score for row in scored}
         if len(distinct) >= 2:
-            detail = f"{len(distinct)} distinct values among {len(scored)} scored items"
-            return CheckResult(name="not_constant", status="passed", detail=detail), None
+            tied = _near_top(np.array([row.score for row in scored], dtype=np.float64), self.spec.suspicious)
+            if tied is None:
+                detail = f"{len(distinct)} distinct values among {len(scored)} scored items"
+                return CheckResult(name="not_constant", status="passed", detail=detail), None
+            count, value = tied
+            message = (
+                f"{count} of the {len(scored)} scored items are within {NEAR_TIE:.0%} of the score range of the "
+                f"most suspicious value, {value:.4g}: the ranking can't tell most items apart. Check each test's "
+                "real range (OpenCV hue runs 0-179), and return None for items the idea is not about"
+            )
+            failure = Failure(check="not_constant", message=message, metric_file=self.spec.path)
+            return CheckResult(name="not_constant", status="failed", detail=message), failure
         if scored:
             message = f"every one of the {len(scored)} scored items got {scored[0].score!r}: the metric ranks nothing"
         else:
@@ -429,6 +435,23 @@ class _Checker:
                 )
             )
         return outcomes
+
+
+# Near-constant: more than this share of the scored items sit within NEAR_TIE of the score range of
+# the most suspicious value. Most items tied at the *unsuspicious* end is fine (a duplicate detector
+# scores nearly every box 0); tied at the suspicious end, the top of the ranking is most of the data.
+NEAR_TIE = 0.01
+NEAR_CONSTANT_SHARE = 0.5
+
+
+def _near_top(scores: np.ndarray, suspicious: str) -> tuple[int, float] | None:
+    """(how many, the most suspicious value) when most scores crowd at the suspicious end; else None."""
+    oriented = scores if suspicious == "high" else -scores
+    top, span = oriented.max(), oriented.max() - oriented.min()
+    crowded = int((oriented >= top - NEAR_TIE * span).sum())
+    if crowded <= NEAR_CONSTANT_SHARE * len(scores):
+        return None
+    return crowded, float(top if suspicious == "high" else -top)
 
 
 def _same(a: ScoreRow, b: ScoreRow) -> bool:
