@@ -10,14 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from agent.authoring.candidates import load_candidate
 from agent.authoring.job import AuthorJob, run_author_job
 from agent.authoring.loop import AuthoringSettings, idea_from_text, model_defaults
 from agent.data.demo import generate_demo_dataset
+from agent.data.label_errors import load_errors
 from agent.llm.backends.replay import ReplayMismatch
 from agent.llm.backends.scripted import ScriptedModel
 from agent.llm.transcript import read_transcript
+from agent.review.view import show_candidate
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSCRIPTS = sorted((REPO / "transcripts").glob("*.jsonl"))
@@ -91,6 +94,39 @@ def test_success_after_two_repairs_carries_each_failure_back(demo: Path, tmp_pat
     events = [event.event for event in transcript.events]
     assert events.count("validation") == 3 and events[-1] == "outcome"
     assert len(transcript.exchanges) == 3 and transcript.meta.backend == "scripted"
+
+
+def test_a_target_measures_the_candidate_on_errors_of_that_type_injected_into_the_data(
+    demo: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    outcome, _, transcript = _run(demo, run, [fixtures.fenced(fixtures.GOOD)], AuthoringSettings(targets=("spurious",)))
+    assert outcome.verdict == "passed" and outcome.candidate is not None
+    useful = load_candidate(run, outcome.candidate.id).usefulness
+    assert useful is not None and useful["targets"] == ["spurious"]
+    for half in ("selection", "reporting"):
+        figures = useful[half]
+        assert figures["errors"] >= 5 and 0 < figures["random"] < 1 and figures["line"].startswith("AP ")
+        assert figures["passed"] in (True, False) and figures["lower"] <= figures["upper"]
+    assert useful["notes"] and "the dataset is small" in useful["notes"][-1]  # 24 images: fewer than wanted
+    folder = run / "candidates" / outcome.candidate.id
+    assert json.loads((folder / "usefulness.json").read_text()) == useful
+    # The set is kept for inspection: the errors file is a real errors.json, of the target type only.
+    assert {error.type for error in load_errors(run / "usefulness-set" / "errors.json").errors} == {"spurious"}
+    assert transcript.meta.settings["authoring"]["targets"] == ["spurious"]
+
+    shown = Console(record=True, width=200)
+    show_candidate(shown, run, load_candidate(run, outcome.candidate.id))
+    assert "usefulness on injected spurious" in shown.export_text()
+
+    # A replay measures on the very same set: the same figures.
+    again = tmp_path / "again"
+    command = ["replay", str(run / "transcript.jsonl"), "--out", str(again), "--workers", "2"]
+    replayed = subprocess.run(
+        [sys.executable, "-m", "agent.cli", *command], capture_output=True, text=True, timeout=600
+    )
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert load_candidate(again, outcome.candidate.id).usefulness == useful
 
 
 def test_give_up_after_the_budget_states_the_final_failure(demo: Path, tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ class CandidateRecord(BaseModel):
     rejection: Decision | None = None
     library_version: int | None = None
     evaluation: dict[str, Any] | None = None
+    usefulness: dict[str, Any] | None = None  # agent.authoring.usefulness_check.Usefulness, when targets were given
 
 
 def now_iso() -> str:

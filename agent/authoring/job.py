@@ -285,7 +285,10 @@ def recorded_outcome(transcript: Transcript) -> dict[str, Any] | None:
 
 def authoring_settings(values: dict[str, Any]) -> AuthoringSettings:
     known = set(AuthoringSettings.__dataclass_fields__)
-    return AuthoringSettings(**{key: value for key, value in values.items() if key in known})
+    chosen = {key: value for key, value in values.items() if key in known}
+    if "targets" in chosen:
+        chosen["targets"] = tuple(chosen["targets"])
+    return AuthoringSettings(**chosen)
 
 
 def describe_rounds(outcome: AuthoringOutcome) -> Sequence[str]:
@@ -315,4 +318,6 @@ def describe_event(event: str, data: dict[str, Any]) -> str | None:
         return f"  stopping this draft: {data['why'].replace('_', ' ')}"
     if event == "evaluating":
         return "  measuring it against the known label errors"
+    if event == "usefulness":
+        return f"  measuring it on {escape(', '.join(data['targets']))} errors injected into a sample of your data"
     return None

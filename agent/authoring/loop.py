@@ -48,6 +48,7 @@ from agent.authoring.prompting import (
     system_prompt,
 )
 from agent.authoring.repair import DEFAULT_TOKEN_CAP, LoopGuard, error_signature, repair_context
+from agent.authoring.usefulness_check import measure_usefulness
 from agent.authoring.validation import (
     DEFAULT_MAX_ERROR_RATE,
     DEFAULT_TIME_BUDGET_S,
@@ -60,6 +61,7 @@ from agent.data.coco import Dataset
 from agent.data.facts import dataset_facts
 from agent.evaluation.ranking import load_error_labels
 from agent.evaluation.report import build_report, render_html, write_report
+from agent.evaluation.usefulness import PROPERTY
 from agent.llm.conversation import Conversation
 from agent.llm.model import ModelBackend, ModelReply, ModelRequest, Usage
 from agent.llm.transcript import TranscriptWriter
@@ -148,9 +150,17 @@ class AuthoringSettings:
     context_budget_tokens: int = 6000
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    # What the idea should catch (agent.evaluation.usefulness): error types, or ("property",). Given
+    # error types, a candidate is measured on them, injected into the user's data.
+    targets: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if not self.targets:
+            del values["targets"]  # recordings without targets read as they did before targets existed
+        else:
+            values["targets"] = list(self.targets)
+        return values
 
 
 @dataclass(frozen=True)
@@ -465,6 +475,14 @@ class _Session:
             result = evaluate_candidate(spec, self.dataset, self.errors_path, self.sandbox, rows=rows)
             write_json_atomic(folder / "evaluation.json", result)
             evaluation = result.model_dump(mode="json")
+        usefulness = None
+        if self.settings.targets and PROPERTY not in self.settings.targets:
+            self._emit("usefulness", {"metric": spec.name, "targets": list(self.settings.targets)})
+            measured = measure_usefulness(
+                spec, self.dataset, self.run_dir, self.settings.targets, self.settings.seed, self.sandbox
+            )
+            write_json_atomic(folder / "usefulness.json", measured)
+            usefulness = measured.model_dump(mode="json")
         record = CandidateRecord(
             id=candidate_id,
             name=spec.name,
@@ -482,6 +500,7 @@ class _Session:
             rounds=len(self.outcome.rounds),
             tokens=self.outcome.tokens,
             evaluation=evaluation,
+            usefulness=usefulness,
         )
         save_candidate(self.run_dir, record)
         self.outcome.verdict, self.outcome.candidate = "passed", record

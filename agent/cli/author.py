@@ -20,8 +20,10 @@ from agent.authoring.job import (
     run_author_job,
 )
 from agent.authoring.loop import AuthoringOutcome, AuthoringSettings, idea_from_text, model_defaults
+from agent.authoring.usefulness_check import Usefulness
 from agent.cli.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_int, stderr, stdout
 from agent.errors import UserError
+from agent.evaluation.usefulness import parse_targets
 from agent.llm.backends.replay import ReplayBackend
 from agent.llm.model import ModelBackend
 from agent.llm.pricing import cost_usd
@@ -41,6 +43,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     described.add_argument("--description-file", type=Path, help="the same, from a file")
     add_model_options(author)
     author.add_argument("--errors", type=Path, help="errors.json of known label errors: adds eval figures")
+    author.add_argument(
+        "--target",
+        type=_targets,
+        help="what the idea should catch: error types (swap,shift,loose,tight,spurious,duplicate,drop) or property;"
+        " error types are injected into a sample of your data and the candidate measured on them",
+    )
     author.add_argument("--max-repairs", type=int, default=3, help="repair rounds per draft (default 3)")
     author.add_argument("--max-drafts", type=positive_int, default=2, help="fresh drafts (default 2)")
     author.add_argument("--max-tokens-per-idea", type=positive_int, default=AuthoringSettings().token_cap)
@@ -119,10 +127,21 @@ def _report(outcome: AuthoringOutcome, run_dir: Path) -> None:
             figures = candidate.evaluation["evaluation"]
             by_type = ", ".join(f"{t} {v:.3f}" for t, v in figures["ap_by_type"].items() if v is not None)
             stdout.print(f"eval: AP {figures['ap']:.3f} ({by_type})" if figures["ap"] is not None else "eval: no AP")
+        if candidate.usefulness:
+            summary = Usefulness.model_validate(candidate.usefulness).summary()
+            stdout.print(f"usefulness (an estimate on injected errors, on the half no choice was made on): {summary}",
+                         markup=False)  # fmt: skip
         stdout.print(f"review it: metricsmith review {run_dir}   (or: metricsmith approve {run_dir} {candidate.id})")
     else:
         stdout.print(f"[red]gave up[/]: {outcome.reason}", markup=True)
         stdout.print(f"the attempts and the transcript are in {run_dir}")
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    try:
+        return parse_targets(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_author(args: argparse.Namespace) -> int:
@@ -140,6 +159,7 @@ def cmd_author(args: argparse.Namespace) -> int:
         max_drafts=args.max_drafts,
         token_cap=args.max_tokens_per_idea,
         temperature=args.temperature,
+        targets=args.target or (),
     )
     run_dir = args.out or new_run_dir(idea_from_text(args.idea).name)
     stderr.print(f"authoring with {backend.name} ({backend.model}, {backend.mode} mode) into {run_dir}")

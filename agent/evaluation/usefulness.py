@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.data.inject import inject_errors
-from agent.data.label_errors import ERROR_TYPES
+from agent.data.label_errors import ERROR_TYPES, ErrorsFile
 from agent.errors import UserError
 from agent.evaluation.ranking import Direction, ErrorLabel, ScoreValue, pool_to_images, suspicion
 
@@ -72,6 +72,7 @@ class UsefulnessSet:
     reporting: frozenset[int]  # image ids the shown figure comes from
     targets: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    errors_file: ErrorsFile | None = None  # the injection's errors.json, for `metricsmith eval` on the set
 
     def errors_in(self, images: frozenset[int] | set[int]) -> dict[str, int]:
         counts = {t: 0 for t in self.targets}
@@ -124,6 +125,7 @@ def usefulness_set(
         reporting=frozenset(ids - selection),
         targets=types,
         notes=tuple(notes),
+        errors_file=injection.errors,
     )
     short = {t: n for t, n in result.errors_in(ids).items() if n < 2 * errors_per_split}
     if short:

@@ -72,3 +72,12 @@ def show_candidate(console: Console, run: Path, record: CandidateRecord) -> None
         chance = (record.evaluation.get("random") or {}).get("ap")
         versus = f" (a random ranking: {chance:.3f})" if chance is not None else ""
         console.print(f"eval on the known errors: AP {overall}{versus}, per type: {by_type}")
+    if record.usefulness:
+        reporting = record.usefulness["reporting"]
+        verdict = {True: "shown useful", False: "runs, not shown useful", None: "too few errors to tell"}
+        console.print(
+            f"usefulness on injected {', '.join(record.usefulness['targets'])} (an estimate on errors injected "
+            f"into {record.usefulness['images']} of your images; the half no choice was made on): "
+            f"{verdict[reporting['passed']]}. {reporting['line']}",
+            markup=False,
+        )
