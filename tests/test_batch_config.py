@@ -104,3 +104,14 @@ def test_a_base_model_on_a_llama_cpp_server_gets_completion_mode_and_the_grammar
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     plain = backend_for(load_batch_config(write(tmp_path, GOOD), environ={}))
     assert plain.mode == "chat" and model_defaults(plain, grammar=None)["grammar"] is False
+
+
+def test_an_idea_may_name_its_targets(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'ideas = ["flag boxes that are not on a panda", "flag blurry images"]',
+        'ideas = [{ text = "boxes too big for their animal", target = ["shift", "loose"] }, "flag blurry images"]',
+    )
+    config = load_batch_config(write(tmp_path, text), environ={})
+    assert config.idea_entries() == [("boxes too big for their animal", ("shift", "loose")), ("flag blurry images", ())]
+    with pytest.raises(ConfigInvalid, match="unknown target 'lose'"):
+        load_batch_config(write(tmp_path, text.replace('"loose"', '"lose"')), environ={})

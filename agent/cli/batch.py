@@ -64,6 +64,8 @@ def _batch_progress(event: str, data: dict[str, Any]) -> None:
     elif event == "idea":
         verdict = {"passed": "[green]passed[/]", "gave_up": "[red]gave up[/]"}.get(data["verdict"], data["verdict"])
         stderr.print(f"  {data['idea_id']}: {verdict} ({data['exchanges']} exchanges) {data['reason'][:150]}")
+        if data.get("usefulness"):
+            stderr.print(f"    usefulness on injected errors: {data['usefulness']}", markup=False)
     elif event == "ceiling":
         stderr.print(f"  cost ceiling reached (${data['spent']:.2f} > ${data['ceiling']:.2f}): no new ideas")
 

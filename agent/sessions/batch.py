@@ -35,6 +35,7 @@ from agent.authoring.extract import extract_ideas
 from agent.authoring.job import AuthorJob, make_backend, run_author_job
 from agent.authoring.loop import AuthoringOutcome, AuthoringSettings, model_defaults
 from agent.authoring.prompting import Prompts, build_brainstorm_request
+from agent.authoring.usefulness_check import Usefulness
 from agent.data.coco import load_coco
 from agent.data.facts import dataset_facts
 from agent.errors import UserError
@@ -60,6 +61,7 @@ class BatchIdea(BaseModel):
 
     id: str
     text: str
+    targets: list[str] = []  # what the idea should catch (agent.evaluation.usefulness)
 
 
 class BatchManifest(BaseModel):
@@ -87,6 +89,7 @@ class BatchResult(BaseModel):
     exchanges: int = 0
     tokens: int = 0
     cost_usd: float | None = None
+    usefulness: str | None = None  # with targets: the candidate's verdict on injected errors, in one line
     finished_at: str
 
 
@@ -194,11 +197,14 @@ def _start(config: BatchConfig, run_dir: Path, backend: ModelBackend) -> BatchMa
         raise UserError(f"{run_dir} is not empty: pass a new --out, or --resume {run_dir} to finish it")
     run_dir.mkdir(parents=True, exist_ok=True)
     brainstormed = config.brainstorm is not None
-    texts = _brainstorm(config, backend, run_dir) if brainstormed else config.ideas
+    entries = [(text, ()) for text in _brainstorm(config, backend, run_dir)] if brainstormed else config.idea_entries()
     manifest = BatchManifest(
         created_at=now_iso(),
         config=config.model_dump(mode="json"),
-        ideas=[BatchIdea(id=_idea_id(index, text), text=text) for index, text in enumerate(texts, start=1)],
+        ideas=[
+            BatchIdea(id=_idea_id(index, text), text=text, targets=list(targets))
+            for index, (text, targets) in enumerate(entries, start=1)
+        ],
         brainstormed=brainstormed,
     )
     write_json_atomic(run_dir / "manifest.json", manifest)
@@ -232,6 +238,7 @@ def _author_one(
         max_drafts=budgets.max_drafts,
         token_cap=budgets.max_tokens_per_idea,
         temperature=config.model.temperature,
+        targets=tuple(idea.targets),
         **model_defaults(backend, grammar=config.model.grammar),
     )
     idea_dir = run_dir / "ideas" / idea.id
@@ -255,6 +262,9 @@ def _author_one(
             idea_id=idea.id, idea=idea.text, verdict="unreachable", reason=str(error), finished_at=now_iso()
         )
     approved, version = False, None
+    usefulness = None
+    if outcome.candidate is not None and outcome.candidate.usefulness:
+        usefulness = Usefulness.model_validate(outcome.candidate.usefulness).summary()
     if outcome.candidate is not None and options.approve_passing:
         approve(idea_dir, outcome.candidate.id, by="batch policy", policy=APPROVE_PASSING_POLICY)
         version = promote_candidate(idea_dir, outcome.candidate.id, config.library, by="batch policy").manifest.version
@@ -270,6 +280,7 @@ def _author_one(
         exchanges=outcome.exchanges,
         tokens=outcome.tokens,
         cost_usd=cost_usd(backend.model, outcome.usage) if backend.name == "openai" else None,
+        usefulness=usefulness,
         finished_at=now_iso(),
     )
 

@@ -8,6 +8,9 @@
 
     ideas = ["flag boxes that are not on a panda"]   # the ideas to author ...
     # brainstorm = 3                                # ... or ask the model for N ideas first
+    # An idea may say what it should catch (error types, or "property"): its candidate is then
+    # measured on those errors, injected into a sample of the dataset (see `author --target`):
+    # ideas = [{ text = "boxes too big for their animal", target = ["loose"] }, "very dark images"]
 
     [model]
     backend = "local"            # "local" (embedded), "openai" (any OpenAI-compatible server) or "replay"
@@ -43,6 +46,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import UserError
+from agent.evaluation.usefulness import parse_targets
 
 __all__ = ["BatchConfig", "ConfigInvalid", "load_batch_config"]
 
@@ -91,9 +95,23 @@ class Budgets(_Section):
     cost_ceiling_usd: float | None = Field(default=None, gt=0)
 
 
+class IdeaEntry(_Section):
+    text: str
+    target: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> IdeaEntry:
+        if self.target:
+            try:
+                self.target = list(parse_targets(self.target))
+            except UserError as error:
+                raise ValueError(str(error)) from None
+        return self
+
+
 class BatchConfig(_Section):
     dataset: DatasetSection
-    ideas: list[str] = Field(default_factory=list)
+    ideas: list[str | IdeaEntry] = Field(default_factory=list)
     brainstorm: int | None = Field(default=None, ge=1, le=50)
     model: ModelSection = Field(default_factory=ModelSection)
     budgets: Budgets = Field(default_factory=Budgets)
@@ -103,11 +121,16 @@ class BatchConfig(_Section):
     def _ideas_or_brainstorm(self) -> BatchConfig:
         if bool(self.ideas) == (self.brainstorm is not None):
             raise ValueError("give either ideas = [...] or brainstorm = N (exactly one of them)")
-        if any(not idea.strip() for idea in self.ideas):
+        texts = [text for text, _ in self.idea_entries()]
+        if any(not text.strip() for text in texts):
             raise ValueError("ideas: an idea is empty")
-        if len({idea.strip() for idea in self.ideas}) != len(self.ideas):
+        if len({text.strip() for text in texts}) != len(texts):
             raise ValueError("ideas: the same idea is listed twice")
         return self
+
+    def idea_entries(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Each listed idea's text and targets (none for an idea given as a plain string)."""
+        return [(idea, ()) if isinstance(idea, str) else (idea.text, tuple(idea.target)) for idea in self.ideas]
 
     def description_text(self) -> str:
         if self.dataset.description_file is not None:
