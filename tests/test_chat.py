@@ -233,6 +233,20 @@ def test_implement_streams_the_loop_and_the_gate_promotes(demo: Path, tmp_path: 
     assert [e.data["action"] for e in events if e.event == "decision"] == ["approve", "promote"]
 
 
+def test_implement_takes_a_target_and_show_gives_the_usefulness(demo: Path, tmp_path: Path) -> None:
+    chat, out = session(demo, tmp_path, ScriptedModel(REPLIES[1:]))
+    with chat:
+        chat.dispatch("/ideas")
+        chat.dispatch("/implement 1 --target shft")
+        assert "unknown target 'shft'" in said(out)
+        chat.dispatch("/implement 1 --target spurious")
+        assert "errors injected into a sample of your data" in said(out)
+        (record,) = list_candidates(tmp_path / "run")
+        assert record.usefulness is not None and record.usefulness["targets"] == ["spurious"]
+        chat.dispatch("/show")
+        assert "usefulness on injected spurious" in said(out)
+
+
 class _CtrlCOnce:
     """The scripted model, with the user pressing Ctrl-C during the first request."""
 

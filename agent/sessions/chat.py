@@ -19,6 +19,7 @@ and `metricsmith approve RUN_DIR ID` work on it as on an `author` run.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import os
@@ -55,6 +56,7 @@ from agent.authoring.validation_set import ValidationSet
 from agent.data.coco import load_coco
 from agent.data.facts import dataset_facts
 from agent.errors import MetricsmithError, UserError
+from agent.evaluation.usefulness import parse_targets
 from agent.llm.backends.replay import ReplayMismatch
 from agent.llm.conversation import Conversation
 from agent.llm.model import ForwardingBackend, Message, ModelBackend, ModelReply, ModelRequest, TextSink, Usage
@@ -297,9 +299,16 @@ class ChatSession:
         """Write the metric for idea K of the last /ideas, or for an idea in your words.
 
         Runs the authoring loop (draft, validate in the sandbox, repair) and shows each round; a metric
-        that passes becomes the current candidate. Example: /implement 2, /implement "boxes off the animal"."""
+        that passes becomes the current candidate. Example: /implement 2, /implement "boxes off the animal".
+        `--target shift,loose` at the end says what it should catch: the candidate is then measured on
+        those errors, injected into a sample of the dataset."""
+        settings = self.setup.settings
+        aimed = re.search(r"\s*--target\s+(\S+)\s*$", argument)
+        if aimed is not None:
+            settings = dataclasses.replace(settings, targets=parse_targets(aimed.group(1)))
+            argument = argument[: aimed.start()].strip()
         if not argument:
-            raise UserError('/implement K (an idea from /ideas) or /implement "your idea"')
+            raise UserError('/implement K (an idea from /ideas) or /implement "your idea" [--target TYPES]')
         if argument.isdigit():
             if not self.ideas:
                 raise UserError('no ideas yet: /ideas first, or /implement "your idea"')
@@ -318,7 +327,7 @@ class ChatSession:
             self._validation_set(),
             self.run_dir,
             description=self.setup.description,
-            settings=self.setup.settings,
+            settings=settings,
             sandbox=self.sandbox,
             library=self._library(),
             errors_path=self.setup.errors,
