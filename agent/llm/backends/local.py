@@ -11,7 +11,10 @@ Design:
 - A request's GBNF grammar (agent.llm.model.ModelRequest.grammar) constrains the sampling: each grammar
   text is compiled once and kept.
 - The model is loaded once per backend and calls are serialised: a llama.cpp context is not
-  thread-safe. Sampling is seeded, so the same request gives the same reply.
+  thread-safe. Sampling is seeded, and the same request gives the same reply whatever was asked
+  before it (`_prime`): llama-cpp-python reuses its KV cache for a prompt it has seen, decoding only
+  the last prompt token again, and one token decoded alone gets other rounding than the same token
+  decoded in a batch, which at temperature > 0 picks other tokens.
 - On a CPU with AMX (Intel's matrix tiles), a llama.cpp built for that CPU (pip's default source
   build) multiplies through its AMX kernels, and those crashed the process with a segmentation fault
   on the first token here (llama-cpp-python 0.3.36, Gemma 3 270M). There the model is loaded without
@@ -120,6 +123,7 @@ class LocalBackend:
         self._lock = threading.Lock()
         self._compile_grammar = llama_cpp.LlamaGrammar.from_string
         self._grammars: dict[str, Any] = {}
+        self._primed: tuple[int, ...] | None = None  # the prompt head the KV cache holds (see `_prime`)
 
     @property
     def name(self) -> str:
@@ -153,8 +157,14 @@ class LocalBackend:
                     raise ValueError("a completion-mode request needs a prompt")
                 if on_text is not None:
                     on_text(request.reply_prefix)
-                response: Any = self._llama.create_completion(prompt=request.prompt, **sampling)
+                tokens = self._llama.tokenize(request.prompt.encode("utf-8"), special=True)
+                self._prime(tokens)
+                response: Any = self._llama.create_completion(prompt=tokens, **sampling)
             else:
+                # The chat template is applied inside llama-cpp-python, so there are no tokens to prime
+                # with: the prompt is decoded afresh each time.
+                self._llama.reset()
+                self._primed = None
                 messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
                 response = self._llama.create_chat_completion(messages=messages, **sampling)
             if on_text is None:
@@ -170,6 +180,22 @@ class LocalBackend:
         return ModelReply(
             text=text, finish_reason=finish or "unknown", usage=counted, model=self.model, latency_s=latency
         )
+
+    def _prime(self, tokens: list[int]) -> None:
+        """Leave the KV cache holding exactly `tokens[:-1]`, decoded from an empty cache.
+
+        llama-cpp-python then decodes the last prompt token on its own before sampling, the very
+        same way on a first call as on any later call with this prompt (when the whole prompt is
+        cached it decodes its last token again). A prompt that merely shares a prefix with the
+        cached one is decoded from scratch: its prefix, decoded in other batches, could differ in
+        the last bits. The cost is a full prompt decode for each new prompt, none for a repeated one.
+        """
+        head = tuple(tokens[:-1])
+        if not head or head == self._primed:
+            return
+        self._llama.reset()
+        self._llama.eval(list(head))
+        self._primed = head
 
     @staticmethod
     def _stream(chunks: Iterator[Any], on_text: TextSink) -> tuple[str, str | None, int]:
