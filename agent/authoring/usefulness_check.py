@@ -58,9 +58,14 @@ class Usefulness(BaseModel):
     reporting: HalfFigures  # what to read: no choice was made on it
     notes: list[str] = []
 
+    def verdict(self) -> str:
+        """The reporting half's verdict in words, as review marks a candidate."""
+        return {True: "shown useful", False: "runs, not shown useful", None: "too few errors to tell"}[
+            self.reporting.passed
+        ]
+
     def summary(self) -> str:
-        verdict = {True: "shown useful", False: "runs, not shown useful", None: "too few errors to tell"}
-        return f"{', '.join(self.targets)}: {verdict[self.reporting.passed]}; {self.reporting.line}"
+        return f"{', '.join(self.targets)}: {self.verdict()}; {self.reporting.line}"
 
 
 def _the_set(dataset: Dataset, run_dir: Path, targets: Sequence[str], seed: int) -> tuple[UsefulnessSet, Dataset]:

@@ -24,6 +24,7 @@ Three pieces, pure logic on parsed data (the authoring loop runs the sandbox aro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,15 @@ from numpy.typing import NDArray
 from agent.data.inject import inject_errors
 from agent.data.label_errors import ERROR_TYPES, ErrorsFile
 from agent.errors import UserError
-from agent.evaluation.ranking import Direction, ErrorLabel, ScoreValue, pool_to_images, suspicion
+from agent.evaluation.ranking import (
+    Direction,
+    ErrorLabel,
+    ScoreValue,
+    image_error_types,
+    object_error_types,
+    pool_to_images,
+    suspicion,
+)
 
 __all__ = [
     "MIN_POSITIVES", "PROPERTY", "TARGETS", "UsefulnessSet", "Verdict", "judge", "parse_targets", "usefulness_set",
@@ -131,7 +140,7 @@ def usefulness_set(
     if short:
         shown = ", ".join(f"{n} {t}" for t, n in short.items())
         notes.append(f"the dataset is small: {shown} errors in all (wanted {2 * errors_per_split} of each)")
-        result = UsefulnessSet(**{**result.__dict__, "notes": tuple(notes)})
+        result = dataclasses.replace(result, notes=tuple(notes))
     return result
 
 
@@ -185,11 +194,11 @@ def judge(
             )
         keys = sorted(images)
         owner = keys
-        types_of = _types(useful.errors, by_image=True)
+        types_of = image_error_types(useful.errors)
     else:
         keys = sorted(annotation_image)
         owner = [annotation_image[key] for key in keys]
-        types_of = _types(useful.errors, by_image=False)
+        types_of = object_error_types(useful.errors)
     labels = np.array([bool(types_of.get(key, frozenset()) & set(useful.targets)) for key in keys])
     values = suspicion([scores.get(key) for key in keys], direction)
     positives = int(labels.sum())
@@ -223,16 +232,6 @@ def judge(
         passed=passed, level="image" if by_image else "object", items=len(keys), positives=positives,
         ap=float(ap[0]), random=float(prevalence[0]), lower=lower, upper=upper, by_type=by_type,
     )  # fmt: skip
-
-
-def _types(errors: Sequence[ErrorLabel], *, by_image: bool) -> dict[int, frozenset[str]]:
-    found: dict[int, set[str]] = {}
-    for error in errors:
-        if by_image:
-            found.setdefault(error.image_id, set()).add(error.type)
-        elif error.annotation_id is not None and error.type != "drop":
-            found.setdefault(error.annotation_id, set()).add(error.type)
-    return {key: frozenset(value) for key, value in found.items()}
 
 
 def _weighted_ap(

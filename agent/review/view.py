@@ -14,6 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from agent.authoring.candidates import CandidateRecord
+from agent.authoring.usefulness_check import Usefulness
 from agent.metrics.results import read_rows
 
 __all__ = ["histogram", "show_candidate"]
@@ -73,11 +74,10 @@ def show_candidate(console: Console, run: Path, record: CandidateRecord) -> None
         versus = f" (a random ranking: {chance:.3f})" if chance is not None else ""
         console.print(f"eval on the known errors: AP {overall}{versus}, per type: {by_type}")
     if record.usefulness:
-        reporting = record.usefulness["reporting"]
-        verdict = {True: "shown useful", False: "runs, not shown useful", None: "too few errors to tell"}
+        useful = Usefulness.model_validate(record.usefulness)
         console.print(
-            f"usefulness on injected {', '.join(record.usefulness['targets'])} (an estimate on errors injected "
-            f"into {record.usefulness['images']} of your images; the half no choice was made on): "
-            f"{verdict[reporting['passed']]}. {reporting['line']}",
+            f"usefulness on injected {', '.join(useful.targets)} (an estimate on errors injected "
+            f"into {useful.images} of your images; the half no choice was made on): "
+            f"{useful.verdict()}. {useful.reporting.line}",
             markup=False,
         )
