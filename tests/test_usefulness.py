@@ -99,3 +99,44 @@ def test_drops_are_judged_on_images_and_too_few_errors_get_no_verdict() -> None:
 
     few = frozenset(sorted(dropped & useful.reporting)[: MIN_POSITIVES - 1])
     assert judge(counts, "image", "low", useful, few, seed=0).passed is None
+
+
+@pytest.mark.parametrize("images", [24, 300])
+def test_a_random_metric_clears_the_bar_about_one_time_in_twenty_whatever_the_size(images: int) -> None:
+    # The rule that came before (a bootstrap interval over images) let 35% of random metrics through
+    # with nine errors in a half; the permutation test's false-pass rate does not depend on the size.
+    useful = usefulness_set(_document(images=images), ("shift",), seed=4)
+    noise = np.random.default_rng(images)
+    trials = 200
+    passed = sum(
+        bool(judge(_scores(useful, lambda dirty: float(noise.random())), "object", "high", useful, useful.selection,
+                   seed=trial, resamples=20).passed)
+        for trial in range(trials)
+    )  # fmt: skip
+    # 5% expected; 0.1 is more than four standard errors above it at 200 trials.
+    assert passed / trials <= 0.1, passed
+    perfect = judge(_scores(useful, float), "object", "high", useful, useful.selection, seed=0)
+    assert perfect.passed is True and perfect.margin > 0 and perfect.p_value is not None and perfect.p_value < 0.05
+
+
+def test_the_worst_misses_name_the_error_and_where_the_metric_put_it() -> None:
+    from agent.evaluation.misses import worst_misses
+
+    useful = usefulness_set(_document(), ("loose",), seed=2)
+    dirty = {error.annotation_id for error in useful.errors}
+    # Scores that rank every loose box as clean and one clean box (the first) as the most suspicious.
+    first_clean = min(int(a["id"]) for a in useful.document["annotations"] if int(a["id"]) not in dirty
+                      and int(a["image_id"]) in useful.selection)  # fmt: skip
+    scores = {int(a["id"]): (0.0 if int(a["id"]) in dirty else 0.5) for a in useful.document["annotations"]}
+    scores[first_clean] = 1.0
+    misses = worst_misses(scores, "object", "high", useful, useful.selection)
+    assert [m.kind for m in misses] == ["missed_error"] * 3 + ["false_alarm"] * 2
+    missed = misses[0].words
+    assert "injected loose: grown from the true box" in missed
+    assert "x the median cat box's area" in missed or "x the median dog box's area" in missed
+    assert "most suspicious of" in missed and "score 0" in missed and "tied with" in missed
+    assert misses[3].words.startswith(f"annotation {first_clean} ") and "ranked 1st most suspicious" in misses[3].words
+    # Only the half asked for is described: the reporting half's boxes never appear.
+    shown = {int(m.words.split()[1]) for m in misses}
+    owner = {int(a["id"]): int(a["image_id"]) for a in useful.document["annotations"]}
+    assert all(owner[key] in useful.selection for key in shown)

@@ -89,6 +89,8 @@ class CandidateRecord(BaseModel):
     library_version: int | None = None
     evaluation: dict[str, Any] | None = None
     usefulness: dict[str, Any] | None = None  # agent.authoring.usefulness_check.Usefulness, when targets were given
+    # Left by --keep-unproven: it runs, but no draft of its idea cleared the usefulness bar.
+    unproven: bool = False
 
 
 def now_iso() -> str:

@@ -293,10 +293,12 @@ def authoring_settings(values: dict[str, Any]) -> AuthoringSettings:
 
 def describe_rounds(outcome: AuthoringOutcome) -> Sequence[str]:
     """One line per model exchange, for the terminal."""
-    return [
-        f"draft {r.draft} · {r.kind}{f' {r.repair}' if r.kind == 'repair' else ''}: {r.outcome} — {r.detail}"
-        for r in outcome.rounds
-    ]
+    lines = []
+    for r in outcome.rounds:
+        step = {"repair": f" {r.repair}", "improve": f" {r.improvement}"}.get(r.kind, "")
+        sample = f" · sample {r.sample}" if r.sample > 1 or any(o.sample > 1 for o in outcome.rounds) else ""
+        lines.append(f"draft {r.draft} · {r.kind}{step}{sample}: {r.outcome} — {r.detail} ({r.tokens} tokens)")
+    return lines
 
 
 def describe_event(event: str, data: dict[str, Any]) -> str | None:
@@ -320,4 +322,9 @@ def describe_event(event: str, data: dict[str, Any]) -> str | None:
         return "  measuring it against the known label errors"
     if event == "usefulness":
         return f"  measuring it on {escape(', '.join(data['targets']))} errors injected into a sample of your data"
+    if event == "measured":
+        mark = {True: "[green]clears its bar[/]", False: "[yellow]not shown useful yet[/]", None: "too few errors"}
+        return f"  {mark[data['cleared']]} on the selection half: {escape(data['selection'])}"
+    if event == "chosen":
+        return f"  keeping sample {data['sample']} of {data['of']}: the best on the selection half"
     return None

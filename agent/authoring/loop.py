@@ -21,7 +21,9 @@ again, a truncated one is asked again for a complete, shorter file. Only `ModelU
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,17 +40,19 @@ from agent.authoring.candidates import (
 )
 from agent.authoring.extract import Extraction, FormatProblem, Idea, Issue, check_code, extract_code, no_code_problem
 from agent.authoring.prompting import (
+    ImprovementContext,
     MetricTask,
     Prompts,
     build_format_retry,
     build_implement_request,
+    build_improve_request,
     build_repair_request,
     choose_examples,
     idea_level,
     system_prompt,
 )
-from agent.authoring.repair import DEFAULT_TOKEN_CAP, LoopGuard, error_signature, repair_context
-from agent.authoring.usefulness_check import measure_usefulness
+from agent.authoring.repair import DEFAULT_TOKEN_CAP, LoopGuard, StopReason, error_signature, repair_context
+from agent.authoring.usefulness_check import Usefulness, UsefulnessBench
 from agent.authoring.validation import (
     DEFAULT_MAX_ERROR_RATE,
     DEFAULT_TIME_BUDGET_S,
@@ -153,14 +157,28 @@ class AuthoringSettings:
     # What the idea should catch (agent.evaluation.usefulness): error types, or ("property",). Given
     # error types, a candidate is measured on them, injected into the user's data.
     targets: tuple[str, ...] = ()
+    # Rounds for a draft that runs but misses its targets: a budget of its own, apart from repairs.
+    max_improvements: int = 2
+    # Best-of-N: the replies asked for in each implement and improvement round of a judged idea.
+    samples: int = 1
+    # When no draft clears the bar, leave the best as a candidate marked "runs, not shown useful".
+    keep_unproven: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if not self.targets:
-            del values["targets"]  # recordings without targets read as they did before targets existed
-        else:
+        # Settings added since the first recordings are written only when they differ from their default,
+        # so a recording made without them reads as it did before they existed.
+        for name in ("targets", "max_improvements", "samples", "keep_unproven"):
+            if values[name] == self.__dataclass_fields__[name].default:
+                del values[name]
+        if "targets" in values:
             values["targets"] = list(self.targets)
         return values
+
+    @property
+    def judged(self) -> bool:
+        """Whether drafts are judged on injected errors: targets given, and not a property."""
+        return bool(self.targets) and PROPERTY not in self.targets
 
 
 @dataclass(frozen=True)
@@ -169,11 +187,13 @@ class Round:
 
     draft: int
     repair: int
-    kind: Literal["implement", "repair", "format_retry"]
-    outcome: Literal["passed", "failed", "format_problem", "repeated_code", "repeated_error"]
+    kind: Literal["implement", "repair", "format_retry", "improve"]
+    outcome: Literal["passed", "not_useful", "failed", "format_problem", "repeated_code", "repeated_error"]
     code_sha256: str | None
     detail: str
-    tokens: int
+    tokens: int  # this exchange's own: each sample of a best-of-N round is a round of its own
+    improvement: int = 0  # the improvement round of the draft it belongs to (0: before any)
+    sample: int = 1  # its place among the round's samples
 
 
 @dataclass
@@ -206,14 +226,17 @@ Listener = Callable[[str, dict[str, Any]], None]
 
 # A small local model writes slowly and rambles: a shorter reply budget keeps a round under a minute.
 LOCAL_MAX_TOKENS = 512
+GRAMMAR_SAMPLES = 8
 
 
 def model_defaults(
-    backend: ModelBackend, *, grammar: bool | None = None, max_tokens: int | None = None
+    backend: ModelBackend, *, grammar: bool | None = None, max_tokens: int | None = None, samples: int | None = None
 ) -> dict[str, Any]:
     """The `AuthoringSettings` that follow the model rather than the idea (None: the model's default).
 
     - max_tokens: LOCAL_MAX_TOKENS for the local backend.
+    - samples (best-of-N, for ideas judged on injected errors): GRAMMAR_SAMPLES when the grammar holds
+      the model to one line, which takes about a second; 1 for a capable model, whose file costs more.
     - grammar: completion mode only, and on by default for the local backend there. A base model that
       small almost never writes a whole metric that parses and runs (11 of 12 free drafts did not
       parse); held to prompts/completion_grammar.gbnf.j2 it writes the measurement, always valid code.
@@ -221,9 +244,11 @@ def model_defaults(
     """
     local = backend.name == "local"
     wanted = local if grammar is None else grammar
+    held = wanted and backend.mode == "completion"
     return {
         "max_tokens": max_tokens or (LOCAL_MAX_TOKENS if local else AuthoringSettings.max_tokens),
-        "grammar": wanted and backend.mode == "completion",
+        "grammar": held,
+        "samples": samples or (GRAMMAR_SAMPLES if held else 1),
     }
 
 
@@ -240,6 +265,48 @@ def idea_from_text(text: str) -> Idea:
 def dataset_fingerprint(annotations: Path) -> str:
     """The sha256 of the annotations file: which labels a metric was written and validated against."""
     return hashlib.sha256(annotations.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Where in its draft a round is: which draft, how many repairs and improvements came before, and its kind."""
+
+    draft: int
+    repair: int
+    kind: Literal["implement", "repair", "format_retry", "improve"]
+    improvement: int
+
+
+@dataclass
+class _Sample:
+    """One reply of a round and what came of it."""
+
+    index: int
+    reply: ModelReply
+    extraction: Extraction
+    checked: MetricSpec | FormatProblem
+    spent: int
+    status: Literal["format_problem", "repeated_reply", "repeated_code", "failed", "passed"] = "format_problem"
+    report: ValidationReport | None = None
+    usefulness: Usefulness | None = None
+    signature: str | None = None  # a failing sample's error signature (agent.authoring.repair.error_signature)
+    stop: StopReason | None = None  # set on the failing sample that goes on, when it repeats itself
+
+    @property
+    def code_sha256(self) -> str | None:
+        return self.checked.code_sha256 if isinstance(self.checked, MetricSpec) else None
+
+
+def _sample_seed(seed: int | None, index: int) -> int | None:
+    """Sample `index`'s seed: far from the next draft's (seed + 1), so no two requests share one."""
+    return None if seed is None else seed + 1000 * (index - 1)
+
+
+def _improvement_context(useful: Usefulness) -> ImprovementContext:
+    figures = tuple((t, ap, chance) for t, (ap, chance) in useful.selection.by_type.items())
+    return ImprovementContext(
+        targets=tuple(useful.targets), figures=figures, overall=useful.selection.line, misses=tuple(useful.misses)
+    )
 
 
 class _Session:
@@ -271,6 +338,8 @@ class _Session:
         self.task = MetricTask(idea=idea, description=description, facts=dataset_facts(dataset), examples=examples)
         self.guard = LoopGuard(token_cap=settings.token_cap)
         self.outcome = AuthoringOutcome(verdict="gave_up", reason="the loop made no attempt", idea=idea)
+        self.bench: UsefulnessBench | None = None  # the run's usefulness set, built on the first measurement
+        self.best_unproven: _Sample | None = None  # the best draft that ran but did not clear its bar
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -302,6 +371,13 @@ class _Session:
             self._emit("draft", {"draft": draft})
             if self._draft(draft) or self.guard.over_cap():
                 break
+        if self.outcome.candidate is None and self.settings.keep_unproven and self.best_unproven is not None:
+            kept = self.best_unproven
+            assert isinstance(kept.checked, MetricSpec) and kept.report is not None
+            reason = self.outcome.reason
+            self._promote_to_candidate(kept.checked, kept.extraction, kept.report, kept.usefulness, unproven=True)
+            self.outcome.verdict = "gave_up"  # the idea did not succeed: its best draft waits, marked, for review
+            self.outcome.reason = f"{reason}; its best draft is left as a candidate marked 'runs, not shown useful'"
         self._emit(
             "outcome",
             {
@@ -316,46 +392,42 @@ class _Session:
         return self.outcome
 
     def _draft(self, draft: int) -> bool:
-        """One draft with its repairs. True when it produced a candidate (or the token cap ended the idea)."""
+        """One draft with its repairs and improvements. True when it produced a candidate (or hit the token cap)."""
         self.guard.new_draft()
         conversation = Conversation(system_prompt(self.prompts).text)
         request = build_implement_request(
             self.prompts, self.task, conversation.messages(self.settings.context_budget_tokens),
             **self._request_kwargs(draft),
         )  # fmt: skip
-        kind: Literal["implement", "repair", "format_retry"] = "implement"
+        kind: Literal["implement", "repair", "format_retry", "improve"] = "implement"
         turn_summary = f"[the request to implement the idea, draft {draft}]"
-        repairs = format_retries = 0
+        repairs = format_retries = improvements = 0
+        best_figure = -math.inf  # the draft's best selection figure so far: an improvement must beat it
         replies_seen: set[str] = set()
         while True:
-            reply = self._ask(request)
-            spent = reply.usage.total_tokens
-            over_cap = self.guard.spend(spent)
+            step = _Step(draft, repairs, kind, improvements)
+            samples = self._sample(request, step, replies_seen)
+            over_cap = self.guard.over_cap()
             user_turn = request.messages[-1].content
-            turn_kind = {"implement": "idea", "repair": "repair_request", "format_retry": "format_error"}[kind]
+            turn_kind = {
+                "implement": "idea", "repair": "repair_request", "format_retry": "format_error", "improve": "improve",
+            }[kind]  # fmt: skip
             conversation.add("user", user_turn, turn_kind, summary=turn_summary)
-            extraction = extract_code(reply.text, request.stop)
-            checked = self._check(reply, extraction)
-            sha = checked.code_sha256 if isinstance(checked, MetricSpec) else None
+            chosen = self._choose(samples)
+            sha = chosen.code_sha256
             conversation.add(
                 "assistant",
-                reply.text,
+                chosen.reply.text,
                 "code",
                 summary=f"[draft {draft}: code {sha[:8] if sha else 'unusable'}]",
             )
+            checked, extraction = chosen.checked, chosen.extraction
+            if chosen.status == "repeated_reply":
+                # The same unusable reply again: asking once more would only burn tokens.
+                self.outcome.reason += " (the model then repeated the same reply)"
+                self._emit("stopped", {"draft": draft, "why": "repeated_reply"})
+                return False
             if isinstance(checked, FormatProblem):
-                digest = hashlib.sha256(reply.text.encode("utf-8")).hexdigest()
-                if digest in replies_seen:
-                    # The same unusable reply again: asking once more would only burn tokens.
-                    self._round(
-                        draft, repairs, kind, "repeated_code", None, "the model repeated an unusable reply", spent
-                    )
-                    self.outcome.reason += " (the model then repeated the same reply)"
-                    self._emit("stopped", {"draft": draft, "why": "repeated_reply"})
-                    return False
-                replies_seen.add(digest)
-                self._round(draft, repairs, kind, "format_problem", None, str(checked), spent)
-                self._emit("format_problem", {"draft": draft, "problem": str(checked), "kind": checked.kind})
                 format_retries += 1
                 self.outcome.reason = f"the model gave no usable metric file: {checked}"
                 if over_cap:
@@ -370,27 +442,46 @@ class _Session:
                 turn_summary = f"[format correction, draft {draft}: {str(checked)[:160]}]"
                 continue
 
-            if self.guard.tried(checked.code_sha256):
-                self._round(draft, repairs, kind, "repeated_code", sha, "the model returned code it had tried", spent)
+            if chosen.status == "repeated_code":
                 self.outcome.reason += " (the model then returned code it had already tried)"
                 self._emit("stopped", {"draft": draft, "why": "repeated_code"})
                 return False
-            report = self._validate(checked, draft, repairs)
+            report = chosen.report
+            assert report is not None and isinstance(checked, MetricSpec)
             if report.passed:
-                self._round(draft, repairs, kind, "passed", sha, "every check passed", spent)
-                self._promote_to_candidate(checked, extraction, report)
-                return True
+                useful = chosen.usefulness
+                if useful is None or useful.cleared is not False:
+                    self._promote_to_candidate(checked, extraction, report, useful)
+                    return True
+                # It runs, but its ranking of the target errors is not shown better than chance.
+                self._remember_unproven(chosen)
+                self.outcome.reason = f"runs, not shown useful on {', '.join(useful.targets)}: {useful.selection.line}"
+                if over_cap:
+                    return self._out_of_tokens()
+                if improvements and useful.figure <= best_figure:
+                    self.outcome.reason += " (an improvement round did not raise the figure)"
+                    self._emit("stopped", {"draft": draft, "why": "plateau", "figure": useful.figure})
+                    return False
+                best_figure = max(best_figure, useful.figure)
+                if improvements >= self.settings.max_improvements:
+                    return False
+                improvements += 1
+                turn_summary = f"[improvement request, draft {draft}: {useful.selection.line[:160]}]"
+                request = build_improve_request(
+                    self.prompts, self.task, conversation.messages(self.settings.context_budget_tokens),
+                    _improvement_context(useful), checked.source, **self._request_kwargs(draft),
+                )  # fmt: skip
+                kind = "improve"
+                continue
             failure = report.first_failure
             assert failure is not None
             detail = f"{failure.check}: {failure.message}" + (f" (on {failure.item})" if failure.item else "")
             self.outcome.reason = f"validation failed: {detail}"
-            stop = self.guard.observe(checked.code_sha256, error_signature(failure))
-            self._round(draft, repairs, kind, stop or "failed", sha, detail, spent)
             if over_cap:
                 return self._out_of_tokens()
-            if stop is not None:
+            if chosen.stop is not None:
                 self.outcome.reason += " (the same error came back after a repair)"
-                self._emit("stopped", {"draft": draft, "why": stop})
+                self._emit("stopped", {"draft": draft, "why": chosen.stop})
                 return False
             if repairs >= self.settings.max_repairs:
                 return False
@@ -401,6 +492,129 @@ class _Session:
                 repair_context(report, self.validation), checked.source, **self._request_kwargs(draft),
             )  # fmt: skip
             kind = "repair"
+
+    def _sample_count(self, kind: str) -> int:
+        """Best-of-N applies where a new metric is proposed and a figure can choose between them."""
+        if self.settings.judged and kind in ("implement", "improve"):
+            return max(1, self.settings.samples)
+        return 1
+
+    def _sample(self, request: ModelRequest, step: _Step, replies_seen: set[str]) -> list[_Sample]:
+        """Ask for the round's samples, one request each, and check, validate and measure each new one."""
+        samples: list[_Sample] = []
+        codes_this_round: set[str] = set()
+        for index in range(1, self._sample_count(step.kind) + 1):
+            # Each sample is its own request with its own seed, so a sampling model gives another reply.
+            asked = request if index == 1 else request.model_copy(update={"seed": _sample_seed(request.seed, index)})
+            reply = self._ask(asked)
+            spent = reply.usage.total_tokens
+            self.guard.spend(spent)
+            extraction = extract_code(reply.text, asked.stop)
+            checked = self._check(reply, extraction)
+            sample = _Sample(index, reply, extraction, checked, spent)
+            samples.append(sample)
+            if isinstance(checked, FormatProblem):
+                digest = hashlib.sha256(reply.text.encode("utf-8")).hexdigest()
+                if digest in replies_seen:
+                    sample.status = "repeated_reply"
+                    self._round(step, "repeated_code", None, "the model repeated an unusable reply", spent, index)
+                else:
+                    replies_seen.add(digest)
+                    self._round(step, "format_problem", None, str(checked), spent, index)
+                    self._emit("format_problem", {"draft": step.draft, "problem": str(checked), "kind": checked.kind})
+            elif checked.code_sha256 in codes_this_round or self.guard.tried(checked.code_sha256):
+                sample.status = "repeated_code"
+                self._round(step, "repeated_code", checked.code_sha256, "the model returned code it had tried", spent,
+                            index)  # fmt: skip
+            else:
+                codes_this_round.add(checked.code_sha256)
+                self._evaluate_sample(sample, checked, step)
+            if self.guard.over_cap():
+                break
+        return samples
+
+    def _evaluate_sample(self, sample: _Sample, spec: MetricSpec, step: _Step) -> None:
+        report = self._validate(spec, step.draft, step.repair)
+        sample.report = report
+        if not report.passed:
+            sample.status = "failed"
+            failure = report.first_failure
+            assert failure is not None
+            sample.signature = error_signature(failure)
+            detail = f"{failure.check}: {failure.message}" + (f" (on {failure.item})" if failure.item else "")
+            self._round(step, "failed", spec.code_sha256, detail, sample.spent, sample.index)
+            return
+        self.guard.codes.add(spec.code_sha256)
+        sample.status = "passed"
+        if not self.settings.judged:
+            self._round(step, "passed", spec.code_sha256, "every check passed", sample.spent, sample.index)
+            return
+        useful = self._measure(spec, step, sample.index)
+        sample.usefulness = useful
+        outcome: Literal["passed", "not_useful"] = "not_useful" if useful.cleared is False else "passed"
+        self._round(step, outcome, spec.code_sha256, f"every check passed; {useful.selection.line}", sample.spent,
+                    sample.index)  # fmt: skip
+
+    def _choose(self, samples: list[_Sample]) -> _Sample:
+        """The round's sample to go on with: the best passing one on the selection half, else the first failing
+        one (to repair), else the first unusable one (to correct)."""
+        passed = [s for s in samples if s.status == "passed"]
+        failed = [s for s in samples if s.status == "failed"]
+        if passed:
+            for other in failed:
+                self.guard.codes.add(other.code_sha256 or "")
+            # max() keeps the first of equals: with no figure to tell them apart, the first sample wins.
+            best = max(passed, key=lambda s: s.usefulness.figure if s.usefulness is not None else 0.0)
+            if len(samples) > 1:
+                self._emit("chosen", {"sample": best.index, "of": len(samples), "code_sha256": best.code_sha256})
+            return best
+        if failed:
+            chosen = failed[0]
+            assert chosen.code_sha256 is not None
+            # Only the sample that goes on is held to "the same error twice": the others were alternatives.
+            chosen.stop = self.guard.observe(chosen.code_sha256, chosen.signature)
+            for other in failed[1:]:
+                self.guard.codes.add(other.code_sha256 or "")
+            if chosen.stop is not None:
+                self._retag_last(chosen, chosen.stop)
+            return chosen
+        # A fresh unusable reply is corrected; only when every sample repeated itself does the draft stop.
+        order = {"format_problem": 0, "repeated_code": 1, "repeated_reply": 2}
+        return min(samples, key=lambda s: order.get(s.status, 3))
+
+    def _retag_last(self, sample: _Sample, outcome: Literal["repeated_error", "repeated_code"]) -> None:
+        for position in range(len(self.outcome.rounds) - 1, -1, -1):
+            recorded = self.outcome.rounds[position]
+            if recorded.code_sha256 == sample.code_sha256 and recorded.sample == sample.index:
+                self.outcome.rounds[position] = dataclasses.replace(recorded, outcome=outcome)
+                return
+
+    def _measure(self, spec: MetricSpec, step: _Step, sample: int) -> Usefulness:
+        if self.bench is None:
+            self.bench = UsefulnessBench(self.dataset, self.run_dir, self.settings.targets, self.settings.seed)
+            useful = self.bench.useful
+            halves = {"selection": useful.selection, "reporting": useful.reporting}
+            self._emit("usefulness_set", {
+                "images": len(useful.document["images"]), "targets": list(useful.targets),
+                "errors": {name: useful.errors_in(half) for name, half in halves.items()},
+                "notes": list(useful.notes),
+            })  # fmt: skip
+        self._emit("usefulness", {"metric": spec.name, "targets": list(self.settings.targets)})
+        measured = self.bench.measure(spec, self.sandbox)
+        self._emit(
+            "measured",
+            {
+                "draft": step.draft, "improvement": step.improvement, "sample": sample,
+                "code_sha256": spec.code_sha256, "cleared": measured.cleared,
+                "selection": measured.selection.line, "reporting": measured.reporting.line,
+            },
+        )  # fmt: skip
+        return measured
+
+    def _remember_unproven(self, sample: _Sample) -> None:
+        assert sample.usefulness is not None
+        if self.best_unproven is None or sample.usefulness.figure > self.best_unproven.usefulness.figure:  # type: ignore[union-attr]
+            self.best_unproven = sample
 
     def _check(self, reply: ModelReply, extraction: Extraction) -> MetricSpec | FormatProblem:
         if not reply.text.strip():
@@ -442,10 +656,10 @@ class _Session:
         )
         return report
 
-    def _round(
-        self, draft: int, repair: int, kind: Any, outcome: Any, sha: str | None, detail: str, tokens: int
-    ) -> None:
-        self.outcome.rounds.append(Round(draft, repair, kind, outcome, sha, detail, tokens))
+    def _round(self, step: _Step, outcome: Any, sha: str | None, detail: str, tokens: int, sample: int) -> None:
+        self.outcome.rounds.append(
+            Round(step.draft, step.repair, step.kind, outcome, sha, detail, tokens, step.improvement, sample)
+        )
 
     def _out_of_tokens(self) -> bool:
         self.outcome.reason += (
@@ -454,8 +668,16 @@ class _Session:
         self._emit("stopped", {"why": "token_cap", "tokens": self.guard.tokens})
         return True
 
-    def _promote_to_candidate(self, spec: MetricSpec, extraction: Extraction, report: ValidationReport) -> None:
-        """Write the pending candidate: code, rationale, validation report, eval figures, record."""
+    def _promote_to_candidate(
+        self,
+        spec: MetricSpec,
+        extraction: Extraction,
+        report: ValidationReport,
+        measured: Usefulness | None,
+        *,
+        unproven: bool = False,
+    ) -> None:
+        """Write the pending candidate: code, rationale, validation report, eval and usefulness figures, record."""
         candidate_id = new_candidate_id(spec.name, spec.code_sha256)
         folder = candidate_dir(self.run_dir, candidate_id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -476,11 +698,7 @@ class _Session:
             write_json_atomic(folder / "evaluation.json", result)
             evaluation = result.model_dump(mode="json")
         usefulness = None
-        if self.settings.targets and PROPERTY not in self.settings.targets:
-            self._emit("usefulness", {"metric": spec.name, "targets": list(self.settings.targets)})
-            measured = measure_usefulness(
-                spec, self.dataset, self.run_dir, self.settings.targets, self.settings.seed, self.sandbox
-            )
+        if measured is not None:
             write_json_atomic(folder / "usefulness.json", measured)
             usefulness = measured.model_dump(mode="json")
         record = CandidateRecord(
@@ -501,6 +719,7 @@ class _Session:
             tokens=self.outcome.tokens,
             evaluation=evaluation,
             usefulness=usefulness,
+            unproven=unproven,
         )
         save_candidate(self.run_dir, record)
         self.outcome.verdict, self.outcome.candidate = "passed", record

@@ -42,6 +42,7 @@ from agent.metrics.contract import MetricSpec, list_builtin_metrics
 __all__ = [
     "COMPLETION_STOPS",
     "FailedItem",
+    "ImprovementContext",
     "MetricTask",
     "Prompts",
     "RenderedPrompt",
@@ -50,6 +51,7 @@ __all__ = [
     "build_chat_request",
     "build_format_retry",
     "build_implement_request",
+    "build_improve_request",
     "build_repair_request",
     "choose_examples",
     "head_tail",
@@ -514,6 +516,50 @@ def build_repair_request(
             "completion_repair.j2",
             code=_first_lines(code, _COMPLETION_CODE_MAX_LINES),
             error=error,
+            **_completion_context(task, grammar),
+        )
+    return _request(
+        prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
+        seed=seed, stop=COMPLETION_STOPS, grammar=_code_grammar(prompts, task, mode, grammar),
+    )  # fmt: skip
+
+
+class ImprovementContext(_Frozen):
+    """Why a metric that runs must do better: its figures on the target errors and its worst misses."""
+
+    targets: tuple[str, ...]
+    figures: tuple[tuple[str, float | None, float | None], ...]  # (type, AP, random's AP) per target type
+    overall: str  # one line: AP against random, its interval, the verdict
+    misses: tuple[str, ...]
+
+
+def build_improve_request(
+    prompts: Prompts,
+    task: MetricTask,
+    conversation: tuple[Message, ...],
+    improvement: ImprovementContext,
+    code: str,
+    *,
+    mode: Mode,
+    temperature: float,
+    max_tokens: int,
+    seed: int | None = None,
+    grammar: bool = False,
+) -> ModelRequest:
+    """Ask for a better whole file after `code` ran but missed its targets (neither a repair nor a fresh draft)."""
+    context = {
+        "targets": list(improvement.targets),
+        "figures": [{"type": t, "ap": ap, "random": chance} for t, ap, chance in improvement.figures],
+        "overall": improvement.overall,
+        "misses": list(improvement.misses),
+    }
+    turn = prompts.render("improve.j2", code=code, **context)
+    completion = None
+    if mode == "completion":
+        completion = prompts.render(
+            "completion_improve.j2",
+            code=_first_lines(code, _COMPLETION_CODE_MAX_LINES),
+            **context,
             **_completion_context(task, grammar),
         )
     return _request(

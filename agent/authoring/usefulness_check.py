@@ -1,27 +1,28 @@
 """A candidate measured on errors of its idea's targets, injected into the user's own data.
 
-`measure_usefulness` builds the run's usefulness set once (`agent.evaluation.usefulness`, seeded by
-the run's seed, so a replay measures on the very same set), keeps it in RUN_DIR/usefulness-set/
-(annotations.json and errors.json, the images being the user's, never copied), scores the
-candidate on it in the sandbox and judges both halves. The figure a person should read is the
-reporting half's: choices between drafts are made on the selection half only.
+`UsefulnessBench` builds the run's usefulness set once (`agent.evaluation.usefulness`, seeded by
+the run's seed), scores each draft on it in the sandbox and judges both halves. The loop decides on
+the selection half (`Usefulness.cleared`, `Usefulness.figure`) and shows the model misses from it
+only; the figure a person should read is the reporting half's, on which no choice was made.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from agent.data.coco import Dataset, coco_from_document, read_coco_json
-from agent.evaluation.usefulness import UsefulnessSet, Verdict, judge, usefulness_set
+from agent.evaluation.misses import worst_misses
+from agent.evaluation.usefulness import Verdict, judge, usefulness_set
 from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
 
-__all__ = ["Usefulness", "measure_usefulness"]
+__all__ = ["Usefulness", "UsefulnessBench", "measure_usefulness"]
 
 SET_FOLDER = "usefulness-set"
 
@@ -35,6 +36,8 @@ class HalfFigures(BaseModel):
     random: float | None
     lower: float | None  # 5th percentile over image resamples of AP - random
     upper: float | None
+    random_high: float | None = None  # the bar: random rankings' 95th-percentile AP on these items
+    p_value: float | None = None
     by_type: dict[str, tuple[float | None, float | None]]  # type -> (AP, random)
     line: str
 
@@ -43,7 +46,7 @@ class HalfFigures(BaseModel):
         return cls(
             passed=verdict.passed, level=verdict.level, items=verdict.items, errors=verdict.positives,
             ap=verdict.ap, random=verdict.random, lower=verdict.lower, upper=verdict.upper,
-            by_type=verdict.by_type, line=verdict.line(),
+            by_type=verdict.by_type, line=verdict.line(), random_high=verdict.random_high, p_value=verdict.p_value,
         )  # fmt: skip
 
 
@@ -57,6 +60,19 @@ class Usefulness(BaseModel):
     selection: HalfFigures  # what drafts are chosen on
     reporting: HalfFigures  # what to read: no choice was made on it
     notes: list[str] = []
+    # The selection half's worst misses in words (agent.evaluation.misses): what an improvement round shows.
+    misses: list[str] = []
+
+    @property
+    def figure(self) -> float:
+        """What drafts are compared on: the selection half's AP above the bar of random rankings (-inf: none)."""
+        half = self.selection
+        return -math.inf if half.ap is None or half.random_high is None else half.ap - half.random_high
+
+    @property
+    def cleared(self) -> bool | None:
+        """The loop's decision, on the selection half: cleared the bar, not, or too few errors to tell."""
+        return self.selection.passed
 
     def verdict(self) -> str:
         """The reporting half's verdict in words, as review marks a candidate."""
@@ -68,35 +84,52 @@ class Usefulness(BaseModel):
         return f"{', '.join(self.targets)}: {self.verdict()}; {self.reporting.line}"
 
 
-def _the_set(dataset: Dataset, run_dir: Path, targets: Sequence[str], seed: int) -> tuple[UsefulnessSet, Dataset]:
-    useful = usefulness_set(read_coco_json(dataset.annotations_path), targets, seed)
-    folder = run_dir / SET_FOLDER
-    annotations = folder / "annotations.json"
-    if not annotations.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        annotations.write_text(json.dumps(useful.document), encoding="utf-8")
-        if useful.errors_file is not None:
-            (folder / "errors.json").write_text(useful.errors_file.model_dump_json(indent=1) + "\n", encoding="utf-8")
-    return useful, coco_from_document(useful.document, annotations, dataset.image_root)
+class UsefulnessBench:
+    """The run's usefulness set, built once, and the measurement of a draft on it.
+
+    Built from the run's seed, kept in RUN_DIR/usefulness-set/ (annotations.json and errors.json,
+    the images being the user's, never copied), so a replay measures on the very same set.
+    """
+
+    def __init__(self, dataset: Dataset, run_dir: Path, targets: Sequence[str], seed: int) -> None:
+        self.seed = seed
+        self.useful = usefulness_set(read_coco_json(dataset.annotations_path), targets, seed)
+        folder = run_dir / SET_FOLDER
+        annotations = folder / "annotations.json"
+        if not annotations.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            annotations.write_text(json.dumps(self.useful.document), encoding="utf-8")
+            if self.useful.errors_file is not None:
+                errors = self.useful.errors_file.model_dump_json(indent=1) + "\n"
+                (folder / "errors.json").write_text(errors, encoding="utf-8")
+        self.noisy = coco_from_document(self.useful.document, annotations, dataset.image_root)
+
+    def measure(self, spec: MetricSpec, sandbox: SandboxConfig) -> Usefulness:
+        """The draft's figures on both halves, and its worst misses on the selection half only."""
+        rows = score_dataset(self.noisy, [spec], sandbox).rows
+        key = (lambda row: row.annotation_id) if spec.level == "object" else (lambda row: row.image_id)
+        scores = {key(row): row.score for row in rows if row.error_kind is None}
+        level = "object" if spec.level == "object" else "image"
+        useful = self.useful
+        halves = [
+            judge(scores, level, spec.suspicious, useful, half, seed=self.seed)
+            for half in (useful.selection, useful.reporting)
+        ]
+        # Only the selection half is described: the model never sees the half the user's figure comes from.
+        misses = worst_misses(scores, level, spec.suspicious, useful, useful.selection)
+        return Usefulness(
+            targets=list(useful.targets),
+            seed=self.seed,
+            images=len(useful.document["images"]),
+            selection=HalfFigures.of(halves[0]),
+            reporting=HalfFigures.of(halves[1]),
+            notes=list(useful.notes),
+            misses=[miss.words for miss in misses],
+        )
 
 
 def measure_usefulness(
     spec: MetricSpec, dataset: Dataset, run_dir: Path, targets: Sequence[str], seed: int, sandbox: SandboxConfig
 ) -> Usefulness:
-    """The candidate's figures on both halves of the run's usefulness set."""
-    useful, noisy = _the_set(dataset, run_dir, targets, seed)
-    rows = score_dataset(noisy, [spec], sandbox).rows
-    key = (lambda row: row.annotation_id) if spec.level == "object" else (lambda row: row.image_id)
-    scores = {key(row): row.score for row in rows if row.error_kind is None}
-    level = "object" if spec.level == "object" else "image"
-    halves = [
-        judge(scores, level, spec.suspicious, useful, half, seed=seed) for half in (useful.selection, useful.reporting)
-    ]
-    return Usefulness(
-        targets=list(useful.targets),
-        seed=seed,
-        images=len(useful.document["images"]),
-        selection=HalfFigures.of(halves[0]),
-        reporting=HalfFigures.of(halves[1]),
-        notes=list(useful.notes),
-    )
+    """The candidate's figures on both halves of the run's usefulness set (built for this one call)."""
+    return UsefulnessBench(dataset, run_dir, targets, seed).measure(spec, sandbox)

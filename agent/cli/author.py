@@ -49,6 +49,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="what the idea should catch: error types (swap,shift,loose,tight,spurious,duplicate,drop) or property;"
         " error types are injected into a sample of your data and the candidate measured on them",
     )
+    author.add_argument(
+        "--samples",
+        type=positive_int,
+        help="best-of-N: replies per round, the best on the selection half kept (with --target; default 8 for a"
+        " grammar-held model, else 1)",
+    )
+    author.add_argument(
+        "--max-improvements",
+        type=int,
+        default=AuthoringSettings().max_improvements,
+        help="rounds for a draft that runs but misses its target (with --target; default 2)",
+    )
+    author.add_argument(
+        "--keep-unproven",
+        action="store_true",
+        help="when no draft clears its target, leave the best as a candidate marked 'runs, not shown useful'",
+    )
     author.add_argument("--max-repairs", type=int, default=3, help="repair rounds per draft (default 3)")
     author.add_argument("--max-drafts", type=positive_int, default=2, help="fresh drafts (default 2)")
     author.add_argument("--max-tokens-per-idea", type=positive_int, default=AuthoringSettings().token_cap)
@@ -151,11 +168,15 @@ def cmd_author(args: argparse.Namespace) -> int:
     """
     if args.max_repairs < 0:
         raise UserError("--max-repairs must be 0 or more")
+    if args.max_improvements < 0:
+        raise UserError("--max-improvements must be 0 or more")
     description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
     backend = backend_from_args(args)
     settings = AuthoringSettings(
-        **model_defaults(backend, grammar=args.grammar, max_tokens=args.max_tokens),
+        **model_defaults(backend, grammar=args.grammar, max_tokens=args.max_tokens, samples=args.samples),
         max_repairs=args.max_repairs,
+        max_improvements=args.max_improvements,
+        keep_unproven=args.keep_unproven,
         max_drafts=args.max_drafts,
         token_cap=args.max_tokens_per_idea,
         temperature=args.temperature,

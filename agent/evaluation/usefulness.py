@@ -14,12 +14,18 @@ Three pieces, pure logic on parsed data (the authoring loop runs the sandbox aro
 - **The verdict** (`judge`). The items are the boxes of the half's images (the images, for an
   image metric or when every target is `drop`, a box metric then taking its most suspicious box per
   image). The positives are the items that carry a target error. The figure is the tie-aware AP,
-  beside random's, which is the prevalence. The rule: the images are resampled with replacement
-  (`resamples` times, seeded) and AP minus prevalence is computed on each resample; the metric
-  passes when the 5th percentile of that difference is above 0, that is when a one-sided 95%
-  bootstrap interval over images clears random's AP. A constant metric gets exactly the prevalence
-  on every resample and fails; so does a random one, but for 5% of seeds; a perfect one passes.
-  With fewer than `MIN_POSITIVES` positives there is no verdict: too few errors to tell.
+  beside random's, which is the prevalence on average. The rule is a permutation test: the labels
+  are shuffled over the items (`permutations` times, seeded) and the AP of each shuffle is what a
+  ranking that knows nothing about the errors gets on these very items, ties included. The metric
+  passes when its AP is reached by fewer than 5% of the shuffles (p < 0.05, one-sided), that is when
+  it clears the 95th percentile of random rankings' AP. A constant metric gets exactly the
+  prevalence on every shuffle and fails; a random one passes 5% of the time whatever the half's size;
+  a perfect one passes. `margin` (AP minus that 95th percentile) is what drafts are compared on.
+  Beside it, the spread of AP - random over image resamples (a bootstrap, `resamples` times) says
+  how much the figure itself would move on other images. A bootstrap interval alone is not the
+  rule: with ten-odd errors in a half it is far too narrow, and a random metric cleared it about a
+  third of the time (measured: 0.345 of 200 random metrics, 9 errors). With fewer than
+  `MIN_POSITIVES` positives there is no verdict: too few errors to tell.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ from agent.evaluation.ranking import (
 )
 
 __all__ = [
-    "MIN_POSITIVES", "PROPERTY", "TARGETS", "UsefulnessSet", "Verdict", "judge", "parse_targets", "usefulness_set",
+    "MIN_POSITIVES", "PROPERTY", "TARGETS", "RankedItems", "UsefulnessSet", "Verdict", "judge", "parse_targets",
+    "ranked_items", "usefulness_set",
 ]  # fmt: skip
 
 PROPERTY = "property"
@@ -55,6 +62,7 @@ TARGETS = (*ERROR_TYPES, PROPERTY)
 MIN_POSITIVES = 5
 RATE = 0.2  # as selftest's default: each target type gets RATE / len(targets) of the sample's boxes
 LOWER_PERCENTILE = 5.0
+SIGNIFICANCE = 0.05
 
 
 def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -157,15 +165,73 @@ class Verdict:
     lower: float | None  # the 5th percentile over image resamples of AP - random
     upper: float | None  # the 95th
     by_type: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # type -> (AP, random)
+    random_high: float | None = None  # the 95th percentile of random rankings' AP on these items: the bar
+    p_value: float | None = None  # the share of random rankings (label shuffles) at or above this AP
+
+    @property
+    def margin(self) -> float:
+        """AP above the bar random rankings reach one time in 20 (> 0: cleared); -inf with nothing to judge."""
+        if self.ap is None or self.random_high is None:
+            return -math.inf
+        return self.ap - self.random_high
 
     def line(self) -> str:
-        """One line for a person: AP against random, the interval, and the verdict."""
+        """One line for a person: AP against random, the bar noise sets, the spread, and the verdict."""
         if self.ap is None or self.random is None:
             return f"no target errors among the {self.items} items: nothing to judge"
-        interval = f"AP - random in [{self.lower:+.3f}, {self.upper:+.3f}]; " if self.lower is not None else ""
+        parts = []
+        if self.random_high is not None:
+            parts.append(f"random rankings reach {self.random_high:.3f} one time in 20")
+        if self.lower is not None and self.upper is not None:
+            parts.append(f"AP - random over image resamples in [{self.lower:+.3f}, {self.upper:+.3f}]")
+        parts.append(f"{self.positives} errors")
         verdict = {True: "clears random", False: "not shown better than random", None: "too few errors to tell"}
-        shown = f"AP {self.ap:.3f} vs random {self.random:.3f}"
-        return f"{shown} ({interval}{self.positives} errors): {verdict[self.passed]}"
+        return f"AP {self.ap:.3f} vs random {self.random:.3f} ({'; '.join(parts)}): {verdict[self.passed]}"
+
+
+@dataclass(frozen=True)
+class RankedItems:
+    """The items of one half as a verdict sees them: keys, their images, target labels and suspicion."""
+
+    level: Literal["object", "image"]
+    keys: list[int]  # annotation ids, or image ids
+    owners: list[int]  # each key's image
+    labels: NDArray[np.bool_]  # carries a target error
+    values: NDArray[np.float64]  # suspicion, higher = more suspicious (agent.evaluation.ranking.suspicion)
+    types_of: dict[int, frozenset[str]]
+    scores: Mapping[int, ScoreValue]  # by key (a box metric judged on images: its pooled image scores)
+
+
+def ranked_items(
+    scores: Mapping[int, ScoreValue],
+    level: Literal["object", "image"],
+    direction: Direction,
+    useful: UsefulnessSet,
+    images: frozenset[int],
+) -> RankedItems:
+    """The half's items: its boxes, or its images for an image metric or when every target is `drop`."""
+    annotation_image = {
+        int(a["id"]): int(a["image_id"]) for a in useful.document["annotations"] if int(a["image_id"]) in images
+    }
+    by_image = level == "image" or all(t == "drop" for t in useful.targets)
+    if by_image:
+        if level == "object":
+            scores = pool_to_images(
+                {k: v for k, v in scores.items() if k in annotation_image}, annotation_image, direction
+            )
+        keys = sorted(images)
+        owners = keys
+        types_of = image_error_types(useful.errors)
+    else:
+        keys = sorted(annotation_image)
+        owners = [annotation_image[key] for key in keys]
+        types_of = object_error_types(useful.errors)
+    labels = np.array([bool(types_of.get(key, frozenset()) & set(useful.targets)) for key in keys], dtype=bool)
+    values = suspicion([scores.get(key) for key in keys], direction)
+    return RankedItems(
+        level="image" if by_image else "object", keys=keys, owners=owners, labels=labels, values=values,
+        types_of=types_of, scores=scores,
+    )  # fmt: skip
 
 
 def judge(
@@ -177,33 +243,18 @@ def judge(
     *,
     seed: int,
     resamples: int = 200,
+    permutations: int = 999,
 ) -> Verdict:
     """The verdict on one half (`useful.selection` or `useful.reporting`) of the usefulness set.
 
     `scores` are the metric's on `useful.document`: by annotation id for a box metric, by image id
     for an image metric.
     """
-    annotation_image = {
-        int(a["id"]): int(a["image_id"]) for a in useful.document["annotations"] if int(a["image_id"]) in images
-    }
-    by_image = level == "image" or all(t == "drop" for t in useful.targets)
-    if by_image:
-        if level == "object":
-            scores = pool_to_images(
-                {k: v for k, v in scores.items() if k in annotation_image}, annotation_image, direction
-            )
-        keys = sorted(images)
-        owner = keys
-        types_of = image_error_types(useful.errors)
-    else:
-        keys = sorted(annotation_image)
-        owner = [annotation_image[key] for key in keys]
-        types_of = object_error_types(useful.errors)
-    labels = np.array([bool(types_of.get(key, frozenset()) & set(useful.targets)) for key in keys])
-    values = suspicion([scores.get(key) for key in keys], direction)
+    ranked = ranked_items(scores, level, direction, useful, images)
+    keys, owner, labels, values, types_of = ranked.keys, ranked.owners, ranked.labels, ranked.values, ranked.types_of
     positives = int(labels.sum())
     if positives == 0:
-        return Verdict(passed=None, level="image" if by_image else "object", items=len(keys), positives=0,
+        return Verdict(passed=None, level=ranked.level, items=len(keys), positives=0,
                        ap=None, random=None, lower=None, upper=None)  # fmt: skip
     image_index = {image: index for index, image in enumerate(sorted(images))}
     item_image = np.array([image_index[image] for image in owner], dtype=np.intp)
@@ -227,11 +278,31 @@ def judge(
             by_type[target] = (float(type_ap[0]), float(type_prevalence[0]))
         else:
             by_type[target] = (None, None)
-    passed = None if positives < MIN_POSITIVES or lower is None else lower > 0
+    shuffled = rng.permuted(np.tile(labels, (permutations, 1)), axis=1)
+    null = _ap_rows(values, shuffled)
+    observed = float(ap[0])
+    # +1 on both sides: the observed ranking is one of the rankings that could have come out (exact test).
+    p_value = float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + permutations))
+    random_high = float(np.percentile(null, 100 * (1 - SIGNIFICANCE)))
+    passed = None if positives < MIN_POSITIVES else p_value < SIGNIFICANCE
     return Verdict(
-        passed=passed, level="image" if by_image else "object", items=len(keys), positives=positives,
-        ap=float(ap[0]), random=float(prevalence[0]), lower=lower, upper=upper, by_type=by_type,
+        passed=passed, level=ranked.level, items=len(keys), positives=positives,
+        ap=observed, random=float(prevalence[0]), lower=lower, upper=upper, by_type=by_type,
+        random_high=random_high, p_value=p_value,
     )  # fmt: skip
+
+
+def _ap_rows(values: NDArray[np.float64], label_rows: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Tie-aware AP of one ranking against each row of labels (each row: a shuffle of the true labels)."""
+    order = np.argsort(-values, kind="stable")
+    ordered = values[order]
+    starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
+    sizes = np.diff(np.append(starts, len(values))).astype(np.float64)
+    hits = np.add.reduceat(label_rows[:, order].astype(np.float64), starts, axis=1)
+    total = hits.sum(axis=1)
+    precision = np.cumsum(hits, axis=1) / np.cumsum(sizes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (hits * precision).sum(axis=1) / total, np.nan)
 
 
 def _weighted_ap(

@@ -239,7 +239,9 @@ def _author_one(
         token_cap=budgets.max_tokens_per_idea,
         temperature=config.model.temperature,
         targets=tuple(idea.targets),
-        **model_defaults(backend, grammar=config.model.grammar),
+        max_improvements=budgets.max_improvements,
+        keep_unproven=budgets.keep_unproven,
+        **model_defaults(backend, grammar=config.model.grammar, samples=budgets.samples),
     )
     idea_dir = run_dir / "ideas" / idea.id
     try:

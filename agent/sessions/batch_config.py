@@ -26,6 +26,9 @@
     max_repairs = 3
     max_drafts = 2
     max_tokens_per_idea = 60000
+    max_improvements = 2         # rounds for a draft that runs but misses its target
+    samples = 8                  # best-of-N per round for targeted ideas (default: 8 grammar-held, else 1)
+    keep_unproven = false        # leave an idea's best draft that missed its target, marked as such
     cost_ceiling_usd = 2.0       # optional: stop authoring new ideas past this estimated spend
 
     library = "metricsmith-library"
@@ -92,6 +95,9 @@ class Budgets(_Section):
     max_repairs: int = Field(default=3, ge=0, le=20)
     max_drafts: int = Field(default=2, ge=1, le=20)
     max_tokens_per_idea: int = Field(default=60_000, ge=1_000)
+    max_improvements: int = Field(default=2, ge=0, le=20)
+    samples: int | None = Field(default=None, ge=1, le=64)  # None: agent.authoring.loop.model_defaults decides
+    keep_unproven: bool = False
     cost_ceiling_usd: float | None = Field(default=None, gt=0)
 
 
