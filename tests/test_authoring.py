@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -34,6 +35,9 @@ EXPECTED_VERDICTS = {
     "fixture-give-up-after-budget": ("gave_up", 4),
     "fixture-format-then-recovery": ("passed", 3),
     "fixture-repeated-error-stops-early": ("gave_up", 2),
+    "fixture-improvement-succeeds": ("passed", 2),
+    "fixture-improvement-plateaus": ("gave_up", 2),
+    "fixture-best-of-n-picks-the-second": ("passed", 3),
 }
 
 
@@ -42,11 +46,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_demo_dataset(tmp_path_factory.mktemp("authoring") / "demo", n_images=24, seed=0)
 
 
-def _run(demo: Path, run_dir: Path, replies: list[str], settings: AuthoringSettings) -> tuple:
+def _run(
+    demo: Path, run_dir: Path, replies: list[str], settings: AuthoringSettings, idea: str = fixtures.IDEA
+) -> tuple:
     model = ScriptedModel(replies)
     outcome = run_author_job(
         AuthorJob(
-            idea=fixtures.IDEA,
+            idea=idea,
             annotations=demo,
             run_dir=run_dir,
             backend=model,
@@ -129,6 +135,75 @@ def test_a_target_measures_the_candidate_on_errors_of_that_type_injected_into_th
     assert load_candidate(again, outcome.candidate.id).usefulness == useful
 
 
+def _targeted(demo: Path, run: Path, scenario: str) -> tuple:
+    replies, settings = fixtures.TARGETED_SCENARIOS[scenario]
+    return _run(demo, run, replies, settings, idea=fixtures.SPURIOUS_IDEA)
+
+
+def test_a_draft_that_runs_but_misses_gets_an_improvement_round_with_its_figures_and_misses(
+    demo: Path, tmp_path: Path
+) -> None:
+    outcome, model, transcript = _targeted(demo, tmp_path / "run", "fixture-improvement-succeeds")
+    assert outcome.verdict == "passed" and model.remaining == 0
+    assert [(r.kind, r.outcome, r.improvement) for r in outcome.rounds] == [
+        ("implement", "not_useful", 0), ("improve", "passed", 1),
+    ]  # fmt: skip
+    improve = model.history[1].messages[-1].content
+    # Neither a repair nor a fresh draft: the same conversation, the figures per type, the misses, the code.
+    assert "does not yet find the label errors" in improve and "- spurious: AP 0.242 against random's 0.197" in improve
+    misses = improve.split("Where it went most wrong:")[1].split("The current code:")[0]
+    assert misses.count("injected spurious") == 3 and misses.count("a clean box, yet ranked") == 2
+    assert "x the median" in misses and fixtures.SATURATION.strip() in improve
+    assert model.history[1].messages[1].content == model.history[0].messages[-1].content
+    record = load_candidate(tmp_path / "run", outcome.candidate.id)
+    assert record.code_sha256 == outcome.rounds[-1].code_sha256 and not record.unproven
+    assert record.usefulness is not None and record.usefulness["selection"]["passed"] is True
+    measured = [event.data for event in transcript.events if event.event == "measured"]
+    assert [m["cleared"] for m in measured] == [False, True]
+
+
+def test_an_improvement_that_does_not_raise_the_figure_stops_and_keep_unproven_leaves_the_best(
+    demo: Path, tmp_path: Path
+) -> None:
+    outcome, model, transcript = _targeted(demo, tmp_path / "run", "fixture-improvement-plateaus")
+    assert outcome.verdict == "gave_up" and model.remaining == 0
+    assert "an improvement round did not raise the figure" in outcome.reason
+    assert [event.data["why"] for event in transcript.events if event.event == "stopped"] == ["plateau"]
+    # The draft kept is the better of the two on the selection half: the first, not the last.
+    record = load_candidate(tmp_path / "run", outcome.candidate.id)
+    assert record.unproven and record.code_sha256 == outcome.rounds[0].code_sha256
+    shown = Console(record=True, width=300)
+    show_candidate(shown, tmp_path / "run", record)
+    text = shown.export_text()
+    assert "runs, not shown useful" in text and "spurious: AP " in text and "lift" in text
+
+    # Without --keep-unproven (the default) the idea leaves no candidate at all.
+    replies, settings = fixtures.TARGETED_SCENARIOS["fixture-improvement-plateaus"]
+    plain = dataclasses.replace(settings, keep_unproven=False)
+    outcome, _, _ = _run(demo, tmp_path / "plain", replies, plain, idea=fixtures.SPURIOUS_IDEA)
+    assert outcome.verdict == "gave_up" and outcome.candidate is None
+    candidates = tmp_path / "plain" / "candidates"
+    assert not candidates.exists() or not any(candidates.iterdir())
+
+
+def test_best_of_n_keeps_the_best_sample_on_the_selection_half_and_counts_each(demo: Path, tmp_path: Path) -> None:
+    outcome, model, transcript = _targeted(demo, tmp_path / "run", "fixture-best-of-n-picks-the-second")
+    assert outcome.verdict == "passed" and model.remaining == 0
+    assert [r.sample for r in outcome.rounds] == [1, 2, 3]
+    seeds = [request.seed for request in model.history]
+    assert len(set(seeds)) == 3, seeds  # each sample its own request and seed
+    assert outcome.candidate is not None and outcome.candidate.code_sha256 == outcome.rounds[1].code_sha256
+    # Tokens are counted per sample, and the idea's total is their sum.
+    assert all(r.tokens > 0 for r in outcome.rounds) and sum(r.tokens for r in outcome.rounds) == outcome.tokens
+    assert [e.data["sample"] for e in transcript.events if e.event == "chosen"] == [2]
+
+
+def test_samples_apply_only_where_a_figure_can_choose(demo: Path, tmp_path: Path) -> None:
+    # No target: nothing to choose on, so one sample is asked for whatever `samples` says.
+    outcome, model, _ = _run(demo, tmp_path / "run", [fixtures.fenced(fixtures.GOOD)], AuthoringSettings(samples=4))
+    assert outcome.verdict == "passed" and len(model.history) == 1
+
+
 def test_give_up_after_the_budget_states_the_final_failure(demo: Path, tmp_path: Path) -> None:
     replies, settings = fixtures.SCENARIOS["fixture-give-up-after-budget"]
     outcome, model, transcript = _run(demo, tmp_path / "run", replies, settings)
@@ -196,7 +271,8 @@ def test_shipped_transcripts_replay_to_the_same_outcome(path: Path, tmp_path: Pa
 
 
 def test_every_scenario_is_shipped() -> None:
-    assert {path.stem for path in TRANSCRIPTS} >= set(fixtures.SCENARIOS) == set(EXPECTED_VERDICTS)
+    scenarios = set(fixtures.SCENARIOS) | set(fixtures.TARGETED_SCENARIOS)
+    assert {path.stem for path in TRANSCRIPTS} >= scenarios == set(EXPECTED_VERDICTS)
     assert any(path.stem.startswith("local-") for path in TRANSCRIPTS), "real local-model recordings ship too"
 
 
@@ -265,3 +341,6 @@ def test_model_defaults_choose_the_grammar(name: str, mode: str, asked: bool | N
     assert defaults["grammar"] is expected
     assert defaults["max_tokens"] == (512 if name == "local" else AuthoringSettings().max_tokens)
     assert model_defaults(_Named(name, mode), max_tokens=99)["max_tokens"] == 99  # type: ignore[arg-type]
+    # Best-of-N: a grammar-held model's one-line samples are cheap, so 8 of them; otherwise one.
+    assert defaults["samples"] == (8 if expected else 1)
+    assert model_defaults(_Named(name, mode), samples=3)["samples"] == 3  # type: ignore[arg-type]

@@ -80,6 +80,16 @@ class Usefulness(BaseModel):
             self.reporting.passed
         ]
 
+    def by_type_lines(self) -> list[str]:
+        """Per target type, the reporting half's AP beside random's (the bar and the interval are for all types)."""
+        lines = []
+        for target, (ap, chance) in self.reporting.by_type.items():
+            if ap is None or chance is None:
+                lines.append(f"{target}: no such errors in the reporting half")
+            else:
+                lines.append(f"{target}: AP {ap:.3f} vs random {chance:.3f} (lift {ap / chance:.2f}x)")
+        return lines
+
     def summary(self) -> str:
         return f"{', '.join(self.targets)}: {self.verdict()}; {self.reporting.line}"
 

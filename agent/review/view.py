@@ -81,3 +81,10 @@ def show_candidate(console: Console, run: Path, record: CandidateRecord) -> None
             f"{useful.verdict()}. {useful.reporting.line}",
             markup=False,
         )
+        for line in useful.by_type_lines():
+            console.print(f"  {line}", markup=False)
+    if record.unproven:
+        console.print(
+            "[yellow]runs, not shown useful[/]: no draft of this idea cleared its target on the selection half; "
+            "it was kept because --keep-unproven asked for it"
+        )
