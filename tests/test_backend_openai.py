@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.data.demo import generate_demo_dataset
 from agent.errors import UserError
 from agent.llm.backends.openai import REASONING_HEADROOM_TOKENS, OpenAIBackend
 from agent.llm.model import Message, ModelBackend, ModelRequest, ModelUnreachable
@@ -433,3 +438,46 @@ def test_a_reasoning_model_gets_the_parameters_it_accepts(server: FakeOpenAI, mo
         assert body["max_completion_tokens"] == 1500 + REASONING_HEADROOM_TOKENS
     else:
         assert (body["temperature"], body["max_tokens"]) == (0.2, 1500) and "max_completion_tokens" not in body
+
+
+def test_author_with_a_target_over_http_samples_improves_and_replays(server: FakeOpenAI, tmp_path: Path) -> None:
+    """The usefulness loop through the real openai SDK against a scripted server on loopback."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transcripts"))
+    import record_fixtures as fixtures
+
+    demo = generate_demo_dataset(tmp_path / "demo", n_images=24, seed=0)
+    fenced = fixtures.fenced
+    # Round 1, two samples: neither clears the bar (saturation is the better). Round 2, an improvement
+    # round of two samples: the centre-rim contrast clears it; the second sample repeats tried code.
+    server.script(*(Answer(body=chat_body(fenced(code))) for code in (
+        fixtures.SATURATION, fixtures.OVERLAP, fixtures.CENTRE_RIM, fixtures.SATURATION,
+    )))  # fmt: skip
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "agent.cli", "author", fixtures.SPURIOUS_IDEA, "--annotations", str(demo),
+        "--backend", "openai", "--model", "test-model", "--base-url", server.url, "--target", "spurious",
+        "--samples", "2", "--out", str(run), "--workers", "2",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(server.received) == 4
+    seeds = [received.body.get("seed") for received in server.received]
+    assert seeds[0] != seeds[1] and seeds[2] != seeds[3], seeds
+    improve = server.received[2].body["messages"][-1]["content"]
+    assert "does not yet find the label errors" in improve and fixtures.SATURATION.strip() in improve
+    # The improvement builds on the sample that was kept: the conversation holds saturation, not overlap.
+    assistant = [m["content"] for m in server.received[2].body["messages"] if m["role"] == "assistant"]
+    assert len(assistant) == 1 and "less colourful" in assistant[0]
+    assert "keeping sample 1 of 2" in done.stderr and "clears its bar" in done.stderr
+    assert "usefulness (an estimate on injected errors" in done.stdout
+    # No key in what was written.
+    assert API_KEY not in (run / "transcript.jsonl").read_text()
+
+    again = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(run / "transcript.jsonl"), "--out", str(tmp_path / "again"),
+         "--workers", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0 and "same outcome as recorded: passed after 4 exchanges" in again.stdout, (
+        again.stdout + again.stderr
+    )

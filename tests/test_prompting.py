@@ -12,12 +12,14 @@ from agent.authoring.extract import Idea, check_code, extract_code
 from agent.authoring.prompting import (
     COMPLETION_STOPS,
     FailedItem,
+    ImprovementContext,
     MetricTask,
     Prompts,
     RepairContext,
     build_brainstorm_request,
     build_format_retry,
     build_implement_request,
+    build_improve_request,
     build_repair_request,
     choose_examples,
     head_tail,
@@ -34,7 +36,8 @@ from agent.resources import prompts_dir
 TEMPLATES = {
     "system.j2", "brainstorm.j2", "implement.j2", "repair.j2", "format_retry.j2",
     "completion.j2", "completion_repair.j2", "completion_brainstorm.j2", "_completion_file.j2", "chat.j2",
-    "completion_grammar.gbnf.j2", "_completion_lines.j2", "brainstorm_grammar.gbnf.j2",
+    "completion_grammar.gbnf.j2", "_completion_lines.j2", "brainstorm_grammar.gbnf.j2", "improve.j2",
+    "completion_improve.j2",
 }  # fmt: skip
 BROKEN = '''"""Box area."""
 
@@ -343,6 +346,33 @@ def test_completion_repair_request(prompts: Prompts, task: MetricTask) -> None:
     assert before.rstrip().endswith("# --- metrics/loose_box.py (fixed)")
     assert "completion_repair.j2" in request.templates and "repair.j2" in request.templates
     assert request.messages[-1].role == "user"  # the chat text of the turn is still recorded
+
+
+IMPROVEMENT = ImprovementContext(
+    targets=("loose", "shift"),
+    figures=(("loose", 0.21, 0.2), ("shift", None, None)),
+    overall="AP 0.210 vs random 0.200 (random rankings reach 0.300 one time in 20; 40 errors): not shown better",
+    misses=("annotation 7 (image 2, class fox): box [1, 2, 30, 40]; injected loose: grown from the true box",),
+)
+
+
+def test_an_improve_request_shows_the_figures_the_misses_and_the_code(prompts: Prompts, task: MetricTask) -> None:
+    chat = build_improve_request(prompts, task, (), IMPROVEMENT, BROKEN, mode="chat", temperature=0.2, max_tokens=900)
+    turn = chat.messages[-1].content
+    assert "- loose: AP 0.210 against random's 0.200" in turn and "- shift: AP n/a against random's n/a" in turn
+    assert "Overall: AP 0.210 vs random 0.200" in turn and "- annotation 7 (image 2, class fox)" in turn
+    assert BROKEN.strip() in turn and "explain in 2-3 sentences what the metric misses" in turn
+    assert "improve.j2" in chat.templates and "repair.j2" not in chat.templates
+
+    completion = build_improve_request(
+        prompts, task, (), IMPROVEMENT, BROKEN, mode="completion", temperature=0.2, max_tokens=400, grammar=True
+    )
+    assert completion.prompt is not None and completion.prompt.endswith(completion.reply_prefix)
+    before = completion.prompt[: -len(completion.reply_prefix)]
+    assert "# --- metrics/loose_box.py (runs, but misses the loose/shift errors it should find)" in before
+    assert '#     return obj["bbox"][2]' in before and "# On injected errors: AP 0.210" in before
+    assert "# - annotation 7" in before and before.rstrip().endswith("(better: ranks the loose/shift errors first)")
+    assert completion.grammar is not None and "completion_improve.j2" in completion.templates
 
 
 def test_completion_format_retry_and_brainstorm(prompts: Prompts, task: MetricTask) -> None:
