@@ -172,6 +172,37 @@ def test_author_end_to_end_with_the_embedded_model(tmp_path: Path) -> None:
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
 
 
+def test_a_targeted_idea_samples_measures_and_improves_with_the_embedded_model(tmp_path: Path) -> None:
+    """Best-of-N and the usefulness check with the real model: each sample its own seed and temperature,
+    each passing sample measured on injected errors, a miss answered by an improvement round."""
+    annotations = generate_demo_dataset(tmp_path / "demo", n_images=24, seed=0, width=320, height=240)
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "author", "boxes drawn on background, where no animal is",
+         "--annotations", str(annotations), "--backend", "local", "--target", "spurious", "--samples", "3",
+         "--max-drafts", "1", "--max-repairs", "0", "--max-improvements", "1", "--keep-unproven",
+         "--workers", "2", "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    transcript = read_transcript(run_dir / "transcript.jsonl")
+    first = [exchange.request for exchange in transcript.exchanges[:3]]
+    assert len({request.seed for request in first}) == 3 and first[0].temperature < first[2].temperature
+    validated = [e.data for e in transcript.events if e.event == "validation" and e.data["passed"]]
+    measured = [e.data for e in transcript.events if e.event == "measured"]
+    assert [m["code_sha256"] for m in measured] == [v["code_sha256"] for v in validated]
+    improvements = [x for x in transcript.exchanges if "errors it should find" in (x.request.prompt or "")]
+    first_round = [m for m in measured if m["improvement"] == 0]
+    if first_round and not any(m["cleared"] for m in first_round):
+        assert len(improvements) == 3, "a round that ran but missed is followed by an improvement round of 3 samples"
+    replayed = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(run_dir / "transcript.jsonl"), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert replayed.returncode == 0 and "same outcome as recorded" in replayed.stdout, replayed.stdout + replayed.stderr
+
+
 def test_amx_is_read_from_the_cpu_flags() -> None:
     from agent.llm.backends.local import cpu_has_amx
 

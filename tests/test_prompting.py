@@ -368,11 +368,22 @@ def test_an_improve_request_shows_the_figures_the_misses_and_the_code(prompts: P
         prompts, task, (), IMPROVEMENT, BROKEN, mode="completion", temperature=0.2, max_tokens=400, grammar=True
     )
     assert completion.prompt is not None and completion.prompt.endswith(completion.reply_prefix)
+    held = completion.prompt[: -len(completion.reply_prefix)]
+    assert (
+        "ended with this line" in held
+        and '#   return obj["bbox"][2]' in held
+        and "# --- metrics/loose_box.py (runs" not in held
+    )
+    completion = build_improve_request(
+        prompts, task, (), IMPROVEMENT, BROKEN, mode="completion", temperature=0.2, max_tokens=400
+    )
     before = completion.prompt[: -len(completion.reply_prefix)]
     assert "# --- metrics/loose_box.py (runs, but misses the loose/shift errors it should find)" in before
     assert '#     return obj["bbox"][2]' in before and "# On injected errors: AP 0.210" in before
-    assert "# - annotation 7" in before and before.rstrip().endswith("(better: ranks the loose/shift errors first)")
-    assert completion.grammar is not None and "completion_improve.j2" in completion.templates
+    assert "# - annotation 7" in before and before.rstrip().endswith(
+        "(better: ranks the loose/shift errors first, with another line)"
+    )
+    assert completion.grammar is None and "completion_improve.j2" in completion.templates
 
 
 def test_completion_format_retry_and_brainstorm(prompts: Prompts, task: MetricTask) -> None:

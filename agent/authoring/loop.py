@@ -302,6 +302,15 @@ def _sample_seed(seed: int | None, index: int) -> int | None:
     return None if seed is None else seed + 1000 * (index - 1)
 
 
+SAMPLE_WARMING = 0.1  # each further sample of a round this much warmer, up to MAX_SAMPLE_TEMPERATURE
+MAX_SAMPLE_TEMPERATURE = 1.3
+
+
+def _sample_temperature(request: ModelRequest, index: int) -> float:
+    warmer = request.temperature + SAMPLE_WARMING * (index - 1)
+    return max(request.temperature, min(warmer, MAX_SAMPLE_TEMPERATURE))
+
+
 def _improvement_context(useful: Usefulness) -> ImprovementContext:
     figures = tuple((t, ap, chance) for t, (ap, chance) in useful.selection.by_type.items())
     return ImprovementContext(
@@ -504,8 +513,11 @@ class _Session:
         samples: list[_Sample] = []
         codes_this_round: set[str] = set()
         for index in range(1, self._sample_count(step.kind) + 1):
-            # Each sample is its own request with its own seed, so a sampling model gives another reply.
-            asked = request if index == 1 else request.model_copy(update={"seed": _sample_seed(request.seed, index)})
+            # Each sample is its own request with its own seed, and a little warmer than the one before:
+            # a small model at one temperature mostly repeats itself, whatever the seed.
+            asked = request if index == 1 else request.model_copy(
+                update={"seed": _sample_seed(request.seed, index), "temperature": _sample_temperature(request, index)}
+            )
             reply = self._ask(asked)
             spent = reply.usage.total_tokens
             self.guard.spend(spent)
