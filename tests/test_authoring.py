@@ -198,6 +198,20 @@ def test_best_of_n_keeps_the_best_sample_on_the_selection_half_and_counts_each(d
     assert [e.data["sample"] for e in transcript.events if e.event == "chosen"] == [2]
 
 
+def test_given_no_target_the_model_proposes_one_and_the_transcript_records_it(demo: Path, tmp_path: Path) -> None:
+    replies = ["spurious, loose", fixtures.fenced(fixtures.CENTRE_RIM)]
+    settings = AuthoringSettings(propose_targets=True)
+    outcome, model, transcript = _run(demo, tmp_path / "run", replies, settings, idea=fixtures.SPURIOUS_IDEA)
+    assert model.remaining == 0 and "Which label errors should it catch?" in model.history[0].messages[-1].content
+    assert [e.data["targets"] for e in transcript.events if e.event == "targets_proposed"] == [["loose", "spurious"]]
+    assert outcome.candidate is not None and outcome.candidate.usefulness is not None
+    assert outcome.candidate.usefulness["targets"] == ["loose", "spurious"]
+    assert transcript.meta.settings["authoring"]["propose_targets"] is True
+    # A reply that names no target leaves the idea unjudged, validated as before.
+    outcome, _, _ = _run(demo, tmp_path / "none", ["no idea", fixtures.fenced(fixtures.GOOD)], settings)
+    assert outcome.verdict == "passed" and outcome.candidate is not None and outcome.candidate.usefulness is None
+
+
 def test_samples_apply_only_where_a_figure_can_choose(demo: Path, tmp_path: Path) -> None:
     # No target: nothing to choose on, so one sample is asked for whatever `samples` says.
     outcome, model, _ = _run(demo, tmp_path / "run", [fixtures.fenced(fixtures.GOOD)], AuthoringSettings(samples=4))

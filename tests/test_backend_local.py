@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.authoring.extract import check_code, extract_code, extract_ideas
+from agent.authoring.extract import check_code, extract_code, extract_ideas, parse_targets_reply
 from agent.authoring.loop import idea_from_text
 from agent.authoring.prompting import (
     MetricTask,
     Prompts,
     build_brainstorm_request,
     build_implement_request,
+    build_targets_request,
     choose_examples,
 )
 from agent.data.coco import load_coco
@@ -124,6 +125,19 @@ def test_a_grammar_held_brainstorm_always_gives_n_ideas(gemma: LocalBackend, tmp
     for line in lines:  # each line on its own is one idea (names may repeat across lines)
         [idea] = extract_ideas(line)
         assert idea.level in ("image", "object") and len(idea.rationale) >= 15
+        assert idea.targets, f"the grammar makes every idea say what it catches: {line}"
+
+
+@pytest.mark.parametrize("idea", ["boxes much larger than the animal inside", "very blurry images"])
+def test_a_grammar_held_target_proposal_always_names_targets(gemma: LocalBackend, idea: str) -> None:
+    for seed in range(3):
+        request = build_targets_request(
+            Prompts(), idea_from_text(idea), description="Cartoon animals.", mode="completion", temperature=0.7,
+            seed=seed, grammar=True,
+        )  # fmt: skip
+        assert request.grammar is not None and "targets_grammar.gbnf.j2" in request.templates
+        reply = gemma.complete(request).text
+        assert parse_targets_reply(reply), reply
 
 
 def test_a_streamed_reply_is_the_same_reply_in_pieces(gemma: LocalBackend) -> None:

@@ -12,6 +12,7 @@ from agent.authoring.extract import (
     corrective_message,
     extract_code,
     extract_ideas,
+    parse_targets_reply,
 )
 from agent.metrics.contract import MetricSpec
 
@@ -188,6 +189,24 @@ def test_truncated_syntax_error_asks_for_a_shorter_file() -> None:
 def test_extraction_is_plain_data() -> None:
     extraction = extract_code(FENCED)
     assert Extraction.model_validate(extraction.model_dump()) == extraction
+
+
+def test_a_brainstorm_line_carries_its_targets() -> None:
+    ideas = extract_ideas(
+        "1. box_edge_fit (object) [tight, loose] - sides off the edges.\n"
+        "2. dark_frames (image) [property] - dark images hide objects.\n"
+        "3. stray_boxes (object) [spurious, made_up] - a box on nothing.\n"
+        "4. plain_idea (object) - no brackets at all."
+    )
+    # The canonical order (the error types'), unknown words dropped, no brackets: no target said.
+    assert [idea.targets for idea in ideas] == [("loose", "tight"), ("property",), ("spurious",), ()]
+    assert ideas[0].rationale == "sides off the edges." and ideas[0].level == "object"
+
+
+def test_a_targets_reply_is_read_from_its_first_line_that_names_one() -> None:
+    assert parse_targets_reply("Sure.\nshift, loose\nand more") == ("shift", "loose")
+    assert parse_targets_reply(" Catches: property") == ("property",)
+    assert parse_targets_reply("I cannot tell.") == ()
 
 
 def test_extract_ideas_from_a_numbered_list() -> None:

@@ -37,7 +37,7 @@ TEMPLATES = {
     "system.j2", "brainstorm.j2", "implement.j2", "repair.j2", "format_retry.j2",
     "completion.j2", "completion_repair.j2", "completion_brainstorm.j2", "_completion_file.j2", "chat.j2",
     "completion_grammar.gbnf.j2", "_completion_lines.j2", "brainstorm_grammar.gbnf.j2", "improve.j2",
-    "completion_improve.j2",
+    "completion_improve.j2", "targets.j2", "completion_targets.j2", "targets_grammar.gbnf.j2",
 }  # fmt: skip
 BROKEN = '''"""Box area."""
 

@@ -28,6 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.evaluation.usefulness import PROPERTY, TARGETS
 from agent.metrics.contract import (
     LEVEL_PARAMETERS,
     NAME_MAX_LENGTH,
@@ -49,6 +50,7 @@ __all__ = [
     "extract_code",
     "extract_ideas",
     "no_code_problem",
+    "parse_targets_reply",
 ]
 
 Level = Literal["image", "object"]
@@ -122,6 +124,8 @@ class Idea(_Frozen):
     level: Level | None = None
     suspicious: Literal["high", "low"] | None = None
     title: str | None = None
+    # What it should catch (agent.evaluation.usefulness.TARGETS), as a brainstorm proposed it; () if unsaid.
+    targets: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -369,7 +373,7 @@ def _located(issue: Issue) -> str:
 
 _IDEA_LINE = re.compile(
     r"^\s*(?:#\s*)?(?:\d+[.)]|[-*])\s+\**`?(?P<name>[A-Za-z][A-Za-z0-9_ ]*?)`?\**\s*"
-    r"[\[(](?P<level>image|object)[\])]\s*[-–—:|]?\s*(?P<rationale>.+?)\s*$",
+    r"[\[(](?P<level>image|object)[\])]\s*(?:\[(?P<targets>[A-Za-z0-9_ ,/-]+)\])?\s*[-–—:|]?\s*(?P<rationale>.+?)\s*$",
     re.IGNORECASE,
 )
 
@@ -391,5 +395,24 @@ def extract_ideas(reply: str) -> list[Idea]:
             continue
         seen.add(name)
         level = match.group("level").lower()
-        ideas.append(Idea(name=name, level=level, rationale=match.group("rationale")))  # type: ignore[arg-type]
+        targets = _targets(match.group("targets") or "")
+        ideas.append(Idea(name=name, level=level, rationale=match.group("rationale"), targets=targets))  # type: ignore[arg-type]
     return ideas
+
+
+def parse_targets_reply(reply: str) -> tuple[str, ...]:
+    """The targets a reply to prompts/targets.j2 names (its first line that names any); () when none."""
+    for line in reply.strip().splitlines():
+        found = _targets(line.replace("Catches:", " "))
+        if found:
+            return found
+    return ()
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    """The known targets a brainstorm line names, in the canonical order; a property stands alone."""
+    words = {word for word in re.split(r"[\s,/]+", text.lower()) if word}
+    found = tuple(target for target in TARGETS if target in words and target != PROPERTY)
+    if found:
+        return found
+    return (PROPERTY,) if PROPERTY in words else ()

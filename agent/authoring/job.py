@@ -325,6 +325,9 @@ def describe_event(event: str, data: dict[str, Any]) -> str | None:
     if event == "measured":
         mark = {True: "[green]clears its bar[/]", False: "[yellow]not shown useful yet[/]", None: "too few errors"}
         return f"  {mark[data['cleared']]} on the selection half: {escape(data['selection'])}"
+    if event == "targets_proposed":
+        said = ", ".join(data["targets"]) or "nothing it can be measured on"
+        return f"  the model says it should catch: {escape(said)}"
     if event == "chosen":
         return f"  keeping sample {data['sample']} of {data['of']}: the best on the selection half"
     return None

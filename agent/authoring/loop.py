@@ -38,7 +38,16 @@ from agent.authoring.candidates import (
     save_candidate,
     write_json_atomic,
 )
-from agent.authoring.extract import Extraction, FormatProblem, Idea, Issue, check_code, extract_code, no_code_problem
+from agent.authoring.extract import (
+    Extraction,
+    FormatProblem,
+    Idea,
+    Issue,
+    check_code,
+    extract_code,
+    no_code_problem,
+    parse_targets_reply,
+)
 from agent.authoring.prompting import (
     ImprovementContext,
     MetricTask,
@@ -47,6 +56,7 @@ from agent.authoring.prompting import (
     build_implement_request,
     build_improve_request,
     build_repair_request,
+    build_targets_request,
     choose_examples,
     idea_level,
     system_prompt,
@@ -163,12 +173,14 @@ class AuthoringSettings:
     samples: int = 1
     # When no draft clears the bar, leave the best as a candidate marked "runs, not shown useful".
     keep_unproven: bool = False
+    # Given no targets, ask the model what the idea should catch first (the reply is on the record).
+    propose_targets: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         # Settings added since the first recordings are written only when they differ from their default,
         # so a recording made without them reads as it did before they existed.
-        for name in ("targets", "max_improvements", "samples", "keep_unproven"):
+        for name in ("targets", "max_improvements", "samples", "keep_unproven", "propose_targets"):
             if values[name] == self.__dataclass_fields__[name].default:
                 del values[name]
         if "targets" in values:
@@ -373,9 +385,23 @@ class _Session:
             "grammar": self.settings.grammar,
         }
 
+    def _propose_targets(self) -> None:
+        """Ask the model what the idea should catch; from then on the idea is judged on that, if anything."""
+        request = build_targets_request(
+            self.prompts, self.idea, description=self.task.description, mode=self.backend.mode,
+            temperature=self.settings.temperature, seed=self.settings.seed, grammar=self.settings.grammar,
+        )  # fmt: skip
+        reply = self._ask(request)
+        self.guard.spend(reply.usage.total_tokens)
+        targets = parse_targets_reply(reply.text)
+        self.settings = dataclasses.replace(self.settings, targets=targets)
+        self._emit("targets_proposed", {"targets": list(targets), "reply": reply.text.strip()[:200]})
+
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> AuthoringOutcome:
+        if self.settings.propose_targets and not self.settings.targets:
+            self._propose_targets()
         for draft in range(1, self.settings.max_drafts + 1):
             self._emit("draft", {"draft": draft})
             if self._draft(draft) or self.guard.over_cap():
@@ -515,8 +541,15 @@ class _Session:
         for index in range(1, self._sample_count(step.kind) + 1):
             # Each sample is its own request with its own seed, and a little warmer than the one before:
             # a small model at one temperature mostly repeats itself, whatever the seed.
-            asked = request if index == 1 else request.model_copy(
-                update={"seed": _sample_seed(request.seed, index), "temperature": _sample_temperature(request, index)}
+            asked = (
+                request
+                if index == 1
+                else request.model_copy(
+                    update={
+                        "seed": _sample_seed(request.seed, index),
+                        "temperature": _sample_temperature(request, index),
+                    }
+                )
             )
             reply = self._ask(asked)
             spent = reply.usage.total_tokens

@@ -53,6 +53,7 @@ __all__ = [
     "build_implement_request",
     "build_improve_request",
     "build_repair_request",
+    "build_targets_request",
     "choose_examples",
     "head_tail",
     "idea_level",
@@ -565,6 +566,31 @@ def build_improve_request(
     return _request(
         prompts, conversation, turn, completion, mode=mode, temperature=temperature, max_tokens=max_tokens,
         seed=seed, stop=COMPLETION_STOPS, grammar=_code_grammar(prompts, task, mode, grammar),
+    )  # fmt: skip
+
+
+TARGET_COMPLETION_STOPS: tuple[str, ...] = ("\n",)
+
+
+def build_targets_request(
+    prompts: Prompts,
+    idea: Idea,
+    *,
+    description: str,
+    mode: Mode,
+    temperature: float,
+    seed: int | None = None,
+    grammar: bool = False,
+) -> ModelRequest:
+    """Ask what an idea given without targets should catch (read the reply with `extract.parse_targets_reply`)."""
+    turn = prompts.render("targets.j2", idea=idea, description=description)
+    completion = None
+    if mode == "completion":
+        completion = prompts.render("completion_targets.j2", idea=idea, description=description)
+    held = prompts.render("targets_grammar.gbnf.j2") if grammar and completion is not None else None
+    return _request(
+        prompts, (), turn, completion, mode=mode, temperature=temperature, max_tokens=24, seed=seed,
+        stop=TARGET_COMPLETION_STOPS, grammar=held,
     )  # fmt: skip
 
 

@@ -47,7 +47,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--target",
         type=_targets,
         help="what the idea should catch: error types (swap,shift,loose,tight,spurious,duplicate,drop) or property;"
-        " error types are injected into a sample of your data and the candidate measured on them",
+        " error types are injected into a sample of your data and the candidate measured on them (default: the"
+        " model proposes them, on the record)",
     )
     author.add_argument(
         "--samples",
@@ -181,6 +182,7 @@ def cmd_author(args: argparse.Namespace) -> int:
         token_cap=args.max_tokens_per_idea,
         temperature=args.temperature,
         targets=args.target or (),
+        propose_targets=not args.target,
     )
     run_dir = args.out or new_run_dir(idea_from_text(args.idea).name)
     stderr.print(f"authoring with {backend.name} ({backend.model}, {backend.mode} mode) into {run_dir}")

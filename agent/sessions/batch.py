@@ -167,7 +167,7 @@ def backend_for(config: BatchConfig) -> ModelBackend:
     )
 
 
-def _brainstorm(config: BatchConfig, backend: ModelBackend, run_dir: Path) -> list[str]:
+def _brainstorm(config: BatchConfig, backend: ModelBackend, run_dir: Path) -> list[tuple[str, tuple[str, ...]]]:
     """Ask the model for `brainstorm` ideas; the exchange is recorded in RUN_DIR/brainstorm.jsonl."""
     dataset = load_coco(config.dataset.annotations, config.dataset.images)
     prompts = Prompts()
@@ -186,10 +186,13 @@ def _brainstorm(config: BatchConfig, backend: ModelBackend, run_dir: Path) -> li
         )
         reply = RecordingBackend(backend, writer).complete(request)
         ideas = extract_ideas(reply.text)
-        writer.event("brainstorm", {"ideas": [idea.rationale for idea in ideas]})
+        writer.event(
+            "brainstorm", {"ideas": [idea.rationale for idea in ideas], "targets": [list(i.targets) for i in ideas]}
+        )
     if not ideas:
         raise UserError("the model's brainstorm gave no usable idea; list ideas = [...] in the config instead")
-    return [f"{idea.name.replace('_', ' ')}: {idea.rationale}" for idea in ideas[: config.brainstorm]]
+    # Each idea keeps the targets the model gave it, so it is measured on errors of those types.
+    return [(f"{idea.name.replace('_', ' ')}: {idea.rationale}", idea.targets) for idea in ideas[: config.brainstorm]]
 
 
 def _start(config: BatchConfig, run_dir: Path, backend: ModelBackend) -> BatchManifest:
@@ -197,7 +200,7 @@ def _start(config: BatchConfig, run_dir: Path, backend: ModelBackend) -> BatchMa
         raise UserError(f"{run_dir} is not empty: pass a new --out, or --resume {run_dir} to finish it")
     run_dir.mkdir(parents=True, exist_ok=True)
     brainstormed = config.brainstorm is not None
-    entries = [(text, ()) for text in _brainstorm(config, backend, run_dir)] if brainstormed else config.idea_entries()
+    entries = _brainstorm(config, backend, run_dir) if brainstormed else config.idea_entries()
     manifest = BatchManifest(
         created_at=now_iso(),
         config=config.model_dump(mode="json"),
@@ -239,6 +242,7 @@ def _author_one(
         token_cap=budgets.max_tokens_per_idea,
         temperature=config.model.temperature,
         targets=tuple(idea.targets),
+        propose_targets=not idea.targets,
         max_improvements=budgets.max_improvements,
         keep_unproven=budgets.keep_unproven,
         **model_defaults(backend, grammar=config.model.grammar, samples=budgets.samples),

@@ -289,9 +289,9 @@ class ChatSession:
             self.console.print(reply.text or "(empty)", markup=False)
             return
         self.ideas = ideas
-        table = Table("#", "idea", "level", "why", title="ideas", title_justify="left")
+        table = Table("#", "idea", "level", "catches", "why", title="ideas", title_justify="left")
         for number, idea in enumerate(ideas, start=1):
-            table.add_row(str(number), idea.name, idea.level or "?", idea.rationale)
+            table.add_row(str(number), idea.name, idea.level or "?", ", ".join(idea.targets) or "?", idea.rationale)
         self.console.print(table)
         self.console.print('write one: /implement 1   (or /implement "your own idea")')
 
@@ -316,8 +316,13 @@ class ChatSession:
             if not 1 <= number <= len(self.ideas):
                 raise UserError(f"there are {len(self.ideas)} ideas: /implement 1 to {len(self.ideas)}")
             idea = self.ideas[number - 1]
+            if aimed is None and idea.targets:
+                # The brainstorm said what the idea should catch: measure it on that, unless told otherwise.
+                settings = dataclasses.replace(settings, targets=idea.targets)
         else:
             idea = idea_from_text(argument.strip().strip("\"'"))
+        if not settings.targets:
+            settings = dataclasses.replace(settings, propose_targets=True)
         self.console.rule(f"implementing {idea.name}")
         outcome = author_idea(
             idea,
@@ -580,7 +585,10 @@ class ChatSession:
             "## Ideas",
             "",
         ]
-        lines += [f"{n}. `{idea.name}` ({idea.level or '?'}): {idea.rationale}" for n, idea in enumerate(self.ideas, 1)]
+        lines += [
+            f"{n}. `{idea.name}` ({idea.level or '?'}; {', '.join(idea.targets) or 'no target'}): {idea.rationale}"
+            for n, idea in enumerate(self.ideas, 1)
+        ]
         lines += ["", "## Metrics written", ""]
         for done in self.implemented:
             result = f"candidate `{done.candidate}`" if done.candidate else f"gave up: {done.reason}"
