@@ -21,6 +21,7 @@ from agent.authoring.prompting import (
     build_implement_request,
     build_improve_request,
     build_repair_request,
+    build_targets_request,
     choose_examples,
     head_tail,
     idea_level,
@@ -294,7 +295,18 @@ def test_chat_brainstorm_request(prompts: Prompts, facts: DatasetFacts) -> None:
     )  # fmt: skip
     text = request.messages[-1].content
     assert "Propose 5 metric ideas" in text and "swapped classes" in text and "brightness" in text
-    assert "1. snake_case_name (object) - " in text
+    assert "1. snake_case_name (object) [shift, loose] - " in text
+    assert "[property] for a kind of" in text and "spurious (box where no object" in text
+
+
+def test_a_targets_request_in_both_modes(prompts: Prompts, task: MetricTask) -> None:
+    chat = build_targets_request(prompts, task.idea, description="Animals.", mode="chat", temperature=0.2)
+    assert "Which label errors should it catch?" in chat.messages[-1].content and chat.max_tokens <= 32
+    held = build_targets_request(
+        prompts, task.idea, description="Animals.", mode="completion", temperature=0.2, grammar=True
+    )
+    assert held.prompt is not None and held.prompt.endswith(" Catches:") and held.reply_prefix == " Catches:"
+    assert held.grammar is not None and '"property"' in held.grammar and held.stop == ("\n",)
 
 
 def test_completion_implement_request(prompts: Prompts, task: MetricTask) -> None:
