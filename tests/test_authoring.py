@@ -69,7 +69,9 @@ def test_idea_names() -> None:
     assert idea_from_text("flag boxes that aren't on a panda").name == "boxes_not_panda"
     assert idea_from_text("Very dark images!").level == "image"
     assert idea_from_text("???").name == "custom_metric"
-
+    assert idea_from_text("fox boxes that are not mostly orange").name == "fox_boxes_not_mostly_orange"
+    long = idea_from_text("boxes drawn around several overlapping animals grazing in tall grass at dusk")
+    assert long.name == "boxes_drawn_around_several_overlapping_animals" and len(long.name) <= 48
 
 def test_success_after_two_repairs_carries_each_failure_back(demo: Path, tmp_path: Path) -> None:
     replies, settings = fixtures.SCENARIOS["fixture-success-after-two-repairs"]

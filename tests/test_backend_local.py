@@ -105,6 +105,8 @@ def test_the_grammar_holds_every_sample_to_a_valid_metric(gemma: LocalBackend, t
         reply = gemma.complete(implement.model_copy(update={"seed": seed}))
         body = reply.text[len(implement.reply_prefix) :]
         assert GRAMMAR_LINE.fullmatch(body), body
+        # A plane tested alone is tested within its range: OpenCV's hue stops at 179.
+        assert all(float(n) <= 179 for n in re.findall(r"\(hue [<>] ([0-9.]+)\)", body)), body
         extraction = extract_code(reply.text, implement.stop)
         assert extraction.code is not None
         checked = check_code(extraction.code)

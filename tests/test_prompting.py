@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -38,7 +39,7 @@ TEMPLATES = {
     "system.j2", "brainstorm.j2", "implement.j2", "repair.j2", "format_retry.j2",
     "completion.j2", "completion_repair.j2", "completion_brainstorm.j2", "_completion_file.j2", "chat.j2",
     "completion_grammar.gbnf.j2", "_completion_lines.j2", "brainstorm_grammar.gbnf.j2", "improve.j2",
-    "completion_improve.j2", "targets.j2", "completion_targets.j2", "targets_grammar.gbnf.j2",
+    "completion_improve.j2", "_completion_dataset.j2", "targets.j2", "completion_targets.j2", "targets_grammar.gbnf.j2",
 }  # fmt: skip
 BROKEN = '''"""Box area."""
 
@@ -323,10 +324,20 @@ def test_completion_implement_request(prompts: Prompts, task: MetricTask) -> Non
         "hue, saturation, value = cv2.split(cv2.cvtColor(box, cv2.COLOR_RGB2HSV).astype(np.float32))"
     )
     assert "if x1 - x0 < 3 or y1 - y0 < 3:\n        return None" in prefix
-    assert task.description in prefix and "8 images" in prefix
+    # The dataset is described before the file, as comments; the file's docstring is one sentence.
+    before = request.prompt[: -len(prefix)]
+    assert f"# The dataset: {task.description}" in before and "\n# 8 images" in before
+    assert task.description not in prefix and "8 images" not in prefix
+    assert prefix.startswith('"""Loose box: boxes much larger than the animal inside are loose labels"""\n')
     # About 4 characters per token: a 270M model's context stays small.
     assert len(request.prompt) / 4 < 1500
-    assert {"completion.j2", "_completion_file.j2", "_completion_lines.j2", "implement.j2"} == set(request.templates)
+    assert {
+        "completion.j2",
+        "_completion_file.j2",
+        "_completion_lines.j2",
+        "_completion_dataset.j2",
+        "implement.j2",
+    } == set(request.templates)
     # A body completed by the model gives a file that passes the static check.
     reply = prefix + "    _, _, w, h = obj['bbox']\n    return float(w * h)\n"
     extraction = extract_code(reply, stop=request.stop)
@@ -493,3 +504,42 @@ def test_templates_ship_in_the_wheel(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("metricsmith-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"agent/prompts/{name}" for name in TEMPLATES} <= names
+
+
+def _gbnf_regex(grammar: str, rule: str = "root") -> re.Pattern[str]:
+    """A regex for a GBNF grammar without recursion (ours): each rule name replaced by its body."""
+    rules: dict[str, str] = {}
+    for line in grammar.splitlines():
+        if "::=" in line and not line.lstrip().startswith("#"):
+            name, body = line.split("::=", 1)
+            rules[name.strip()] = body.strip()
+    token = re.compile(r'"((?:\\.|[^"\\])*)"|(\[[^\]]*\])|([A-Za-z][A-Za-z0-9-]*)|(\{\d+(?:,\d*)?\}|[()|?*+])|\s+')
+
+    def convert(body: str) -> str:
+        out = []
+        for literal, klass, name, operator in token.findall(body):
+            if literal:
+                out.append(re.escape(literal.encode().decode("unicode_escape")))
+            elif klass:
+                out.append(klass)
+            elif name:
+                out.append(f"(?:{convert(rules[name])})")
+            elif operator:
+                out.append({"(": "(?:"}.get(operator, operator))
+        return "".join(out)
+
+    return re.compile(convert(rules[rule]))
+
+
+def test_the_code_grammar_keeps_each_plane_tested_alone_within_its_range(prompts: Prompts) -> None:
+    grammar = prompts.render("completion_grammar.gbnf.j2", level="object", classes=["fox", "bear"]).text
+    line = _gbnf_regex(grammar)
+    assert line.fullmatch("    return float(np.mean((hue > 35) & (hue < 85)))\n")
+    assert line.fullmatch('    return None if obj["category"] != "fox" else float(np.mean((value > 230)))\n')
+    assert line.fullmatch("    return float(np.std(grey))\n")
+    # The green-foliage candidate of the quick start: hue runs 0-179, so this tested nothing.
+    assert not line.fullmatch("    return float(np.mean((hue < 255) & (saturation > 0)))\n")
+    assert not line.fullmatch("    return float(np.mean((hue > 180)))\n")
+    assert line.fullmatch("    return float(np.mean((saturation > 250)))\n")
+    assert not line.fullmatch("    return float(np.mean((saturation > 256)))\n")
+    assert not line.fullmatch("    return float(grey / red)\n")  # nothing divides

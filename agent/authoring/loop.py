@@ -98,6 +98,7 @@ __all__ = [
 # shows the model the same traceback as the recorded one, whatever the run directory.
 CANDIDATE_PATH = "metric.py"
 
+IDEA_NAME_MAX_CHARS = 48
 # Words that say nothing about what a metric measures; the idea's NAME is made of the others.
 _FILLER = frozenset(
     {
@@ -268,7 +269,13 @@ def idea_from_text(text: str) -> Idea:
     """A user's idea as an `Idea`: a snake_case NAME from its first meaningful words, the text as rationale."""
     spoken = text.lower().replace("n't", " not")
     words = [word for word in re.findall(r"[a-z][a-z0-9]*", spoken) if word not in _FILLER]
-    name = "_".join(words[:4])[:48].strip("_") or "custom_metric"
+    # Whole words only, up to six of them and IDEA_NAME_MAX_CHARS: "fox_boxes_not_mostly" said less than the idea.
+    kept: list[str] = []
+    for word in words[:6]:
+        if len("_".join([*kept, word])) > IDEA_NAME_MAX_CHARS:
+            break
+        kept.append(word)
+    name = "_".join(kept) or (words[0][:IDEA_NAME_MAX_CHARS] if words else "") or "custom_metric"
     if not name[0].isalpha():
         name = f"metric_{name}"
     return Idea(name=name, rationale=" ".join(text.split()), level=idea_level(text))
