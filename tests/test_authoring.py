@@ -73,6 +73,7 @@ def test_idea_names() -> None:
     long = idea_from_text("boxes drawn around several overlapping animals grazing in tall grass at dusk")
     assert long.name == "boxes_drawn_around_several_overlapping_animals" and len(long.name) <= 48
 
+
 def test_success_after_two_repairs_carries_each_failure_back(demo: Path, tmp_path: Path) -> None:
     replies, settings = fixtures.SCENARIOS["fixture-success-after-two-repairs"]
     outcome, model, transcript = _run(demo, tmp_path / "run", replies, settings)

@@ -178,7 +178,10 @@ def test_author_end_to_end_with_the_embedded_model(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     transcript = read_transcript(run_dir / "transcript.jsonl")
     assert transcript.meta.backend == "local" and transcript.meta.mode == "completion"
-    assert 1 <= len(transcript.exchanges) <= 1 + 1 + 2  # a draft, a repair, and at most two format retries
+    proposal, *drafts = transcript.exchanges
+    assert "targets_grammar.gbnf.j2" in proposal.request.templates  # no --target: the model proposes one first
+    # 8 samples for the first round, a repair, two format retries, and two improvement rounds of 8.
+    assert 1 <= len(drafts) <= 8 + 1 + 2 + 2 * 8
     assert transcript.events[-1].event == "outcome"
     # The local session replays offline to the same verdict.
     replayed = subprocess.run(

@@ -24,7 +24,7 @@ from typing import Literal
 
 import pytest
 
-from agent.authoring.extract import check_code, extract_code
+from agent.authoring.extract import check_code, extract_code, parse_targets_reply
 from agent.data.demo import generate_demo_dataset
 from agent.llm.backends.local import gemma_model_path
 from agent.llm.backends.openai import OpenAIBackend
@@ -172,7 +172,11 @@ def test_a_batch_against_the_server_with_the_grammar(llama_server: str, tmp_path
     [transcript_path] = (tmp_path / "run" / "ideas").glob("*/transcript.jsonl")
     transcript = read_transcript(transcript_path)
     assert transcript.meta.mode == "completion" and transcript.exchanges
-    for exchange in transcript.exchanges:  # the grammar went to the server, and the server held to it
+    proposal, *drafts = transcript.exchanges
+    # Given no target, the idea's first exchange asks what it should catch, held to the targets grammar.
+    assert proposal.request.grammar is not None and proposal.reply is not None
+    assert "targets_grammar.gbnf.j2" in proposal.request.templates and parse_targets_reply(proposal.reply.text)
+    for exchange in drafts:  # the grammar went to the server, and the server held to it
         assert exchange.request.grammar is not None and exchange.reply is not None
         extraction = extract_code(exchange.reply.text, exchange.request.stop)
         assert isinstance(check_code(extraction.code or ""), MetricSpec), exchange.reply.text

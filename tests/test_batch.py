@@ -30,7 +30,7 @@ import record_fixtures as fixtures
 
 IDEAS = ["boxes with almost no edges", "boxes that are not on a panda", "very dark images", "tiny boxes"]
 BRAINSTORM_REPLY = (
-    "1. edge_poor_boxes (object) - boxes with few edges inside are empty or misplaced\n"
+    "1. edge_poor_boxes (object) [property] - boxes with few edges inside are empty or misplaced\n"
     "2. dull_boxes (object) - boxes of flat colour rarely hold an animal\n"
 )
 
@@ -39,7 +39,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         last = body["messages"][-1]["content"] if "messages" in body else body.get("prompt", "")
-        text = BRAINSTORM_REPLY if "Propose" in last else fixtures.fenced(fixtures.GOOD)
+        if "Propose" in last:
+            text = BRAINSTORM_REPLY
+        elif "Which label errors should it catch?" in last:
+            text = "property"  # the model's proposal for an idea given without a target
+        else:
+            text = fixtures.fenced(fixtures.GOOD)
         reply = {
             "id": "chatcmpl-1",
             "object": "chat.completion",
@@ -112,7 +117,8 @@ def test_a_batch_run_authors_every_idea_and_says_how_to_review(demo: Path, model
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["ideas"], summary["finished"], summary["passed"]) == (2, 2, 2)
-    assert summary["tokens"] == 2 * 150 and len(summary["pending_review"]) == 2
+    # Per idea: the model's proposal of what it should catch, then the draft.
+    assert summary["tokens"] == 2 * 2 * 150 and len(summary["pending_review"]) == 2
     assert f"metricsmith review {run_dir}" in result.stderr
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [idea["text"] for idea in manifest["ideas"]] == IDEAS[:2]
@@ -138,6 +144,8 @@ def test_brainstorm_then_approve_passing_is_recorded_as_a_policy(demo: Path, mod
     assert summary["ideas"] == 2 and len(summary["approved"]) == 2 and summary["pending_review"] == []
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["brainstormed"] and manifest["ideas"][0]["text"].startswith("edge poor boxes:")
+    # A brainstormed idea keeps the target the model gave it; one without gets the model's proposal.
+    assert [idea["targets"] for idea in manifest["ideas"]] == [["property"], []]
     decisions = [
         json.loads(line)
         for idea in manifest["ideas"]

@@ -39,7 +39,8 @@ import record_fixtures as fixtures  # noqa: E402
 
 CHAT_REPLY = "Start with **box tightness**: loose boxes are the commonest error.\n\n```python\nratio = w / h\n```\n"
 IDEAS_REPLY = (
-    "1. edge_density (object) - share of Canny edge pixels inside the box; an empty or misplaced box has few.\n"
+    "1. edge_density (object) [property] - share of Canny edge pixels inside the box; an empty or misplaced box"
+    " has few.\n"
     "2. dark_frames (image) - mean brightness; very dark frames hide objects.\n"
     "3. tiny_boxes (object) - box area over image area; stray clicks are tiny.\n"
 )

@@ -136,7 +136,7 @@ def test_a_replay_refuses_a_pinned_version_whose_code_changed(
     assert "Traceback" not in result.stderr
 
 
-IDEAS_REPLY = "1. edge_density (object) - share of Canny edge pixels inside the box; an empty box has few.\n"
+IDEAS_REPLY = "1. edge_density (object) [property] - share of Canny edge pixels inside the box; an empty box has few.\n"
 
 
 def test_a_chat_session_pins_its_starting_library_and_its_replay_copies_it(demo: Path, tmp_path: Path) -> None:
