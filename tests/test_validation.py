@@ -137,6 +137,7 @@ def test_a_good_metric_passes_every_check(validation: ValidationSet, tmp_path: P
         ("error_rate", "passed"),
         ("finite_outputs", "passed"),
         ("not_constant", "passed"),
+        ("class_scope", "skipped"),  # the idea is about no one class
         ("deterministic", "passed"),
         ("time_budget", "passed"),
         ("not_duplicate", "skipped"),
@@ -254,7 +255,7 @@ def score(image, obj, scene):
 def test_a_module_level_crash_fails_loads_and_skips_the_rest(validation: ValidationSet, tmp_path: Path) -> None:
     spec = metric(tmp_path, "broken", "LIMIT = math.sqrt(-1)\n\n" + AREA)
     report = validate(spec, validation, CONFIG)
-    assert [c.status for c in report.checks] == ["failed"] + ["skipped"] * 6
+    assert [c.status for c in report.checks] == ["failed"] + ["skipped"] * 7
     failure = report.first_failure
     assert failure is not None and failure.check == "loads" and failure.error_kind == "metric_load"
     assert failure.message == "ValueError: math domain error"
@@ -382,3 +383,33 @@ def test_every_built_in_passes_not_constant(validation: ValidationSet) -> None:
     for spec in list_builtin_metrics():
         check = validate(spec, validation, CONFIG).check("not_constant")
         assert check.passed, f"{spec.name}: {check.detail}"
+
+
+def test_an_idea_about_one_class_s_boxes_must_score_only_that_class() -> None:
+    from agent.authoring.validation import idea_class_scope
+
+    classes = ["panda", "bear", "fox"]
+    assert idea_class_scope("fox boxes that are not mostly orange", classes) == "fox"
+    assert idea_class_scope("Bear labels drawn too loosely", classes) == "bear"
+    assert idea_class_scope("boxes that are not on a panda", classes) is None  # about every box
+    assert idea_class_scope("panda and fox boxes", classes) is None
+    assert idea_class_scope("tiny boxes", classes) is None
+
+
+def test_scoring_every_box_for_a_one_class_idea_fails_class_scope(validation: ValidationSet, tmp_path: Path) -> None:
+    every = metric(tmp_path, "every_box", AREA)
+    report = validate(every, validation, CONFIG, scope="fox")
+    assert [c.name for c in report.checks if c.status == "failed"] == ["class_scope"]
+    failure = report.first_failure
+    assert failure is not None and 'return None when obj["category"] != "fox"' in failure.message
+    assert failure.annotation_id is not None and "class fox" not in (failure.item or "")  # a box of another class
+    only_foxes = AREA.replace(
+        "def score(image, obj, scene):\n",
+        'def score(image, obj, scene):\n    if obj["category"] != "fox":\n        return None\n',
+        1,
+    )
+    assert (
+        validate(metric(tmp_path, "fox_only", only_foxes), validation, CONFIG, scope="fox").check("class_scope").passed
+    )
+    assert report.check("class_scope").status == "failed"
+    assert validate(every, validation, CONFIG).check("class_scope").status == "skipped"

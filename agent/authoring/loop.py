@@ -68,6 +68,7 @@ from agent.authoring.validation import (
     DEFAULT_TIME_BUDGET_S,
     ValidationReport,
     evaluate_candidate,
+    idea_class_scope,
     validate,
 )
 from agent.authoring.validation_set import ValidationSet
@@ -365,6 +366,8 @@ class _Session:
         examples = tuple(choose_examples(idea.text, k=2, level=idea.level))
         self.task = MetricTask(idea=idea, description=description, facts=dataset_facts(dataset), examples=examples)
         self.guard = LoopGuard(token_cap=settings.token_cap)
+        # "fox boxes that ...": the class the idea is about, whose boxes alone should be scored.
+        self.scope = idea_class_scope(idea.rationale, [c.name for c in dataset.categories])
         self.outcome = AuthoringOutcome(verdict="gave_up", reason="the loop made no attempt", idea=idea)
         self.bench: UsefulnessBench | None = None  # the run's usefulness set, built on the first measurement
         self.best_unproven: _Sample | None = None  # the best draft that ran but did not clear its bar
@@ -689,6 +692,7 @@ class _Session:
             max_error_rate=self.settings.max_error_rate,
             time_budget_s=self.settings.time_budget_s,
             library=self.library,
+            scope=self.scope,
         )
         attempt = self.run_dir / "attempts" / f"{self.idea.name}-d{draft}r{repair}-{spec.code_sha256[:8]}"
         attempt.mkdir(parents=True, exist_ok=True)

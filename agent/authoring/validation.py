@@ -14,6 +14,8 @@ determinism check) and runs these checks, in this order, each named in the repor
                     zero tolerance, since None exists for "not applicable"
     not_constant    at least 2 distinct values among the scored items, and not most of them crowded
                     at the suspicious end (within 1% of the score range of the most suspicious value)
+    class_scope     for an idea about one class's boxes ("fox boxes that ..."; `idea_class_scope`):
+                    boxes of the other classes get None, so that only that class is ranked
     deterministic   the second run gives the same result for every item
     time_budget     no call timed out, and the mean wall time per item is within the budget
     not_duplicate   with library metrics given: Spearman |rho| < 0.95 with each one of the same level
@@ -32,6 +34,7 @@ back after the error, and the report keeps it as the failure's `printed`, for th
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -58,7 +61,14 @@ from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 
 CheckName = Literal[
-    "loads", "error_rate", "finite_outputs", "not_constant", "deterministic", "time_budget", "not_duplicate"
+    "loads",
+    "error_rate",
+    "finite_outputs",
+    "not_constant",
+    "class_scope",
+    "deterministic",
+    "time_budget",
+    "not_duplicate",
 ]
 
 DUPLICATE_RHO = 0.95
@@ -172,8 +182,11 @@ def validate(
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
     library: Sequence[MetricSpec] | None = None,
+    scope: str | None = None,
 ) -> ValidationReport:
-    """Run `spec` on the validation set twice in the sandbox and check it (see the module docstring)."""
+    """Run `spec` on the validation set twice in the sandbox and check it (see the module docstring).
+
+    `scope`: the class whose boxes the idea is about (`idea_class_scope`), if it is about one."""
     if not 0.0 <= max_error_rate <= 1.0 or time_budget_s <= 0:
         raise ValueError(f"need 0 <= max_error_rate <= 1 and time_budget_s > 0, got {max_error_rate}, {time_budget_s}")
     first, first_s = _timed_run(validation.dataset, [spec], config)
@@ -206,6 +219,7 @@ def validate(
             checker.error_rate(),
             checker.finite_outputs(),
             checker.not_constant(),
+            checker.class_scope(scope),
             checker.deterministic(again),
             checker.time_budget(timing),
             checker.not_duplicate(correlations, library is not None and len(library) > 0),
@@ -229,10 +243,25 @@ def validate(
     )
 
 
+_BOX_WORDS = r"(?:box|boxes|bbox|bboxes|label|labels|annotation|annotations)"
+
+
+def idea_class_scope(idea: str, class_names: Iterable[str]) -> str | None:
+    """The class an idea is about, when it names exactly one, right before its boxes ("fox boxes that ...")."""
+    named = [name for name in class_names if re.search(rf"\b{re.escape(name.lower())}s?\b", idea.lower())]
+    if len(named) != 1:
+        return None  # "panda and fox boxes", "boxes that are not on a panda": not one class's boxes
+    found = {
+        name for name in class_names if re.search(rf"\b{re.escape(name.lower())}s?\s+{_BOX_WORDS}\b", idea.lower())
+    }
+    return found.pop() if len(found) == 1 else None
+
+
 _LATER_CHECKS: tuple[CheckName, ...] = (
     "error_rate",
     "finite_outputs",
     "not_constant",
+    "class_scope",
     "deterministic",
     "time_budget",
     "not_duplicate",
@@ -356,6 +385,24 @@ class _Checker:
             message = "no item got a score (every call returned None or failed): the metric ranks nothing"
         failure = Failure(check="not_constant", message=message, metric_file=self.spec.path)
         return CheckResult(name="not_constant", status="failed", detail=message), failure
+
+    def class_scope(self, scope: str | None) -> tuple[CheckResult, Failure | None]:
+        if scope is None or self.spec.level != "object":
+            return CheckResult(name="class_scope", status="skipped", detail="the idea is not about one class"), None
+        classes = {category.id: category.name for category in self.validation.dataset.categories}
+        of_box = {a.id: classes.get(a.category_id) for a in self.validation.dataset.annotations}
+        scored = [row for row in self.rows.values() if row.annotation_id is not None and row.score is not None]
+        others = [row for row in scored if of_box.get(row.annotation_id or 0) != scope]
+        if not others:
+            detail = f"only {scope} boxes got a score ({len(scored)} of them)"
+            return CheckResult(name="class_scope", status="passed", detail=detail), None
+        message = (
+            f"the idea is about {scope} boxes, but {len(others)} boxes of other classes got a score too: return "
+            f'None when obj["category"] != "{scope}", so that only {scope} boxes are ranked'
+        )
+        return CheckResult(name="class_scope", status="failed", detail=message), self._failure(
+            "class_scope", others[0], message
+        )
 
     def deterministic(self, again: dict[ItemKey, ScoreRow]) -> tuple[CheckResult, Failure | None]:
         differing = [key for key, row in self.rows.items() if key not in again or not _same(row, again[key])]
