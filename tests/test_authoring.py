@@ -199,6 +199,20 @@ def test_best_of_n_keeps_the_best_sample_on_the_selection_half_and_counts_each(d
     # Tokens are counted per sample, and the idea's total is their sum.
     assert all(r.tokens > 0 for r in outcome.rounds) and sum(r.tokens for r in outcome.rounds) == outcome.tokens
     assert [e.data["sample"] for e in transcript.events if e.event == "chosen"] == [2]
+    # The bar tightens with every draft tried (Bonferroni): best-of-N must not let chance through.
+    bars = [e.data["bar_p"] for e in transcript.events if e.event == "measured"]
+    assert bars == pytest.approx([0.05, 0.025, 0.05 / 3])
+
+
+def test_a_p_value_that_clears_one_try_does_not_clear_eight() -> None:
+    from agent.authoring.usefulness_check import HalfFigures, Usefulness
+
+    half = HalfFigures(passed=True, level="object", items=400, errors=40, ap=0.3, random=0.1, lower=0.01,
+                       upper=0.2, by_type={}, line="", random_high=0.2, p_value=0.01)  # fmt: skip
+    once = Usefulness(targets=["shift"], seed=0, images=100, selection=half, reporting=half)
+    assert once.cleared is True
+    eighth = once.model_copy(update={"tries": 8, "bar_p": 0.05 / 8})
+    assert eighth.cleared is False and "bar 0.0063 with 8 drafts tried: does not clear it" in eighth.decision()
 
 
 def test_given_no_target_the_model_proposes_one_and_the_transcript_records_it(demo: Path, tmp_path: Path) -> None:

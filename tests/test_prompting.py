@@ -532,7 +532,7 @@ def _gbnf_regex(grammar: str, rule: str = "root") -> re.Pattern[str]:
 
 
 def test_the_code_grammar_keeps_each_plane_tested_alone_within_its_range(prompts: Prompts) -> None:
-    grammar = prompts.render("completion_grammar.gbnf.j2", level="object", classes=["fox", "bear"]).text
+    grammar = prompts.render("completion_grammar.gbnf.j2", level="object", classes=["fox", "bear"], scope=None).text
     line = _gbnf_regex(grammar)
     assert line.fullmatch("    return float(np.mean((hue > 35) & (hue < 85)))\n")
     assert line.fullmatch('    return None if obj["category"] != "fox" else float(np.mean((value > 230)))\n')
@@ -543,3 +543,22 @@ def test_the_code_grammar_keeps_each_plane_tested_alone_within_its_range(prompts
     assert line.fullmatch("    return float(np.mean((saturation > 250)))\n")
     assert not line.fullmatch("    return float(np.mean((saturation > 256)))\n")
     assert not line.fullmatch("    return float(grey / red)\n")  # nothing divides
+
+
+def test_an_idea_about_one_class_gets_its_guard_from_the_grammar(prompts: Prompts, facts: DatasetFacts) -> None:
+    idea = Idea(name="fox_not_orange", rationale="fox boxes that are not mostly orange", level="object")
+    request = build_implement_request(
+        prompts, MetricTask(idea=idea, description="Animals.", facts=facts), (), mode="completion",
+        temperature=0.2, max_tokens=100, grammar=True,
+    )  # fmt: skip
+    assert request.grammar is not None
+    line = _gbnf_regex(request.grammar)
+    assert line.fullmatch('    return None if obj["category"] != "fox" else float(np.mean((red > 200)))\n')
+    assert not line.fullmatch("    return float(np.mean((red > 200)))\n")  # every box: class_scope would fail
+    assert not line.fullmatch('    return None if obj["category"] == "fox" else float(np.mean((red > 200)))\n')
+    other = idea.model_copy(update={"rationale": "boxes that are not on a panda"})
+    free_choice = build_implement_request(
+        prompts, MetricTask(idea=other, description="Animals.", facts=facts), (), mode="completion",
+        temperature=0.2, max_tokens=100, grammar=True,
+    )  # fmt: skip
+    assert _gbnf_regex(free_choice.grammar or "").fullmatch("    return float(np.mean((red > 200)))\n")

@@ -386,7 +386,7 @@ def test_every_built_in_passes_not_constant(validation: ValidationSet) -> None:
 
 
 def test_an_idea_about_one_class_s_boxes_must_score_only_that_class() -> None:
-    from agent.authoring.validation import idea_class_scope
+    from agent.authoring.prompting import idea_class_scope
 
     classes = ["panda", "bear", "fox"]
     assert idea_class_scope("fox boxes that are not mostly orange", classes) == "fox"

@@ -324,7 +324,7 @@ def describe_event(event: str, data: dict[str, Any]) -> str | None:
         return f"  measuring it on {escape(', '.join(data['targets']))} errors injected into a sample of your data"
     if event == "measured":
         mark = {True: "[green]clears its bar[/]", False: "[yellow]not shown useful yet[/]", None: "too few errors"}
-        return f"  {mark[data['cleared']]} on the selection half: {escape(data['selection'])}"
+        return f"  {mark[data['cleared']]}: {escape(data['selection'])}"
     if event == "targets_proposed":
         said = ", ".join(data["targets"]) or "nothing it can be measured on"
         return f"  the model says it should catch: {escape(said)}"

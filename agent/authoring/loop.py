@@ -58,6 +58,7 @@ from agent.authoring.prompting import (
     build_repair_request,
     build_targets_request,
     choose_examples,
+    idea_class_scope,
     idea_level,
     system_prompt,
 )
@@ -68,7 +69,6 @@ from agent.authoring.validation import (
     DEFAULT_TIME_BUDGET_S,
     ValidationReport,
     evaluate_candidate,
-    idea_class_scope,
     validate,
 )
 from agent.authoring.validation_set import ValidationSet
@@ -334,7 +334,7 @@ def _sample_temperature(request: ModelRequest, index: int) -> float:
 def _improvement_context(useful: Usefulness) -> ImprovementContext:
     figures = tuple((t, ap, chance) for t, (ap, chance) in useful.selection.by_type.items())
     return ImprovementContext(
-        targets=tuple(useful.targets), figures=figures, overall=useful.selection.line, misses=tuple(useful.misses)
+        targets=tuple(useful.targets), figures=figures, overall=useful.decision(), misses=tuple(useful.misses)
     )
 
 
@@ -370,6 +370,7 @@ class _Session:
         self.scope = idea_class_scope(idea.rationale, [c.name for c in dataset.categories])
         self.outcome = AuthoringOutcome(verdict="gave_up", reason="the loop made no attempt", idea=idea)
         self.bench: UsefulnessBench | None = None  # the run's usefulness set, built on the first measurement
+        self.measured = 0  # drafts measured on it so far: the selection half's bar tightens with each
         self.best_unproven: _Sample | None = None  # the best draft that ran but did not clear its bar
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -500,7 +501,7 @@ class _Session:
                     return True
                 # It runs, but its ranking of the target errors is not shown better than chance.
                 self._remember_unproven(chosen)
-                self.outcome.reason = f"runs, not shown useful on {', '.join(useful.targets)}: {useful.selection.line}"
+                self.outcome.reason = f"runs, not shown useful on {', '.join(useful.targets)}: {useful.decision()}"
                 if over_cap:
                     return self._out_of_tokens()
                 if improvements and useful.figure <= best_figure:
@@ -511,7 +512,7 @@ class _Session:
                 if improvements >= self.settings.max_improvements:
                     return False
                 improvements += 1
-                turn_summary = f"[improvement request, draft {draft}: {useful.selection.line[:160]}]"
+                turn_summary = f"[improvement request, draft {draft}: {useful.decision()[:160]}]"
                 request = build_improve_request(
                     self.prompts, self.task, conversation.messages(self.settings.context_budget_tokens),
                     _improvement_context(useful), checked.source, **self._request_kwargs(draft),
@@ -607,7 +608,7 @@ class _Session:
         useful = self._measure(spec, step, sample.index)
         sample.usefulness = useful
         outcome: Literal["passed", "not_useful"] = "not_useful" if useful.cleared is False else "passed"
-        self._round(step, outcome, spec.code_sha256, f"every check passed; {useful.selection.line}", sample.spent,
+        self._round(step, outcome, spec.code_sha256, f"every check passed; {useful.decision()}", sample.spent,
                     sample.index)  # fmt: skip
 
     def _choose(self, samples: list[_Sample]) -> _Sample:
@@ -655,13 +656,14 @@ class _Session:
                 "notes": list(useful.notes),
             })  # fmt: skip
         self._emit("usefulness", {"metric": spec.name, "targets": list(self.settings.targets)})
-        measured = self.bench.measure(spec, self.sandbox)
+        self.measured += 1
+        measured = self.bench.measure(spec, self.sandbox, tries=self.measured)
         self._emit(
             "measured",
             {
                 "draft": step.draft, "improvement": step.improvement, "sample": sample,
-                "code_sha256": spec.code_sha256, "cleared": measured.cleared,
-                "selection": measured.selection.line, "reporting": measured.reporting.line,
+                "code_sha256": spec.code_sha256, "cleared": measured.cleared, "bar_p": measured.bar_p,
+                "selection": measured.decision(), "reporting": measured.reporting.line,
             },
         )  # fmt: skip
         return measured

@@ -56,6 +56,7 @@ __all__ = [
     "build_targets_request",
     "choose_examples",
     "head_tail",
+    "idea_class_scope",
     "idea_level",
     "system_prompt",
 ]
@@ -210,6 +211,20 @@ def idea_level(idea: str) -> Level | None:
     if objects == images:
         return None
     return "object" if objects > images else "image"
+
+
+_BOX_WORDS = r"(?:box|boxes|bbox|bboxes|label|labels|annotation|annotations)"
+
+
+def idea_class_scope(idea: str, class_names: Iterable[str]) -> str | None:
+    """The class an idea is about, when it names exactly one, right before its boxes ("fox boxes that ...")."""
+    named = [name for name in class_names if re.search(rf"\b{re.escape(name.lower())}s?\b", idea.lower())]
+    if len(named) != 1:
+        return None  # "panda and fox boxes", "boxes that are not on a panda": not one class's boxes
+    found = {
+        name for name in class_names if re.search(rf"\b{re.escape(name.lower())}s?\s+{_BOX_WORDS}\b", idea.lower())
+    }
+    return found.pop() if len(found) == 1 else None
 
 
 def _metric_text(spec: MetricSpec) -> str:
@@ -370,7 +385,14 @@ def _code_grammar(prompts: Prompts, task: MetricTask, mode: Mode, grammar: bool)
         # Past the cap, the classes the idea names come first: "fox boxes ..." must be able to say "fox".
         words = set(re.findall(r"[a-z0-9]+", task.idea.text.lower()))
         names.sort(key=lambda name: not set(re.findall(r"[a-z0-9]+", name.lower())) <= words)
-    return prompts.render("completion_grammar.gbnf.j2", level=task.level, classes=names[:_GRAMMAR_MAX_CLASSES])
+    scope = idea_class_scope(task.idea.rationale, [c.name for c in task.facts.classes])
+    if task.level != "object" or scope is None or not _PLAIN_CLASS_NAME.fullmatch(scope):
+        scope = None
+    # An idea about one class's boxes gets its guard written for it: left to choose, the model mostly
+    # scored every box (and validation's class_scope check failed every sample).
+    return prompts.render(
+        "completion_grammar.gbnf.j2", level=task.level, classes=names[:_GRAMMAR_MAX_CLASSES], scope=scope
+    )
 
 
 def _completion_context(task: MetricTask, grammar: bool) -> dict[str, Any]:

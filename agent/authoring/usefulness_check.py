@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from agent.data.coco import Dataset, coco_from_document, read_coco_json
 from agent.evaluation.misses import worst_misses
-from agent.evaluation.usefulness import Verdict, judge, usefulness_set
+from agent.evaluation.usefulness import SIGNIFICANCE, Verdict, judge, usefulness_set
 from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
@@ -69,10 +69,30 @@ class Usefulness(BaseModel):
         half = self.selection
         return -math.inf if half.ap is None or half.random_high is None else half.ap - half.random_high
 
+    # How many drafts of the idea had been measured, this one included, and the p-value bar that makes:
+    # best-of-N tries many drafts on one half, and at p < 0.05 each, one in three of eight random drafts
+    # would clear it. So the bar is 0.05 divided by the tries (Bonferroni) on the selection half.
+    tries: int = 1
+    bar_p: float = SIGNIFICANCE
+
     @property
     def cleared(self) -> bool | None:
         """The loop's decision, on the selection half: cleared the bar, not, or too few errors to tell."""
-        return self.selection.passed
+        if self.selection.passed is None or self.selection.p_value is None:
+            return None
+        return self.selection.p_value < self.bar_p
+
+    def decision(self) -> str:
+        """The selection half's figures and what the loop made of them, against the bar its tries set."""
+        half = self.selection
+        if half.p_value is None or self.cleared is None:
+            return f"{half.line} (selection half)"
+        verdict = "clears the bar" if self.cleared else "does not clear it"
+        tried = f"{self.tries} drafts tried" if self.tries != 1 else "1 draft tried"
+        return (
+            f"AP {half.ap:.3f} vs random {half.random:.3f} on the selection half ({half.errors} errors): "
+            f"p {half.p_value:.4f} against random rankings, bar {self.bar_p:.4f} with {tried}: {verdict}"
+        )
 
     def verdict(self) -> str:
         """The reporting half's verdict in words, as review marks a candidate."""
@@ -114,8 +134,10 @@ class UsefulnessBench:
                 (folder / "errors.json").write_text(errors, encoding="utf-8")
         self.noisy = coco_from_document(self.useful.document, annotations, dataset.image_root)
 
-    def measure(self, spec: MetricSpec, sandbox: SandboxConfig) -> Usefulness:
-        """The draft's figures on both halves, and its worst misses on the selection half only."""
+    def measure(self, spec: MetricSpec, sandbox: SandboxConfig, tries: int = 1) -> Usefulness:
+        """The draft's figures on both halves, and its worst misses on the selection half only.
+
+        `tries`: the drafts of the idea measured so far, this one included (see `Usefulness.tries`)."""
         rows = score_dataset(self.noisy, [spec], sandbox).rows
         key = (lambda row: row.annotation_id) if spec.level == "object" else (lambda row: row.image_id)
         scores = {key(row): row.score for row in rows if row.error_kind is None}
@@ -135,6 +157,8 @@ class UsefulnessBench:
             reporting=HalfFigures.of(halves[1]),
             notes=list(useful.notes),
             misses=[miss.words for miss in misses],
+            tries=tries,
+            bar_p=SIGNIFICANCE / tries,
         )
 
 

@@ -14,7 +14,7 @@ determinism check) and runs these checks, in this order, each named in the repor
                     zero tolerance, since None exists for "not applicable"
     not_constant    at least 2 distinct values among the scored items, and not most of them crowded
                     at the suspicious end (within 1% of the score range of the most suspicious value)
-    class_scope     for an idea about one class's boxes ("fox boxes that ..."; `idea_class_scope`):
+    class_scope     for an idea about one class's boxes ("fox boxes that ..."; prompting.idea_class_scope):
                     boxes of the other classes get None, so that only that class is ranked
     deterministic   the second run gives the same result for every item
     time_budget     no call timed out, and the mean wall time per item is within the budget
@@ -34,7 +34,6 @@ back after the error, and the report keeps it as the failure's `printed`, for th
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -186,7 +185,7 @@ def validate(
 ) -> ValidationReport:
     """Run `spec` on the validation set twice in the sandbox and check it (see the module docstring).
 
-    `scope`: the class whose boxes the idea is about (`idea_class_scope`), if it is about one."""
+    `scope`: the class whose boxes the idea is about (`agent.authoring.prompting.idea_class_scope`), if one."""
     if not 0.0 <= max_error_rate <= 1.0 or time_budget_s <= 0:
         raise ValueError(f"need 0 <= max_error_rate <= 1 and time_budget_s > 0, got {max_error_rate}, {time_budget_s}")
     first, first_s = _timed_run(validation.dataset, [spec], config)
@@ -241,20 +240,6 @@ def validate(
         timing=timing,
         load_error=load_error,
     )
-
-
-_BOX_WORDS = r"(?:box|boxes|bbox|bboxes|label|labels|annotation|annotations)"
-
-
-def idea_class_scope(idea: str, class_names: Iterable[str]) -> str | None:
-    """The class an idea is about, when it names exactly one, right before its boxes ("fox boxes that ...")."""
-    named = [name for name in class_names if re.search(rf"\b{re.escape(name.lower())}s?\b", idea.lower())]
-    if len(named) != 1:
-        return None  # "panda and fox boxes", "boxes that are not on a panda": not one class's boxes
-    found = {
-        name for name in class_names if re.search(rf"\b{re.escape(name.lower())}s?\s+{_BOX_WORDS}\b", idea.lower())
-    }
-    return found.pop() if len(found) == 1 else None
 
 
 _LATER_CHECKS: tuple[CheckName, ...] = (

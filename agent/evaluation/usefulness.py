@@ -53,8 +53,8 @@ from agent.evaluation.ranking import (
 )
 
 __all__ = [
-    "MIN_POSITIVES", "PROPERTY", "TARGETS", "RankedItems", "UsefulnessSet", "Verdict", "judge", "parse_targets",
-    "ranked_items", "usefulness_set",
+    "MIN_POSITIVES", "PROPERTY", "SIGNIFICANCE", "TARGETS", "RankedItems", "UsefulnessSet", "Verdict", "judge",
+    "parse_targets", "ranked_items", "usefulness_set",
 ]  # fmt: skip
 
 PROPERTY = "property"
@@ -243,7 +243,7 @@ def judge(
     *,
     seed: int,
     resamples: int = 200,
-    permutations: int = 999,
+    permutations: int = 1999,
 ) -> Verdict:
     """The verdict on one half (`useful.selection` or `useful.reporting`) of the usefulness set.
 
