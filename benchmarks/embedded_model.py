@@ -112,7 +112,8 @@ def attempt(
 class Search:
     idea: str
     targets: tuple[str, ...]
-    cleared: bool | None  # on the selection half
+    cleared: bool | None  # on the selection half, against the bar the tries set
+    shown: bool | None  # the reporting half's own verdict (p < 0.05 there): what review shows
     ap: float | None  # on the reporting half
     random: float | None
     exchanges: int
@@ -141,23 +142,26 @@ def search(
     seconds = time.perf_counter() - started
     record = outcome.candidate
     if record is None or record.usefulness is None:
-        return Search(idea, targets, None, None, None, outcome.exchanges, seconds, "", "")
+        return Search(idea, targets, None, None, None, None, outcome.exchanges, seconds, "", "")
     code = (candidate_dir(folder, record.id) / "metric.py").read_text(encoding="utf-8")
     useful = record.usefulness
     return Search(
-        idea, targets, useful["selection"]["passed"], useful["reporting"]["ap"], useful["reporting"]["random"],
+        idea, targets, not record.unproven, useful["reporting"]["passed"], useful["reporting"]["ap"],
+        useful["reporting"]["random"],
         outcome.exchanges, seconds, code.rstrip().splitlines()[-1].strip(), record.level,
     )  # fmt: skip
 
 
 def search_summary(results: list[Search]) -> None:
     cleared = sum(1 for r in results if r.cleared)
+    shown = sum(1 for r in results if r.shown)
     lifts = [r.ap / r.random for r in results if r.ap is not None and r.random]
     box_lines = [r.line for r in results if r.level == "object" and r.line]
     shared = len(box_lines) - len(set(box_lines))
     median_lift = f"{statistics.median(lifts):.2f}x" if lifts else "–"
     print(
-        f"search   cleared the bar (selection half) {cleared}/{len(results)}; median lift on the reporting half "
+        f"search   cleared the bar (selection half) {cleared}/{len(results)}; shown useful on the reporting half "
+        f"{shown}/{len(results)}; median lift there "
         f"{median_lift}; box ideas sharing a line with another: {shared}; "
         f"seconds/idea mean {statistics.mean(r.seconds for r in results):.0f}"
     )
@@ -201,7 +205,9 @@ def main() -> None:
         runs: dict[str, list[Attempt]] = {"grammar": [], "free": []}
         searched: list[Search] = []
         if "search" in modes:
-            header = f"{'target':10} {'seed':>4} {'cleared':7} {'exch':>4} {'AP':>6} {'random':>6} {'lift':>6}"
+            header = (
+                f"{'target':10} {'seed':>4} {'cleared':7} {'shown':5} {'exch':>4} {'AP':>6} {'random':>6} {'lift':>6}"
+            )
             print(f"{header}  idea / line")
             for idea_index, (idea, targets) in enumerate(SEARCH_IDEAS[args.data]):
                 for seed in range(args.seeds):
@@ -212,10 +218,11 @@ def main() -> None:
                     chance = f"{result.random:.3f}" if result.random is not None else "–"
                     lift = f"{result.ap / result.random:.2f}x" if result.ap is not None and result.random else "–"
                     cleared = {True: "yes", False: "no", None: "–"}[result.cleared]
-                    print(f"{','.join(targets):10} {seed:4d} {cleared:7} {result.exchanges:4d} {ap:>6} {chance:>6} "
-                          f"{lift:>6}  {idea}")  # fmt: skip
+                    shown = {True: "yes", False: "no", None: "–"}[result.shown]
+                    row = f"{','.join(targets):10} {seed:4d} {cleared:7} {shown:5} {result.exchanges:4d} {ap:>6}"
+                    print(f"{row} {chance:>6} {lift:>6}  {idea}")
                     if result.line:
-                        print(f"{'':50}{result.line}")
+                        print(f"{'':56}{result.line}")
         if modes != ["search"]:
             print(f"{'mode':8} {'seed':>4} {'verdict':8} {'exch':>4} {'AP':>6} {'random':>6}  idea")
         for idea_index, idea in enumerate(IDEAS if modes != ["search"] else ()):
