@@ -202,6 +202,9 @@ def test_best_of_n_keeps_the_best_sample_on_the_selection_half_and_counts_each(d
     # The bar tightens with every draft tried (Bonferroni): best-of-N must not let chance through.
     bars = [e.data["bar_p"] for e in transcript.events if e.event == "measured"]
     assert bars == pytest.approx([0.05, 0.025, 0.05 / 3])
+    # The one kept is judged against the bar of all three: it was chosen among them.
+    kept = outcome.candidate.usefulness
+    assert kept is not None and kept["tries"] == 3 and kept["bar_p"] == pytest.approx(0.05 / 3)
 
 
 def test_a_p_value_that_clears_one_try_does_not_clear_eight() -> None:

@@ -76,7 +76,7 @@ from agent.data.coco import Dataset
 from agent.data.facts import dataset_facts
 from agent.evaluation.ranking import load_error_labels
 from agent.evaluation.report import build_report, render_html, write_report
-from agent.evaluation.usefulness import PROPERTY
+from agent.evaluation.usefulness import PROPERTY, SIGNIFICANCE
 from agent.llm.conversation import Conversation
 from agent.llm.model import ModelBackend, ModelReply, ModelRequest, Usage
 from agent.llm.transcript import TranscriptWriter
@@ -496,6 +496,10 @@ class _Session:
             assert report is not None and isinstance(checked, MetricSpec)
             if report.passed:
                 useful = chosen.usefulness
+                if useful is not None and useful.tries != self.measured:
+                    # Chosen as the best of this round's samples: held to the bar of every draft tried so far.
+                    useful = useful.model_copy(update={"tries": self.measured, "bar_p": SIGNIFICANCE / self.measured})
+                    chosen.usefulness = useful
                 if useful is None or useful.cleared is not False:
                     self._promote_to_candidate(checked, extraction, report, useful)
                     return True
