@@ -216,6 +216,10 @@ def test_a_p_value_that_clears_one_try_does_not_clear_eight() -> None:
     assert once.cleared is True
     eighth = once.model_copy(update={"tries": 8, "bar_p": 0.05 / 8})
     assert eighth.cleared is False and "bar 0.0063 with 8 drafts tried: does not clear it" in eighth.decision()
+    # With several targets, the one-line summary (the batch report's) gives each type beside random's.
+    typed = half.model_copy(update={"by_type": {"shift": (0.3, 0.1), "loose": (None, None)}})
+    two = Usefulness(targets=["shift", "loose"], seed=0, images=100, selection=typed, reporting=typed)
+    assert "per type: shift: AP 0.300 vs random 0.100 (lift 3.00x); loose: no such errors" in two.summary()
 
 
 def test_given_no_target_the_model_proposes_one_and_the_transcript_records_it(demo: Path, tmp_path: Path) -> None:

@@ -111,7 +111,11 @@ class Usefulness(BaseModel):
         return lines
 
     def summary(self) -> str:
-        return f"{', '.join(self.targets)}: {self.verdict()}; {self.reporting.line}"
+        """One line: the verdict, the reporting half's figures, and per type when there are several."""
+        line = f"{', '.join(self.targets)}: {self.verdict()}; {self.reporting.line}"
+        if len(self.targets) > 1:
+            line += "; per type: " + "; ".join(self.by_type_lines())
+        return line
 
 
 class UsefulnessBench:
