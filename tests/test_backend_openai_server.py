@@ -162,7 +162,8 @@ def test_a_batch_against_the_server_with_the_grammar(llama_server: str, tmp_path
         'ideas = ["fox boxes that are not mostly orange"]\nlibrary = "lib"\n\n'
         '[dataset]\nannotations = "demo/annotations.json"\ndescription = "Cartoon pandas, bears and foxes."\n\n'
         f'[model]\nbackend = "openai"\nbase_url = "{llama_server}"\nmodel = "gemma"\ncompletion = true\n'
-        "grammar = true\ntemperature = 0.7\n\n[budgets]\nmax_repairs = 1\nmax_drafts = 2\n"
+        "grammar = true\ntemperature = 0.7\n\n[budgets]\nmax_repairs = 1\nmax_drafts = 2\nsamples = 2\n"
+        "max_improvements = 1\n"
     )
     result = subprocess.run(
         [sys.executable, "-m", "agent.cli", "batch", str(config), "--out", str(tmp_path / "run"), "--json"],
