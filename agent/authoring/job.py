@@ -294,9 +294,10 @@ def authoring_settings(values: dict[str, Any]) -> AuthoringSettings:
 def describe_rounds(outcome: AuthoringOutcome) -> Sequence[str]:
     """One line per model exchange, for the terminal."""
     lines = []
+    sampled = any(r.sample > 1 for r in outcome.rounds)
     for r in outcome.rounds:
         step = {"repair": f" {r.repair}", "improve": f" {r.improvement}"}.get(r.kind, "")
-        sample = f" · sample {r.sample}" if r.sample > 1 or any(o.sample > 1 for o in outcome.rounds) else ""
+        sample = f" · sample {r.sample}" if sampled else ""
         lines.append(f"draft {r.draft} · {r.kind}{step}{sample}: {r.outcome} — {r.detail} ({r.tokens} tokens)")
     return lines
 

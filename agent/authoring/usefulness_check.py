@@ -22,7 +22,7 @@ from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
 
-__all__ = ["Usefulness", "UsefulnessBench", "measure_usefulness"]
+__all__ = ["Usefulness", "UsefulnessBench"]
 
 SET_FOLDER = "usefulness-set"
 
@@ -164,10 +164,3 @@ class UsefulnessBench:
             tries=tries,
             bar_p=SIGNIFICANCE / tries,
         )
-
-
-def measure_usefulness(
-    spec: MetricSpec, dataset: Dataset, run_dir: Path, targets: Sequence[str], seed: int, sandbox: SandboxConfig
-) -> Usefulness:
-    """The candidate's figures on both halves of the run's usefulness set (built for this one call)."""
-    return UsefulnessBench(dataset, run_dir, targets, seed).measure(spec, sandbox)

@@ -279,7 +279,7 @@ def judge(
         else:
             by_type[target] = (None, None)
     shuffled = rng.permuted(np.tile(labels, (permutations, 1)), axis=1)
-    null = _ap_rows(values, shuffled)
+    null, _ = _weighted_ap(values, shuffled, np.ones((1, len(values))))
     observed = float(ap[0])
     # +1 on both sides: the observed ranking is one of the rankings that could have come out (exact test).
     p_value = float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + permutations))
@@ -292,29 +292,19 @@ def judge(
     )  # fmt: skip
 
 
-def _ap_rows(values: NDArray[np.float64], label_rows: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Tie-aware AP of one ranking against each row of labels (each row: a shuffle of the true labels)."""
-    order = np.argsort(-values, kind="stable")
-    ordered = values[order]
-    starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
-    sizes = np.diff(np.append(starts, len(values))).astype(np.float64)
-    hits = np.add.reduceat(label_rows[:, order].astype(np.float64), starts, axis=1)
-    total = hits.sum(axis=1)
-    precision = np.cumsum(hits, axis=1) / np.cumsum(sizes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (hits * precision).sum(axis=1) / total, np.nan)
-
-
 def _weighted_ap(
     values: NDArray[np.float64], labels: NDArray[np.bool_], weights: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Tie-aware AP and prevalence for each row of item weights (a resample counts an item as often as its image)."""
+    """Tie-aware AP and prevalence for each row of item weights (a resample counts an item as often as its image).
+
+    `labels` may be one row for every weight row, or one row each (the label shuffles of the permutation test,
+    against weights of ones)."""
     order = np.argsort(-values, kind="stable")
     ordered = values[order]
     starts = np.concatenate(([0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1))
     w = weights[:, order]
     sizes = np.add.reduceat(w, starts, axis=1)
-    hits = np.add.reduceat(w * labels[order], starts, axis=1)
+    hits = np.add.reduceat(w * labels[..., order], starts, axis=1)
     total = hits.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.cumsum(hits, axis=1) / np.cumsum(sizes, axis=1)
