@@ -13,7 +13,7 @@ from agent.cli.console import stderr
 from agent.data.coco import Dataset
 from agent.errors import UserError
 from agent.metrics.contract import MetricSpec
-from agent.metrics.library import resolve_metric
+from agent.metrics.library import resolve_metrics
 from agent.metrics.scoring import ScoreRow, score_dataset
 from sandbox.isolation import SandboxConfig
 
@@ -29,9 +29,10 @@ def add_library_option(parser: argparse.ArgumentParser) -> None:
 
 
 def load_metrics(refs: list[str], library: Path | None = None) -> list[MetricSpec]:
-    specs = [resolve_metric(ref, library) for ref in refs]
+    resolved = [(ref, spec) for ref in refs for spec in resolve_metrics(ref, library)]
+    specs = [spec for _, spec in resolved]
     seen: dict[str, str] = {}
-    for ref, spec in zip(refs, specs, strict=True):
+    for ref, spec in resolved:
         if spec.name in seen:
             raise UserError(f"{ref}: metric name {spec.name!r} is already used by {seen[spec.name]}")
         seen[spec.name] = ref

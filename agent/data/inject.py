@@ -186,15 +186,25 @@ def _is_crowd(annotation: dict[str, Any]) -> bool:
 
 
 def inject_errors(
-    document: dict[str, Any], *, rate: float = 0.2, seed: int = 0, types: Sequence[str] = INJECT_TYPES
+    document: dict[str, Any],
+    *,
+    rate: float = 0.2,
+    seed: int = 0,
+    types: Sequence[str] = INJECT_TYPES,
+    stream: str = "inject",
 ) -> Injection:
-    """A noisy copy of `document` with known errors; `document` is not modified."""
+    """A noisy copy of `document` with known errors; `document` is not modified.
+
+    `stream` names the random stream the seed is drawn in: `metricsmith inject` and `selftest` use the
+    default, and the learned metrics their own (`agent.metrics.learned`), so that whatever seeds the
+    user picks, no training copy is ever drawn like the copy it is measured on.
+    """
     unknown = [t for t in types if t not in INJECT_TYPES]
     if unknown:
         raise UserError(f"unknown error type {unknown[0]!r}; the types are {', '.join(INJECT_TYPES)}")
     if not 0 <= rate < 1:
         raise UserError(f"--rate must be at least 0 and below 1, got {rate}")
-    rng = np.random.default_rng([seed, int.from_bytes(b"inject", "big")])
+    rng = np.random.default_rng([seed, int.from_bytes(stream.encode(), "big")])
     images = {int(image["id"]): image for image in document["images"]}
     annotations = [{k: _json_copy(v) for k, v in a.items() if k != "segmentation"} for a in document["annotations"]]
     corruptible = [index for index, a in enumerate(annotations) if not _is_crowd(a)]

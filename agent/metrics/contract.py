@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import resources
+from agent.data.inject import INJECT_TYPES
 from agent.errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
@@ -33,7 +34,9 @@ LEVEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 _NAME_RE = re.compile(NAME_PATTERN)
-_CONTRACT_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS", "TITLE", "RANGE", "TAGS", "OUTPUT", "NEIGHBOURS")
+_CONTRACT_CONSTANTS = (
+    "NAME", "LEVEL", "SUSPICIOUS", "TITLE", "RANGE", "TAGS", "OUTPUT", "NEIGHBOURS", "COMBINE", "ERRORS",
+)  # fmt: skip
 _REQUIRED_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS")
 _CONTRACT_NAMES = frozenset({*_CONTRACT_CONSTANTS, "score"})
 _IMPORT_RULE = "a metric may import only numpy, cv2, math and the standard library"
@@ -43,6 +46,8 @@ Origin = Literal["file", "builtin", "library"]
 
 DEFAULT_NEIGHBOURS = 10
 MAX_NEIGHBOURS = 100
+# What a learned feature metric can be trained to find: every injected error type that leaves a box to score.
+LEARNABLE_ERRORS = tuple(t for t in INJECT_TYPES if t != "drop")
 
 
 class MetricSpec(BaseModel):
@@ -61,6 +66,14 @@ class MetricSpec(BaseModel):
     # (the share of each box's nearest neighbours labelled with another class).
     output: Literal["score", "features"] = "score"
     neighbours: int = Field(default=DEFAULT_NEIGHBOURS, ge=1, le=MAX_NEIGHBOURS)
+    # How a feature metric's vectors become scores: "neighbours" (the k-NN class disagreement above), or
+    # "learned" (a classifier trained on errors injected into the dataset: agent.metrics.learned).
+    combine: Literal["neighbours", "learned"] = "neighbours"
+    # A learned metric: the injected error types its classifier learns to tell from the dataset's boxes.
+    learns: tuple[str, ...] = ()
+    # A file that lists ERRORS declares one metric per type, NAME_type, each with its own classifier (see
+    # `file_metrics`); this is the file's NAME on each of them, and None on every other metric.
+    family: str | None = None
     source: str
     path: str
     origin: Origin
@@ -355,17 +368,35 @@ def _constant_error(name: str, value: Any) -> str | None:
         not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_NEIGHBOURS
     ):
         return f"NEIGHBOURS must be a whole number from 1 to {MAX_NEIGHBOURS}, got {value!r}"
+    elif name == "COMBINE":
+        if not isinstance(value, str) or value not in ("neighbours", "learned"):
+            return f"COMBINE must be 'neighbours' or 'learned', got {value!r}"
+    elif name == "ERRORS" and (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(t, str) and t in LEARNABLE_ERRORS for t in value)
+        or len(set(value)) != len(value)
+    ):
+        return f"ERRORS must be a list of distinct error types from {', '.join(LEARNABLE_ERRORS)}, got {value!r}"
     return None
+
+
+_FEATURE_ONLY = ("NEIGHBOURS", "COMBINE", "ERRORS")
 
 
 def _feature_problems(values: dict[str, tuple[int, Any]], constants: dict[str, Any]) -> list[_Problem]:
     """A feature metric's score is a class-disagreement share, so only one LEVEL and direction fit."""
     if constants.get("OUTPUT") != "features":
-        if "NEIGHBOURS" in values:
-            return [(values["NEIGHBOURS"][0], "NEIGHBOURS applies only to OUTPUT = 'features'")]
-        return []
+        return [
+            (values[name][0], f"{name} applies only to OUTPUT = 'features'") for name in _FEATURE_ONLY if name in values
+        ]
     line = values["OUTPUT"][0]
     problems: list[_Problem] = []
+    learned = constants.get("COMBINE") == "learned"
+    if learned and "NEIGHBOURS" in values:
+        problems.append((values["NEIGHBOURS"][0], "NEIGHBOURS applies only to COMBINE = 'neighbours'"))
+    if not learned and "ERRORS" in values:
+        problems.append((values["ERRORS"][0], "ERRORS applies only to COMBINE = 'learned'"))
     if constants.get("LEVEL", "object") != "object":
         problems.append((line, "OUTPUT = 'features' needs LEVEL = 'object': neighbours are compared by class"))
     if constants.get("SUSPICIOUS", "high") != "high":
@@ -525,6 +556,9 @@ def parse_metric_source(source: str, path: str = "<metric>", origin: Origin = "f
         tags=constants.get("TAGS", ()),
         output=constants.get("OUTPUT", "score"),
         neighbours=constants.get("NEIGHBOURS", DEFAULT_NEIGHBOURS),
+        combine=constants.get("COMBINE", "neighbours"),
+        learns=tuple(constants.get("ERRORS", LEARNABLE_ERRORS)) if constants.get("COMBINE") == "learned" else (),
+        family=constants["NAME"] if len(constants.get("ERRORS", ())) > 1 else None,
         source=source,
         path=path,
         origin=origin,
@@ -556,27 +590,62 @@ def _read_source(file: Path, shown: str) -> str:
         ) from None
 
 
-def builtin_metric_names() -> list[str]:
-    """Names usable as `builtin:NAME`, from file names alone (no parsing, so never fails on content)."""
+def file_metrics(spec: MetricSpec) -> list[MetricSpec]:
+    """The metrics a parsed file declares: itself, or for a learned file listing several ERRORS, one per type.
+
+    Each of those is named NAME_type and learns that type alone: one classifier per type ranks that
+    type's errors far better than one classifier of all of them, whose top is shared by every type.
+    """
+    if spec.family is None or len(spec.learns) < 2:
+        return [spec]
+    return [spec.model_copy(update={"name": f"{spec.family}_{error}", "learns": (error,)}) for error in spec.learns]
+
+
+def _builtin_files() -> list[str]:
+    """The shipped metric files' names, from file names alone (no parsing, so never fails on content)."""
     folder = resources.builtin_metrics_dir()
     if not folder.is_dir():
         return []
     return sorted(p.stem for p in folder.glob("*.py") if p.is_file() and _NAME_RE.match(p.stem))
 
 
-def _load_builtin(ref: str) -> MetricSpec:
-    name = ref[len(BUILTIN_PREFIX) :]
-    available = builtin_metric_names()
-    # Checking membership (not just existence) also stops 'builtin:../x' from leaving the folder.
-    if name not in available:
-        listing = ", ".join(available) if available else "none are installed"
-        raise MetricFileError(ref, None, f"unknown builtin metric '{name}'; available: {listing}")
-    file = resources.builtin_metrics_dir() / f"{name}.py"
-    spec = parse_metric_source(_read_source(file, ref), path=ref, origin="builtin")
-    if spec.name != name:
+def _parse_builtin(stem: str, ref: str) -> MetricSpec:
+    file = resources.builtin_metrics_dir() / f"{stem}.py"
+    spec = parse_metric_source(_read_source(file, ref), path=f"{BUILTIN_PREFIX}{stem}", origin="builtin")
+    if spec.name != stem:
         # builtin:NAME must mean the metric called NAME, or reports would disagree with the command line.
-        raise MetricFileError(ref, None, f"declares NAME '{spec.name}' but its file is {name}.py")
+        raise MetricFileError(ref, None, f"declares NAME '{spec.name}' but its file is {stem}.py")
     return spec
+
+
+def builtin_metric_names() -> list[str]:
+    """Names usable as `builtin:NAME`: one per shipped metric (a file listing ERRORS gives one per type)."""
+    return [spec.name for spec in list_builtin_metrics()]
+
+
+def load_builtin_metrics(ref: str) -> list[MetricSpec]:
+    """`builtin:NAME`: the metric so named, or every metric of the file so named (a learned file's types)."""
+    name = ref[len(BUILTIN_PREFIX) :]
+    files = _builtin_files()
+    # Checking membership (not just existence) also stops 'builtin:../x' from leaving the folder.
+    if name in files:
+        return file_metrics(_parse_builtin(name, ref))
+    for stem in files:
+        if name.startswith(f"{stem}_"):
+            found = [spec for spec in file_metrics(_parse_builtin(stem, ref)) if spec.name == name]
+            if found:
+                return found
+    available = builtin_metric_names()
+    listing = ", ".join(available) if available else "none are installed"
+    raise MetricFileError(ref, None, f"unknown builtin metric '{name}'; available: {listing}")
+
+
+def _load_builtin(ref: str) -> MetricSpec:
+    specs = load_builtin_metrics(ref)
+    if len(specs) > 1:
+        names = ", ".join(spec.name for spec in specs)
+        raise MetricFileError(ref, None, f"declares {len(specs)} metrics ({names}); name one of them")
+    return specs[0]
 
 
 def load_metric_file(ref: str) -> MetricSpec:
@@ -586,6 +655,14 @@ def load_metric_file(ref: str) -> MetricSpec:
     return parse_metric_source(_read_source(Path(ref), ref), path=ref, origin="file")
 
 
+def load_metric_files(ref: str) -> list[MetricSpec]:
+    """Every metric `ref` declares: like `load_metric_file`, and a learned file listing ERRORS gives one per type."""
+    if ref.startswith(BUILTIN_PREFIX):
+        return load_builtin_metrics(ref)
+    return file_metrics(load_metric_file(ref))
+
+
 def list_builtin_metrics() -> list[MetricSpec]:
     """Every shipped metric, validated, sorted by name. A broken one raises: it is our bug to fix."""
-    return [_load_builtin(BUILTIN_PREFIX + name) for name in builtin_metric_names()]
+    specs = [spec for stem in _builtin_files() for spec in file_metrics(_parse_builtin(stem, BUILTIN_PREFIX + stem))]
+    return sorted(specs, key=lambda spec: spec.name)

@@ -36,7 +36,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import UserError
-from agent.metrics.contract import NAME_PATTERN, MetricSpec, list_builtin_metrics, load_metric_file, parse_metric_source
+from agent.metrics.contract import (
+    NAME_PATTERN,
+    MetricSpec,
+    list_builtin_metrics,
+    load_metric_file,
+    load_metric_files,
+    parse_metric_source,
+)
 
 __all__ = [
     "LIBRARY_PREFIX",
@@ -56,6 +63,7 @@ __all__ = [
     "promote",
     "remove_metric",
     "resolve_metric",
+    "resolve_metrics",
 ]
 
 LIBRARY_PREFIX = "lib:"
@@ -325,3 +333,10 @@ def resolve_metric(ref: str, library: Path | None = None) -> MetricSpec:
     if ref.startswith(LIBRARY_PREFIX):
         return load_library_metric(ref, default_library_dir(library))
     return load_metric_file(ref)
+
+
+def resolve_metrics(ref: str, library: Path | None = None) -> list[MetricSpec]:
+    """What a `--metric` reference names: one metric, or each metric a learned file declares per error type."""
+    if ref.startswith(LIBRARY_PREFIX):
+        return [load_library_metric(ref, default_library_dir(library))]
+    return load_metric_files(ref)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -18,11 +19,13 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field, TypeAdapter
 
 from agent.data.coco import Dataset
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
+from agent.metrics.learned import TrainingCopy, cross_fitted_scores, fold_of, training_copies
 from agent.metrics.neighbours import class_disagreement
 from sandbox.engine import CallResult, RunReport, ScoringEngine
 from sandbox.framing import PRINTED_MARKER
@@ -187,20 +190,113 @@ def image_paths(dataset: Dataset) -> dict[int, str]:
     return {image.id: os.path.realpath(dataset.image_path(image.id)) for image in dataset.images}
 
 
+@dataclass(frozen=True)
+class _Codes:
+    """The distinct metric codes among the specs: what the workers load and call, each once.
+
+    Specs with the very same code (a learned file's metrics, one per error type) share one call per
+    item; its result is then read once for each of them.
+    """
+
+    codes: tuple[MetricSpec, ...]  # one spec standing for each distinct code
+    of_spec: tuple[int, ...]  # each spec's code index
+    specs_of: tuple[tuple[int, ...], ...]  # each code's spec indices
+
+    @classmethod
+    def of(cls, specs: Sequence[MetricSpec]) -> _Codes:
+        index: dict[tuple[str, str, str], int] = {}
+        of_spec = tuple(index.setdefault((s.code_sha256, s.level, s.output), len(index)) for s in specs)
+        codes = tuple(specs[of_spec.index(code)] for code in range(len(index)))
+        specs_of = tuple(tuple(i for i, c in enumerate(of_spec) if c == code) for code in range(len(index)))
+        return cls(codes=codes, of_spec=of_spec, specs_of=specs_of)
+
+    def engine_metrics(self, specs: Sequence[MetricSpec]) -> list[MetricCode]:
+        metrics = []
+        for code, spec in enumerate(self.codes):
+            # A shared code is named by its file (a learned family); a code of one spec by that spec.
+            name = spec.name if len(self.specs_of[code]) == 1 else (spec.family or spec.name)
+            metrics.append(
+                MetricCode(name=name, level=spec.level, source=spec.source, filename=spec.path, output=spec.output)
+            )
+        return metrics
+
+
 def build_tasks(dataset: Dataset, specs: list[MetricSpec], paths: dict[int, str] | None = None) -> Iterator[ImageTask]:
     """One task per image with every call on it: image metrics once, object metrics per box.
 
-    A generator, so the engine can start its workers while the tasks are still being built.
+    Calls name distinct codes (`_Codes`), not specs. A generator, so the engine can start its workers
+    while the tasks are still being built.
     """
     paths = image_paths(dataset) if paths is None else paths
-    image_metrics = [Call(metric=index, obj=None) for index, spec in enumerate(specs) if spec.level == "image"]
-    object_metrics = [index for index, spec in enumerate(specs) if spec.level == "object"]
+    codes = _Codes.of(specs).codes
+    image_metrics = [Call(metric=index, obj=None) for index, spec in enumerate(codes) if spec.level == "image"]
+    object_metrics = [index for index, spec in enumerate(codes) if spec.level == "object"]
     for image in dataset.images:
         scene = dataset.scene(image.id)
         objects = range(len(scene["annotations"]))
         calls = [*image_metrics, *(Call(metric=index, obj=obj) for index in object_metrics for obj in objects)]
         if calls:
             yield ImageTask(image_id=image.id, path=paths[image.id], scene=scene, calls=tuple(calls))
+
+
+class _Training:
+    """A dataset's learned metrics' training calls, and the corrupted boxes' vectors as they come back.
+
+    Each learned code describes the corrupted boxes of the training copies (`agent.metrics.learned`) in
+    their copy's scene. Those calls go to the workers as tasks of their own, with negative numbers (no
+    image id is negative), each right after its image's own task so a worker decodes the image once.
+    `numbers` deals the task numbers: -1, -2, ..., shared when several datasets train in one engine run.
+    """
+
+    def __init__(
+        self, dataset: Dataset, specs: Sequence[MetricSpec], codes: _Codes, numbers: Iterator[int] | None = None
+    ) -> None:
+        self.learned = [code for code, spec in enumerate(codes.codes) if spec.combine == "learned"]
+        errors = list(dict.fromkeys(e for code in self.learned for i in codes.specs_of[code] for e in specs[i].learns))
+        self.copies: list[TrainingCopy] = training_copies(dataset, errors) if self.learned else []
+        self._numbers = itertools.count(-1, -1) if numbers is None else numbers
+        self._where: dict[int, tuple[int, int]] = {}  # task number -> (copy, image id)
+        # Per (code, error): (image id, class id, vector) of each corrupted box described.
+        self.vectors: dict[tuple[int, str], list[tuple[int, int, tuple[float, ...]]]] = {}
+
+    def tasks_for(self, image_id: int, path: str) -> Iterator[ImageTask]:
+        for copy_index, copy in enumerate(self.copies):
+            scene = copy.dataset.scene(image_id)
+            positions = [p for p, obj in enumerate(scene["annotations"]) if obj["id"] in copy.corrupted]
+            if not positions:
+                continue
+            task = next(self._numbers)
+            self._where[task] = (copy_index, image_id)
+            calls = tuple(Call(metric=code, obj=position) for code in self.learned for position in positions)
+            yield ImageTask.model_construct(image_id=task, path=path, scene=scene, calls=calls)
+
+    def take(self, result: CallResult) -> bool:
+        """Keep a training call's vector; False when the result is not a training call's."""
+        where = self._where.get(result.image_id)
+        if where is None:
+            return False
+        copy_index, image_id = where
+        copy = self.copies[copy_index]
+        if result.kind is None and result.features is not None and result.obj is not None:
+            category = copy.dataset.objects_of(image_id)[result.obj]["category_id"]
+            self.vectors.setdefault((result.metric, copy.error), []).append((image_id, category, result.features))
+        return True
+
+
+def _with_training(
+    dataset: Dataset, tasks: Iterable[ImageTask], training: _Training, paths: dict[int, str]
+) -> Iterator[ImageTask]:
+    """`tasks` (one per image at most, in the dataset's order), each image's training tasks right after its own.
+
+    Walks the images rather than the tasks: an image without calls of its own may hold a spurious training box.
+    """
+    pending = iter(tasks)
+    upcoming = next(pending, None)
+    for image in dataset.images:
+        if upcoming is not None and upcoming.image_id == image.id:
+            yield upcoming
+            upcoming = next(pending, None)
+        yield from training.tasks_for(image.id, paths[image.id])
 
 
 def count_calls(dataset: Dataset, specs: list[MetricSpec]) -> int:
@@ -223,57 +319,115 @@ def data_roots(dataset: Dataset, paths: Iterable[str]) -> tuple[str, ...]:
 class _Collector:
     """Turns engine results into rows and keeps running summaries.
 
-    A feature metric's results are held back until `finish()`: its scores compare every box's
-    vector with every other one, so none is known before the last vector arrives.
+    Results name codes (`_Codes`); each becomes one row per spec with that code. A feature metric's
+    results are held back until `finish()`: its scores compare every box's vector with every other
+    one (or train on them), so none is known before the last vector arrives.
     """
 
     def __init__(self, dataset: Dataset, specs: list[MetricSpec], on_rows: Callable[[list[ScoreRow]], None]) -> None:
         self.dataset, self.specs, self.on_rows = dataset, specs, on_rows
+        self.codes = _Codes.of(specs)
         self.rows: list[ScoreRow] = []
         self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
         # One string per metric, shared by all its rows rather than rebuilt for each.
         self._origins = [metric_origin(spec) for spec in specs]
         self._annotation_ids: dict[int, list[int]] = {}
-        self._held: dict[int, list[CallResult]] = {i: [] for i, spec in enumerate(specs) if spec.output == "features"}
+        self._category_of: dict[int, int] | None = None
+        self._held: dict[int, list[CallResult]] = {
+            code: [] for code, spec in enumerate(self.codes.codes) if spec.output == "features"
+        }
 
     def __call__(self, results: list[CallResult]) -> None:
         batch = []
         for result in results:
             held = self._held.get(result.metric)
             if held is None:
-                batch.append(self._row(result))
+                batch.extend(self._row(result, index) for index in self.codes.specs_of[result.metric])
             else:
                 held.append(result)
         self.rows.extend(batch)
         if batch:
             self.on_rows(batch)
 
-    def finish(self) -> None:
+    def finish(self, training: _Training | None = None) -> None:
         """Score the feature metrics from the vectors gathered, and emit their rows."""
-        for metric, results in self._held.items():
-            batch = [self._row(result) for result in self._feature_scores(metric, results)]
-            self.rows.extend(batch)
-            self.on_rows(batch)
+        for code, results in self._held.items():
+            # Results arrive in whatever order the workers finish; the scores must not depend on it.
+            results.sort(key=lambda result: (result.image_id, result.obj or 0))
+            for index in self.codes.specs_of[code]:
+                if self.specs[index].combine == "learned":
+                    scored = self._learned_scores(code, index, results, training)
+                else:
+                    scored = self._neighbour_scores(index, results)
+                batch = [self._row(result, index) for result in scored]
+                self.rows.extend(batch)
+                self.on_rows(batch)
             results.clear()
 
-    def _feature_scores(self, metric: int, results: list[CallResult]) -> list[CallResult]:
-        # Results arrive in whatever order the workers finish; neighbours must not depend on it.
-        results = sorted(results, key=lambda result: (result.image_id, result.obj or 0))
+    def _vectors(self, results: list[CallResult]) -> tuple[list[CallResult], str | None]:
+        """The results that carry a vector, or an error message when their lengths differ."""
         vectors = [result for result in results if result.kind is None and result.features is not None]
         lengths = sorted({len(result.features or ()) for result in vectors})
         if len(lengths) > 1:
-            message = f"score() returned feature vectors of different lengths ({', '.join(map(str, lengths))})"
-            return [
-                dataclasses.replace(result, kind="invalid_output", error=message) if result.kind is None else result
-                for result in results
-            ]
-        category_of = {annotation.id: annotation.category_id for annotation in self.dataset.annotations}
-        categories = [category_of[self._annotation_id(result)] for result in vectors]
-        scores = class_disagreement(
-            [result.features or () for result in vectors], categories, self.specs[metric].neighbours
-        )
+            return vectors, f"score() returned feature vectors of different lengths ({', '.join(map(str, lengths))})"
+        return vectors, None
+
+    def _scored(
+        self, results: list[CallResult], vectors: list[CallResult], scores: Sequence[float | None]
+    ) -> list[CallResult]:
         scored = {id(result): score for result, score in zip(vectors, scores, strict=True)}
         return [dataclasses.replace(result, score=scored.get(id(result)), features=None) for result in results]
+
+    def _failed(self, results: list[CallResult], message: str) -> list[CallResult]:
+        return [
+            dataclasses.replace(result, kind="invalid_output", error=message, features=None)
+            if result.kind is None
+            else result
+            for result in results
+        ]
+
+    def _category(self, result: CallResult) -> int:
+        if self._category_of is None:
+            self._category_of = {annotation.id: annotation.category_id for annotation in self.dataset.annotations}
+        return self._category_of[self._annotation_id(result)]  # type: ignore[index]
+
+    def _neighbour_scores(self, index: int, results: list[CallResult]) -> list[CallResult]:
+        vectors, problem = self._vectors(results)
+        if problem is not None:
+            return self._failed(results, problem)
+        categories = [self._category(result) for result in vectors]
+        scores = class_disagreement(
+            [result.features or () for result in vectors], categories, self.specs[index].neighbours
+        )
+        return self._scored(results, vectors, scores)
+
+    def _learned_scores(
+        self, code: int, index: int, results: list[CallResult], training: _Training | None
+    ) -> list[CallResult]:
+        vectors, problem = self._vectors(results)
+        corrupted = [
+            row
+            for error in self.specs[index].learns
+            for row in (training.vectors.get((code, error), []) if training else [])
+        ]
+        lengths = {len(result.features or ()) for result in vectors} | {len(vector) for _, _, vector in corrupted}
+        if problem is None and len(lengths) > 1:
+            problem = f"score() returned feature vectors of different lengths ({', '.join(map(str, sorted(lengths)))})"
+        if problem is not None:
+            return self._failed(results, problem)
+        if not vectors or not corrupted:
+            return self._scored(results, vectors, [None] * len(vectors))
+        classes = _class_codes(self.dataset)
+        clean = np.asarray([[*(result.features or ()), classes[self._category(result)]] for result in vectors])
+        positives = np.asarray([[*vector, classes[category]] for _, category, vector in corrupted])
+        scores = cross_fitted_scores(
+            clean,
+            [result.image_id for result in vectors],
+            positives,
+            [image_id for image_id, _, _ in corrupted],
+            fold_of([image.id for image in self.dataset.images]),
+        )
+        return self._scored(results, vectors, scores)
 
     def _annotation_id(self, result: CallResult) -> int | None:
         if result.obj is None:
@@ -283,9 +437,9 @@ class _Collector:
             ids = self._annotation_ids[result.image_id] = self.dataset.annotation_ids(result.image_id)
         return ids[result.obj]
 
-    def _row(self, result: CallResult) -> ScoreRow:
-        spec = self.specs[result.metric]
-        summary = self.summaries[result.metric]
+    def _row(self, result: CallResult, index: int) -> ScoreRow:
+        spec = self.specs[index]
+        summary = self.summaries[index]
         annotation_id = self._annotation_id(result)
         if result.kind is not None:
             summary.failures[result.kind] += 1
@@ -304,8 +458,18 @@ class _Collector:
             error=result.error,
             suspicious=spec.suspicious,
             code_sha256=spec.code_sha256,
-            origin=self._origins[result.metric],
+            origin=self._origins[index],
         )
+
+
+_MAX_CLASS_CODES = 250  # HistGradientBoosting's categories must be fewer than its 255 bins
+
+
+def _class_codes(dataset: Dataset) -> dict[int, int]:
+    """Each category id as the classifier's categorical feature: 0, 1, ... (the rarest beyond 250 share one)."""
+    counts = Counter(annotation.category_id for annotation in dataset.annotations)
+    ranked = sorted({category.id for category in dataset.categories} | set(counts), key=lambda c: (-counts[c], c))
+    return {category: min(rank, _MAX_CLASS_CODES) for rank, category in enumerate(ranked)}
 
 
 def score_dataset(
@@ -317,9 +481,15 @@ def score_dataset(
     """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted."""
     paths = image_paths(dataset)
     collector = _Collector(dataset, specs, on_rows)
-    report, interrupted = _run_engine(dataset, specs, config, paths, build_tasks(dataset, specs, paths), collector)
+    training = _Training(dataset, specs, collector.codes)
+    tasks = _with_training(dataset, build_tasks(dataset, specs, paths), training, paths)
+
+    def sink(results: list[CallResult]) -> None:
+        collector([result for result in results if not training.take(result)])
+
+    report, interrupted = _run_engine(dataset, specs, config, paths, tasks, sink)
     if not interrupted:
-        collector.finish()
+        collector.finish(training)
     return _outcome(dataset, specs, collector, report, interrupted)
 
 
@@ -343,9 +513,10 @@ def score_versions(
     for version in versions[1:]:
         if version.image_root != first.image_root or version.images != first.images:
             raise ValueError("score_versions needs versions with the same images")
-    # Per metric, what its calls' results depend on besides the pixels: the scene, nothing, or some keys of the box.
+    # Per code, what its calls' results depend on besides the pixels: the scene, nothing, or some keys of the box.
+    codes = _Codes.of(specs)
     plans: list[tuple[int, str, str, tuple[str, ...]]] = []
-    for index, spec in enumerate(specs):
+    for index, spec in enumerate(codes.codes):
         reads = metric_inputs(spec.source, spec.level)
         kind = "scene" if reads.scene or reads.obj_keys is None else "pixels" if spec.level == "image" else "box"
         plans.append((index, spec.level, kind, tuple(sorted(reads.obj_keys or ()))))
@@ -356,6 +527,9 @@ def score_versions(
     where: dict[Hashable, tuple[int, int, int | None]] = {}
     answered_by: list[list[tuple[int, int, int | None, tuple[int, int, int | None]]]] = [[] for _ in versions]
     task_count = 0
+    # Each version's learned metrics train on copies of that version; their task numbers are negative, shared.
+    training_numbers = itertools.count(-1, -1)
+    trainings = [_Training(version, specs, codes, training_numbers) for version in versions]
 
     def distinct_tasks() -> Iterator[ImageTask]:
         nonlocal task_count
@@ -391,17 +565,22 @@ def score_versions(
                         image_id=task_count, path=paths[image.id], scene=scene, calls=tuple(calls)
                     )
                     task_count += 1
+            for training in trainings:
+                yield from training.tasks_for(image.id, paths[image.id])
 
     results: dict[tuple[int, int, int | None], CallResult] = {}
 
     def collect(batch: list[CallResult]) -> None:
         for result in batch:
-            results[(result.image_id, result.metric, result.obj)] = result
+            if result.image_id >= 0:
+                results[(result.image_id, result.metric, result.obj)] = result
+            else:
+                any(training.take(result) for training in trainings)
         on_calls(len(batch))
 
     report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect)
     outcomes = []
-    for version, version_calls in zip(versions, answered_by, strict=True):
+    for version, version_calls, training in zip(versions, answered_by, trainings, strict=True):
         collector = _Collector(version, specs, lambda rows: None)
         own = []
         for metric, image_id, obj, real in version_calls:
@@ -411,7 +590,7 @@ def score_versions(
                 own.append(CallResult(metric, image_id, obj, score, kind, error, features))
         collector(own)
         if not interrupted:
-            collector.finish()
+            collector.finish(training)
         outcomes.append(_outcome(version, specs, collector, report, interrupted))
     return VersionsOutcome(outcomes=outcomes, calls_run=len(results), calls_needed=sum(map(len, answered_by)))
 
@@ -443,10 +622,7 @@ def _run_engine(
     """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted)."""
     roots = data_roots(dataset, paths.values())
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
-    metrics = [
-        MetricCode(name=spec.name, level=spec.level, source=spec.source, filename=spec.path, output=spec.output)
-        for spec in specs
-    ]
+    metrics = _Codes.of(specs).engine_metrics(specs)
     try:
         return ScoringEngine(config).run(metrics, tasks, sink), False
     except KeyboardInterrupt:

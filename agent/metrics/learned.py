@@ -1,0 +1,153 @@
+"""Learned feature metrics' scores: a classifier trained on errors injected into the dataset being scored.
+
+A metric with `OUTPUT = "features"` and `COMBINE = "learned"` returns a vector per box. Its score for
+a box is the probability that a classifier trained to tell corrupted boxes from the dataset's own
+gives that box. The training data comes from the dataset itself, so the metric needs no labels:
+
+1. `training_copies`: for each error type the metric learns, copies of the dataset with that type
+   injected by `agent.data.inject` in a random stream of its own (`STREAM`), never the one that
+   `inject` and `selftest` draw from. About `POSITIVES_WANTED` corrupted boxes per type: at most
+   `MAX_RATE` of the boxes per copy, in up to `MAX_COPIES` copies.
+2. The metric describes the corrupted boxes of those copies (the positives), in their copy's scene,
+   and every box of the dataset (the negatives, and the boxes to score).
+3. `cross_fitted_scores`: the images are dealt into folds (`FOLDS`, by a hash of the image id, so
+   the folds depend on nothing but the ids), and each fold's boxes are scored by a model trained on
+   the other folds' positives and negatives only. No box is scored by a model that saw its image,
+   its own vector or any corruption drawn from its image; the tests prove it by changing those and
+   finding the score unchanged.
+
+The classifier is scikit-learn's HistGradientBoostingClassifier, with the box's class as one
+categorical feature beside the vector (a swapped box looks unlike its class, not unlike boxes in
+general). Its fit runs on one thread, so the scores are the same at any thread count.
+
+The negatives are the dataset as it is, with whatever real errors it holds: the classifier learns
+how the boxes look when made wrong in these ways, against how they look as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.data.coco import AnnotationInfo, Dataset
+from agent.data.inject import inject_errors
+
+__all__ = [
+    "FOLDS", "MAX_COPIES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy", "cross_fitted_scores",
+    "fold_of", "training_copies",
+]  # fmt: skip
+
+STREAM = "learned-metrics"
+POSITIVES_WANTED = 400
+MAX_RATE = 0.3
+MAX_COPIES = 4
+FOLDS = 5
+MIN_TRAINING = 10  # a fold's model needs at least this many positives and as many negatives
+_CLASSIFIER = {
+    "max_iter": 100,
+    "learning_rate": 0.05,
+    "max_leaf_nodes": 8,
+    "min_samples_leaf": 40,
+    "l2_regularization": 1.0,
+    "early_stopping": False,
+    "random_state": 0,
+}
+
+
+@dataclass(frozen=True)
+class TrainingCopy:
+    """A copy of the dataset with one error type injected, and the ids (in the copy) of its corrupted boxes."""
+
+    error: str
+    dataset: Dataset
+    corrupted: frozenset[int]
+
+
+def _document(dataset: Dataset) -> dict[str, Any]:
+    """The dataset as a COCO document, for `inject_errors` (which copies what it changes)."""
+    return {
+        "images": [image.model_dump(mode="json") for image in dataset.images],
+        "categories": [category.model_dump(mode="json", exclude_none=True) for category in dataset.categories],
+        "annotations": [
+            {**annotation.model_dump(mode="json", exclude={"segmentation"}), "bbox": list(annotation.bbox)}
+            for annotation in dataset.annotations
+        ],
+    }
+
+
+def training_copies(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCopy]:
+    """For each error type, the copies its classifier is trained on (none for a type the dataset can't take)."""
+    corruptible = sum(not annotation.iscrowd for annotation in dataset.annotations)
+    if corruptible == 0:
+        return []
+    rate = min(MAX_RATE, POSITIVES_WANTED / corruptible)
+    count = min(MAX_COPIES, math.ceil(POSITIVES_WANTED / (rate * corruptible)))
+    document = _document(dataset)
+    copies = []
+    for error in errors:
+        for seed in range(count):
+            injection = inject_errors(document, rate=rate, seed=seed, types=[error], stream=f"{STREAM}:{error}")
+            corrupted = frozenset(r.annotation_id for r in injection.errors.errors if r.annotation_id is not None)
+            if not corrupted:
+                break  # a single-class dataset has no swaps: every copy would be as empty
+            annotations = tuple(AnnotationInfo.model_validate(a) for a in injection.document["annotations"])
+            copies.append(TrainingCopy(error, dataclasses.replace(dataset, annotations=annotations), corrupted))
+    return copies
+
+
+def fold_of(image_ids: Sequence[int], folds: int = FOLDS) -> dict[int, int]:
+    """Each image's fold: the images ordered by a hash of their id, then dealt out in turn.
+
+    The order depends on the ids alone, so neither the boxes nor any corruption moves an image to
+    another fold, and the folds stay as even as the image count allows.
+    """
+    order = sorted(set(image_ids), key=lambda i: hashlib.blake2b(str(i).encode(), digest_size=8).digest())
+    count = max(1, min(folds, len(order)))
+    return {image_id: rank % count for rank, image_id in enumerate(order)}
+
+
+def _classifier(columns: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier  # scikit-learn takes a second to import
+
+    return HistGradientBoostingClassifier(**_CLASSIFIER, categorical_features=[columns - 1])
+
+
+def cross_fitted_scores(
+    clean: NDArray[np.float64],
+    clean_images: Sequence[int],
+    corrupted: NDArray[np.float64],
+    corrupted_images: Sequence[int],
+    folds: dict[int, int],
+) -> list[float | None]:
+    """Each clean row's probability of being corrupted, by a model that saw none of its fold's images.
+
+    `clean` and `corrupted` are feature rows whose last column is the box's class code (0, 1, ...);
+    `folds` gives every image's fold. A fold whose training data has fewer than `MIN_TRAINING`
+    positives or negatives leaves its rows None, as does having a single fold (nothing to train on).
+    """
+    from threadpoolctl import threadpool_limits
+
+    clean_folds = np.asarray([folds[i] for i in clean_images], dtype=np.int64)
+    corrupted_folds = np.asarray([folds[i] for i in corrupted_images], dtype=np.int64)
+    scores: list[float | None] = [None] * len(clean)
+    for fold in sorted(set(folds.values())):
+        rows = np.flatnonzero(clean_folds == fold)
+        negatives, positives = clean[clean_folds != fold], corrupted[corrupted_folds != fold]
+        if not rows.size or len(negatives) < MIN_TRAINING or len(positives) < MIN_TRAINING:
+            continue
+        features = np.vstack([positives, negatives])
+        target = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+        # One thread: a parallel sum of gradients may round differently from one run to the next.
+        with threadpool_limits(limits=1):
+            model = _classifier(features.shape[1]).fit(features, target)
+            probabilities = model.predict_proba(clean[rows])[:, 1]
+        for row, probability in zip(rows.tolist(), probabilities.tolist(), strict=True):
+            scores[row] = float(probability)
+    return scores
