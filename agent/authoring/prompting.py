@@ -241,7 +241,8 @@ def choose_examples(
     files (40 lines weigh about as much as one shared rare word). Feature metrics are left out unless
     the idea is about neighbours or appearance.
     """
-    pool = list(list_builtin_metrics() if metrics is None else metrics)
+    # A learned metric's file is a feature extractor for a classifier metricsmith trains: not a pattern to copy.
+    pool = [spec for spec in (list_builtin_metrics() if metrics is None else metrics) if spec.combine != "learned"]
     tokens = _tokens(idea)
     if not _mentions(tokens, _FEATURE_WORDS):
         pool = [spec for spec in pool if spec.output != "features"]

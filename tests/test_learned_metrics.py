@@ -1,0 +1,240 @@
+"""Learned feature metrics (COMBINE = "learned"): the contract, the cross-fitting's honesty, and runs in the sandbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.data.coco import coco_from_document, load_coco
+from agent.data.demo import generate_demo_dataset
+from agent.data.label_errors import load_errors
+from agent.evaluation.ranking import evaluate, ground_truth, scores_from_rows
+from agent.metrics import learned, scoring
+from agent.metrics.contract import (
+    LEARNABLE_ERRORS,
+    MetricFileError,
+    file_metrics,
+    list_builtin_metrics,
+    load_metric_file,
+    load_metric_files,
+    parse_metric_source,
+)
+from agent.metrics.learned import cross_fitted_scores, fold_of
+from agent.metrics.scoring import score_dataset
+from sandbox.isolation import SandboxConfig
+
+# A cheap learned metric for the sandbox runs: the box's geometry, and its overlap with the others.
+GEOMETRY_METRIC = '''"""Box geometry for a learned detector, in the tests."""
+
+import math
+
+NAME = "test_learned"
+LEVEL = "object"
+SUSPICIOUS = "high"
+OUTPUT = "features"
+COMBINE = "learned"
+ERRORS = ERRORS_HERE
+
+
+def score(image, obj, scene):
+    x, y, w, h = (float(v) for v in obj["bbox"])
+    best = 0.0
+    for other in scene["annotations"]:
+        if other["id"] == obj["id"]:
+            continue
+        ox, oy, ow, oh = (float(v) for v in other["bbox"])
+        ix = max(0.0, min(x + w, ox + ow) - max(x, ox))
+        iy = max(0.0, min(y + h, oy + oh) - max(y, oy))
+        union = w * h + ow * oh - ix * iy
+        best = max(best, ix * iy / union if union > 0 else 0.0)
+    return [math.log(max(w, 1.0)), math.log(max(h, 1.0)), w / max(h, 1.0), best, len(scene["annotations"])]
+'''
+
+
+def _geometry_metric(errors: list[str]) -> str:
+    return GEOMETRY_METRIC.replace("ERRORS_HERE", json.dumps(errors))
+
+
+# --- the contract ------------------------------------------------------------------------------
+
+
+def test_the_builtin_file_declares_one_metric_per_error_type() -> None:
+    family = load_metric_files("builtin:learned")
+    assert [spec.name for spec in family] == [f"learned_{error}" for error in LEARNABLE_ERRORS]
+    assert [spec.learns for spec in family] == [(error,) for error in LEARNABLE_ERRORS]
+    assert {spec.code_sha256 for spec in family} == {load_metric_file("builtin:learned_shift").code_sha256}
+    assert {spec.name for spec in family} <= {spec.name for spec in list_builtin_metrics()}
+    assert load_metric_file("builtin:learned_tight").learns == ("tight",)
+    with pytest.raises(MetricFileError, match=r"declares 6 metrics \(learned_swap, .*\); name one of them"):
+        load_metric_file("builtin:learned")
+    with pytest.raises(MetricFileError, match="unknown builtin metric 'learned_drop'"):
+        load_metric_file("builtin:learned_drop")
+
+
+def test_a_learned_file_without_errors_is_one_metric_learning_every_type() -> None:
+    source = _geometry_metric(["shift"]).replace('ERRORS = ["shift"]\n', "")
+    spec = parse_metric_source(source)
+    assert (spec.name, spec.combine, spec.learns, spec.family) == ("test_learned", "learned", LEARNABLE_ERRORS, None)
+    assert file_metrics(spec) == [spec]
+    one = parse_metric_source(_geometry_metric(["loose"]))
+    assert file_metrics(one) == [one] and one.learns == ("loose",), "one type: the file's own NAME"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('OUTPUT = "features"\n', ""), "COMBINE applies only to OUTPUT = 'features'"),
+        (('COMBINE = "learned"', 'COMBINE = "neighbours"'), "ERRORS applies only to COMBINE = 'learned'"),
+        (('COMBINE = "learned"', 'COMBINE = "boosted"'), "COMBINE must be 'neighbours' or 'learned'"),
+        (('ERRORS = ["shift"]', 'ERRORS = ["drop"]'), "ERRORS must be a list of distinct error types"),
+        (('ERRORS = ["shift"]', 'ERRORS = ["shift", "shift"]'), "ERRORS must be a list of distinct error types"),
+        (('ERRORS = ["shift"]', "ERRORS = []"), "ERRORS must be a list of distinct error types"),
+        (('ERRORS = ["shift"]', 'ERRORS = ["shift"]\nNEIGHBOURS = 5'), "NEIGHBOURS applies only to COMBINE"),
+    ],
+)
+def test_the_contract_refuses_what_does_not_fit(change: tuple[str, str], message: str) -> None:
+    source = _geometry_metric(["shift"]).replace(*change)
+    with pytest.raises(MetricFileError, match=message):
+        parse_metric_source(source)
+
+
+# --- cross-fitting, on plain arrays -------------------------------------------------------------
+
+
+def _synthetic(seed: int = 0) -> tuple[np.ndarray, list[int], np.ndarray, list[int], dict[int, int]]:
+    """40 images of 10 clean boxes; 3 corrupted boxes per image, shifted along the first feature."""
+    rng = np.random.default_rng(seed)
+    clean_images = [image for image in range(1, 41) for _ in range(10)]
+    clean = np.column_stack([rng.normal(0, 1, (400, 3)), np.zeros(400)])
+    corrupted_images = [image for image in range(1, 41) for _ in range(3)]
+    corrupted = np.column_stack([rng.normal(0, 1, (120, 3)) + [2.5, 0, 0], np.zeros(120)])
+    return clean, clean_images, corrupted, corrupted_images, fold_of(range(1, 41))
+
+
+def test_folds_depend_on_the_ids_alone_and_are_even() -> None:
+    folds = fold_of(range(1, 41))
+    assert sorted(np.bincount(list(folds.values())).tolist()) == [8] * 5
+    assert fold_of(reversed(range(1, 41))) == folds, "the order given does not matter"
+    assert {i: folds[i] for i in range(1, 21)} != {i: i % 5 for i in range(1, 21)}, "not the ids' own order"
+    assert set(fold_of([7, 9]).values()) == {0, 1}, "two images: two folds"
+
+
+def test_the_classifier_finds_what_the_corruptions_share() -> None:
+    clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
+    clean[:20, 0] += 2.5  # 20 real boxes that look like the corrupted ones
+    scores = np.asarray(cross_fitted_scores(clean, clean_images, corrupted, corrupted_images, folds), dtype=float)
+    assert scores[:20].mean() > 3 * scores[20:].mean()
+
+
+def test_a_box_score_does_not_change_when_the_corruptions_drawn_from_its_own_image_change() -> None:
+    clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
+    before = cross_fitted_scores(clean, clean_images, corrupted, corrupted_images, folds)
+    image = 7
+    own = [k for k, i in enumerate(corrupted_images) if i == image]
+    changed = corrupted.copy()
+    changed[own, :3] = np.random.default_rng(1).normal(-3, 1, (len(own), 3))  # other corruptions, elsewhere
+    after = cross_fitted_scores(clean, clean_images, changed, corrupted_images, folds)
+    rows = [k for k, i in enumerate(clean_images) if i == image]
+    assert [before[k] for k in rows] == [after[k] for k in rows]
+    others = [k for k, i in enumerate(clean_images) if folds[i] != folds[image]]
+    assert any(before[k] != after[k] for k in others), "the change must reach the models that trained on it"
+    # And without any corruption from its image at all.
+    kept = [k for k, i in enumerate(corrupted_images) if i != image]
+    dropped = cross_fitted_scores(clean, clean_images, corrupted[kept], [corrupted_images[k] for k in kept], folds)
+    assert [before[k] for k in rows] == [dropped[k] for k in rows]
+
+
+def test_a_box_score_does_not_depend_on_its_own_image_boxes() -> None:
+    clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
+    before = cross_fitted_scores(clean, clean_images, corrupted, corrupted_images, folds)
+    image = 12
+    rows = [k for k, i in enumerate(clean_images) if i == image]
+    changed = clean.copy()
+    changed[rows[1:], :3] += 2.5  # the image's other boxes now look corrupted
+    after = cross_fitted_scores(changed, clean_images, corrupted, corrupted_images, folds)
+    assert before[rows[0]] == after[rows[0]]
+
+
+def test_too_little_to_train_on_leaves_the_scores_none() -> None:
+    clean, clean_images, corrupted, corrupted_images, _ = _synthetic()
+    one_fold = dict.fromkeys(range(1, 41), 0)
+    assert set(cross_fitted_scores(clean, clean_images, corrupted, corrupted_images, one_fold)) == {None}
+    few = cross_fitted_scores(clean, clean_images, corrupted[:5], corrupted_images[:5], fold_of(range(1, 41)))
+    assert set(few) == {None}
+
+
+# --- through the sandbox --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_dataset(tmp_path_factory.mktemp("learned") / "demo", n_images=40, seed=11)
+
+
+def _spec(tmp_path: Path, errors: list[str]):  # noqa: ANN202
+    path = tmp_path / "test_learned.py"
+    path.write_text(_geometry_metric(errors), encoding="utf-8")
+    return load_metric_files(str(path))
+
+
+def test_scores_in_the_sandbox_do_not_change_when_the_corruptions_of_their_image_change(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = load_coco(demo)
+    specs = _spec(tmp_path, ["duplicate"])
+    config = SandboxConfig(workers=2)
+    before = {row.annotation_id: row.score for row in score_dataset(dataset, specs, config).rows}
+    image = dataset.images[5].id
+    real_copies = learned.training_copies
+
+    def without_image(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        copies = real_copies(*args, **kwargs)
+        return [
+            dataclasses.replace(
+                copy, corrupted=frozenset(a for a in copy.corrupted if _image_of(copy.dataset, a) != image)
+            )
+            for copy in copies
+        ]
+
+    monkeypatch.setattr(scoring, "training_copies", without_image)
+    after = {row.annotation_id: row.score for row in score_dataset(dataset, specs, config).rows}
+    own = dataset.annotation_ids(image)
+    assert own and all(before[a] is not None for a in own)
+    assert [before[a] for a in own] == [after[a] for a in own]
+    assert any(before[a] != after[a] for a in before if a not in own), "the other folds' models did change"
+
+
+def _image_of(dataset, annotation_id: int) -> int:  # noqa: ANN001
+    return next(a.image_id for a in dataset.annotations if a.id == annotation_id)
+
+
+def test_one_metric_per_type_and_a_single_class_dataset_gets_no_swap_scores(demo: Path, tmp_path: Path) -> None:
+    document = json.loads(demo.read_text())
+    document["annotations"] = [{**a, "category_id": 1} for a in document["annotations"]]
+    single = coco_from_document(document, demo)
+    specs = _spec(tmp_path, ["swap", "duplicate"])
+    assert [spec.name for spec in specs] == ["test_learned_swap", "test_learned_duplicate"]
+    outcome = score_dataset(single, specs, SandboxConfig(workers=2))
+    by_metric = {s.name: s for s in outcome.summaries}
+    assert by_metric["test_learned_swap"].scored == 0
+    assert by_metric["test_learned_swap"].not_applicable == len(single.annotations)
+    assert by_metric["test_learned_duplicate"].scored == len(single.annotations)
+    assert outcome.failed == 0
+
+
+def test_the_builtin_detectors_find_their_type_on_the_demo(demo: Path) -> None:
+    dataset = load_coco(demo)
+    specs = load_metric_files("builtin:learned")
+    outcome = score_dataset(dataset, specs, SandboxConfig(workers=2))
+    assert outcome.failed == 0
+    errors = load_errors(demo.parent / "errors.json")
+    report = evaluate(ground_truth(dataset, errors.errors), scores_from_rows(outcome.rows, {s.name: "high" for s in specs}))
+    rows = {row.metric: row for row in report.metrics}
+    chance = rows["random"].ap_by_type
+    for error in ("spurious", "loose", "tight", "duplicate"):
+        found, random = rows[f"learned_{error}"].ap_by_type[error], chance[error]
+        assert found is not None and random is not None and found > 3 * random, (error, found, random)
