@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.data.coco import coco_from_document, load_coco
+from agent.data.coco import Dataset, coco_from_document, load_coco
 from agent.data.demo import generate_demo_dataset
 from agent.data.label_errors import load_errors
 from agent.evaluation.ranking import evaluate, ground_truth, scores_from_rows
@@ -17,13 +18,14 @@ from agent.metrics import learned, scoring
 from agent.metrics.contract import (
     LEARNABLE_ERRORS,
     MetricFileError,
+    MetricSpec,
     file_metrics,
     list_builtin_metrics,
     load_metric_file,
     load_metric_files,
     parse_metric_source,
 )
-from agent.metrics.learned import cross_fitted_scores, fold_of
+from agent.metrics.learned import TrainingCopy, cross_fitted_scores, fold_of
 from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
 
@@ -111,7 +113,8 @@ def _synthetic(seed: int = 0) -> tuple[np.ndarray, list[int], np.ndarray, list[i
     clean_images = [image for image in range(1, 41) for _ in range(10)]
     clean = np.column_stack([rng.normal(0, 1, (400, 3)), np.zeros(400)])
     corrupted_images = [image for image in range(1, 41) for _ in range(3)]
-    corrupted = np.column_stack([rng.normal(0, 1, (120, 3)) + [2.5, 0, 0], np.zeros(120)])
+    shifted = rng.normal(0, 1, (120, 3)) + np.asarray([2.5, 0.0, 0.0])
+    corrupted = np.column_stack([shifted, np.zeros(120)])
     return clean, clean_images, corrupted, corrupted_images, fold_of(range(1, 41))
 
 
@@ -175,7 +178,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_demo_dataset(tmp_path_factory.mktemp("learned") / "demo", n_images=40, seed=11)
 
 
-def _spec(tmp_path: Path, errors: list[str]):  # noqa: ANN202
+def _spec(tmp_path: Path, errors: list[str]) -> list[MetricSpec]:
     path = tmp_path / "test_learned.py"
     path.write_text(_geometry_metric(errors), encoding="utf-8")
     return load_metric_files(str(path))
@@ -191,8 +194,8 @@ def test_scores_in_the_sandbox_do_not_change_when_the_corruptions_of_their_image
     image = dataset.images[5].id
     real_copies = learned.training_copies
 
-    def without_image(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        copies = real_copies(*args, **kwargs)
+    def without_image(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCopy]:
+        copies = real_copies(dataset, errors)
         return [
             dataclasses.replace(
                 copy, corrupted=frozenset(a for a in copy.corrupted if _image_of(copy.dataset, a) != image)
@@ -208,7 +211,7 @@ def test_scores_in_the_sandbox_do_not_change_when_the_corruptions_of_their_image
     assert any(before[a] != after[a] for a in before if a not in own), "the other folds' models did change"
 
 
-def _image_of(dataset, annotation_id: int) -> int:  # noqa: ANN001
+def _image_of(dataset: Dataset, annotation_id: int) -> int:
     return next(a.image_id for a in dataset.annotations if a.id == annotation_id)
 
 
@@ -232,7 +235,8 @@ def test_the_builtin_detectors_find_their_type_on_the_demo(demo: Path) -> None:
     outcome = score_dataset(dataset, specs, SandboxConfig(workers=2))
     assert outcome.failed == 0
     errors = load_errors(demo.parent / "errors.json")
-    report = evaluate(ground_truth(dataset, errors.errors), scores_from_rows(outcome.rows, {s.name: "high" for s in specs}))
+    scores = scores_from_rows(outcome.rows, {spec.name: "high" for spec in specs})
+    report = evaluate(ground_truth(dataset, errors.errors), scores)
     rows = {row.metric: row for row in report.metrics}
     chance = rows["random"].ap_by_type
     for error in ("spurious", "loose", "tight", "duplicate"):
