@@ -558,8 +558,10 @@ def _correlations(
     library: Sequence[MetricSpec],
     rows: dict[ItemKey, ScoreRow],
 ) -> list[LibraryCorrelation]:
-    # One per name: rows are keyed by metric name.
-    peers = list({metric.name: metric for metric in library if metric.level == spec.level}.values())
+    # One per name: rows are keyed by metric name. The learned detectors are left out: a candidate is a
+    # formula, and theirs is a classifier trained on the set it would be compared on (they share one code,
+    # too, which `library_scores` keys by).
+    peers = list({m.name: m for m in library if m.level == spec.level and m.combine != "learned"}.values())
     missing = [metric for metric in peers if metric.code_sha256 not in validation.library_scores]
     if missing:
         # Library metrics are trusted and approved, so they may share workers with each other, but

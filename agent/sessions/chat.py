@@ -493,7 +493,9 @@ class ChatSession:
 
         The library as the session pinned it, not as it is now: a replay must send the same requests.
         """
-        return sorted({spec.name for spec in list_builtin_metrics()} | {pin.name for pin in self.library_pins})
+        # The learned detectors are named for error types, not ideas: no brainstorm line could repeat them.
+        builtins = {spec.name for spec in list_builtin_metrics() if spec.combine != "learned"}
+        return sorted(builtins | {pin.name for pin in self.library_pins})
 
     def _library(self, record: CandidateRecord | None = None) -> list[MetricSpec]:
         """What a candidate must not duplicate: the library, without the candidate's own promoted versions."""
