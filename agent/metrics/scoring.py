@@ -199,18 +199,19 @@ class _Codes:
     """
 
     codes: tuple[MetricSpec, ...]  # one spec standing for each distinct code
-    of_spec: tuple[int, ...]  # each spec's code index
     specs_of: tuple[tuple[int, ...], ...]  # each code's spec indices
 
     @classmethod
     def of(cls, specs: Sequence[MetricSpec]) -> _Codes:
-        index: dict[tuple[str, str, str], int] = {}
-        of_spec = tuple(index.setdefault((s.code_sha256, s.level, s.output), len(index)) for s in specs)
-        codes = tuple(specs[of_spec.index(code)] for code in range(len(index)))
-        specs_of = tuple(tuple(i for i, c in enumerate(of_spec) if c == code) for code in range(len(index)))
-        return cls(codes=codes, of_spec=of_spec, specs_of=specs_of)
+        grouped: dict[tuple[str, str, str], list[int]] = {}
+        for index, spec in enumerate(specs):
+            grouped.setdefault((spec.code_sha256, spec.level, spec.output), []).append(index)
+        return cls(
+            codes=tuple(specs[indices[0]] for indices in grouped.values()),
+            specs_of=tuple(tuple(indices) for indices in grouped.values()),
+        )
 
-    def engine_metrics(self, specs: Sequence[MetricSpec]) -> list[MetricCode]:
+    def engine_metrics(self) -> list[MetricCode]:
         metrics = []
         for code, spec in enumerate(self.codes):
             # A shared code is named by its file (a learned family); a code of one spec by that spec.
@@ -354,23 +355,26 @@ class _Collector:
         for code, results in self._held.items():
             # Results arrive in whatever order the workers finish; the scores must not depend on it.
             results.sort(key=lambda result: (result.image_id, result.obj or 0))
-            for index in self.codes.specs_of[code]:
-                if self.specs[index].combine == "learned":
-                    scored = self._learned_scores(code, index, results, training)
-                else:
-                    scored = self._neighbour_scores(index, results)
+            indices = self.codes.specs_of[code]
+            if self.codes.codes[code].combine == "learned":
+                per_spec = self._learned_scores(code, indices, results, training)
+            else:
+                per_spec = [self._neighbour_scores(index, results) for index in indices]
+            for index, scored in zip(indices, per_spec, strict=True):
                 batch = [self._row(result, index) for result in scored]
                 self.rows.extend(batch)
                 self.on_rows(batch)
             results.clear()
 
-    def _vectors(self, results: list[CallResult]) -> tuple[list[CallResult], str | None]:
-        """The results that carry a vector, or an error message when their lengths differ."""
-        vectors = [result for result in results if result.kind is None and result.features is not None]
-        lengths = sorted({len(result.features or ()) for result in vectors})
-        if len(lengths) > 1:
-            return vectors, f"score() returned feature vectors of different lengths ({', '.join(map(str, lengths))})"
-        return vectors, None
+    @staticmethod
+    def _with_vectors(results: list[CallResult]) -> list[CallResult]:
+        return [result for result in results if result.kind is None and result.features is not None]
+
+    @staticmethod
+    def _length_problem(lengths: set[int]) -> str | None:
+        if len(lengths) < 2:
+            return None
+        return f"score() returned feature vectors of different lengths ({', '.join(map(str, sorted(lengths)))})"
 
     def _scored(
         self, results: list[CallResult], vectors: list[CallResult], scores: Sequence[float | None]
@@ -392,7 +396,8 @@ class _Collector:
         return self._category_of[self._annotation_id(result)]  # type: ignore[index]
 
     def _neighbour_scores(self, index: int, results: list[CallResult]) -> list[CallResult]:
-        vectors, problem = self._vectors(results)
+        vectors = self._with_vectors(results)
+        problem = self._length_problem({len(result.features or ()) for result in vectors})
         if problem is not None:
             return self._failed(results, problem)
         categories = [self._category(result) for result in vectors]
@@ -402,32 +407,30 @@ class _Collector:
         return self._scored(results, vectors, scores)
 
     def _learned_scores(
-        self, code: int, index: int, results: list[CallResult], training: _Training | None
-    ) -> list[CallResult]:
-        vectors, problem = self._vectors(results)
-        corrupted = [
-            row
-            for error in self.specs[index].learns
-            for row in (training.vectors.get((code, error), []) if training else [])
-        ]
-        lengths = {len(result.features or ()) for result in vectors} | {len(vector) for _, _, vector in corrupted}
-        if problem is None and len(lengths) > 1:
-            problem = f"score() returned feature vectors of different lengths ({', '.join(map(str, sorted(lengths)))})"
+        self, code: int, indices: Sequence[int], results: list[CallResult], training: _Training | None
+    ) -> list[list[CallResult]]:
+        """Each spec's results for one learned code; the dataset's own vectors are gathered once for all of them."""
+        vectors = self._with_vectors(results)
+        found = training.vectors if training is not None else {}
+        corrupted = [[row for error in self.specs[i].learns for row in found.get((code, error), [])] for i in indices]
+        lengths = {len(result.features or ()) for result in vectors}
+        lengths |= {len(vector) for rows in corrupted for _, _, vector in rows}
+        problem = self._length_problem(lengths)
         if problem is not None:
-            return self._failed(results, problem)
-        if not vectors or not corrupted:
-            return self._scored(results, vectors, [None] * len(vectors))
+            return [self._failed(results, problem) for _ in indices]
         classes = _class_codes(self.dataset)
         clean = np.asarray([[*(result.features or ()), classes[self._category(result)]] for result in vectors])
-        positives = np.asarray([[*vector, classes[category]] for _, category, vector in corrupted])
-        scores = cross_fitted_scores(
-            clean,
-            [result.image_id for result in vectors],
-            positives,
-            [image_id for image_id, _, _ in corrupted],
-            fold_of([image.id for image in self.dataset.images]),
-        )
-        return self._scored(results, vectors, scores)
+        clean_images = [result.image_id for result in vectors]
+        folds = fold_of([image.id for image in self.dataset.images])
+        per_spec = []
+        for rows in corrupted:
+            if not vectors or not rows:
+                per_spec.append(self._scored(results, vectors, [None] * len(vectors)))
+                continue
+            positives = np.asarray([[*vector, classes[category]] for _, category, vector in rows])
+            scores = cross_fitted_scores(clean, clean_images, positives, [image_id for image_id, _, _ in rows], folds)
+            per_spec.append(self._scored(results, vectors, scores))
+        return per_spec
 
     def _annotation_id(self, result: CallResult) -> int | None:
         if result.obj is None:
@@ -575,7 +578,9 @@ def score_versions(
             if result.image_id >= 0:
                 results[(result.image_id, result.metric, result.obj)] = result
             else:
-                any(training.take(result) for training in trainings)
+                for training in trainings:  # the one whose training task this is keeps it
+                    if training.take(result):
+                        break
         on_calls(len(batch))
 
     report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect)
@@ -622,7 +627,7 @@ def _run_engine(
     """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted)."""
     roots = data_roots(dataset, paths.values())
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
-    metrics = _Codes.of(specs).engine_metrics(specs)
+    metrics = _Codes.of(specs).engine_metrics()
     try:
         return ScoringEngine(config).run(metrics, tasks, sink), False
     except KeyboardInterrupt:

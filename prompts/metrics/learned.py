@@ -45,11 +45,11 @@ OUTPUT = "features"
 COMBINE = "learned"
 ERRORS = ["swap", "shift", "loose", "tight", "spurious", "duplicate"]
 
-_CELLS = 64  # the region is averaged down to this many cells each way
+_CELLS = 64  # the region is sampled at this many points each way
 _MARGIN = 0.5  # the region is the box grown by this share of its size on each side
 _BOX0, _BOX1 = 16, 48  # where the box sits in the cell grid: _CELLS * _MARGIN / (1 + 2 * _MARGIN)
 _OFFSETS = (-8, -4, -2, 0, 2, 4, 8)  # band positions across a side, in cells; negative is inside
-_IMAGE_CELLS = 48  # the whole image is averaged down to this many cells each way, for image colours
+_IMAGE_CELLS = 48  # the whole image is sampled at this many points each way, for image colours
 _STRONG_EDGE = 24.0  # a gradient this large (grey levels per cell) counts as a strong edge
 
 
