@@ -74,6 +74,29 @@ def test_a_constant_a_random_and_a_perfect_metric() -> None:
     assert "clears random" in perfect.line() and "not shown better" in random.line()
 
 
+def test_an_idea_about_one_class_is_judged_on_the_boxes_labelled_that_class() -> None:
+    useful = usefulness_set(_document(images=120), ("swap",), seed=5)
+    half = useful.selection
+    dog = {c["id"] for c in useful.document["categories"] if c["name"] == "dog"}
+    labelled_dog = {int(a["id"]) for a in useful.document["annotations"] if a["category_id"] in dog}
+    dirty = {error.annotation_id for error in useful.errors}
+    # "dog boxes that are really cats": it scores only the dog boxes, and finds every swap among them.
+    scores = {key: float(key in dirty) for key in labelled_dog}
+    scoped = judge(scores, "object", "high", useful, half, seed=0, scope="dog")
+    in_half = {int(a["id"]) for a in useful.document["annotations"] if a["image_id"] in half}
+    assert scoped.items == len(labelled_dog & in_half)
+    assert scoped.positives == len(labelled_dog & in_half & dirty) >= MIN_POSITIVES
+    assert scoped.ap == pytest.approx(1.0) and scoped.passed is True
+    assert f"among {scoped.items} dog boxes" in scoped.line()
+    # Judged on every box, the swaps into "cat" it was never meant to see sink its AP to the share it can see.
+    unscoped = judge(scores, "object", "high", useful, half, seed=0)
+    assert unscoped.items == len(in_half) and unscoped.positives > scoped.positives
+    assert unscoped.ap is not None and unscoped.ap < 0.75
+    # The scope is no way to choose the easy items: a metric that misses the dog swaps still fails on them.
+    backwards = judge(scores, "object", "low", useful, half, seed=0, scope="dog")
+    assert backwards.passed is False
+
+
 def test_the_figure_is_the_tie_aware_ap_of_the_half() -> None:
     useful = usefulness_set(_document(), ("loose",), seed=2)
     half = useful.selection

@@ -661,7 +661,7 @@ class _Session:
             })  # fmt: skip
         self._emit("usefulness", {"metric": spec.name, "targets": list(self.settings.targets)})
         self.measured += 1
-        measured = self.bench.measure(spec, self.sandbox, tries=self.measured)
+        measured = self.bench.measure(spec, self.sandbox, tries=self.measured, scope=self.scope)
         self._emit(
             "measured",
             {

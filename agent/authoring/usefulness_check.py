@@ -40,6 +40,7 @@ class HalfFigures(BaseModel):
     p_value: float | None = None
     by_type: dict[str, tuple[float | None, float | None]]  # type -> (AP, random)
     line: str
+    scope: str | None = None  # judged on the boxes labelled this class only (an idea about one class)
 
     @classmethod
     def of(cls, verdict: Verdict) -> HalfFigures:
@@ -47,6 +48,7 @@ class HalfFigures(BaseModel):
             passed=verdict.passed, level=verdict.level, items=verdict.items, errors=verdict.positives,
             ap=verdict.ap, random=verdict.random, lower=verdict.lower, upper=verdict.upper,
             by_type=verdict.by_type, line=verdict.line(), random_high=verdict.random_high, p_value=verdict.p_value,
+            scope=verdict.scope,
         )  # fmt: skip
 
 
@@ -89,8 +91,9 @@ class Usefulness(BaseModel):
             return f"{half.line} (selection half)"
         verdict = "clears the bar" if self.cleared else "does not clear it"
         tried = f"{self.tries} drafts tried" if self.tries != 1 else "1 draft tried"
+        among = f" among {half.items} {half.scope} boxes" if half.scope else ""
         return (
-            f"AP {half.ap:.3f} vs random {half.random:.3f} on the selection half ({half.errors} errors): "
+            f"AP {half.ap:.3f} vs random {half.random:.3f} on the selection half ({half.errors} errors{among}): "
             f"p {half.p_value:.4f} against random rankings, bar {self.bar_p:.4f} with {tried}: {verdict}"
         )
 
@@ -138,21 +141,22 @@ class UsefulnessBench:
                 (folder / "errors.json").write_text(errors, encoding="utf-8")
         self.noisy = coco_from_document(self.useful.document, annotations, dataset.image_root)
 
-    def measure(self, spec: MetricSpec, sandbox: SandboxConfig, tries: int = 1) -> Usefulness:
+    def measure(self, spec: MetricSpec, sandbox: SandboxConfig, tries: int = 1, scope: str | None = None) -> Usefulness:
         """The draft's figures on both halves, and its worst misses on the selection half only.
 
-        `tries`: the drafts of the idea measured so far, this one included (see `Usefulness.tries`)."""
+        `tries`: the drafts of the idea measured so far, this one included (see `Usefulness.tries`).
+        `scope`: the class an idea about one class's boxes is about; judged on those boxes only."""
         rows = score_dataset(self.noisy, [spec], sandbox).rows
         key = (lambda row: row.annotation_id) if spec.level == "object" else (lambda row: row.image_id)
         scores = {key(row): row.score for row in rows if row.error_kind is None}
         level = "object" if spec.level == "object" else "image"
         useful = self.useful
         halves = [
-            judge(scores, level, spec.suspicious, useful, half, seed=self.seed)
+            judge(scores, level, spec.suspicious, useful, half, seed=self.seed, scope=scope)
             for half in (useful.selection, useful.reporting)
         ]
         # Only the selection half is described: the model never sees the half the user's figure comes from.
-        misses = worst_misses(scores, level, spec.suspicious, useful, useful.selection)
+        misses = worst_misses(scores, level, spec.suspicious, useful, useful.selection, scope=scope)
         return Usefulness(
             targets=list(useful.targets),
             seed=self.seed,

@@ -120,13 +120,14 @@ def worst_misses(
     *,
     missed: int = 3,
     false_alarms: int = 2,
+    scope: str | None = None,
 ) -> list[Miss]:
     """The `missed` target errors ranked as the most clean, then the `false_alarms` clean items ranked most suspicious.
 
     Ties are broken by key, the order a stable sort gives, and a tie is said: a metric that gives
     most items one value should hear that.
     """
-    ranked = ranked_items(scores, level, direction, useful, images)
+    ranked = ranked_items(scores, level, direction, useful, images, scope)
     if not ranked.keys:
         return []
     order = np.argsort(-ranked.values, kind="stable")

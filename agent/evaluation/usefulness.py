@@ -167,6 +167,7 @@ class Verdict:
     by_type: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # type -> (AP, random)
     random_high: float | None = None  # the 95th percentile of random rankings' AP on these items: the bar
     p_value: float | None = None  # the share of random rankings (label shuffles) at or above this AP
+    scope: str | None = None  # judged on the boxes labelled this class only
 
     @property
     def margin(self) -> float:
@@ -178,13 +179,14 @@ class Verdict:
     def line(self) -> str:
         """One line for a person: AP against random, the bar noise sets, the spread, and the verdict."""
         if self.ap is None or self.random is None:
-            return f"no target errors among the {self.items} items: nothing to judge"
+            items = f"{self.items} {self.scope} boxes" if self.scope else f"{self.items} items"
+            return f"no target errors among the {items}: nothing to judge"
         parts = []
         if self.random_high is not None:
             parts.append(f"random rankings reach {self.random_high:.3f} one time in 20")
         if self.lower is not None and self.upper is not None:
             parts.append(f"AP - random over image resamples in [{self.lower:+.3f}, {self.upper:+.3f}]")
-        parts.append(f"{self.positives} errors")
+        parts.append(f"{self.positives} errors" + (f" among {self.items} {self.scope} boxes" if self.scope else ""))
         verdict = {True: "clears random", False: "not shown better than random", None: "too few errors to tell"}
         return f"AP {self.ap:.3f} vs random {self.random:.3f} ({'; '.join(parts)}): {verdict[self.passed]}"
 
@@ -208,12 +210,21 @@ def ranked_items(
     direction: Direction,
     useful: UsefulnessSet,
     images: frozenset[int],
+    scope: str | None = None,
 ) -> RankedItems:
-    """The half's items: its boxes, or its images for an image metric or when every target is `drop`."""
-    annotation_image = {
-        int(a["id"]): int(a["image_id"]) for a in useful.document["annotations"] if int(a["image_id"]) in images
-    }
+    """The half's items: its boxes, or its images for an image metric or when every target is `drop`.
+
+    `scope`: the one class an idea is about ("bear boxes that are not brown"): its items are then the
+    boxes labelled that class, in the noisy copy, as the idea asks. A swap into `fox` is no error
+    such a metric could see; left among the items, every one would sit at its bottom, unscored,
+    and hide what it finds among the bears."""
     by_image = level == "image" or all(t == "drop" for t in useful.targets)
+    in_scope = _labelled(useful.document, scope) if scope is not None and not by_image else None
+    annotation_image = {
+        int(a["id"]): int(a["image_id"])
+        for a in useful.document["annotations"]
+        if int(a["image_id"]) in images and (in_scope is None or int(a["id"]) in in_scope)
+    }
     if by_image:
         if level == "object":
             scores = pool_to_images(
@@ -234,6 +245,12 @@ def ranked_items(
     )  # fmt: skip
 
 
+def _labelled(document: dict[str, Any], class_name: str) -> frozenset[int]:
+    """Ids of the annotations labelled `class_name`."""
+    ids = {int(c["id"]) for c in document.get("categories", []) if c.get("name") == class_name}
+    return frozenset(int(a["id"]) for a in document["annotations"] if int(a["category_id"]) in ids)
+
+
 def judge(
     scores: Mapping[int, ScoreValue],
     level: Literal["object", "image"],
@@ -242,20 +259,22 @@ def judge(
     images: frozenset[int],
     *,
     seed: int,
+    scope: str | None = None,
     resamples: int = 200,
     permutations: int = 1999,
 ) -> Verdict:
     """The verdict on one half (`useful.selection` or `useful.reporting`) of the usefulness set.
 
     `scores` are the metric's on `useful.document`: by annotation id for a box metric, by image id
-    for an image metric.
+    for an image metric. `scope`: judged on that class's boxes only (`ranked_items`).
     """
-    ranked = ranked_items(scores, level, direction, useful, images)
+    ranked = ranked_items(scores, level, direction, useful, images, scope)
+    scope = scope if ranked.level == "object" else None
     keys, owner, labels, values, types_of = ranked.keys, ranked.owners, ranked.labels, ranked.values, ranked.types_of
     positives = int(labels.sum())
     if positives == 0:
         return Verdict(passed=None, level=ranked.level, items=len(keys), positives=0,
-                       ap=None, random=None, lower=None, upper=None)  # fmt: skip
+                       ap=None, random=None, lower=None, upper=None, scope=scope)  # fmt: skip
     image_index = {image: index for index, image in enumerate(sorted(images))}
     item_image = np.array([image_index[image] for image in owner], dtype=np.intp)
     rng = np.random.default_rng([seed, int.from_bytes(b"judge", "big")])
@@ -288,7 +307,7 @@ def judge(
     return Verdict(
         passed=passed, level=ranked.level, items=len(keys), positives=positives,
         ap=observed, random=float(prevalence[0]), lower=lower, upper=upper, by_type=by_type,
-        random_high=random_high, p_value=p_value,
+        random_high=random_high, p_value=p_value, scope=scope,
     )  # fmt: skip
 
 
