@@ -25,7 +25,7 @@ from agent.metrics.contract import (
     load_metric_files,
     parse_metric_source,
 )
-from agent.metrics.learned import TrainingCopy, cross_fitted_scores, fold_of
+from agent.metrics.learned import TrainingCopy, cross_fitted_scores, cross_fitted_scores_each, fold_of
 from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
 
@@ -160,6 +160,21 @@ def test_a_box_score_does_not_depend_on_its_own_image_boxes() -> None:
     changed[rows[1:], :3] += 2.5  # the image's other boxes now look corrupted
     after = cross_fitted_scores(changed, clean_images, corrupted, corrupted_images, folds)
     assert before[rows[0]] == after[rows[0]]
+
+
+def test_fits_side_by_side_give_the_scores_of_fits_one_after_another() -> None:
+    clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
+    problems = []
+    for seed in range(3):  # three error types: other corruptions against the same real boxes
+        rng = np.random.default_rng(seed + 10)
+        moved = corrupted.copy()
+        moved[:, seed % 3] += rng.normal(0.0, 1.0, len(moved))
+        problems.append((moved, corrupted_images))
+    alone = [cross_fitted_scores(clean, clean_images, rows, images, folds) for rows, images in problems]
+    each = cross_fitted_scores_each(clean, clean_images, [*problems, None], folds, threads=3)
+    assert each[:-1] == alone, "fitting side by side changed a score"
+    assert each[-1] == [None] * len(clean), "nothing corrupted to learn from: no scores"
+    assert len({tuple(scores) for scores in alone}) == 3, "three different problems, three different rankings"
 
 
 def test_too_little_to_train_on_leaves_the_scores_none() -> None:

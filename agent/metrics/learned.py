@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ from agent.data.inject import inject_errors
 
 __all__ = [
     "FOLDS", "MAX_COPIES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy", "cross_fitted_scores",
-    "fold_of", "training_copies",
+    "cross_fitted_scores_each", "fold_of", "training_copies",
 ]  # fmt: skip
 
 STREAM = "learned-metrics"
@@ -144,10 +145,36 @@ def cross_fitted_scores(
             continue
         features = np.vstack([positives, negatives])
         target = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-        # One thread: a parallel sum of gradients may round differently from one run to the next.
-        with threadpool_limits(limits=1):
+        # One thread: a parallel sum of gradients may round differently from one run to the next. OpenMP's
+        # thread count is the calling thread's own, so this holds inside a pool thread too.
+        with threadpool_limits(limits=1, user_api="openmp"):
             model = _classifier(features.shape[1]).fit(features, target)
             probabilities = model.predict_proba(clean[rows])[:, 1]
         for row, probability in zip(rows.tolist(), probabilities.tolist(), strict=True):
             scores[row] = float(probability)
     return scores
+
+
+def cross_fitted_scores_each(
+    clean: NDArray[np.float64],
+    clean_images: Sequence[int],
+    problems: Sequence[tuple[NDArray[np.float64], Sequence[int]] | None],
+    folds: dict[int, int],
+    threads: int = 1,
+) -> list[list[float | None]]:
+    """`cross_fitted_scores` of the same clean rows against each (corrupted rows, their images), `threads` at once.
+
+    None in `problems` (nothing corrupted to learn from) gives every clean row None. Each fit runs on one
+    thread of its own, so the scores are the same whatever `threads` is; the fits spend their time in
+    scikit-learn's compiled code, outside the GIL, so threads do run them side by side.
+    """
+    from threadpoolctl import threadpool_limits
+
+    def one(problem: tuple[NDArray[np.float64], Sequence[int]] | None) -> list[float | None]:
+        if problem is None:
+            return [None] * len(clean)
+        return cross_fitted_scores(clean, clean_images, problem[0], problem[1], folds)
+
+    # BLAS's thread count is the process's, not a thread's: set once here, around every fit.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return list(pool.map(one, problems))

@@ -25,7 +25,7 @@ from pydantic import Field, TypeAdapter
 from agent.data.coco import Dataset
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
-from agent.metrics.learned import TrainingCopy, cross_fitted_scores, fold_of, training_copies
+from agent.metrics.learned import TrainingCopy, cross_fitted_scores_each, fold_of, training_copies
 from agent.metrics.neighbours import class_disagreement
 from sandbox.engine import CallResult, RunReport, ScoringEngine
 from sandbox.framing import PRINTED_MARKER
@@ -325,8 +325,15 @@ class _Collector:
     one (or train on them), so none is known before the last vector arrives.
     """
 
-    def __init__(self, dataset: Dataset, specs: list[MetricSpec], on_rows: Callable[[list[ScoreRow]], None]) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        specs: list[MetricSpec],
+        on_rows: Callable[[list[ScoreRow]], None],
+        threads: int = 1,
+    ) -> None:
         self.dataset, self.specs, self.on_rows = dataset, specs, on_rows
+        self.threads = threads  # for the learned metrics' fits, which run after the sandbox workers are done
         self.codes = _Codes.of(specs)
         self.rows: list[ScoreRow] = []
         self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
@@ -422,15 +429,17 @@ class _Collector:
         clean = np.asarray([[*(result.features or ()), classes[self._category(result)]] for result in vectors])
         clean_images = [result.image_id for result in vectors]
         folds = fold_of([image.id for image in self.dataset.images])
-        per_spec = []
-        for rows in corrupted:
-            if not vectors or not rows:
-                per_spec.append(self._scored(results, vectors, [None] * len(vectors)))
-                continue
-            positives = np.asarray([[*vector, classes[category]] for _, category, vector in rows])
-            scores = cross_fitted_scores(clean, clean_images, positives, [image_id for image_id, _, _ in rows], folds)
-            per_spec.append(self._scored(results, vectors, scores))
-        return per_spec
+        problems = [
+            None
+            if not vectors or not rows
+            else (
+                np.asarray([[*vector, classes[category]] for _, category, vector in rows]),
+                [image_id for image_id, _, _ in rows],
+            )
+            for rows in corrupted
+        ]
+        every_scores = cross_fitted_scores_each(clean, clean_images, problems, folds, threads=self.threads)
+        return [self._scored(results, vectors, scores) for scores in every_scores]
 
     def _annotation_id(self, result: CallResult) -> int | None:
         if result.obj is None:
@@ -483,7 +492,7 @@ def score_dataset(
 ) -> ScoreOutcome:
     """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted."""
     paths = image_paths(dataset)
-    collector = _Collector(dataset, specs, on_rows)
+    collector = _Collector(dataset, specs, on_rows, threads=config.workers)
     training = _Training(dataset, specs, collector.codes)
     tasks = _with_training(dataset, build_tasks(dataset, specs, paths), training, paths)
 
@@ -586,7 +595,7 @@ def score_versions(
     report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect)
     outcomes = []
     for version, version_calls, training in zip(versions, answered_by, trainings, strict=True):
-        collector = _Collector(version, specs, lambda rows: None)
+        collector = _Collector(version, specs, lambda rows: None, threads=config.workers)
         own = []
         for metric, image_id, obj, real in version_calls:
             result = results.get(real)
