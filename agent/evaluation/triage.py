@@ -78,8 +78,9 @@ from agent.metrics.scoring import ScoreRow, score_versions
 from sandbox.isolation import SandboxConfig
 
 __all__ = [
-    "MAX_REASONS", "REASON_SHARE", "STREAM", "Method", "Reason", "TriageFigures", "TriageItem", "TriageResult",
-    "TrainingCopy", "load_jsonl", "rank_boxes", "run_triage", "triage_from_scores", "write_jsonl",
+    "MAX_REASONS", "REASON_SHARE", "STREAM", "Method", "Reason", "TrainingCopy", "TriageFigures", "TriageItem",
+    "TriageResult", "load_jsonl", "rank_boxes", "run_triage", "scores_of_rows", "triage_from_scores", "worst_shares",
+    "write_jsonl",
 ]  # fmt: skip
 
 STREAM = "triage"  # inject's random stream for triage's training copies
