@@ -129,6 +129,7 @@ class TriageResult:
     boxes: list[TriageItem]  # in queue order
     images: list[TriageItem]  # in queue order
     notes: list[str]
+    metrics: list[MetricScores]  # the original's scores the queue was made from
     figures: TriageFigures | None = None
 
 
@@ -363,7 +364,7 @@ def triage_from_scores(
         )  # fmt: skip
     images = _image_queue(dataset, boxes, metrics, method)
     figures = _figures(truth, scores, budget) if known_errors is not None else None
-    return TriageResult(method=method, boxes=boxes, images=images, notes=notes, figures=figures)
+    return TriageResult(method=method, boxes=boxes, images=images, notes=notes, metrics=list(metrics), figures=figures)
 
 
 def _image_queue(
@@ -421,9 +422,15 @@ def run_triage(
     known_errors: Sequence[ErrorLabel] | None = None,
     learn: Method = "injected",
     budget: float = 0.05,
+    extra: Sequence[MetricScores] = (),
     on_calls: Callable[[int], None] = lambda count: None,
 ) -> TriageResult:
-    """Score the dataset (and, to learn on, K noisy copies of it, in the same run) and build the queue."""
+    """Score the dataset (and, to learn on, K noisy copies of it, in the same run) and build the queue.
+
+    `extra`: more metrics' scores of the original (from score files), used only without injection.
+    """
+    if extra and learn == "injected":
+        raise UserError("score files can't be scored on injected copies: learn from known errors or rank_average")
     injections = (
         [inject_errors(document, rate=rate, seed=seed, stream=STREAM) for seed in seeds] if learn == "injected" else []
     )
@@ -434,7 +441,7 @@ def run_triage(
     if any(outcome.interrupted for outcome in scored.outcomes):
         raise KeyboardInterrupt
     directions = {spec.name: spec.suspicious for spec in specs}
-    original = scores_from_rows(scored.outcomes[0].rows, directions)
+    original = [*scores_from_rows(scored.outcomes[0].rows, directions), *extra]
     training = []
     for injection, (_, new_id), version, outcome in zip(
         injections, copies, versions[1:], scored.outcomes[1:], strict=True
