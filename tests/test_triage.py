@@ -215,3 +215,20 @@ def test_bad_input_is_one_line_and_exit_2(run: dict[str, Any], capsys: pytest.Ca
         assert main(["triage", *case]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ")
+
+
+def test_the_report_shows_the_top_of_the_queue_with_reasons(run: dict[str, Any]) -> None:
+    scores = run["root"] / "scores.jsonl"
+    annotations = str(run["annotations"])
+    assert main(["score", "--annotations", annotations, "--metric", "builtin:box_tightness", "--out", str(scores),
+                 "--workers", "1"]) == 0  # fmt: skip
+    page = run["root"] / "report.html"
+    assert main(["report", "--annotations", annotations, "--scores", str(scores), "--top", "3",
+                 "--triage", str(run["out"] / "triage.jsonl"), "--out", str(page)]) == 0  # fmt: skip
+    html = page.read_text()
+    section = html[html.index('<section id="triage">') : html.index("</section>", html.index('<section id="triage">'))]
+    top = [i for i in load_jsonl(run["out"] / "triage.jsonl") if i.level == "object"][:6]
+    assert section.count('<figure class="tile triage"') == 6 and section.count("data:image/jpeg;base64,") == 6
+    for item in top:
+        assert f'data-annotation-id="{item.annotation_id}"' in section
+        assert item.reasons[0].text in section
