@@ -172,7 +172,7 @@ def table(name: str, measured: dict) -> str:
     triage_ap = statistics.fmean(f["ap"] for f in rows["triage"])
     ceiling = rows["combined (ground truth)"][0]["ap"]
     share = triage_ap / ceiling if ceiling else float("nan")
-    lines += ["", f"triage's AP is {share:.0%} of the ground-truth-trained combined's (goal: at least 90%: "
+    lines += ["", f"triage's AP is {share:.1%} of the ground-truth-trained combined's (goal: at least 90%: "
               f"{'met' if share >= 0.9 else 'missed'})."]  # fmt: skip
     return "\n".join(lines)
 
