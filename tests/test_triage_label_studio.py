@@ -28,11 +28,13 @@ from agent.data.demo import generate_demo_dataset
 DEFAULT_EXECUTABLE = Path.home() / ".cache" / "metricsmith-ci" / "label-studio" / "bin" / "label-studio"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # a throwaway user's, of a server this test owns
 STARTUP_SECONDS = 240
+# Read on import: the suite's hermetic fixture (tests/conftest.py) removes every METRICSMITH_* variable
+# before each test runs.
+GIVEN_EXECUTABLE = os.environ.get("METRICSMITH_LABEL_STUDIO")
 
 
 def _executable() -> Path:
-    given = os.environ.get("METRICSMITH_LABEL_STUDIO")
-    path = Path(given) if given else DEFAULT_EXECUTABLE
+    path = Path(GIVEN_EXECUTABLE) if GIVEN_EXECUTABLE else DEFAULT_EXECUTABLE
     if not path.is_file():
         pytest.skip(
             f"Label Studio is not installed at {path}: set METRICSMITH_LABEL_STUDIO to its label-studio "
