@@ -51,14 +51,11 @@ from agent.evaluation.ranking import (
     object_error_types,
     rank_average,
     recall_at_budget,
-    scores_from_rows,
     suspicion_ranks,
 )
-from agent.evaluation.selftest import numbered_by_image
 from agent.evaluation.stacking import cross_validated_scores
-from agent.evaluation.triage import STREAM, TrainingCopy, triage_from_scores
+from agent.evaluation.triage import TrainingCopy, score_with_copies, triage_from_scores
 from agent.metrics.contract import list_builtin_metrics
-from agent.metrics.scoring import score_versions
 from agent.resources import cache_dir
 from sandbox.isolation import SandboxConfig
 
@@ -93,25 +90,11 @@ def _box_columns(truth: Any, metrics: list[MetricScores]) -> tuple[list[int], li
 def measure(document: dict[str, Any], dataset: Dataset, errors: list[ErrorLabel], seed_sets: int, workers: int) -> dict:
     specs = [spec for spec in list_builtin_metrics() if spec.combine != "learned"]
     seeds = list(range(seed_sets * SEEDS_PER_SET))
-    injections = [inject_errors(document, rate=0.2, seed=seed, stream=STREAM) for seed in seeds]
-    copies = numbered_by_image([injection.document for injection in injections])
-    versions = [dataset, *(coco_from_document(c, dataset.annotations_path, dataset.image_root) for c, _ in copies)]
     started = time.monotonic()
-    scored = score_versions(versions, specs, SandboxConfig(workers=workers))
+    original, training = score_with_copies(
+        document, dataset, specs, sandbox=SandboxConfig(workers=workers), seeds=seeds, rate=0.2
+    )
     seconds = time.monotonic() - started
-    directions = {spec.name: spec.suspicious for spec in specs}
-    original = scores_from_rows(scored.outcomes[0].rows, directions)
-    training = []
-    for injection, (_, new_id), version, outcome in zip(
-        injections, copies, versions[1:], scored.outcomes[1:], strict=True
-    ):
-        labels = [
-            ErrorLabel(type=r.type, image_id=r.image_id,
-                       annotation_id=None if r.annotation_id is None else new_id[r.annotation_id])
-            for r in injection.errors.errors
-        ]  # fmt: skip
-        training.append(TrainingCopy(scores_from_rows(outcome.rows, directions), ground_truth(version, labels)))
-
     truth = ground_truth(dataset, errors)
     carried = object_error_types(errors)
     keys, columns = _box_columns(truth, original)
@@ -146,7 +129,7 @@ def measure(document: dict[str, Any], dataset: Dataset, errors: list[ErrorLabel]
     rows["combined (ground truth)"] = [_figures(keys, combined, labels)]
     rows["random"] = [{"top5": 0.05, "top10": 0.10, "ap": prevalence}]
     return {"rows": rows, "chosen": chosen, "boxes": len(keys), "errors": sum(labels), "seconds": seconds,
-            "versions": len(versions)}  # fmt: skip
+            "versions": len(seeds) + 1}  # fmt: skip
 
 
 def _cell(values: list[float | None]) -> str:

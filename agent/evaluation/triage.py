@@ -79,8 +79,8 @@ from sandbox.isolation import SandboxConfig
 
 __all__ = [
     "MAX_REASONS", "REASON_SHARE", "STREAM", "Method", "Reason", "TrainingCopy", "TriageFigures", "TriageItem",
-    "TriageResult", "load_jsonl", "rank_boxes", "run_triage", "scores_of_rows", "triage_from_scores", "worst_shares",
-    "write_jsonl",
+    "TriageResult", "load_jsonl", "rank_boxes", "run_triage", "score_with_copies", "scores_of_rows",
+    "triage_from_scores", "worst_shares", "write_jsonl",
 ]  # fmt: skip
 
 STREAM = "triage"  # inject's random stream for triage's training copies
@@ -411,6 +411,45 @@ def _figures(truth: GroundTruth, scores: Mapping[int, float], budget: float) -> 
 # -- scoring, and the files -----------------------------------------------------------------------
 
 
+def score_with_copies(
+    document: dict[str, Any],
+    dataset: Dataset,
+    specs: Sequence[MetricSpec],
+    *,
+    sandbox: SandboxConfig,
+    seeds: Sequence[int],
+    rate: float,
+    on_calls: Callable[[int], None] = lambda count: None,
+) -> tuple[list[MetricScores], list[TrainingCopy]]:
+    """The original's metric scores, and one noisy copy per seed with its scores and its injected errors.
+
+    The copies are drawn in triage's own stream (`STREAM`) and scored in the same run as the
+    original, each distinct call once (`score_versions`).
+    """
+    injections = [inject_errors(document, rate=rate, seed=seed, stream=STREAM) for seed in seeds]
+    copies = numbered_by_image([injection.document for injection in injections])
+    path, root = dataset.annotations_path, dataset.image_root
+    versions = [dataset, *(coco_from_document(copy, path, root) for copy, _ in copies)]
+    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
+    if any(outcome.interrupted for outcome in scored.outcomes):
+        raise KeyboardInterrupt
+    directions = {spec.name: spec.suspicious for spec in specs}
+    training = []
+    for injection, (_, new_id), version, outcome in zip(
+        injections, copies, versions[1:], scored.outcomes[1:], strict=True
+    ):
+        labels = [
+            ErrorLabel(
+                type=record.type,
+                image_id=record.image_id,
+                annotation_id=None if record.annotation_id is None else new_id[record.annotation_id],
+            )
+            for record in injection.errors.errors
+        ]
+        training.append(TrainingCopy(scores_from_rows(outcome.rows, directions), ground_truth(version, labels)))
+    return scores_from_rows(scored.outcomes[0].rows, directions), training
+
+
 def run_triage(
     document: dict[str, Any],
     dataset: Dataset,
@@ -431,32 +470,12 @@ def run_triage(
     """
     if extra and learn == "injected":
         raise UserError("score files can't be scored on injected copies: learn from known errors or rank_average")
-    injections = (
-        [inject_errors(document, rate=rate, seed=seed, stream=STREAM) for seed in seeds] if learn == "injected" else []
-    )
-    copies = numbered_by_image([injection.document for injection in injections])
-    path, root = dataset.annotations_path, dataset.image_root
-    versions = [dataset, *(coco_from_document(copy, path, root) for copy, _ in copies)]
-    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
-    if any(outcome.interrupted for outcome in scored.outcomes):
-        raise KeyboardInterrupt
-    directions = {spec.name: spec.suspicious for spec in specs}
-    original = [*scores_from_rows(scored.outcomes[0].rows, directions), *extra]
-    training = []
-    for injection, (_, new_id), version, outcome in zip(
-        injections, copies, versions[1:], scored.outcomes[1:], strict=True
-    ):
-        labels = [
-            ErrorLabel(
-                type=record.type,
-                image_id=record.image_id,
-                annotation_id=None if record.annotation_id is None else new_id[record.annotation_id],
-            )
-            for record in injection.errors.errors
-        ]
-        training.append(TrainingCopy(scores_from_rows(outcome.rows, directions), ground_truth(version, labels)))
+    original, training = score_with_copies(
+        document, dataset, specs, sandbox=sandbox, seeds=seeds if learn == "injected" else [], rate=rate,
+        on_calls=on_calls,
+    )  # fmt: skip
     return triage_from_scores(
-        dataset, original, training, known_errors if learn == "known_errors" else None, budget=budget
+        dataset, [*original, *extra], training, known_errors if learn == "known_errors" else None, budget=budget
     )
 
 
