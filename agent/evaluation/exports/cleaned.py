@@ -8,11 +8,11 @@ removed box with its rank, suspicion, likely error and reasons.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from agent.errors import UserError
+from agent.evaluation.ranking import budget_items
 from agent.evaluation.triage import TriageItem, TriageResult
 
 __all__ = ["cleaned_document", "dropped_boxes", "write_cleaned"]
@@ -26,7 +26,7 @@ def dropped_boxes(result: TriageResult, top: int | None, share: float | None) ->
         raise UserError(f"--drop-share must be above 0 and below 1, got {share}")
     if top is not None and top < 1:
         raise UserError(f"--drop-top must be at least 1, got {top}")
-    count = top if top is not None else math.ceil(round(share * len(result.boxes), 9))  # type: ignore[operator]
+    count = top if top is not None else budget_items(len(result.boxes), share)  # type: ignore[arg-type]
     return result.boxes[:count]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.data.coco import Dataset
+from agent.evaluation.ranking import budget_items
 from agent.evaluation.triage import TriageResult
 
 __all__ = ["cvat_document", "flagged_images", "write_cvat"]
@@ -21,7 +22,7 @@ __all__ = ["cvat_document", "flagged_images", "write_cvat"]
 
 def flagged_images(result: TriageResult, share: float) -> list[int]:
     """The image ids at the top of the image queue: ceil(share * images), at least one, in queue order."""
-    count = max(1, -(-round(share * len(result.images) * 1e9) // int(1e9)))
+    count = max(1, budget_items(len(result.images), share))
     return [item.image_id for item in result.images[:count]]
 
 
