@@ -232,3 +232,24 @@ def test_the_report_shows_the_top_of_the_queue_with_reasons(run: dict[str, Any])
     for item in top:
         assert f'data-annotation-id="{item.annotation_id}"' in section
         assert item.reasons[0].text in section
+
+
+def test_score_files_and_known_errors_learn_from_the_errors_and_measure_the_queue(
+    run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    scores = run["root"] / "two.jsonl"
+    annotations = str(run["annotations"])
+    assert main(["score", "--annotations", annotations, "--metric", "builtin:box_tightness", "--metric",
+                 "builtin:object_proximity", "--out", str(scores), "--workers", "1"]) == 0  # fmt: skip
+    out = run["root"] / "known"
+    capsys.readouterr()
+    errors = str(run["annotations"].parent / "errors.json")
+    assert main(["triage", "--annotations", annotations, "--scores", str(scores), "--errors", errors,
+                 "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "known_errors"
+    assert summary["metrics"] == ["box_tightness", "object_proximity"]
+    figures = summary["figures"]
+    assert f"precision {figures['precision_at_budget']:.3f} in the top {figures['reviewed']} boxes" in printed
+    assert figures["precision_at_budget"] > figures["random_precision"]
