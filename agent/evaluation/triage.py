@@ -276,8 +276,8 @@ def _words(metric: str) -> str:
 
 
 def _share_text(share: float) -> str:
-    percent = share * 100
-    return f"{max(1, math.ceil(percent))}%" if percent >= 1 or percent > 0 else "0%"
+    # Rounded up, so that "the worst 1%" never names a box outside the worst 1%.
+    return f"{max(1, math.ceil(round(share * 100, 9)))}%"
 
 
 def worst_shares(

@@ -72,7 +72,6 @@ def write_all(
     result: TriageResult,
     metrics: Sequence[MetricScores],
     options: ExportOptions,
-    inputs: Sequence[Path] = (),
 ) -> list[Path]:
     """Write triage.jsonl, summary.json and every export; the paths written, in that order."""
     # Checked before anything is written, so that a bad option leaves no half-written run.
