@@ -30,6 +30,7 @@ from agent.evaluation.ranking import (
     scores_from_rows,
 )
 from agent.evaluation.selftest import load_selftest
+from agent.evaluation.triage import load_jsonl
 from agent.metrics.contract import BUILTIN_PREFIX, MetricSpec, builtin_metric_names, load_metric_file
 from agent.metrics.results import RecordedMetric, combine_recorded, output_format, read_rows, recorded_metrics
 from agent.metrics.scoring import ScoreRow
@@ -131,6 +132,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="NAME=high|low",
         help="use this SUSPICIOUS direction for metric NAME instead of the one recorded (as for eval)",
     )
+    report.add_argument(
+        "--triage", type=Path, help="triage.jsonl of `metricsmith triage` on this dataset: shows the top of its queue"
+    )
     report.add_argument("--top", type=positive_int, default=8, help="items shown at each end per metric (default 8)")
     report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
     report.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
@@ -176,7 +180,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows, directions, known = _gather_scores(args, specs, dataset, truth)
     from agent.evaluation.report import build_report, human_size, render_html, write_report  # jinja2: only here
 
-    report = build_report(dataset, rows, directions, errors=errors, specs=known, top_k=args.top, selftest=selftest)
+    triage = load_jsonl(args.triage) if args.triage is not None else ()
+    report = build_report(
+        dataset, rows, directions, errors=errors, specs=known, top_k=args.top, selftest=selftest, triage=triage
+    )
     size = write_report(args.out, render_html(report))
     stderr.print(f"wrote {args.out} ({human_size(size)})", markup=False)
     return EXIT_OK

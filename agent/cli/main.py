@@ -67,6 +67,10 @@ COMMANDS: dict[str, Command] = {
         "agent.cli.evaluate",
         "Write one self-contained HTML page: per metric a histogram with outlier fences and the top and bottom items.",
     ),
+    "triage": Command(
+        "agent.cli.triage",
+        "Rank every box and image by how likely its label is wrong, with reasons, and export the queue for review.",
+    ),
     "library": Command(
         "agent.cli.library",
         "The metrics you can use: built-ins (--metric builtin:NAME) and promoted ones (--metric lib:NAME[@VERSION]).",

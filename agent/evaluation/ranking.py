@@ -523,7 +523,7 @@ def _random_row(level: Level, items: _Level, prevalence: Prevalence, budget: flo
     )
 
 
-def _metric_columns(
+def metric_columns(
     truth: GroundTruth, metrics: Sequence[MetricScores], level: _Level
 ) -> list[tuple[list[ScoreValue], Direction]]:
     """Every metric's scores over one level's items: object metrics pooled to images, image metrics spread to boxes."""
@@ -540,7 +540,7 @@ def _metric_columns(
 
 
 def _learned(truth: GroundTruth, metrics: Sequence[MetricScores], level: _Level) -> dict[int, ScoreValue]:
-    columns = _metric_columns(truth, metrics, level)
+    columns = metric_columns(truth, metrics, level)
     ranks = np.column_stack([suspicion_ranks(scores, direction) for scores, direction in columns])
     _, labels = level.labels()
     groups = [truth.annotation_image[key] for key in level.keys] if level.kind == "object" else level.keys
@@ -564,8 +564,8 @@ def _combined_rows(
             main_scores = _learned(truth, metrics, main)
             image_scores = main_scores if main is images else _learned(truth, metrics, images)
         else:
-            main_scores = dict(zip(main.keys, rank_average(_metric_columns(truth, metrics, main)), strict=True))
-            image_scores = dict(zip(images.keys, rank_average(_metric_columns(truth, metrics, images)), strict=True))
+            main_scores = dict(zip(main.keys, rank_average(metric_columns(truth, metrics, main)), strict=True))
+            image_scores = dict(zip(images.keys, rank_average(metric_columns(truth, metrics, images)), strict=True))
         stats = _ranking_stats(main, main_scores, "high", type_names, budget)
         image_ap = _image_ap(images, image_scores, "high")
         rows.append(MetricEvaluation(metric=name, level=main.kind, direction="high", image_ap=image_ap, **stats))

@@ -48,6 +48,7 @@ from agent.evaluation.ranking import (
     suspicion,
 )
 from agent.evaluation.selftest import Figure, MetricFigures, SelftestReport
+from agent.evaluation.triage import TriageItem
 from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import ScoreRow
 
@@ -342,6 +343,15 @@ class Tile:
 
 
 @dataclass(frozen=True, slots=True)
+class TriageTile:
+    """A box at the top of the triage queue: its thumbnail, its place in the queue, why it is there."""
+
+    thumbnail: Thumbnail
+    item: TriageItem
+    badges: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class MetricSection:
     name: str
     title: str
@@ -378,6 +388,8 @@ class Report:
     error_types: tuple[str, ...]
     selftest: SelftestReport | None = None
     selftest_types: tuple[str, ...] = ()
+    triage: tuple[TriageTile, ...] = ()  # the top of `metricsmith triage`'s box queue
+    triage_method: str | None = None
 
     @property
     def metric_names(self) -> frozenset[str]:
@@ -395,11 +407,13 @@ def build_report(
     top_k: int = 8,
     read_image: ImageReader | None = None,
     selftest: SelftestReport | None = None,
+    triage: Sequence[TriageItem] = (),
 ) -> Report:
     """The report's data. `errors` None means no errors file: no badges and no eval tables.
 
     `selftest` (what `metricsmith selftest --json` wrote, for this dataset) adds its table and, in
-    each metric's section, that metric's figures: estimates on injected errors.
+    each metric's section, that metric's figures: estimates on injected errors. `triage` (the items of
+    a triage.jsonl of this dataset) adds the top `top_k` * 2 boxes of its queue, with their reasons.
     """
     if top_k < 1:
         raise UserError(f"--top must be at least 1, got {top_k}")
@@ -448,7 +462,32 @@ def build_report(
         error_types=tuple(error_types(errors or ())),
         selftest=selftest,
         selftest_types=tuple(t for t in ERROR_TYPES if selftest is not None and t in selftest.errors_by_type),
+        triage=tuple(_triage_tiles(dataset, triage, read_image, errors, 2 * top_k)),
+        triage_method=triage[0].method if triage else None,
     )
+
+
+def _triage_tiles(
+    dataset: Dataset,
+    items: Sequence[TriageItem],
+    read_image: ImageReader,
+    errors: Sequence[ErrorLabel] | None,
+    count: int,
+) -> list[TriageTile]:
+    known = {annotation.id for annotation in dataset.annotations}
+    boxes = [item for item in items if item.level == "object"]
+    stale = [item.annotation_id for item in boxes if item.annotation_id not in known]
+    if stale:
+        raise UserError(f"the triage file names annotation {stale[0]}, not in this dataset: is it of another dataset?")
+    types = object_error_types(errors or ())
+    tiles = []
+    for item in sorted(boxes, key=lambda item: item.rank)[:count]:
+        assert item.annotation_id is not None and item.bbox is not None
+        others = [obj["bbox"] for obj in dataset.objects_of(item.image_id) if obj["id"] != item.annotation_id]
+        thumbnail = object_thumbnail(read_image(item.image_id), item.bbox, others)
+        badges = None if errors is None else _badges(types.get(item.annotation_id, frozenset()))
+        tiles.append(TriageTile(thumbnail=thumbnail, item=item, badges=badges))
+    return tiles
 
 
 def _section(
