@@ -27,7 +27,7 @@ from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
 from agent.metrics.learned import TrainingCopy, cross_fitted_scores, fold_of, training_copies
 from agent.metrics.neighbours import class_disagreement
-from sandbox.engine import CallResult, RunReport, ScoringEngine
+from sandbox.engine import CallResult, Engine, RunReport, ScoringEngine
 from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -480,8 +480,13 @@ def score_dataset(
     specs: list[MetricSpec],
     config: SandboxConfig,
     on_rows: Callable[[list[ScoreRow]], None] = lambda rows: None,
+    engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
 ) -> ScoreOutcome:
-    """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted."""
+    """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted.
+
+    `engine` makes the engine from the run's config: this machine's workers by default, or a Ray
+    cluster's (`sandbox.distributed.RayEngine`); the rows are the same either way.
+    """
     paths = image_paths(dataset)
     collector = _Collector(dataset, specs, on_rows)
     training = _Training(dataset, specs, collector.codes)
@@ -490,7 +495,7 @@ def score_dataset(
     def sink(results: list[CallResult]) -> None:
         collector([result for result in results if not training.take(result)])
 
-    report, interrupted = _run_engine(dataset, specs, config, paths, tasks, sink)
+    report, interrupted = _run_engine(dataset, specs, config, paths, tasks, sink, engine)
     if not interrupted:
         collector.finish(training)
     return _outcome(dataset, specs, collector, report, interrupted)
@@ -501,6 +506,7 @@ def score_versions(
     specs: list[MetricSpec],
     config: SandboxConfig,
     on_calls: Callable[[int], None] = lambda count: None,
+    engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
 ) -> VersionsOutcome:
     """Score several versions of one dataset (the same images, other annotations), each distinct call once.
 
@@ -583,7 +589,7 @@ def score_versions(
                         break
         on_calls(len(batch))
 
-    report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect)
+    report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect, engine)
     outcomes = []
     for version, version_calls, training in zip(versions, answered_by, trainings, strict=True):
         collector = _Collector(version, specs, lambda rows: None)
@@ -623,13 +629,14 @@ def _run_engine(
     paths: dict[int, str],
     tasks: Iterable[ImageTask],
     sink: Callable[[list[CallResult]], None],
+    engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
 ) -> tuple[RunReport, bool]:
     """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted)."""
     roots = data_roots(dataset, paths.values())
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
     metrics = _Codes.of(specs).engine_metrics()
     try:
-        return ScoringEngine(config).run(metrics, tasks, sink), False
+        return engine(config).run(metrics, tasks, sink), False
     except KeyboardInterrupt:
         return RunReport(), True
 
