@@ -36,7 +36,7 @@ import orjson
 import ray
 from pydantic import TypeAdapter
 
-from sandbox.engine import CallResult, RunReport, ScoringEngine, TaskFeed, WorkerStartFailed
+from sandbox.engine import CallResult, ClusterUnreachable, RunReport, ScoringEngine, TaskFeed, WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable, SandboxConfig, planned_layers
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
 
@@ -46,10 +46,6 @@ _METRICS = TypeAdapter(list[MetricCode])
 _LAYERS = TypeAdapter(tuple[LayerStatus, ...])
 # Object store for a Ray started by a run: small, since only batches of task JSON and results pass through it.
 _LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
-
-
-class ClusterUnreachable(Exception):
-    """The Ray cluster named by --address could not be reached: the environment's problem."""
 
 
 @dataclass

@@ -101,6 +101,13 @@ class WorkerStartFailed(Exception):
     """A worker could not start at all: the machine's problem, not the metric's."""
 
 
+class ClusterUnreachable(Exception):
+    """The cluster an engine was pointed at (Ray's --address) could not be reached: the environment's problem.
+
+    Here rather than beside the Ray engine, so that the CLI can catch it without importing Ray.
+    """
+
+
 @dataclass
 class RunReport:
     layers: tuple[LayerStatus, ...] = ()
