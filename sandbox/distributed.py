@@ -22,6 +22,7 @@ whichever engine ran the calls. Design:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -108,6 +109,8 @@ class RayEngine:
     ) -> None:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI draws its own progress bar from the sink
+        # Ray Data logs each execution's plan at INFO; failures reach the user as exceptions, not logs.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         actors, cpus_per_actor = self._pool_size(len(rows))
         dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / self.batch_images))
         scored = dataset.map_batches(
