@@ -17,6 +17,9 @@ whichever engine ran the calls. Design:
   locally: a failing call is a result row, never an exception, so Ray never sees a metric fail.
 - An actor killed mid-batch is restarted by Ray and the batch retried whole (at-least-once), so the
   driver keeps the first answer for each task key and drops repeats: each call is reported once.
+- The machine failing on a node (a worker that can't start, a demanded layer missing) comes back as a
+  failure row, not an exception: Ray Data would hand the driver a UserCodeException with the
+  original's type and message only in a traceback's text. The driver raises it as the local engine would.
 """
 
 from __future__ import annotations
@@ -126,28 +129,24 @@ class RayEngine:
         )
         seen: set[int] = set()
         restarts: dict[str, int] = {}
-        try:
-            for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
-                if not self.timings.batches:
-                    self.timings.first_result_s = time.monotonic() - connected
-                self.timings.batches += 1
-                results: list[CallResult] = []
-                for key, encoded, actor_report in zip(batch["key"], batch["results"], batch["report"], strict=True):
-                    if actor_report:
-                        _merge_report(report, orjson.loads(actor_report), restarts)
-                    if int(key) in seen:
-                        self.timings.duplicates_dropped += 1
-                        continue
-                    seen.add(int(key))
-                    results.extend(_decode_results(encoded))
-                report.calls_done += len(results)
-                sink(results)
-        except ray.exceptions.RayTaskError as error:
-            # The machine failing on some node (a worker that can't start, a layer missing): its own message.
-            cause = getattr(error, "cause", None)
-            if isinstance(cause, (WorkerStartFailed, IsolationUnavailable)):
-                raise cause from None
-            raise
+        for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+            if not self.timings.batches:
+                self.timings.first_result_s = time.monotonic() - connected
+            self.timings.batches += 1
+            results: list[CallResult] = []
+            for failure in batch["failure"]:
+                if failure:
+                    raise _machine_failure(failure)
+            for key, encoded, actor_report in zip(batch["key"], batch["results"], batch["report"], strict=True):
+                if actor_report:
+                    _merge_report(report, orjson.loads(actor_report), restarts)
+                if int(key) in seen:
+                    self.timings.duplicates_dropped += 1
+                    continue
+                seen.add(int(key))
+                results.extend(_decode_results(encoded))
+            report.calls_done += len(results)
+            sink(results)
         report.worker_restarts = sum(restarts.values())
 
     def _pool_size(self, tasks: int) -> tuple[int, float]:
@@ -199,6 +198,19 @@ def _check_reachable(address: str) -> None:
             f"cannot reach the Ray cluster at {address}: {error.strerror or error}; "
             "start it with `ray start --head` or check --address"
         ) from None
+
+
+# The machine failing on a node, sent back as data: an exception raised in an actor reaches the driver as
+# Ray Data's UserCodeException, its type and message left only in a traceback's text.
+_MACHINE_FAILURES: dict[str, type[Exception]] = {
+    "WorkerStartFailed": WorkerStartFailed,
+    "IsolationUnavailable": IsolationUnavailable,
+}
+
+
+def _machine_failure(encoded: str) -> Exception:
+    failure = orjson.loads(encoded)
+    return _MACHINE_FAILURES[failure["type"]](failure["message"])
 
 
 def _merge_report(report: RunReport, actor_report: dict[str, Any], restarts: dict[str, int]) -> None:
@@ -332,14 +344,19 @@ class _SandboxActor:
                     or all(len(self._results[key]) >= count for key, count in expected.items())
                 )
             )
-            if self._failure is not None:
-                raise self._failure
+            failure = self._failure
+            if failure is not None:
+                if type(failure).__name__ not in _MACHINE_FAILURES:
+                    raise failure  # a bug in metricsmith: Ray fails the job with its traceback
+                encoded = orjson.dumps({"type": type(failure).__name__, "message": str(failure)}).decode()
+                return _output([], [], [], [encoded])
             answers = [self._results.pop(task.image_id) for task in tasks]
-        return {
-            "key": np.asarray([task.image_id for task in tasks], dtype=np.int64),
-            "results": np.asarray([_encode_results(sorted(own, key=_call_order)) for own in answers], dtype=object),
-            "report": np.asarray([self._report(), *([""] * (len(tasks) - 1))], dtype=object),
-        }
+        return _output(
+            [task.image_id for task in tasks],
+            [_encode_results(sorted(own, key=_call_order)) for own in answers],
+            [self._report(), *([""] * (len(tasks) - 1))],
+            [""] * len(tasks),
+        )
 
     def _report(self) -> str:
         layers = next((lane.report.layers for lane in self._lanes if lane.report.layers), ())
@@ -357,6 +374,17 @@ class _SandboxActor:
         # A graceful exit ends the runs, which kill their workers; a SIGKILL leaves that to the death signal.
         for lane in getattr(self, "_lanes", ()):
             lane.feed.close()
+
+
+def _output(keys: list[int], results: list[str], reports: list[str], failures: list[str]) -> dict[str, np.ndarray]:
+    """An actor's output batch; a failure row (the machine's) has no key, results or report."""
+    length = max(len(keys), len(failures))
+    return {
+        "key": np.asarray(keys or [-1] * length, dtype=np.int64),
+        "results": np.asarray(results or [""] * length, dtype=object),
+        "report": np.asarray(reports or [""] * length, dtype=object),
+        "failure": np.asarray(failures, dtype=object),
+    }
 
 
 def _call_order(result: CallResult) -> tuple[int, int]:

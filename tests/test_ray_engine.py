@@ -25,7 +25,7 @@ from agent.data.demo import generate_demo_dataset  # noqa: E402
 from agent.metrics.contract import list_builtin_metrics  # noqa: E402
 from agent.metrics.scoring import ScoreRow, score_dataset  # noqa: E402
 from sandbox.distributed import RayEngine  # noqa: E402
-from sandbox.engine import CallResult, ScoringEngine  # noqa: E402
+from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed  # noqa: E402
 from sandbox.isolation import SandboxConfig  # noqa: E402
 from sandbox.protocol import Call, ImageTask, MetricCode  # noqa: E402
 from tests.hostile_helpers import BENIGN_SOURCE, brightness, hostile_source, make_dataset, wait_until_gone  # noqa: E402
@@ -150,6 +150,17 @@ def test_hostile_metric_fails_its_items_exactly_as_locally(tmp_path: Path, share
     # The job went on: every benign score is there and right, and so are the hostile metric's other images.
     assert all(r.score == brightness(r.image_id) for r in remote if r.metric == 0)
     assert all(r.score == float(r.image_id) for r in remote if r.metric == 1 and r.image_id > 4)
+
+
+def test_a_worker_that_cannot_start_on_a_node_fails_the_job_with_its_own_message(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    items = make_dataset(dataset, 2)
+    metrics = [MetricCode(name="brightness", level="image", source=BENIGN_SOURCE, filename="brightness.py")]
+    tasks = [ImageTask(image_id=i, path=p, scene=scene, calls=(Call(0, None),)) for i, (p, scene) in enumerate(items)]
+    # No worker starts in a millisecond: the machine's problem, raised as the local engine raises it.
+    config = SandboxConfig(workers=1, startup_timeout_s=0.001, read_only_paths=(str(dataset),))
+    with pytest.raises(WorkerStartFailed, match="failed to start"):
+        RayEngine(config).run(metrics, tasks, lambda results: None)
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
