@@ -20,9 +20,11 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray engine needs the [ray] extra: pip install -e '.[ray]'")
 pytest.importorskip("ray.data", reason="the Ray engine needs Ray Data: pip install -e '.[ray]'")
 
+from agent.cli.main import main  # noqa: E402
 from agent.data.coco import load_coco  # noqa: E402
 from agent.data.demo import generate_demo_dataset  # noqa: E402
 from agent.metrics.contract import list_builtin_metrics  # noqa: E402
+from agent.metrics.results import read_rows  # noqa: E402
 from agent.metrics.scoring import ScoreRow, score_dataset  # noqa: E402
 from sandbox.distributed import RayEngine  # noqa: E402
 from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed  # noqa: E402
@@ -272,6 +274,18 @@ def test_cli_starts_its_own_ray_and_writes_the_local_engines_file(demo: Path, tm
     sandbox_line = [line for line in local.stderr.splitlines() if line.startswith("sandbox: ")]
     assert sandbox_line and sandbox_line[0] in remote.stderr.splitlines()
     assert "Traceback" not in remote.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_every_output_format_holds_the_local_engines_rows(demo: Path, tmp_path: Path, suffix: str) -> None:
+    pytest.importorskip("pyarrow", reason="writing .parquet needs pyarrow")
+    # In this process, so the Ray engine finds the module's Ray connected and uses it.
+    metric = ["--metric", "builtin:object_area_relative", "--metric", "builtin:appearance_neighbours"]
+    local, remote = tmp_path / f"local{suffix}", tmp_path / f"ray{suffix}"
+    assert main(["score", "--annotations", str(demo), "--out", str(local), *metric]) == 0
+    assert main(["score", "--annotations", str(demo), "--out", str(remote), "--engine", "ray", *metric]) == 0
+    assert _exact(read_rows(remote)) == _exact(read_rows(local))
+    assert len(read_rows(remote)) == 2 * len(load_coco(demo).annotations)
 
 
 def test_ray_flags_without_the_ray_engine_are_refused(demo: Path, tmp_path: Path) -> None:
