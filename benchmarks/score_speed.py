@@ -267,6 +267,7 @@ def run_ray(dataset: Dataset, specs: list[MetricSpec], workers: int) -> RayRun:
 
     started = time.perf_counter()
     ray.init(
+        address="local",
         num_cpus=workers,
         include_dashboard=False,
         object_store_memory=RAY_OBJECT_STORE_BYTES,

@@ -50,6 +50,10 @@ _METRICS = TypeAdapter(list[MetricCode])
 _LAYERS = TypeAdapter(tuple[LayerStatus, ...])
 # Object store for a Ray started by a run: small, since only batches of task JSON and results pass through it.
 _LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+_AUTH_HINT = (
+    "; if the cluster uses token authentication (`ray start`'s default), "
+    "set RAY_AUTH_MODE=token and give this machine its token (~/.ray/auth_token)"
+)
 
 
 @dataclass
@@ -169,13 +173,16 @@ def _connected(address: str | None) -> Iterator[None]:
         return
     quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
     if address is None:
-        ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=_LOCAL_OBJECT_STORE_BYTES, **quiet)
+        # "local": a new instance, never one that `ray start` left running on this machine.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=_LOCAL_OBJECT_STORE_BYTES, **quiet)
     else:
         _check_reachable(address)
         try:
             ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
         except (ConnectionError, RuntimeError, TimeoutError) as error:
-            raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address}: {error}") from None
+            # Ray turns token authentication on for an explicit address only when told to.
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else _AUTH_HINT
+            raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address}: {error}{hint}") from None
     try:
         yield
     finally:

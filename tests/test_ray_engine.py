@@ -7,12 +7,16 @@ The CLI tests that need their own Ray (or none) run `metricsmith` as a subproces
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +44,7 @@ def cluster() -> object:
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        address="local",  # a new instance, whatever `ray start` runs on this machine
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=100 * 1024 * 1024,
@@ -239,8 +244,8 @@ def test_an_actor_killed_mid_batch_is_restarted_and_every_item_is_scored_once(tm
     assert wait_until_gone(str(dataset), timeout_s=15) == []
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "agent.cli.main", "score", *args],
         capture_output=True,
@@ -286,6 +291,53 @@ def test_every_output_format_holds_the_local_engines_rows(demo: Path, tmp_path: 
     assert main(["score", "--annotations", str(demo), "--out", str(remote), "--engine", "ray", *metric]) == 0
     assert _exact(read_rows(remote)) == _exact(read_rows(local))
     assert len(read_rows(remote)) == 2 * len(load_coco(demo).annotations)
+
+
+@pytest.fixture()
+def head_node() -> Iterator[str]:
+    """A Ray head started as the README says (`ray start --head`), on loopback; its address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block",
+               "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
+               "--object-store-memory", str(100 * 1024 * 1024), "--disable-usage-stats"]  # fmt: skip
+    # --block: the head's processes belong to this one, and end when it is sent SIGTERM.
+    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("`ray start --head` did not come up")
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        # `ray start` leaves its address here for later `ray.init()` calls to find: not this test's business.
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        with contextlib.suppress(OSError):
+            if current.read_text().strip().endswith(f":{port}"):
+                current.unlink()
+
+
+def test_cli_on_a_cluster_started_with_ray_start(demo: Path, tmp_path: Path, head_node: str) -> None:
+    metric = ["--metric", "builtin:brightness", "--metric", "builtin:box_tightness"]
+    local = _cli("--annotations", str(demo), "--out", str(tmp_path / "local.csv"), *metric)
+    assert local.returncode == 0, local.stderr
+    remote = _cli("--annotations", str(demo), "--out", str(tmp_path / "ray.csv"), "--engine", "ray",
+                  "--address", head_node, *metric, env={"RAY_AUTH_MODE": "token"})  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
 
 
 def test_ray_flags_without_the_ray_engine_are_refused(demo: Path, tmp_path: Path) -> None:
