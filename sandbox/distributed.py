@@ -25,6 +25,7 @@ whichever engine ran the calls. Design:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -44,7 +45,7 @@ from sandbox.engine import CallResult, ClusterUnreachable, RunReport, ScoringEng
 from sandbox.isolation import IsolationUnavailable, SandboxConfig, planned_layers
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
 
-__all__ = ["ClusterUnreachable", "RayEngine", "RayTimings"]
+__all__ = ["ClusterUnreachable", "RayEngine", "RayTimings", "connected"]
 
 _METRICS = TypeAdapter(list[MetricCode])
 _LAYERS = TypeAdapter(tuple[LayerStatus, ...])
@@ -80,6 +81,9 @@ class RayEngine:
     address: str | None = None
     workers_per_node: int | None = None
     batch_images: int = 32
+    # The feature metrics' neighbour search is spread over the cluster in Ray tasks of this many rows;
+    # a smaller table is searched in the driver, where a task's overhead would cost more than it saves.
+    neighbour_rows_per_task: int = 20_000
     timings: RayTimings = field(default_factory=RayTimings)
 
     def __post_init__(self) -> None:
@@ -97,12 +101,12 @@ class RayEngine:
         report = report if report is not None else RunReport()
         self.timings = RayTimings()
         started = time.monotonic()
-        with _connected(self.address):
-            connected = time.monotonic()
-            self.timings.connect_s = connected - started
+        with connected(self.address):
+            connected_at = time.monotonic()
+            self.timings.connect_s = connected_at - started
             rows = [{"key": task.image_id, "task": _encode_task(task)} for task in tasks]
             if rows:
-                self._score(metrics, rows, sink, report, connected)
+                self._score(metrics, rows, sink, report, connected_at)
         self.timings.total_s = time.monotonic() - started
         return report
 
@@ -112,7 +116,7 @@ class RayEngine:
         rows: list[dict[str, Any]],
         sink: Callable[[list[CallResult]], None],
         report: RunReport,
-        connected: float,
+        connected_at: float,
     ) -> None:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI draws its own progress bar from the sink
@@ -135,7 +139,7 @@ class RayEngine:
         restarts: dict[str, int] = {}
         for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
             if not self.timings.batches:
-                self.timings.first_result_s = time.monotonic() - connected
+                self.timings.first_result_s = time.monotonic() - connected_at
             self.timings.batches += 1
             results: list[CallResult] = []
             for failure in batch["failure"]:
@@ -153,6 +157,23 @@ class RayEngine:
             sink(results)
         report.worker_restarts = sum(restarts.values())
 
+    def map_rows(self, function: Callable[..., np.ndarray], columns: np.ndarray, k: int) -> np.ndarray:
+        """The neighbour table (`agent.metrics.neighbours.RowMapper`), its row ranges computed in Ray tasks.
+
+        Each row's answer depends on that row and the columns only, and every node runs the same numpy
+        arithmetic, so the table equals the one computed in one process.
+        """
+        count = columns.shape[1]
+        ranges = math.ceil(count / self.neighbour_rows_per_task)
+        if ranges <= 1:
+            return function(columns, 0, count, k)
+        bounds = [round(count * index / ranges) for index in range(ranges + 1)]
+        with connected(self.address):
+            search = ray.remote(num_cpus=1)(function)
+            shared = ray.put(columns)
+            parts = ray.get([search.remote(shared, start, stop, k) for start, stop in itertools.pairwise(bounds)])
+        return np.concatenate(parts)
+
     def _pool_size(self, tasks: int) -> tuple[int, float]:
         """(actors, CPUs per actor): `workers_per_node` on each node, or one per CPU; never more than the batches."""
         nodes = [node for node in ray.nodes() if node.get("Alive")]
@@ -166,8 +187,12 @@ class RayEngine:
 
 
 @contextlib.contextmanager
-def _connected(address: str | None) -> Iterator[None]:
-    """A Ray connection for one run: the existing one, a new one to `address`, or a local instance."""
+def connected(address: str | None) -> Iterator[None]:
+    """A Ray connection for a job: the existing one, a new one to `address`, or a local instance.
+
+    Held around a whole `score_dataset`, it serves both the scoring and the neighbour search; each
+    RayEngine call otherwise connects (or starts a local Ray) for itself.
+    """
     if ray.is_initialized():
         yield
         return
@@ -378,9 +403,15 @@ class _SandboxActor:
         ).decode()
 
     def __del__(self) -> None:
-        # A graceful exit ends the runs, which kill their workers; a SIGKILL leaves that to the death signal.
-        for lane in getattr(self, "_lanes", ()):
+        # A graceful exit ends the runs and waits for them to kill their workers' process groups: a worker
+        # spawned a moment before the actor exits may not have armed its death signal yet. A SIGKILL of the
+        # actor leaves the workers to that signal.
+        lanes = getattr(self, "_lanes", ())
+        for lane in lanes:
             lane.feed.close()
+        for lane in lanes:
+            if lane.thread is not None and lane.thread is not threading.current_thread():
+                lane.thread.join(timeout=10)
 
 
 def _output(keys: list[int], results: list[str], reports: list[str], failures: list[str]) -> dict[str, np.ndarray]:

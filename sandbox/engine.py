@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sandbox.host import WorkerProcess
 from sandbox.isolation import KERNEL_LAYERS, IsolationUnavailable, SandboxConfig, planned_layers
@@ -150,6 +150,10 @@ def _hard_deadline_s(timeout_s: float) -> float:
 class Engine(Protocol):
     """What scoring needs of an engine: this machine's (`ScoringEngine`) or a cluster's (`sandbox.distributed`)."""
 
+    # Runs the feature metrics' neighbour search where the engine's workers are (`agent.metrics.neighbours.RowMapper`);
+    # None: in the scoring process.
+    map_rows: Callable[..., Any] | None
+
     def run(
         self, metrics: list[MetricCode], tasks: Iterable[ImageTask], sink: Callable[[list[CallResult]], None]
     ) -> RunReport: ...
@@ -157,6 +161,8 @@ class Engine(Protocol):
 
 class ScoringEngine:
     """Runs metrics over image tasks in sandboxed workers."""
+
+    map_rows = None  # the neighbour search runs in the scoring process, beside this engine
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the [ray] extra: pip install -e '.[ray]'")
@@ -28,6 +29,7 @@ from agent.cli.main import main  # noqa: E402
 from agent.data.coco import load_coco  # noqa: E402
 from agent.data.demo import generate_demo_dataset  # noqa: E402
 from agent.metrics.contract import list_builtin_metrics  # noqa: E402
+from agent.metrics.neighbours import nearest_neighbours  # noqa: E402
 from agent.metrics.results import read_rows  # noqa: E402
 from agent.metrics.scoring import ScoreRow, score_dataset  # noqa: E402
 from sandbox.distributed import RayEngine  # noqa: E402
@@ -80,7 +82,8 @@ def test_rows_equal_the_local_engines_for_every_builtin_on_the_demo(demo: Path) 
     engines: list[RayEngine] = []
 
     def ray_engine(config: SandboxConfig) -> RayEngine:
-        engines.append(RayEngine(config, batch_images=4))
+        # Rows of the neighbour table in Ray tasks of 8: the demo's few boxes still take the distributed path.
+        engines.append(RayEngine(config, batch_images=4, neighbour_rows_per_task=8))
         return engines[-1]
 
     remote = score_dataset(dataset, specs, config, engine=ray_engine)
@@ -92,6 +95,18 @@ def test_rows_equal_the_local_engines_for_every_builtin_on_the_demo(demo: Path) 
     assert {row.metric for row in remote.rows if row.score is not None} >= feature_names
     # The layers are reported as the local engine reports them: every one, active or not.
     assert remote.layers == local.layers and remote.layers
+
+
+@pytest.mark.parametrize("values", ["continuous", "tied"])
+def test_the_neighbour_table_from_ray_tasks_equals_the_one_computed_here(values: str) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(3000, 6))
+    if values == "tied":  # few distinct values: many exact ties, which go to the lower index
+        vectors = np.round(vectors)
+    engine = RayEngine(SandboxConfig(workers=1), neighbour_rows_per_task=500)
+    spread = nearest_neighbours(vectors, 10, engine.map_rows)
+    assert np.array_equal(spread, nearest_neighbours(vectors, 10))
+    assert spread.shape == (3000, 10)
 
 
 HOSTILE_SOURCE = """

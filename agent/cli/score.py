@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from rich.table import Table
@@ -72,7 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     """Run metric files over a COCO dataset in the sandbox and write one row per (metric, item)."""
     output_format(args.out)
-    engine = _engine(args)
+    engine, session = _engine(args)
     specs = load_metrics(args.metrics, args.library) if args.metrics else list_builtin_metrics()
     if not specs:
         raise UserError("no metrics given and no built-in metrics installed; pass --metric FILE")
@@ -89,7 +91,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         share_workers=not args.separate_workers,
     )
     journal = Journal(args.out)
-    with ProgressBar() as (progress, advance):
+    with session, ProgressBar() as (progress, advance):
         outcome = score_dataset(
             dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(rows)), engine=engine
         )
@@ -103,19 +105,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
 
 
-def _engine(args: argparse.Namespace) -> Callable[[SandboxConfig], Engine]:
-    """The engine --engine names, its options checked before any scoring starts."""
+def _engine(args: argparse.Namespace) -> tuple[Callable[[SandboxConfig], Engine], AbstractContextManager[object]]:
+    """The engine --engine names, and the session it runs in; its options checked before any scoring starts."""
     if args.engine == "local":
         for flag, value in (("--address", args.address), ("--workers-per-node", args.workers_per_node)):
             if value is not None:
                 raise UserError(f"{flag} goes with --engine ray")
-        return ScoringEngine
+        return ScoringEngine, contextlib.nullcontext()
     if importlib.util.find_spec("ray") is None:
         raise EnvironmentProblem("--engine ray needs Ray on this machine: pip install 'metricsmith[ray]'")
     # Ray loads only for a Ray run: importing it costs a second, and it is an optional extra.
-    from sandbox.distributed import RayEngine
+    from sandbox.distributed import RayEngine, connected
 
-    return functools.partial(RayEngine, address=args.address, workers_per_node=args.workers_per_node)
+    # One connection for the whole job: the scoring and the feature metrics' neighbour search both use it.
+    engine = functools.partial(RayEngine, address=args.address, workers_per_node=args.workers_per_node)
+    return engine, connected(args.address)
 
 
 def _print_summary(outcome: ScoreOutcome, out: Path) -> None:
