@@ -196,6 +196,10 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
 def _our_actor_processes() -> list[int]:
     """This test's Ray actors holding a sandboxed worker (Ray names the process after the class)."""
     found = []
@@ -333,11 +337,21 @@ def head_node() -> Iterator[str]:
                 time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        head.send_signal(signal.SIGTERM)
+        # Ray's daemons (gcs_server, raylet, ...) are children of `ray start`, which stops them one by one and
+        # slowly (30 s here). They are sent SIGTERM all at once, by pid, never by name (other Ray instances may
+        # run on this machine), and SIGKILL if still there.
+        daemons = [pid for pid in _all_pids() if pid != head.pid and _descends_from(pid, head.pid)]
+        for pid in [*daemons, head.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=10)
         except subprocess.TimeoutExpired:
             head.kill()
+            head.wait()
+        for pid in daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         # `ray start` leaves its address here for later `ray.init()` calls to find: not this test's business.
         current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         with contextlib.suppress(OSError):
