@@ -11,6 +11,9 @@ measured in one run on the same machine:
   (b) `metricsmith score`'s engine: `score_dataset` with every sandbox layer the machine offers.
   (c) one sandboxed `score_dataset` run per metric (8 runs, each decoding every image again), the
       way Encord Active runs its metrics; the total of the 8 wall times.
+  (d) `metricsmith score --engine ray` on a local Ray instance of N CPUs (when Ray is installed):
+      N actors, each with one sandboxed worker. Ray's own start (`ray.init`) is timed apart, and so
+      is the pool's start (connected to the first batch back); the goal compares the rest with (b).
 
 It checks that (a), (b) and (c) produce the same scores, measures the cold start of one sandboxed
 worker, and prints a table with PASS/MISS per goal. A benchmark, not a test: nothing here asserts.
@@ -56,6 +59,8 @@ COLD_START_METRICS = ("object_count", "brightness")
 GOAL_ENGINE_OVER_LIMIT = 1.15  # (b)/(a) at most
 GOAL_PER_METRIC_OVER_ENGINE = 4.0  # (c)/(b) at least
 GOAL_COLD_START_S = 0.3
+GOAL_RAY_OVER_ENGINE = 1.3  # (d)/(b) at most, Ray's own start left out
+RAY_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 TOLERANCE = 1e-9
 # The sandbox workers run with these; the in-process pool gets the same, so neither side has more threads.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -241,6 +246,54 @@ def run_engine(dataset: Dataset, specs: list[MetricSpec], workers: int) -> Engin
     return EngineRun(seconds, host_cpu, scores, outcome.failed, outcome.expected_rows, outcome.layers, errors)
 
 
+@dataclass
+class RayRun:
+    run: EngineRun
+    ray_init_s: float  # starting the local Ray instance
+    pool_start_s: float  # connected to the first batch back: actors and their sandboxed workers starting
+    batches: int
+
+    def run_batches_text(self) -> str:
+        return f"{self.batches} batches"
+
+
+def run_ray(dataset: Dataset, specs: list[MetricSpec], workers: int) -> RayRun:
+    """(d): `score_dataset` through the Ray engine, on a local Ray instance started (and timed) here."""
+    import ray
+
+    from agent.metrics.scoring import score_dataset
+    from sandbox.distributed import RayEngine
+    from sandbox.isolation import SandboxConfig
+
+    started = time.perf_counter()
+    ray.init(
+        address="local",
+        num_cpus=workers,
+        include_dashboard=False,
+        object_store_memory=RAY_OBJECT_STORE_BYTES,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    ray_init_s = time.perf_counter() - started
+    engines: list[RayEngine] = []
+
+    def engine(config: SandboxConfig) -> RayEngine:
+        engines.append(RayEngine(config))
+        return engines[-1]
+
+    try:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers), engine=engine)
+        seconds, host_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    finally:
+        ray.shutdown()
+    scores: Scores = {(row.metric, row.image_id, row.annotation_id): row.score for row in outcome.rows}
+    errors = sorted({f"{row.metric}: {row.error_kind}: {(row.error or '')[:200]}" for row in outcome.rows if row.error})
+    run = EngineRun(seconds, host_cpu, scores, outcome.failed, outcome.expected_rows, outcome.layers, errors)
+    timings = engines[0].timings
+    return RayRun(run, ray_init_s, timings.first_result_s, timings.batches)
+
+
 def run_per_metric(dataset: Dataset, specs: list[MetricSpec], workers: int) -> tuple[EngineRun, list[float]]:
     """(c): one sandboxed pass per metric; the wall times added up."""
     total = EngineRun(0.0, 0.0, {}, 0, 0)
@@ -368,6 +421,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs of (a) and (b), alternating; medians reported")
     parser.add_argument("--cold-starts", type=int, default=5, help="cold-start samples (default 5)")
     parser.add_argument("--skip-per-metric", action="store_true", help="leave out (c), the slowest part")
+    parser.add_argument("--skip-ray", action="store_true", help="leave out (d), the Ray engine")
     parser.add_argument("--wait-for-metrics", type=float, default=0.0, help="seconds to wait for missing built-ins")
     args = parser.parse_args(argv)
     if args.images < 1 or args.workers < 1 or args.repeat < 1 or args.cold_starts < 1:
@@ -433,6 +487,16 @@ def main(argv: list[str] | None = None) -> int:
         detail = ", ".join(f"{spec.name} {t:.2f}" for spec, t in zip(specs, each_c, strict=True))
         print(f"  (c) one sandboxed pass/metric: {run_c.seconds:7.2f} s ({detail})", flush=True)
 
+    run_d: RayRun | None = None
+    if not args.skip_ray and importlib.util.find_spec("ray") is not None:
+        probes.append(speed_probe(dataset, specs))
+        run_d = run_ray(dataset, specs, n_workers)
+        print(
+            f"  (d) Ray engine:                {run_d.run.seconds:7.2f} s "
+            f"(+ ray.init {run_d.ray_init_s:.2f} s; pool start {run_d.pool_start_s:.2f} s)",
+            flush=True,
+        )
+
     cold = cold_start(dataset, cheap_spec, args.cold_starts)
     floor = import_floor(args.cold_starts)
     probes.append(speed_probe(dataset, specs))
@@ -476,6 +540,40 @@ def main(argv: list[str] | None = None) -> int:
                 verdict(ratio_cb >= GOAL_PER_METRIC_OVER_ENGINE),
             )
         )
+    if run_d is not None:
+        rows.insert(
+            3 if run_c is not None else 2,
+            (
+                f"(d) `--engine ray`, {n_workers} actors on a local Ray ({run_d.run_batches_text()})",
+                f"{run_d.run.seconds:.2f} s",
+                f"{n_images / run_d.run.seconds:.0f} img/s",
+                "",
+            ),
+        )
+        # The startup is reported apart: Ray's own, and the pool's (actor processes importing Ray Data, then
+        # their sandboxed workers), measured to the first batch back, which includes that batch's own work.
+        steady = (run_d.run.seconds - run_d.pool_start_s) / median_b
+        rows.append(
+            (
+                "(d)/(b), Ray's start and the pool's start left out",
+                f"{steady:.2f}",
+                f"goal <= {GOAL_RAY_OVER_ENGINE}",
+                verdict(steady <= GOAL_RAY_OVER_ENGINE),
+            )
+        )
+        rows.append(("  (d)/(b), the pool's start counted", f"{run_d.run.seconds / median_b:.2f}", "", ""))
+        rows.append(("  (d) startup: `ray.init` of a local instance", f"{run_d.ray_init_s:.2f} s", "apart", ""))
+        rows.append(
+            ("  (d) startup: actors and workers, to the first batch back", f"{run_d.pool_start_s:.2f} s", "in (d)", "")
+        )
+        rows.append(
+            (
+                "  (d)/(b) with `ray.init` counted",
+                f"{(run_d.run.seconds + run_d.ray_init_s) / median_b:.2f}",
+                "",
+                "",
+            )
+        )
     rows.append(
         (
             f"cold start: 1 worker, spawn to first result (median of {len(cold)})",
@@ -492,8 +590,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             ("scores (c) = (b)", describe_comparison(c_vs_b), f"tolerance {TOLERANCE:g}", verdict(c_vs_b.equal))
         )
-    failures = run_b.failed + (run_c.failed if run_c is not None else 0)
-    scored_by = "(b) and (c)" if run_c is not None else "(b)"
+    if run_d is not None:
+        d_vs_b = compare(run_d.run.scores, run_b.scores)
+        rows.append(
+            ("scores (d) = (b)", describe_comparison(d_vs_b), f"tolerance {TOLERANCE:g}", verdict(d_vs_b.equal))
+        )
+    failures = run_b.failed + (run_c.failed if run_c is not None else 0) + (run_d.run.failed if run_d else 0)
+    scored_by = "(b)" + (", (c)" if run_c is not None else "") + (", (d)" if run_d is not None else "")
     rows.append((f"failed calls in {scored_by}", str(failures), "goal 0", verdict(failures == 0)))
 
     print()
@@ -532,12 +635,13 @@ def main(argv: list[str] | None = None) -> int:
         f"- host-process CPU: (a) parent {statistics.median(cpu_a):.2f} s, "
         f"(b) engine host {statistics.median(cpu_b):.2f} s"
         + (f", (c) hosts {run_c.host_cpu:.2f} s" if run_c is not None else "")
+        + (f", (d) Ray driver {run_d.run.host_cpu:.2f} s" if run_d is not None else "")
     )
     if args.repeat > 1:
         print(f"- (b)/(a) per round: {', '.join(f'{r:.2f}' for r in paired)}; median {statistics.median(paired):.2f}")
     load_after = os.getloadavg()
     print(f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}")
-    errors = run_b.errors + (run_c.errors if run_c is not None else [])
+    errors = run_b.errors + (run_c.errors if run_c is not None else []) + (run_d.run.errors if run_d else [])
     for error in errors[:10]:
         print(f"- error: {error}")
     return 0

@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import os
 import selectors
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sandbox.host import WorkerProcess
 from sandbox.isolation import KERNEL_LAYERS, IsolationUnavailable, SandboxConfig, planned_layers
@@ -50,8 +53,59 @@ class CallResult:
     features: tuple[float, ...] | None = None  # what a feature metric returned, instead of a score
 
 
+class TaskFeed:
+    """Tasks handed to a running engine by other threads, for a run that outlives one batch.
+
+    A Ray actor keeps one run (and its sandboxed worker) alive across the batches Ray sends it: each
+    batch is `put` here, and the run takes it without blocking, so the run's loop keeps reading
+    results and enforcing deadlines while it waits for the next batch. A byte written to a pipe wakes
+    the loop's selector when tasks arrive. The run ends once the feed is closed and drained.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: deque[ImageTask] = deque()
+        self._closed = False
+        self.wake_fd, self._wake_write_fd = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_write_fd, False)
+
+    def put(self, tasks: Iterable[ImageTask]) -> None:
+        with self._lock:
+            self._tasks.extend(tasks)
+        self._wake()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._wake()
+
+    def take(self) -> ImageTask | bool | None:
+        """The next task; None when there is none yet; False once closed and drained."""
+        with self._lock:
+            if self._tasks:
+                return self._tasks.popleft()
+            return False if self._closed else None
+
+    def drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_fd, 4096):
+                pass
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_write_fd, b"\0")
+
+
 class WorkerStartFailed(Exception):
     """A worker could not start at all: the machine's problem, not the metric's."""
+
+
+class ClusterUnreachable(Exception):
+    """The cluster an engine was pointed at (Ray's --address) could not be reached: the environment's problem.
+
+    Here rather than beside the Ray engine, so that the CLI can catch it without importing Ray.
+    """
 
 
 @dataclass
@@ -93,8 +147,22 @@ def _hard_deadline_s(timeout_s: float) -> float:
     return timeout_s * 1.5 + 2.0
 
 
+class Engine(Protocol):
+    """What scoring needs of an engine: this machine's (`ScoringEngine`) or a cluster's (`sandbox.distributed`)."""
+
+    # Runs the feature metrics' neighbour search where the engine's workers are (`agent.metrics.neighbours.RowMapper`);
+    # None: in the scoring process.
+    map_rows: Callable[..., Any] | None
+
+    def run(
+        self, metrics: list[MetricCode], tasks: Iterable[ImageTask], sink: Callable[[list[CallResult]], None]
+    ) -> RunReport: ...
+
+
 class ScoringEngine:
     """Runs metrics over image tasks in sandboxed workers."""
+
+    map_rows = None  # the neighbour search runs in the scoring process, beside this engine
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
@@ -103,18 +171,34 @@ class ScoringEngine:
     def run(
         self,
         metrics: list[MetricCode],
-        tasks: Iterable[ImageTask],
+        tasks: Iterable[ImageTask] | TaskFeed,
         sink: Callable[[list[CallResult]], None],
+        report: RunReport | None = None,
     ) -> RunReport:
-        """Score every call of every task; hand results to `sink` as they arrive."""
+        """Score every call of every task; hand results to `sink` as they arrive.
+
+        `tasks` may be a `TaskFeed`, filled while the run goes on, when every metric shares the workers.
+        `report`, when given, is the one filled in as the run goes (layers once a worker is ready), for a
+        caller that reads it before the run ends.
+        """
+        if isinstance(tasks, TaskFeed):
+            if not (self.config.share_workers or len(metrics) == 1):
+                raise ValueError("a TaskFeed run needs workers shared by every metric; feed one run per metric")
+            return self._run_once(metrics, tasks, sink, report)
         if self.config.share_workers or len(metrics) == 1:
-            return self._run_once(metrics, list(tasks), sink)
+            return self._run_once(metrics, list(tasks), sink, report)
         return self._run_each_metric_alone(metrics, list(tasks), sink)
 
     def _run_once(
-        self, metrics: list[MetricCode], tasks: list[ImageTask], sink: Callable[[list[CallResult]], None]
+        self,
+        metrics: list[MetricCode],
+        tasks: list[ImageTask] | TaskFeed,
+        sink: Callable[[list[CallResult]], None],
+        report: RunReport | None = None,
     ) -> RunReport:
         run = _Run(self.config, self.layers, metrics, tasks, sink)
+        if report is not None:
+            run.report = report
         previous = _set_dumpable(False)
         try:
             return run.execute()
@@ -160,14 +244,14 @@ class _Run:
         config: SandboxConfig,
         layers: dict[str, bool],
         metrics: list[MetricCode],
-        tasks: Iterable[ImageTask],
+        tasks: Iterable[ImageTask] | TaskFeed,
         sink: Callable[[list[CallResult]], None],
     ) -> None:
         self.config = config
         self.layers = layers
         self.init = InitFrame(metrics=tuple(metrics), timeout_s=config.timeout_s)
         self.tasks = tasks
-        self.source: Iterator[ImageTask] | None = None  # tasks not yet taken into `pending`
+        self.source: Iterator[ImageTask] | TaskFeed | None = None  # tasks not yet taken into `pending`
         self.pending: deque[tuple[ImageTask, bool]] = deque()
         self.sink = sink
         self.selector = selectors.DefaultSelector()
@@ -213,7 +297,13 @@ class _Run:
         """
         wanted = _LOOKAHEAD_CHUNKS * self.config.chunk_images * max(len(self.slots), 1)
         while self.source is not None and len(self.pending) < wanted:
-            task = next(self.source, None)
+            if isinstance(self.source, TaskFeed):
+                fed = self.source.take()
+                if fed is None:
+                    return  # nothing yet: the feed's pipe wakes the selector when there is
+                task = fed or None
+            else:
+                task = next(self.source, None)
             if task is None:
                 self.source = None
             elif task.calls:
@@ -229,7 +319,11 @@ class _Run:
         if count == 0:
             return self.report
         self.slots = [self._spawn() for _ in range(count)]
-        self.source = iter(self.tasks)
+        if isinstance(self.tasks, TaskFeed):
+            self.selector.register(self.tasks.wake_fd, selectors.EVENT_READ, self.tasks)
+            self.source = self.tasks
+        else:
+            self.source = iter(self.tasks)
         self._refill()
         try:
             while self._work_left():
@@ -245,6 +339,9 @@ class _Run:
         self._watch_writes()
         for key, _ in self.selector.select(timeout=min(timeout, 1.0)):
             slot = key.data
+            if isinstance(slot, TaskFeed):
+                slot.drain_wakeups()
+                continue
             if slot not in self.slots:
                 continue
             if key.fd == slot.worker.stdin_fd:

@@ -30,7 +30,7 @@ from agent.cli.console import (
 from agent.data.coco import DatasetInvalid
 from agent.errors import MetricsmithError
 from agent.llm.model import ModelUnreachable
-from sandbox.engine import WorkerStartFailed
+from sandbox.engine import ClusterUnreachable, WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in error.details()[1:]:
             stderr.print(f"  {line}", markup=False)
         return EXIT_USAGE
-    except ModelUnreachable as error:  # the environment's problem, not the user's input: its own exit code
+    except (ModelUnreachable, ClusterUnreachable) as error:  # the environment's, not the user's input: own exit code
         if debug:
             traceback.print_exc()
         stderr.print(f"error: {error}", markup=False)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import importlib.util
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from rich.table import Table
@@ -11,10 +16,11 @@ from rich.table import Table
 from agent.cli.console import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, positive_float, positive_int, stderr
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import load_coco
-from agent.errors import UserError
+from agent.errors import EnvironmentProblem, UserError
 from agent.metrics.contract import list_builtin_metrics
 from agent.metrics.results import Journal, output_format, write_rows
 from agent.metrics.scoring import ScoreOutcome, failure_lines, score_dataset
+from sandbox.engine import Engine, ScoringEngine
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["cmd_score", "register"]
@@ -43,6 +49,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="give each metric workers of its own, so an untrusted metric can't alter the others' scores "
         "(slower: each image is decoded once per metric)",
     )
+    score.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on this machine; ray: a Ray cluster's actors, one sandboxed worker each "
+        "(needs metricsmith[ray])",
+    )
+    score.add_argument(
+        "--address",
+        help="with --engine ray: the cluster's HOST:PORT, as `ray start --head` printed it "
+        "(default: start a local Ray for this run)",
+    )
+    score.add_argument(
+        "--workers-per-node",
+        type=positive_int,
+        help="with --engine ray: sandboxed workers on each node (default: one per CPU; --workers is ignored)",
+    )
     add_library_option(score)
     score.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     score.set_defaults(handler=cmd_score)
@@ -51,6 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     """Run metric files over a COCO dataset in the sandbox and write one row per (metric, item)."""
     output_format(args.out)
+    engine, session = _engine(args)
     specs = load_metrics(args.metrics, args.library) if args.metrics else list_builtin_metrics()
     if not specs:
         raise UserError("no metrics given and no built-in metrics installed; pass --metric FILE")
@@ -67,8 +91,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         share_workers=not args.separate_workers,
     )
     journal = Journal(args.out)
-    with ProgressBar() as (progress, advance):
-        outcome = score_dataset(dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(rows)))
+    with session, ProgressBar() as (progress, advance):
+        outcome = score_dataset(
+            dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(rows)), engine=engine
+        )
         progress.stop()
     write_rows(args.out, outcome.rows)
     journal.discard()
@@ -77,6 +103,23 @@ def cmd_score(args: argparse.Namespace) -> int:
         stderr.print(f"interrupted: wrote the {len(outcome.rows)} of {outcome.expected_rows} rows scored to {args.out}")
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
+
+
+def _engine(args: argparse.Namespace) -> tuple[Callable[[SandboxConfig], Engine], AbstractContextManager[object]]:
+    """The engine --engine names, and the session it runs in; its options checked before any scoring starts."""
+    if args.engine == "local":
+        for flag, value in (("--address", args.address), ("--workers-per-node", args.workers_per_node)):
+            if value is not None:
+                raise UserError(f"{flag} goes with --engine ray")
+        return ScoringEngine, contextlib.nullcontext()
+    if importlib.util.find_spec("ray") is None:
+        raise EnvironmentProblem("--engine ray needs Ray on this machine: pip install 'metricsmith[ray]'")
+    # Ray loads only for a Ray run: importing it costs a second, and it is an optional extra.
+    from sandbox.distributed import RayEngine, connected
+
+    # One connection for the whole job: the scoring and the feature metrics' neighbour search both use it.
+    engine = functools.partial(RayEngine, address=args.address, workers_per_node=args.workers_per_node)
+    return engine, connected(args.address)
 
 
 def _print_summary(outcome: ScoreOutcome, out: Path) -> None:

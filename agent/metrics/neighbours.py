@@ -18,17 +18,19 @@ gathers every box's vector and scores each box here, with plain numpy:
    0 when every neighbour agrees, 1 when none does. High is suspicious.
 
 The result is deterministic: the same vectors in the same order give the same scores, on any machine.
+Each row's neighbours depend on that row and the whole matrix only, so the rows may be computed in
+ranges anywhere (the Ray engine spreads them over its cluster) and the table is the same.
 With fewer than two boxes there are no neighbours and every score is None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["class_disagreement", "nearest_neighbours"]
+__all__ = ["RowFunction", "RowMapper", "class_disagreement", "nearest_neighbours", "neighbours_of_rows"]
 
 _BLOCK_BYTES = 2 * 1024 * 1024
 
@@ -39,25 +41,32 @@ def _standardised(vectors: NDArray[np.float64]) -> NDArray[np.float64]:
     return (vectors[:, varying] - vectors[:, varying].mean(axis=0)) / spread[varying]
 
 
-def nearest_neighbours(vectors: NDArray[np.float64], k: int) -> NDArray[np.intp]:
-    """Row i: the indices of the k rows nearest to row i, itself excluded, nearest first."""
-    count = len(vectors)
-    k = min(k, count - 1)
-    if k < 1:
-        return np.empty((count, 0), dtype=np.intp)
-    columns = np.ascontiguousarray(vectors.T)  # one contiguous row per feature
+# Rows [start, stop) of the neighbour table from the feature columns and k: `neighbours_of_rows`.
+RowFunction = Callable[[NDArray[np.float64], int, int, int], NDArray[np.intp]]
+# Runs a RowFunction over every row of the columns, in one go or in ranges elsewhere (a Ray cluster's tasks,
+# `sandbox.distributed.RayEngine.map_rows`), and returns the whole table.
+RowMapper = Callable[[RowFunction, NDArray[np.float64], int], NDArray[np.intp]]
+
+
+def neighbours_of_rows(columns: NDArray[np.float64], start: int, stop: int, k: int) -> NDArray[np.intp]:
+    """Rows start..stop-1 of `nearest_neighbours`, from the features as one contiguous row per feature.
+
+    Each row's answer depends on that row and the columns only, never on which rows share its block,
+    so any split of the rows into ranges gives the very same table.
+    """
+    count = columns.shape[1]
     block = max(1, _BLOCK_BYTES // (16 * count))  # the distances and one feature's differences
-    result = np.empty((count, k), dtype=np.intp)
-    for start in range(0, count, block):
-        stop = min(start + block, count)
-        distances = np.zeros((stop - start, count))
+    result = np.empty((stop - start, k), dtype=np.intp)
+    for first in range(start, stop, block):
+        last = min(first + block, stop)
+        distances = np.zeros((last - first, count))
         difference = np.empty_like(distances)
         for feature in columns:
-            np.subtract(feature[start:stop, None], feature[None, :], out=difference)
+            np.subtract(feature[first:last, None], feature[None, :], out=difference)
             np.multiply(difference, difference, out=difference)
             np.add(distances, difference, out=distances)
-        rows = np.arange(stop - start)
-        distances[rows, rows + start] = np.inf
+        rows = np.arange(last - first)
+        distances[rows, rows + first] = np.inf
         candidates = np.argpartition(distances, k - 1, axis=1)[:, :k]
         picked = np.take_along_axis(distances, candidates, axis=1)
         # argpartition picks any of the items tied at the k-th distance; where it left out a tied item
@@ -68,14 +77,37 @@ def nearest_neighbours(vectors: NDArray[np.float64], k: int) -> NDArray[np.intp]
             candidates[row] = np.argsort(distances[row], kind="stable")[:k]
             picked[row] = distances[row, candidates[row]]
         order = np.lexsort((candidates, picked), axis=1)
-        result[start:stop] = np.take_along_axis(candidates, order, axis=1)
+        result[first - start : last - start] = np.take_along_axis(candidates, order, axis=1)
     return result
 
 
-def class_disagreement(vectors: Sequence[Sequence[float]], classes: Sequence[int], k: int) -> list[float | None]:
+def _here(function: RowFunction, columns: NDArray[np.float64], k: int) -> NDArray[np.intp]:
+    return function(columns, 0, columns.shape[1], k)
+
+
+def nearest_neighbours(vectors: NDArray[np.float64], k: int, map_rows: RowMapper | None = None) -> NDArray[np.intp]:
+    """Row i: the indices of the k rows nearest to row i, itself excluded, nearest first.
+
+    `map_rows` runs `neighbours_of_rows` over the rows (in this process by default); the table is the same.
+    """
+    count = len(vectors)
+    k = min(k, count - 1)
+    if k < 1:
+        return np.empty((count, 0), dtype=np.intp)
+    columns = np.ascontiguousarray(vectors.T)  # one contiguous row per feature
+    return (map_rows or _here)(neighbours_of_rows, columns, k)
+
+
+def class_disagreement(
+    vectors: Sequence[Sequence[float]],
+    classes: Sequence[int],
+    k: int,
+    map_rows: RowMapper | None = None,
+) -> list[float | None]:
     """Each item's share of its k nearest neighbours (in standardised feature space) of another class.
 
     All vectors must have the same length; the caller checks that with the user-facing message.
+    `map_rows`: see `nearest_neighbours`; the scores do not depend on it.
     """
     if len(vectors) != len(classes):
         raise ValueError("one class per vector")
@@ -83,6 +115,6 @@ def class_disagreement(vectors: Sequence[Sequence[float]], classes: Sequence[int
         return [None] * len(vectors)
     matrix = _standardised(np.asarray(vectors, dtype=np.float64))
     labels = np.asarray(classes)
-    neighbours = nearest_neighbours(matrix, k)
+    neighbours = nearest_neighbours(matrix, k, map_rows)
     differing = labels[neighbours] != labels[:, None]
     return differing.mean(axis=1).tolist()

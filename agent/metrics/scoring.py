@@ -26,8 +26,8 @@ from agent.data.coco import Dataset
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
 from agent.metrics.learned import TrainingCopy, cross_fitted_scores_each, fold_of, training_copies
-from agent.metrics.neighbours import class_disagreement
-from sandbox.engine import CallResult, RunReport, ScoringEngine
+from agent.metrics.neighbours import RowMapper, class_disagreement
+from sandbox.engine import CallResult, Engine, RunReport, ScoringEngine
 from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -341,6 +341,7 @@ class _Collector:
         self._origins = [metric_origin(spec) for spec in specs]
         self._annotation_ids: dict[int, list[int]] = {}
         self._category_of: dict[int, int] | None = None
+        self._map_rows: RowMapper | None = None
         self._held: dict[int, list[CallResult]] = {
             code: [] for code, spec in enumerate(self.codes.codes) if spec.output == "features"
         }
@@ -357,8 +358,12 @@ class _Collector:
         if batch:
             self.on_rows(batch)
 
-    def finish(self, training: _Training | None = None) -> None:
-        """Score the feature metrics from the vectors gathered, and emit their rows."""
+    def finish(self, training: _Training | None = None, map_rows: RowMapper | None = None) -> None:
+        """Score the feature metrics from the vectors gathered, and emit their rows.
+
+        `map_rows`: where the neighbour search runs (`agent.metrics.neighbours`); the scores do not depend on it.
+        """
+        self._map_rows = map_rows
         for code, results in self._held.items():
             # Results arrive in whatever order the workers finish; the scores must not depend on it.
             results.sort(key=lambda result: (result.image_id, result.obj or 0))
@@ -409,7 +414,7 @@ class _Collector:
             return self._failed(results, problem)
         categories = [self._category(result) for result in vectors]
         scores = class_disagreement(
-            [result.features or () for result in vectors], categories, self.specs[index].neighbours
+            [result.features or () for result in vectors], categories, self.specs[index].neighbours, self._map_rows
         )
         return self._scored(results, vectors, scores)
 
@@ -489,8 +494,13 @@ def score_dataset(
     specs: list[MetricSpec],
     config: SandboxConfig,
     on_rows: Callable[[list[ScoreRow]], None] = lambda rows: None,
+    engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
 ) -> ScoreOutcome:
-    """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted."""
+    """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted.
+
+    `engine` makes the engine from the run's config: this machine's workers by default, or a Ray
+    cluster's (`sandbox.distributed.RayEngine`); the rows are the same either way.
+    """
     paths = image_paths(dataset)
     collector = _Collector(dataset, specs, on_rows, threads=config.workers)
     training = _Training(dataset, specs, collector.codes)
@@ -499,9 +509,9 @@ def score_dataset(
     def sink(results: list[CallResult]) -> None:
         collector([result for result in results if not training.take(result)])
 
-    report, interrupted = _run_engine(dataset, specs, config, paths, tasks, sink)
+    report, interrupted, used = _run_engine(dataset, specs, config, paths, tasks, sink, engine)
     if not interrupted:
-        collector.finish(training)
+        collector.finish(training, used.map_rows)
     return _outcome(dataset, specs, collector, report, interrupted)
 
 
@@ -510,6 +520,7 @@ def score_versions(
     specs: list[MetricSpec],
     config: SandboxConfig,
     on_calls: Callable[[int], None] = lambda count: None,
+    engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
 ) -> VersionsOutcome:
     """Score several versions of one dataset (the same images, other annotations), each distinct call once.
 
@@ -592,7 +603,7 @@ def score_versions(
                         break
         on_calls(len(batch))
 
-    report, interrupted = _run_engine(first, specs, config, paths, distinct_tasks(), collect)
+    report, interrupted, used = _run_engine(first, specs, config, paths, distinct_tasks(), collect, engine)
     outcomes = []
     for version, version_calls, training in zip(versions, answered_by, trainings, strict=True):
         collector = _Collector(version, specs, lambda rows: None, threads=config.workers)
@@ -604,7 +615,7 @@ def score_versions(
                 own.append(CallResult(metric, image_id, obj, score, kind, error, features))
         collector(own)
         if not interrupted:
-            collector.finish(training)
+            collector.finish(training, used.map_rows)
         outcomes.append(_outcome(version, specs, collector, report, interrupted))
     return VersionsOutcome(outcomes=outcomes, calls_run=len(results), calls_needed=sum(map(len, answered_by)))
 
@@ -632,15 +643,17 @@ def _run_engine(
     paths: dict[int, str],
     tasks: Iterable[ImageTask],
     sink: Callable[[list[CallResult]], None],
-) -> tuple[RunReport, bool]:
-    """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted)."""
+    engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
+) -> tuple[RunReport, bool, Engine]:
+    """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted, engine)."""
     roots = data_roots(dataset, paths.values())
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
     metrics = _Codes.of(specs).engine_metrics()
+    used = engine(config)
     try:
-        return ScoringEngine(config).run(metrics, tasks, sink), False
+        return used.run(metrics, tasks, sink), False, used
     except KeyboardInterrupt:
-        return RunReport(), True
+        return RunReport(), True, used
 
 
 def _outcome(
