@@ -33,14 +33,15 @@ import hashlib
 import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from agent.data.coco import coco_from_document
-from agent.data.inject import inject_errors
+from agent.data.coco import Dataset, coco_from_document
+from agent.data.inject import Injection, inject_errors
 from agent.data.json_files import load_json_model
 from agent.errors import UserError
 from agent.evaluation.ranking import (
@@ -51,12 +52,12 @@ from agent.evaluation.ranking import (
     scores_from_rows,
 )
 from agent.metrics.contract import MetricSpec
-from agent.metrics.scoring import score_versions
+from agent.metrics.scoring import ScoreRow, score_versions
 from sandbox.isolation import SandboxConfig
 
 __all__ = [
-    "ESTIMATE", "Calls", "Figure", "MetricFigures", "SelftestReport", "load_selftest", "run_selftest", "sample_images",
-    "summarise",
+    "ESTIMATE", "Calls", "Figure", "MetricFigures", "NoisyCopy", "ScoredCopies", "SelftestReport", "load_selftest",
+    "run_selftest", "sample_images", "score_noisy_copies", "summarise",
 ]  # fmt: skip
 
 ESTIMATE = "an estimate on injected errors, not the truth about the dataset's real errors"
@@ -182,6 +183,69 @@ def summarise(reports: Sequence[EvaluationReport]) -> list[MetricFigures]:
     return figures
 
 
+@dataclass(frozen=True)
+class NoisyCopy:
+    """One seed's injected copy, numbered by image; its errors under those numbers, and its score rows."""
+
+    injection: Injection
+    dataset: Dataset
+    labels: list[ErrorLabel]
+    rows: list[ScoreRow]
+
+
+@dataclass(frozen=True)
+class ScoredCopies:
+    original: list[ScoreRow] | None  # the original's rows, when it was scored in the same run
+    copies: list[NoisyCopy]
+    calls_run: int
+    calls_needed: int
+
+
+def score_noisy_copies(
+    document: dict[str, Any],
+    annotations_path: Path,
+    image_root: Path,
+    specs: Sequence[MetricSpec],
+    *,
+    seeds: Sequence[int],
+    rate: float,
+    sandbox: SandboxConfig,
+    stream: str = "inject",
+    original: Dataset | None = None,
+    on_calls: Callable[[int], None] = lambda count: None,
+) -> ScoredCopies:
+    """Inject once per seed (in `stream`) and score every noisy copy, and `original` if given, in one run.
+
+    The copies are numbered by image (`numbered_by_image`), so `score_versions` makes each distinct
+    call once. Ctrl-C during the run raises KeyboardInterrupt: figures from part of the calls would lie.
+    """
+    injections = [inject_errors(document, rate=rate, seed=seed, stream=stream) for seed in seeds]
+    copies = numbered_by_image([injection.document for injection in injections])
+    noisy = [coco_from_document(copy, annotations_path, image_root) for copy, _ in copies]
+    versions = noisy if original is None else [original, *noisy]
+    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
+    if any(outcome.interrupted for outcome in scored.outcomes):
+        raise KeyboardInterrupt
+    outcomes = scored.outcomes if original is None else scored.outcomes[1:]
+    results = []
+    for injection, (_, new_id), version, outcome in zip(injections, copies, noisy, outcomes, strict=True):
+        labels = [
+            ErrorLabel(
+                type=r.type,
+                image_id=r.image_id,
+                annotation_id=None if r.annotation_id is None else new_id[r.annotation_id],
+            )
+            for r in injection.errors.errors
+        ]
+        results.append(NoisyCopy(injection, version, labels, outcome.rows))
+    return ScoredCopies(
+        original=None if original is None else scored.outcomes[0].rows,
+        copies=results,
+        calls_run=scored.calls_run,
+        calls_needed=scored.calls_needed,
+    )
+
+
 def run_selftest(
     document: dict[str, Any],
     annotations_path: Path,
@@ -201,25 +265,14 @@ def run_selftest(
     call once: a box no injection touched is scored once for all seeds by a metric that reads
     nothing but its own box (`agent.metrics.inputs`).
     """
-    injections = [inject_errors(document, rate=rate, seed=seed) for seed in seeds]
-    copies = numbered_by_image([injection.document for injection in injections])
-    versions = [coco_from_document(copy, annotations_path, image_root) for copy, _ in copies]
-    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
-    if any(outcome.interrupted for outcome in scored.outcomes):
-        raise KeyboardInterrupt
+    scored = score_noisy_copies(
+        document, annotations_path, image_root, specs, seeds=seeds, rate=rate, sandbox=sandbox, on_calls=on_calls
+    )
     directions = {spec.name: spec.suspicious for spec in specs}
     reports, notes = [], []
-    for injection, (_, new_id), version, outcome in zip(injections, copies, versions, scored.outcomes, strict=True):
-        notes.extend(note for note in injection.notes if note not in notes)
-        labels = [
-            ErrorLabel(
-                type=r.type,
-                image_id=r.image_id,
-                annotation_id=None if r.annotation_id is None else new_id[r.annotation_id],
-            )
-            for r in injection.errors.errors
-        ]
-        reports.append(evaluate(ground_truth(version, labels), scores_from_rows(outcome.rows, directions)))
+    for copy in scored.copies:
+        notes.extend(note for note in copy.injection.notes if note not in notes)
+        reports.append(evaluate(ground_truth(copy.dataset, copy.labels), scores_from_rows(copy.rows, directions)))
     return SelftestReport(
         dataset=str(annotations_path),
         dataset_sha256=hashlib.sha256(Path(annotations_path).read_bytes()).hexdigest(),

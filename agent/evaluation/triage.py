@@ -52,8 +52,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
-from agent.data.coco import Dataset, coco_from_document
-from agent.data.inject import inject_errors
+from agent.data.coco import Dataset
 from agent.errors import UserError
 from agent.evaluation.ranking import (
     ErrorLabel,
@@ -70,11 +69,11 @@ from agent.evaluation.ranking import (
     suspicion,
     suspicion_ranks,
 )
-from agent.evaluation.selftest import numbered_by_image
+from agent.evaluation.selftest import score_noisy_copies
 from agent.evaluation.stacking import cross_validated_scores, expand_features, fit_logistic, predict_logistic
 from agent.metrics.contract import MetricSpec
 from agent.metrics.learned import fold_of
-from agent.metrics.scoring import ScoreRow, score_versions
+from agent.metrics.scoring import ScoreRow
 from sandbox.isolation import SandboxConfig
 
 __all__ = [
@@ -426,28 +425,16 @@ def score_with_copies(
     The copies are drawn in triage's own stream (`STREAM`) and scored in the same run as the
     original, each distinct call once (`score_versions`).
     """
-    injections = [inject_errors(document, rate=rate, seed=seed, stream=STREAM) for seed in seeds]
-    copies = numbered_by_image([injection.document for injection in injections])
-    path, root = dataset.annotations_path, dataset.image_root
-    versions = [dataset, *(coco_from_document(copy, path, root) for copy, _ in copies)]
-    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
-    if any(outcome.interrupted for outcome in scored.outcomes):
-        raise KeyboardInterrupt
+    scored = score_noisy_copies(
+        document, dataset.annotations_path, dataset.image_root, specs,
+        seeds=seeds, rate=rate, sandbox=sandbox, stream=STREAM, original=dataset, on_calls=on_calls,
+    )  # fmt: skip
     directions = {spec.name: spec.suspicious for spec in specs}
-    training = []
-    for injection, (_, new_id), version, outcome in zip(
-        injections, copies, versions[1:], scored.outcomes[1:], strict=True
-    ):
-        labels = [
-            ErrorLabel(
-                type=record.type,
-                image_id=record.image_id,
-                annotation_id=None if record.annotation_id is None else new_id[record.annotation_id],
-            )
-            for record in injection.errors.errors
-        ]
-        training.append(TrainingCopy(scores_from_rows(outcome.rows, directions), ground_truth(version, labels)))
-    return scores_from_rows(scored.outcomes[0].rows, directions), training
+    training = [
+        TrainingCopy(scores_from_rows(copy.rows, directions), ground_truth(copy.dataset, copy.labels))
+        for copy in scored.copies
+    ]
+    return scores_from_rows(scored.original or [], directions), training
 
 
 def run_triage(
