@@ -1,6 +1,7 @@
 """How long `metricsmith selftest` takes, beside one `metricsmith score` of the same metrics.
 
     python benchmarks/selftest_speed.py [--images 1000] [--seeds 3] [--workers N] [--repeat 3]
+                                        [--metrics all|hand-written]
 
 Three things, timed in turn in each round (the order alternates between rounds), on the same demo
 dataset (1,000 images by default, built once into the user's cache) with every built-in metric:
@@ -86,12 +87,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--data", type=Path, help="an annotations file or folder to use instead of the demo")
+    parser.add_argument(
+        "--metrics", choices=("all", "hand-written"), default="all",
+        help="every built-in (selftest's default), or only those that are not learned detectors",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from agent.metrics.contract import list_builtin_metrics
 
     annotations, _ = prepare_dataset(args.data, args.images, 0)
     specs = list_builtin_metrics()
+    if args.metrics == "hand-written":
+        specs = [spec for spec in specs if spec.combine != "learned"]
     print(f"dataset: {annotations}; {len(specs)} built-in metrics; {args.workers} workers; {args.seeds} seeds")
     times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     reports: dict[str, object] = {}
