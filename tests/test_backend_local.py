@@ -86,7 +86,7 @@ def test_the_same_seed_gives_the_same_text(gemma: LocalBackend, temperature: flo
 
 # What prompts/completion_grammar.gbnf.j2 lets the model write after the scaffold: one return line.
 GRAMMAR_LINE = re.compile(
-    r'    return (None if obj\["category"\] (!=|==) "(panda|bear|fox)" else )?float\(np\.\w+\(.+\)\)\n'
+    r'    return (None if obj\["category"\] (!=|==) "(panda|bear|fox)" else )?float\((abs\()?np\.\w+\(.+\)\)\n'
 )
 
 

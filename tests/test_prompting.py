@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.authoring.extract import Idea, check_code, extract_code
@@ -318,11 +319,11 @@ def test_completion_implement_request(prompts: Prompts, task: MetricTask) -> Non
     prefix = request.reply_prefix
     assert prefix.startswith('"""') and 'NAME = "loose_box"' in prefix and 'LEVEL = "object"' in prefix
     assert "def score(image, obj, scene):" in prefix
-    # The prefix ends on the scaffold every box metric starts with: the box's pixels, clipped, as `crop`.
+    # The prefix ends on the scaffold every box metric starts with: the box's pixels, clipped, as `crop`,
+    # and the band inside its edges and the ring outside them.
     assert "red, green, blue = crop[:, :, 0], crop[:, :, 1], crop[:, :, 2]" in prefix
-    assert prefix.rstrip().endswith(
-        "hue, saturation, value = cv2.split(cv2.cvtColor(box, cv2.COLOR_RGB2HSV).astype(np.float32))"
-    )
+    assert "hue, saturation, value = cv2.split(cv2.cvtColor(box, cv2.COLOR_RGB2HSV).astype(np.float32))" in prefix
+    assert prefix.rstrip().endswith("band_edges, ring_edges = around_edges[band], around_edges[ring]")
     assert "if x1 - x0 < 3 or y1 - y0 < 3:\n        return None" in prefix
     # The dataset is described before the file, as comments; the file's docstring is one sentence.
     before = request.prompt[: -len(prefix)]
@@ -562,3 +563,33 @@ def test_an_idea_about_one_class_gets_its_guard_from_the_grammar(prompts: Prompt
         temperature=0.2, max_tokens=100, grammar=True,
     )  # fmt: skip
     assert _gbnf_regex(free_choice.grammar or "").fullmatch("    return float(np.mean((red > 200)))\n")
+
+
+def test_the_scaffold_offers_the_band_and_ring_around_the_box(prompts: Prompts, task: MetricTask) -> None:
+    """A grammar line comparing the band inside the box's edges with the ring outside them: tight vs loose boxes."""
+    request = build_implement_request(
+        prompts, task, (), mode="completion", temperature=0.2, max_tokens=100, grammar=True
+    )  # fmt: skip
+    contrast = "    return float(abs(np.median(band_grey) - np.median(ring_grey)))\n"
+    assert _gbnf_regex(request.grammar or "").fullmatch(contrast)
+    assert _gbnf_regex(request.grammar or "").fullmatch("    return float(np.mean((edges > 40)))\n")
+    assert not _gbnf_regex(request.grammar or "").fullmatch(
+        "    return float(abs(np.median(band_grey) - np.mean(ring_grey)))\n"  # two statistics: not a contrast
+    )
+    spec = check_code(request.reply_prefix + contrast)
+    assert isinstance(spec, MetricSpec)
+    namespace: dict[str, object] = {}
+    exec(compile(spec.source, "scaffold.py", "exec"), namespace)  # the scaffold is ours; the line is the grammar's
+    score = namespace["score"]
+    rng = np.random.default_rng(0)
+    image = rng.integers(90, 110, size=(120, 160, 3)).astype(np.uint8)  # a noisy grey background
+    image[40:80, 50:110] = rng.integers(200, 230, size=(40, 60, 3))  # a bright object
+    scene = {"image": {"width": 160, "height": 120}, "annotations": []}
+
+    def box(x: float, y: float, w: float, h: float) -> float:
+        obj = {"id": 1, "bbox": [x, y, w, h], "category": "fox", "category_id": 1}
+        return float(score(image, obj, {**scene, "annotations": [obj]}))  # type: ignore[operator]
+
+    tight, loose = box(50, 40, 60, 40), box(35, 25, 90, 70)
+    assert tight > 80 and loose < 10, (tight, loose)
+    assert box(0, 0, 160, 120) == 0.0  # a box covering the image has no ring: no contrast, not an error
