@@ -268,6 +268,22 @@ def test_a_stall_past_the_timeout_is_retried(server: FakeOpenAI) -> None:
     assert reply.latency_s < 0.4  # latency is the successful attempt's, not the whole call's
 
 
+def test_a_server_too_slow_on_every_attempt_names_the_option_that_waits_longer(server: FakeOpenAI) -> None:
+    server.script(*(Answer(body=chat_body("late"), delay_s=1.0) for _ in range(2)))
+    with pytest.raises(ModelUnreachable) as caught:
+        backend(server, timeout_s=0.3, max_attempts=2).complete(chat_request())
+    message = str(caught.value)
+    assert "did not answer in time" in message and "0.3 s each" in message and "--request-timeout" in message
+
+
+def test_a_local_server_is_given_longer_than_openai_to_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A model on the user's own CPU may take minutes over a long prompt; OpenAI is in trouble by then.
+    local = OpenAIBackend("gemma", base_url="http://127.0.0.1:9/v1")
+    hosted = OpenAIBackend("gpt-4o-mini")
+    assert local.request_timeout_s > hosted.request_timeout_s >= 30
+    assert OpenAIBackend("gemma", base_url="http://127.0.0.1:9/v1", timeout_s=900).request_timeout_s == 900
+
+
 @pytest.mark.parametrize("garbage", ['{"choices": [', "<html>Bad gateway</html>", '{"object": "error"}'])
 def test_an_unreadable_body_is_retried(server: FakeOpenAI, garbage: str) -> None:
     server.script(Answer(body=garbage), Answer(body=chat_body("ok")))
@@ -314,6 +330,21 @@ def test_400_quotes_the_server_but_scrubs_the_key(server: FakeOpenAI) -> None:
     message = str(caught.value)
     assert "max_tokens is too large" in message and "HTTP 400" in message
     assert API_KEY not in message
+
+
+def test_a_prompt_too_long_for_the_servers_context_says_to_start_it_with_a_larger_one(server: FakeOpenAI) -> None:
+    # llama-cpp-python's server words it this way when its context (2,048 by default) is too small.
+    too_long = (
+        "This model's maximum context length is 2048 tokens, however you requested 3554 tokens "
+        "(2054 in your prompt; 1500 for the completion). Please reduce your prompt; or completion length."
+    )
+    server.script(Answer(400, error_body(too_long)))
+    with pytest.raises(ModelUnreachable) as caught:
+        backend(server).complete(chat_request())
+    message = str(caught.value)
+    assert "too small a context" in message and "--n_ctx 4096" in message and "2054 in your prompt" in message
+    assert "check the model name" not in message
+    assert len(server.received) == 1  # a request that cannot fit is not retried
 
 
 def test_404_names_the_missing_model(server: FakeOpenAI) -> None:

@@ -1,7 +1,7 @@
 """OpenAIBackend end to end against llama-cpp-python's own OpenAI-compatible server, serving Gemma 270M base.
 
 This is the setup a user gets with `pip install 'metricsmith[server]'` and
-`python -m llama_cpp.server --model GGUF`: the completions endpoint returns code. The chat endpoint
+`python -m llama_cpp.server --model GGUF --n_ctx 4096`: the completions endpoint returns code. The chat endpoint
 is useless with a base model: the GGUF has no chat template, so llama-cpp-python falls back to the
 llama-2 `[INST]` format, and the model answers with nothing (for the prompt below, at temperature 0)
 or with echoes of that format (for other prompts). The empty reply must come back as `text == ""`,
@@ -61,7 +61,9 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("llama_server") / "server.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_model_path())]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    # A completion prompt (scaffold, examples, dataset facts) plus its 1,500-token reply needs more than
+    # the server's default 2,048-token context; the README says to start it the same way.
+    command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 1)]
     with log.open("wb") as sink:
         server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:

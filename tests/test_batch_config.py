@@ -106,6 +106,16 @@ def test_a_base_model_on_a_llama_cpp_server_gets_completion_mode_and_the_grammar
     assert plain.mode == "chat" and model_defaults(plain, grammar=None)["grammar"] is False
 
 
+def test_the_request_timeout_comes_from_the_config_or_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    text = GOOD.replace('model = "gpt-4o-mini"', 'model = "gpt-4o-mini"\nrequest_timeout = 450')
+    assert backend_for(load_batch_config(write(tmp_path, text), environ={})).request_timeout_s == 450
+    flagged = load_batch_config(write(tmp_path, text), overrides={("model", "request_timeout"): 30.0}, environ={})
+    assert backend_for(flagged).request_timeout_s == 30
+    with pytest.raises(UserError, match="request_timeout"):
+        load_batch_config(write(tmp_path, text.replace("450", "0")), environ={})
+
+
 def test_an_idea_may_name_its_targets(tmp_path: Path) -> None:
     text = GOOD.replace(
         'ideas = ["flag boxes that are not on a panda", "flag blurry images"]',

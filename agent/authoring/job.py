@@ -111,6 +111,7 @@ def make_backend(
     model_path: Path | None = None,
     transcript: Path | Transcript | None = None,
     mode: Mode | None = None,
+    request_timeout_s: float | None = None,
 ) -> ModelBackend:
     """The backend the user asked for (LocalBackend imports llama_cpp only when it is built)."""
     if choice == "replay":
@@ -121,7 +122,7 @@ def make_backend(
         return LocalBackend(model_path)
     if not model:
         raise UserError("--backend openai needs --model NAME (e.g. gpt-4o-mini, or the name your server serves)")
-    return OpenAIBackend(model, base_url=base_url, mode=mode or "chat")
+    return OpenAIBackend(model, base_url=base_url, mode=mode or "chat", timeout_s=request_timeout_s)
 
 
 def demo_recipe(annotations: Path) -> DemoRecipe | None:

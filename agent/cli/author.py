@@ -21,7 +21,7 @@ from agent.authoring.job import (
 )
 from agent.authoring.loop import AuthoringOutcome, AuthoringSettings, idea_from_text, model_defaults
 from agent.authoring.usefulness_check import Usefulness
-from agent.cli.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_int, stderr, stdout
+from agent.cli.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_float, positive_int, stderr, stdout
 from agent.errors import UserError
 from agent.evaluation.usefulness import parse_targets
 from agent.llm.backends.replay import ReplayBackend
@@ -104,6 +104,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="openai: an OpenAI-compatible server (Ollama, vLLM, llama.cpp ...)")
     parser.add_argument("--model-path", type=Path, help="local: a GGUF file (default: the embedded Gemma 3 270M)")
     parser.add_argument("--completion", action="store_true", help="openai: use the completions endpoint (base models)")
+    parser.add_argument(
+        "--request-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="openai: seconds to wait for one reply (default 60 against OpenAI, 300 against other servers)",
+    )
     parser.add_argument("--transcript", type=Path, help="replay: the recording to play")
     parser.add_argument(
         "--grammar",
@@ -122,6 +128,7 @@ def backend_from_args(args: argparse.Namespace) -> ModelBackend:
         model_path=args.model_path,
         transcript=args.transcript,
         mode="completion" if args.completion else None,
+        request_timeout_s=args.request_timeout,
     )
 
 

@@ -15,6 +15,7 @@ from agent.cli.console import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     new_run_dir,
+    positive_float,
     positive_int,
     stderr,
     stdout,
@@ -39,6 +40,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--backend", choices=["openai", "local", "replay"], help="overrides [model] backend")
     batch.add_argument("--model", help="overrides [model] model")
     batch.add_argument("--base-url", help="overrides [model] base_url")
+    batch.add_argument(
+        "--request-timeout", type=positive_float, metavar="SECONDS", help="overrides [model] request_timeout"
+    )
     batch.add_argument("--library", type=Path, help="overrides library")
     batch.add_argument("--workers", type=positive_int, help="sandbox worker processes per validation")
     batch.add_argument(
@@ -80,6 +84,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         ("model", "backend"): args.backend,
         ("model", "model"): args.model,
         ("model", "base_url"): args.base_url,
+        ("model", "request_timeout"): args.request_timeout,
         ("library",): str(args.library.resolve()) if args.library else None,
     }
     config = load_batch_config(args.config, overrides=overrides)

@@ -164,6 +164,7 @@ def backend_for(config: BatchConfig) -> ModelBackend:
         model_path=model.model_path,
         transcript=model.transcript,
         mode="completion" if model.completion else None,
+        request_timeout_s=model.request_timeout,
     )
 
 

@@ -83,6 +83,7 @@ class ModelSection(_Section):
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     completion: bool = False
     grammar: bool | None = None  # None: agent.authoring.loop.model_defaults decides
+    request_timeout: float | None = Field(default=None, gt=0)  # None: agent.llm.backends.openai decides
 
     @model_validator(mode="after")
     def _replay_needs_a_recording(self) -> ModelSection:

@@ -73,9 +73,9 @@ class OpenAIBackend:
         *,
         base_url: str | None = None,
         mode: Mode = "chat",
-        timeout_s: float = 60.0,
+        timeout_s: float | None = None,
         max_attempts: int = 5,
-        budget_s: float = 120.0,
+        budget_s: float | None = None,
         backoff_s: float = 1.0,
         max_backoff_s: float = 20.0,
         max_retry_after_s: float = 60.0,
@@ -90,6 +90,10 @@ class OpenAIBackend:
                     "no OpenAI API key: set OPENAI_API_KEY, or pass --base-url for a local OpenAI-compatible server"
                 )
             api_key = _PLACEHOLDER_KEY
+        if timeout_s is None:
+            timeout_s = OPENAI_TIMEOUT_S if _is_openai(resolved_url) else LOCAL_SERVER_TIMEOUT_S
+        if budget_s is None:  # room for a retry after one whole timeout
+            budget_s = max(DEFAULT_BUDGET_S, 2 * timeout_s)
         self._model = model
         self._mode: Mode = mode
         self._api_key = api_key
@@ -115,6 +119,11 @@ class OpenAIBackend:
     @property
     def mode(self) -> Mode:
         return self._mode
+
+    @property
+    def request_timeout_s(self) -> float:
+        """Seconds one attempt waits for its reply."""
+        return self._timeout_s
 
     def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         """Send one request, retrying transient failures. Raises ModelUnreachable.
@@ -259,7 +268,10 @@ class OpenAIBackend:
         where = f"the model server at {self.base_url}"
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f} s"
         if isinstance(exc, openai.APITimeoutError):
-            return f"{where} did not answer in time ({tries}); is it overloaded? raise the timeout or try again"
+            return (
+                f"{where} did not answer in time ({tries}, {self._timeout_s:g} s each); is it overloaded? "
+                "raise --request-timeout (request_timeout in a batch config's [model]) or try again"
+            )
         if isinstance(exc, openai.APIConnectionError):
             return f"cannot connect to {where} ({tries}); is the server running and the URL right?"
         if isinstance(exc, _UNREADABLE):
@@ -280,6 +292,12 @@ class OpenAIBackend:
                     f"{where} kept failing (HTTP {status}: {self._quote(exc)}, {tries}); "
                     "check the server's logs or try again later"
                 )
+            if _CONTEXT_TOO_SMALL.search(self._quote(exc)):
+                return (
+                    f"{where} has too small a context for this prompt and its reply (HTTP {status}: "
+                    f"{self._quote(exc)}); start the server with a larger one, e.g. 4096 tokens "
+                    "(llama_cpp.server --n_ctx 4096, llama-server -c 4096, Ollama's num_ctx)"
+                )
             return f"{where} rejected the request (HTTP {status}: {self._quote(exc)}); check the model name and options"
         return f"the request to {where} failed ({type(exc).__name__}: {self._quote(exc)})"
 
@@ -291,6 +309,26 @@ class OpenAIBackend:
         message = re.sub(r"^Error code: \d+ - ", "", " ".join(message.split()))  # we already say the status
         message = re.sub(r"\bsk-[A-Za-z0-9_\-*]{6,}", "sk-***", message)
         return message[:_QUOTE_CHARS] + ("…" if len(message) > _QUOTE_CHARS else "")
+
+
+# Seconds per request. OpenAI answers within a minute or is in trouble; a model served on the user's own
+# CPU may take minutes over a 2,000-token prompt (llama_cpp.server on one loaded core: 113 s), and
+# giving up on it early wastes the work it has done.
+OPENAI_TIMEOUT_S = 60.0
+LOCAL_SERVER_TIMEOUT_S = 300.0
+DEFAULT_BUDGET_S = 120.0
+
+
+def _is_openai(base_url: str | None) -> bool:
+    return base_url is None or "api.openai.com" in base_url
+
+
+# How llama.cpp's servers, vLLM and OpenAI word a prompt that does not fit the model's context. A completion
+# prompt with its scaffold and examples runs to about 2,100 tokens of Gemma's, and llama_cpp.server's
+# default context is 2,048, so a user starting it as its docs do meets this first.
+_CONTEXT_TOO_SMALL = re.compile(
+    r"maximum context length|context window|context size|exceeds? the (?:available )?context", re.IGNORECASE
+)
 
 
 # OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 and later) take `max_completion_tokens`, which also
