@@ -70,10 +70,7 @@ class PartWriter(BaseModel):
 
     @classmethod
     def create(cls, directory: Path, specs: Sequence[MetricSpec], dataset: Dataset) -> PartWriter:
-        """A writer into `directory`, made (or found empty) now; anything else there is a UserError."""
-        _prepare(directory)
-        marker = f"{_MARKER_PREFIX}{uuid.uuid4().hex}"
-        (directory / marker).touch()
+        """A writer of the specs' rows on the dataset into `directory`, made (or found empty) now."""
         maker = RowMaker.of(specs)
         # The single file's metadata names the metrics that have rows, in the specs' order: every image
         # metric when there are images, every object metric when there are boxes.
@@ -84,7 +81,15 @@ class PartWriter(BaseModel):
             for c in maker.columns
             if c.level in levels
         ]
-        return cls(directory=str(directory), marker=marker, maker=maker, metadata=parquet_metadata(described))
+        return cls.prepared(directory, maker, parquet_metadata(described))
+
+    @classmethod
+    def prepared(cls, directory: Path, maker: RowMaker, metadata: str) -> PartWriter:
+        """A writer into `directory`, made (or found empty) now, with the run's marker in it; else a UserError."""
+        _prepare(directory)
+        marker = f"{_MARKER_PREFIX}{uuid.uuid4().hex}"
+        (directory / marker).touch()
+        return cls(directory=str(directory), marker=marker, maker=maker, metadata=metadata)
 
     def __call__(
         self, batch: int, tasks: Sequence[ImageTask], results: list[CallResult]
