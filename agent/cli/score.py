@@ -40,6 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.add_argument(
         "--out",
         required=True,
+        metavar="FILE|DIR/",
         help="results: a .csv, .jsonl or .parquet file, or DIR/ (ending in /, or an empty directory) for a "
         "directory of Parquet parts that reads as one table; with --engine ray the actors write the parts "
         "themselves, so the rows never gather on this machine",
