@@ -4,6 +4,10 @@ Pure glue between the dataset layer, the metric files and the sandbox engine: it
 per image holding every call on that image (so each image is decoded once for all metrics), turns
 engine results into rows keyed by annotation id, and summarises them per metric: counts, score
 range, and the first failure of each kind.
+
+A run may also hand its rows to a `RowWriter` instead of gathering them (`score --out DIR/`): rows
+are then made where the results are (`RowMaker`, in a Ray actor or here) and only their `Tally`
+reaches the summaries, so the summary is the same either way.
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ class MetricSummary:
 
 @dataclass
 class ScoreOutcome:
-    rows: list[ScoreRow]
+    rows: list[ScoreRow]  # empty when a `RowWriter` wrote them
     expected_rows: int
     summaries: list[MetricSummary]
     layers: tuple[LayerStatus, ...]
@@ -516,7 +520,7 @@ class _Collector:
     def flush(self) -> None:
         """Write the results gathered here (the local engine's) as one more part."""
         if self.writer is not None and self._unwritten:
-            _, tally = self.writer.write(next(self._parts), self._unwritten, self.dataset.annotation_ids)
+            _, tally = self.writer.write(next(self._parts), self._unwritten, self._ids_of)
             self._unwritten = []
             self.add_tally(tally)
 
@@ -627,12 +631,13 @@ class _Collector:
         return [self._scored(results, vectors, scores) for scores in every_scores]
 
     def _annotation_id(self, result: CallResult) -> int | None:
-        if result.obj is None:
-            return None
-        ids = self._annotation_ids.get(result.image_id)
+        return None if result.obj is None else self._ids_of(result.image_id)[result.obj]
+
+    def _ids_of(self, image_id: int) -> list[int]:
+        ids = self._annotation_ids.get(image_id)
         if ids is None:
-            ids = self._annotation_ids[result.image_id] = self.dataset.annotation_ids(result.image_id)
-        return ids[result.obj]
+            ids = self._annotation_ids[image_id] = self.dataset.annotation_ids(image_id)
+        return ids
 
     def _row(self, result: CallResult, index: int) -> ScoreRow:
         row = self.maker.row(result, index, self._annotation_id(result))
