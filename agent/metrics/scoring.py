@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import statistics
+from array import array
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,7 +105,8 @@ class MetricSummary:
     scored: int = 0
     not_applicable: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    scores: list[float] = field(default_factory=list)
+    # 8 bytes a score, not a Python float's 32: a big job's driver keeps one per scored row, for the median.
+    scores: array[float] = field(default_factory=lambda: array("d"))
     first_failures: dict[str, FirstFailure] = field(default_factory=dict)
 
     @property
