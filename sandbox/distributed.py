@@ -150,7 +150,7 @@ class RayEngine:
         context.enable_progress_bars = False  # the CLI draws its own progress bar from the sink
         # Ray Data logs each execution's plan at INFO; failures reach the user as exceptions, not logs.
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        actors, cpus_per_actor = self._pool_size(len(rows))
+        actors, cpus_per_actor = self._pool_size(len(rows))  # a row per batch
         # One batch per block and per call: Ray's own batching could otherwise cut or join the driver's batches.
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         scored = dataset.map_batches(
@@ -205,11 +205,11 @@ class RayEngine:
             parts = ray.get([search.remote(shared, start, stop, k) for start, stop in itertools.pairwise(bounds)])
         return np.concatenate(parts)
 
-    def _pool_size(self, tasks: int) -> tuple[int, float]:
+    def _pool_size(self, batches: int) -> tuple[int, float]:
         """(actors, CPUs per actor): `workers_per_node` on each node, or one per CPU; never more than the batches."""
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         cpus = [node.get("Resources", {}).get("CPU", 0.0) for node in nodes]
-        batches = max(1, math.ceil(tasks / self.batch_images))
+        batches = max(1, batches)
         if self.workers_per_node is None:
             return max(1, min(batches, int(sum(cpus)))), 1.0
         # Fractional CPUs, so that N actors fit on the smallest node however many cores it has.
