@@ -12,6 +12,9 @@ columns, dictionary-encoded so the repeats cost next to nothing, and also the pe
 its schema metadata under `metricsmith` (JSON: `{"metrics": {NAME: {"level", "suspicious",
 "code_sha256", "origin"}}}`) for tools that read a schema without reading rows; metricsmith itself
 reads the columns. Files written before these columns existed still read: their rows have None there.
+
+A directory of Parquet parts (`agent.metrics.parts`, `score --out DIR/`) has the same schema and
+metadata on every part; `read_rows` reads it as one file, sorted as `write_rows` sorts.
 """
 
 from __future__ import annotations
