@@ -35,7 +35,7 @@ from agent.metrics.parts import FEATURES_PART, PartWriter, part_name  # noqa: E4
 from agent.metrics.results import read_rows, write_rows  # noqa: E402
 from agent.metrics.scoring import RowColumns, RowMaker, ScoreOutcome, ScoreRow, score_dataset  # noqa: E402
 from sandbox.distributed import RayEngine  # noqa: E402
-from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed  # noqa: E402
+from sandbox.engine import CallResult, OutputUnwritable, ScoringEngine, WorkerStartFailed  # noqa: E402
 from sandbox.isolation import SandboxConfig  # noqa: E402
 from sandbox.protocol import Call, ImageTask, MetricCode  # noqa: E402
 from tests.hostile_helpers import BENIGN_SOURCE, brightness, hostile_source, make_dataset, wait_until_gone  # noqa: E402
@@ -224,6 +224,22 @@ def test_a_worker_that_cannot_start_on_a_node_fails_the_job_with_its_own_message
     config = SandboxConfig(workers=1, startup_timeout_s=0.001, read_only_paths=(str(dataset),))
     with pytest.raises(WorkerStartFailed, match="failed to start"):
         RayEngine(config).run(metrics, tasks, lambda results: None)
+
+
+def test_an_actor_that_cannot_see_the_out_directory_fails_the_job_with_its_node_named(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    items = make_dataset(dataset, 2)
+    metrics = [MetricCode(name="brightness", level="image", source=BENIGN_SOURCE, filename="brightness.py")]
+    tasks = [ImageTask(image_id=i, path=p, scene=scene, calls=(Call(0, None),)) for i, (p, scene) in enumerate(items)]
+    columns = (RowColumns(name="brightness", level="image", suspicious="low", code_sha256=None, origin="t"),)
+    writer = PartWriter.prepared(
+        tmp_path / "parts", RowMaker(columns=columns, specs_of=((0,),), held=frozenset()), "{}"
+    )
+    (tmp_path / "parts" / writer.marker).unlink()  # as a node sees a directory of its own at the same path
+    config = SandboxConfig(workers=1, read_only_paths=(str(dataset),))
+    with pytest.raises(OutputUnwritable, match=f"on {socket.gethostname()} is not the --out directory"):
+        RayEngine(config).run(metrics, tasks, lambda results: None, writer=writer)
+    assert list((tmp_path / "parts").iterdir()) == []
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
