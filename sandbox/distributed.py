@@ -4,8 +4,10 @@
 so everything above it, rows, the neighbour step and the learned metrics, is the very same code
 whichever engine ran the calls. Design:
 
-- The tasks become a Ray dataset of (key, task) rows, split into blocks of `batch_images` tasks, and
-  `map_batches` sends each batch to an actor of a fixed-size pool (`ActorPoolStrategy`).
+- The tasks are cut into batches of `batch_images` tasks, numbered in order: the batch key. Each
+  batch is one row of a Ray dataset (and one block), and `map_batches` sends each to an actor of a
+  fixed-size pool (`ActorPoolStrategy`). A batch is made on the driver, not by Ray, so that a batch
+  Ray runs again holds exactly the same tasks under the same key.
 - Each actor owns one local `ScoringEngine` run with one sandboxed worker, started with the same
   `SandboxConfig` and so every layer, and kept alive across batches through a `TaskFeed`. The run
   lives on a thread of its own that lasts as long as the actor: bwrap's `--die-with-parent` is a
@@ -16,7 +18,10 @@ whichever engine ran the calls. Design:
 - Within an actor, crashes, hangs and junk are the local engine's business, handled exactly as
   locally: a failing call is a result row, never an exception, so Ray never sees a metric fail.
 - An actor killed mid-batch is restarted by Ray and the batch retried whole (at-least-once), so the
-  driver keeps the first answer for each task key and drops repeats: each call is reported once.
+  driver keeps the first answer for each batch key and drops repeats: each call is reported once.
+- With a `BatchWriter` (`metricsmith score --out DIR/`), the actor hands it each batch's results and
+  sends the driver only what it returns: the results the driver still needs (feature vectors) and a
+  summary. The writer names what it writes by the batch key, so a retried batch replaces its own.
 - The machine failing on a node (a worker that can't start, a demanded layer missing) comes back as a
   failure row, not an exception: Ray Data would hand the driver a UserCodeException with the
   original's type and message only in a traceback's text. The driver raises it as the local engine would.
@@ -41,7 +46,16 @@ import orjson
 import ray
 from pydantic import TypeAdapter
 
-from sandbox.engine import CallResult, ClusterUnreachable, RunReport, ScoringEngine, TaskFeed, WorkerStartFailed
+from sandbox.engine import (
+    BatchWriter,
+    CallResult,
+    ClusterUnreachable,
+    OutputUnwritable,
+    RunReport,
+    ScoringEngine,
+    TaskFeed,
+    WorkerStartFailed,
+)
 from sandbox.isolation import IsolationUnavailable, SandboxConfig, planned_layers
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
 
@@ -65,7 +79,7 @@ class RayTimings:
     first_result_s: float = 0.0  # from connected to the first batch back: actors and workers starting
     total_s: float = 0.0
     batches: int = 0
-    duplicates_dropped: int = 0  # results of batches Ray ran twice (an actor died), kept once
+    duplicates_dropped: int = 0  # batches Ray ran twice (an actor died), kept once
 
 
 @dataclass
@@ -85,6 +99,7 @@ class RayEngine:
     # a smaller table is searched in the driver, where a task's overhead would cost more than it saves.
     neighbour_rows_per_task: int = 20_000
     timings: RayTimings = field(default_factory=RayTimings)
+    writes_batches = True  # `run` takes a BatchWriter and runs it in the actors (`sandbox.engine.WritingEngine`)
 
     def __post_init__(self) -> None:
         # Checked on the driver before anything starts, as the local engine does; each actor checks its own node again.
@@ -96,19 +111,30 @@ class RayEngine:
         tasks: Iterable[ImageTask],
         sink: Callable[[list[CallResult]], None],
         report: RunReport | None = None,
+        writer: BatchWriter | None = None,
+        on_written: Callable[[str], None] = lambda summary: None,
     ) -> RunReport:
-        """Score every call of every task on the cluster; hand results to `sink` as batches come back."""
+        """Score every call of every task on the cluster; hand results to `sink` as batches come back.
+
+        With a `writer`, each actor runs it on its batch's results: `sink` then gets only the results
+        it returns, and `on_written` each batch's summary, once per batch key.
+        """
         report = report if report is not None else RunReport()
         self.timings = RayTimings()
         started = time.monotonic()
         with connected(self.address):
             connected_at = time.monotonic()
             self.timings.connect_s = connected_at - started
-            rows = [{"key": task.image_id, "task": _encode_task(task)} for task in tasks]
+            rows = [{"batch": key, "tasks": _encode_tasks(batch)} for key, batch in enumerate(self._batches(tasks))]
             if rows:
-                self._score(metrics, rows, sink, report, connected_at)
+                self._score(metrics, rows, sink, report, connected_at, writer, on_written)
         self.timings.total_s = time.monotonic() - started
         return report
+
+    def _batches(self, tasks: Iterable[ImageTask]) -> Iterator[list[ImageTask]]:
+        pending = iter(tasks)
+        while batch := list(itertools.islice(pending, self.batch_images)):
+            yield batch
 
     def _score(
         self,
@@ -117,44 +143,49 @@ class RayEngine:
         sink: Callable[[list[CallResult]], None],
         report: RunReport,
         connected_at: float,
+        writer: BatchWriter | None,
+        on_written: Callable[[str], None],
     ) -> None:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI draws its own progress bar from the sink
         # Ray Data logs each execution's plan at INFO; failures reach the user as exceptions, not logs.
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        actors, cpus_per_actor = self._pool_size(len(rows))
-        dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / self.batch_images))
+        actors, cpus_per_actor = self._pool_size(len(rows))  # a row per batch
+        # One batch per block and per call: Ray's own batching could otherwise cut or join the driver's batches.
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         scored = dataset.map_batches(
             _SandboxActor,
             fn_constructor_kwargs={
                 "config_json": self.config.model_dump_json(),
                 "metrics_json": _METRICS.dump_json(metrics).decode(),
+                "writer": writer,
             },
             compute=ray.data.ActorPoolStrategy(size=actors),
-            batch_size=self.batch_images,
+            batch_size=1,
             batch_format="numpy",
             num_cpus=cpus_per_actor,
         )
         seen: set[int] = set()
         restarts: dict[str, int] = {}
-        for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+        for answers in scored.iter_batches(batch_format="numpy", batch_size=None):
             if not self.timings.batches:
                 self.timings.first_result_s = time.monotonic() - connected_at
-            self.timings.batches += 1
-            results: list[CallResult] = []
-            for failure in batch["failure"]:
+            for failure in answers["failure"]:
                 if failure:
                     raise _machine_failure(failure)
-            for key, encoded, actor_report in zip(batch["key"], batch["results"], batch["report"], strict=True):
+            columns = (answers[name] for name in ("batch", "results", "report", "summary", "calls"))
+            for key, encoded, actor_report, summary, calls in zip(*columns, strict=True):
                 if actor_report:
                     _merge_report(report, orjson.loads(actor_report), restarts)
                 if int(key) in seen:
                     self.timings.duplicates_dropped += 1
                     continue
                 seen.add(int(key))
-                results.extend(_decode_results(encoded))
-            report.calls_done += len(results)
-            sink(results)
+                self.timings.batches += 1
+                report.calls_done += int(calls)
+                if summary:
+                    on_written(summary)
+                sink(_decode_results(encoded))
         report.worker_restarts = sum(restarts.values())
 
     def map_rows(self, function: Callable[..., np.ndarray], columns: np.ndarray, k: int) -> np.ndarray:
@@ -174,11 +205,11 @@ class RayEngine:
             parts = ray.get([search.remote(shared, start, stop, k) for start, stop in itertools.pairwise(bounds)])
         return np.concatenate(parts)
 
-    def _pool_size(self, tasks: int) -> tuple[int, float]:
+    def _pool_size(self, batches: int) -> tuple[int, float]:
         """(actors, CPUs per actor): `workers_per_node` on each node, or one per CPU; never more than the batches."""
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         cpus = [node.get("Resources", {}).get("CPU", 0.0) for node in nodes]
-        batches = max(1, math.ceil(tasks / self.batch_images))
+        batches = max(1, batches)
         if self.workers_per_node is None:
             return max(1, min(batches, int(sum(cpus)))), 1.0
         # Fractional CPUs, so that N actors fit on the smallest node however many cores it has.
@@ -237,6 +268,7 @@ def _check_reachable(address: str) -> None:
 _MACHINE_FAILURES: dict[str, type[Exception]] = {
     "WorkerStartFailed": WorkerStartFailed,
     "IsolationUnavailable": IsolationUnavailable,
+    "OutputUnwritable": OutputUnwritable,
 }
 
 
@@ -255,18 +287,26 @@ def _merge_report(report: RunReport, actor_report: dict[str, Any], restarts: dic
 # -- tasks and results on the wire: orjson, which writes every float so that it reads back bit for bit --
 
 
-def _encode_task(task: ImageTask) -> bytes:
-    calls = [(call.metric, call.obj) for call in task.calls]
-    return orjson.dumps({"image_id": task.image_id, "path": task.path, "scene": task.scene, "calls": calls})
-
-
-def _decode_task(data: bytes) -> ImageTask:
-    fields = orjson.loads(data)
-    calls = tuple(Call(metric, obj) for metric, obj in fields["calls"])
-    # Built by this module from tasks already checked on the driver; validating each scene again costs more.
-    return ImageTask.model_construct(
-        image_id=fields["image_id"], path=fields["path"], scene=fields["scene"], calls=calls
+def _encode_tasks(tasks: list[ImageTask]) -> bytes:
+    return orjson.dumps(
+        [
+            {"image_id": t.image_id, "path": t.path, "scene": t.scene, "calls": [(c.metric, c.obj) for c in t.calls]}
+            for t in tasks
+        ]
     )
+
+
+def _decode_tasks(data: bytes) -> list[ImageTask]:
+    # Built by this module from tasks already checked on the driver; validating each scene again costs more.
+    return [
+        ImageTask.model_construct(
+            image_id=fields["image_id"],
+            path=fields["path"],
+            scene=fields["scene"],
+            calls=tuple(Call(metric, obj) for metric, obj in fields["calls"]),
+        )
+        for fields in orjson.loads(data)
+    ]
 
 
 def _encode_results(results: list[CallResult]) -> str:
@@ -300,10 +340,12 @@ class _SandboxActor:
     """A Ray Data actor: batches of tasks in, their results out, through sandboxed workers it keeps.
 
     With shared workers (the default) it holds one run of one worker for every metric; with
-    `share_workers=False` one run per metric, as the local engine's separate pools.
+    `share_workers=False` one run per metric, as the local engine's separate pools. With a `writer`,
+    a batch's results go through it here, and only what it returns goes out.
     """
 
-    def __init__(self, config_json: str, metrics_json: str) -> None:
+    def __init__(self, config_json: str, metrics_json: str, writer: BatchWriter | None = None) -> None:
+        self._writer = writer
         config = SandboxConfig.model_validate_json(config_json).model_copy(update={"workers": 1})
         metrics = _METRICS.validate_json(metrics_json)
         self._name = f"{os.uname().nodename}:{os.getpid()}"
@@ -350,25 +392,16 @@ class _SandboxActor:
         return sink
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tasks = [_decode_task(bytes(data)) for data in batch["task"]]
+        """Each row of `batch` is one of the driver's batches: its key and its tasks."""
+        keys = [int(key) for key in batch["batch"]]
+        batches = [_decode_tasks(bytes(data)) for data in batch["tasks"]]
+        tasks = [task for own in batches for task in own]
         expected = {task.image_id: len(task.calls) for task in tasks}
         with self._done:
             for task in tasks:
                 self._results[task.image_id] = []
         for lane in self._lanes:
-            position = {metric: own for own, metric in enumerate(lane.metrics)}
-            lane.feed.put(
-                task.model_copy(
-                    update={
-                        "calls": tuple(
-                            Call(position[call.metric], call.obj) for call in task.calls if call.metric in position
-                        )
-                    }
-                )
-                if len(self._lanes) > 1
-                else task
-                for task in tasks
-            )
+            lane.feed.put(self._for_lane(lane, task) for task in tasks)
         with self._done:
             self._done.wait_for(
                 lambda: (
@@ -376,19 +409,31 @@ class _SandboxActor:
                     or all(len(self._results[key]) >= count for key, count in expected.items())
                 )
             )
-            failure = self._failure
-            if failure is not None:
-                if type(failure).__name__ not in _MACHINE_FAILURES:
-                    raise failure  # a bug in metricsmith: Ray fails the job with its traceback
-                encoded = orjson.dumps({"type": type(failure).__name__, "message": str(failure)}).decode()
-                return _output([], [], [], [encoded])
-            answers = [self._results.pop(task.image_id) for task in tasks]
-        return _output(
-            [task.image_id for task in tasks],
-            [_encode_results(sorted(own, key=_call_order)) for own in answers],
-            [self._report(), *([""] * (len(tasks) - 1))],
-            [""] * len(tasks),
-        )
+            if self._failure is not None:
+                return _failure_output(self._failure)
+            answers = {task.image_id: sorted(self._results.pop(task.image_id), key=_call_order) for task in tasks}
+        out: dict[str, list[Any]] = {"batch": keys, "results": [], "report": [], "summary": [], "calls": []}
+        for key, own in zip(keys, batches, strict=True):
+            results = [result for task in own for result in answers[task.image_id]]
+            kept, summary = results, ""
+            if self._writer is not None:
+                try:
+                    kept, summary = self._writer(key, own, results)
+                except OutputUnwritable as error:
+                    return _failure_output(error)
+            out["results"].append(_encode_results(kept))
+            out["summary"].append(summary)
+            out["calls"].append(len(results))
+        out["report"] = [self._report(), *([""] * (len(keys) - 1))]
+        return _output(out)
+
+    def _for_lane(self, lane: _Lane, task: ImageTask) -> ImageTask:
+        """The task as the lane's run sees it: only the lane's calls, its metrics numbered from 0."""
+        if len(self._lanes) == 1:
+            return task
+        position = {metric: own for own, metric in enumerate(lane.metrics)}
+        calls = tuple(Call(position[call.metric], call.obj) for call in task.calls if call.metric in position)
+        return task.model_copy(update={"calls": calls})
 
     def _report(self) -> str:
         layers = next((lane.report.layers for lane in self._lanes if lane.report.layers), ())
@@ -414,14 +459,30 @@ class _SandboxActor:
                 lane.thread.join(timeout=10)
 
 
-def _output(keys: list[int], results: list[str], reports: list[str], failures: list[str]) -> dict[str, np.ndarray]:
-    """An actor's output batch; a failure row (the machine's) has no key, results or report."""
-    length = max(len(keys), len(failures))
+def _output(columns: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """An actor's output batch: one row per batch it was given."""
     return {
-        "key": np.asarray(keys or [-1] * length, dtype=np.int64),
-        "results": np.asarray(results or [""] * length, dtype=object),
-        "report": np.asarray(reports or [""] * length, dtype=object),
-        "failure": np.asarray(failures, dtype=object),
+        "batch": np.asarray(columns["batch"], dtype=np.int64),
+        "results": np.asarray(columns["results"], dtype=object),
+        "report": np.asarray(columns["report"], dtype=object),
+        "summary": np.asarray(columns["summary"], dtype=object),
+        "calls": np.asarray(columns["calls"], dtype=np.int64),
+        "failure": np.asarray([""] * len(columns["batch"]), dtype=object),
+    }
+
+
+def _failure_output(failure: BaseException) -> dict[str, np.ndarray]:
+    """The machine's failure on this node, as one row of data; anything else is a bug, and Ray fails the job."""
+    if type(failure).__name__ not in _MACHINE_FAILURES:
+        raise failure
+    encoded = orjson.dumps({"type": type(failure).__name__, "message": str(failure)}).decode()
+    return {
+        "batch": np.asarray([-1], dtype=np.int64),
+        "results": np.asarray([""], dtype=object),
+        "report": np.asarray([""], dtype=object),
+        "summary": np.asarray([""], dtype=object),
+        "calls": np.asarray([0], dtype=np.int64),
+        "failure": np.asarray([encoded], dtype=object),
     }
 
 

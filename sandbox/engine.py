@@ -17,7 +17,7 @@ import selectors
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -153,16 +153,54 @@ class Engine(Protocol):
     # Runs the feature metrics' neighbour search where the engine's workers are (`agent.metrics.neighbours.RowMapper`);
     # None: in the scoring process.
     map_rows: Callable[..., Any] | None
+    # True for an engine whose `run` also takes a `BatchWriter` (a `WritingEngine`).
+    writes_batches: bool
 
     def run(
         self, metrics: list[MetricCode], tasks: Iterable[ImageTask], sink: Callable[[list[CallResult]], None]
     ) -> RunReport: ...
 
 
+class BatchWriter(Protocol):
+    """Writes a batch's results where they were scored, so that they never travel to the driver.
+
+    Called by an engine that scores elsewhere (a Ray actor) with a batch's key, its tasks and all its
+    results. It returns the results the driver must still see and a summary of the rest, as text,
+    which the engine hands to the driver's `on_written` as it is. The same key means the same tasks
+    and results: a batch run twice (Ray retries at least once) must write over its own output.
+    """
+
+    def __call__(
+        self, batch: int, tasks: Sequence[ImageTask], results: list[CallResult]
+    ) -> tuple[list[CallResult], str]: ...
+
+
+class WritingEngine(Engine, Protocol):
+    """An engine that runs a `BatchWriter` where each batch is scored (`writes_batches` is True)."""
+
+    def run(
+        self,
+        metrics: list[MetricCode],
+        tasks: Iterable[ImageTask],
+        sink: Callable[[list[CallResult]], None],
+        report: RunReport | None = None,
+        writer: BatchWriter | None = None,
+        on_written: Callable[[str], None] = lambda summary: None,
+    ) -> RunReport: ...
+
+
+class OutputUnwritable(Exception):
+    """Where a batch's rows go can't be written on a node (a directory not shared with it, a full disk).
+
+    The environment's problem, raised on the node and again at the driver, with the node named.
+    """
+
+
 class ScoringEngine:
     """Runs metrics over image tasks in sandboxed workers."""
 
     map_rows = None  # the neighbour search runs in the scoring process, beside this engine
+    writes_batches = False  # results all come back here; a writer runs beside the engine (`agent.metrics.scoring`)
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config

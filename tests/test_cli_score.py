@@ -346,3 +346,52 @@ def test_summary_shows_the_first_failure_of_each_kind(tmp_path: Path) -> None:
     assert "about to divide by zero" not in result.stderr, "what the metric printed stays in the file"
     errors = [row["error"] for row in read_csv(out) if row["error_kind"] == "exception"]
     assert len(errors) == 3 and all("about to divide by zero" in error for error in errors)
+
+
+def _summary(stderr: str) -> list[str]:
+    """The summary as printed, without its title (which names the output)."""
+    return [line for line in stderr.splitlines() if not line.strip().startswith("wrote ")]
+
+
+def test_out_directory_holds_the_parquet_files_rows_schema_and_summary(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="a directory of parts needs pyarrow")
+    from agent.metrics.results import read_rows
+
+    annotations = make_dataset(tmp_path / "data")
+    (tmp_path / "data" / "images" / "2.png").unlink()  # failures too: the summary's first-failure lines
+    metric = tmp_path / "half_failing.py"
+    metric.write_text(HALF_FAILING)
+    common = ["score", "--annotations", str(annotations), "--metric", str(metric), "--metric", "builtin:brightness",
+              "--metric", "builtin:appearance_neighbours", "--workers", "2"]  # fmt: skip
+    single = run_cli(*common, "--out", str(tmp_path / "scores.parquet"))
+    parts = run_cli(*common, "--out", f"{tmp_path / 'parts'}/")
+    assert single.returncode == parts.returncode == 1, parts.stderr
+    assert _summary(parts.stderr) == _summary(single.stderr)
+    assert f"wrote {tmp_path / 'parts'}/" in parts.stderr
+    assert read_rows(tmp_path / "parts") == read_rows(tmp_path / "scores.parquet")
+    one, many = pq.read_table(tmp_path / "scores.parquet"), pq.read_table(tmp_path / "parts")
+    assert many.schema.equals(one.schema, check_metadata=True) and many.num_rows == one.num_rows
+    # Ordinary rows in numbered parts, the feature metric's in its own; nothing hidden left behind.
+    assert sorted(path.name for path in (tmp_path / "parts").iterdir()) == [
+        "part-000000.parquet",
+        "part-features.parquet",
+    ]
+
+
+@pytest.mark.parametrize("case", ["not empty", "a file", "under a file"])
+def test_an_unusable_out_directory_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
+    pytest.importorskip("pyarrow", reason="a directory of parts needs pyarrow")
+    annotations = make_dataset(tmp_path / "data", n_images=1)
+    blocker = tmp_path / "taken"
+    if case == "not empty":
+        blocker.mkdir()
+        (blocker / "old.parquet").write_text("")
+        out, expected = f"{blocker}/", f"error: {blocker}/: the directory is not empty"
+    else:
+        blocker.write_text("a file")
+        out = f"{blocker}/" if case == "a file" else f"{blocker}/sub/"
+        expected = f"error: {out}: {blocker} is a file, not a directory"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", out)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr

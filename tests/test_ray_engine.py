@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the [ray] extra: pip install -e '.[ray]'")
@@ -30,10 +31,11 @@ from agent.data.coco import load_coco  # noqa: E402
 from agent.data.demo import generate_demo_dataset  # noqa: E402
 from agent.metrics.contract import list_builtin_metrics  # noqa: E402
 from agent.metrics.neighbours import nearest_neighbours  # noqa: E402
-from agent.metrics.results import read_rows  # noqa: E402
-from agent.metrics.scoring import ScoreRow, score_dataset  # noqa: E402
+from agent.metrics.parts import FEATURES_PART, PartWriter, part_name  # noqa: E402
+from agent.metrics.results import read_rows, write_rows  # noqa: E402
+from agent.metrics.scoring import RowColumns, RowMaker, ScoreOutcome, ScoreRow, score_dataset  # noqa: E402
 from sandbox.distributed import RayEngine  # noqa: E402
-from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed  # noqa: E402
+from sandbox.engine import CallResult, OutputUnwritable, ScoringEngine, WorkerStartFailed  # noqa: E402
 from sandbox.isolation import SandboxConfig  # noqa: E402
 from sandbox.protocol import Call, ImageTask, MetricCode  # noqa: E402
 from tests.hostile_helpers import BENIGN_SOURCE, brightness, hostile_source, make_dataset, wait_until_gone  # noqa: E402
@@ -73,17 +75,38 @@ def _exact(rows: list[ScoreRow]) -> list[tuple[object, ...]]:
     return exact
 
 
-def test_rows_equal_the_local_engines_for_every_builtin_on_the_demo(demo: Path) -> None:
+class _Watched(RayEngine):
+    """A RayEngine that keeps every result that reached the driver."""
+
+    received: list[CallResult]
+
+    def run(self, metrics, tasks, sink, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.received = []
+        return super().run(
+            metrics, tasks, lambda results: (self.received.extend(results), sink(results)), *args, **kwargs
+        )
+
+
+def _summaries(outcome: ScoreOutcome) -> list[tuple[object, ...]]:
+    """What the CLI prints of each metric; scores as a sorted list, since batches come back in any order."""
+    return [
+        (s.name, s.level, s.scored, s.not_applicable, dict(s.failures), sorted(s.scores), s.first_failures)
+        for s in outcome.summaries
+    ]
+
+
+def test_rows_equal_the_local_engines_for_every_builtin_on_the_demo(demo: Path, tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parts are Parquet")
     dataset = load_coco(demo)
     specs = list_builtin_metrics()
     assert any(spec.output == "features" for spec in specs), "the demo run must include feature metrics"
     config = SandboxConfig(workers=2)
     local = score_dataset(dataset, specs, config)
-    engines: list[RayEngine] = []
+    engines: list[_Watched] = []
 
     def ray_engine(config: SandboxConfig) -> RayEngine:
         # Rows of the neighbour table in Ray tasks of 8: the demo's few boxes still take the distributed path.
-        engines.append(RayEngine(config, batch_images=4, neighbour_rows_per_task=8))
+        engines.append(_Watched(config, batch_images=4, neighbour_rows_per_task=8))
         return engines[-1]
 
     remote = score_dataset(dataset, specs, config, engine=ray_engine)
@@ -95,6 +118,24 @@ def test_rows_equal_the_local_engines_for_every_builtin_on_the_demo(demo: Path) 
     assert {row.metric for row in remote.rows if row.score is not None} >= feature_names
     # The layers are reported as the local engine reports them: every one, active or not.
     assert remote.layers == local.layers and remote.layers
+
+    # The same job with the actors writing parts (`--out DIR/`): the directory read back as one table is the
+    # local engine's single file, rows, schema and metadata; the summary is the gathered one.
+    write_rows(tmp_path / "local.parquet", local.rows)
+    writer = PartWriter.create(tmp_path / "parts", specs, dataset)
+    parted = score_dataset(dataset, specs, config, engine=ray_engine, writer=writer)
+    writer.finish()
+    assert parted.rows == [] and parted.row_count == len(local.rows)
+    assert _exact(read_rows(tmp_path / "parts")) == _exact(local.rows)
+    single, parts = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "parts")
+    assert parts.schema.equals(single.schema, check_metadata=True)
+    assert _summaries(parted) == _summaries(local) and parted.layers == local.layers
+    # The driver received the feature metrics' results only, never an ordinary metric's.
+    assert {result.metric for result in engines[-1].received} <= writer.maker.held
+    # One part per batch with ordinary rows (a batch of training tasks only has none), named by its key.
+    written = {path.name for path in (tmp_path / "parts").iterdir()}
+    assert FEATURES_PART in written and len(written) > 2
+    assert written - {FEATURES_PART} <= {part_name(k) for k in range(engines[-1].timings.batches)}
 
 
 @pytest.mark.parametrize("values", ["continuous", "tied"])
@@ -185,6 +226,22 @@ def test_a_worker_that_cannot_start_on_a_node_fails_the_job_with_its_own_message
         RayEngine(config).run(metrics, tasks, lambda results: None)
 
 
+def test_an_actor_that_cannot_see_the_out_directory_fails_the_job_with_its_node_named(tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    items = make_dataset(dataset, 2)
+    metrics = [MetricCode(name="brightness", level="image", source=BENIGN_SOURCE, filename="brightness.py")]
+    tasks = [ImageTask(image_id=i, path=p, scene=scene, calls=(Call(0, None),)) for i, (p, scene) in enumerate(items)]
+    columns = (RowColumns(name="brightness", level="image", suspicious="low", code_sha256=None, origin="t"),)
+    writer = PartWriter.prepared(
+        tmp_path / "parts", RowMaker(columns=columns, specs_of=((0,),), held=frozenset()), "{}"
+    )
+    (tmp_path / "parts" / writer.marker).unlink()  # as a node sees a directory of its own at the same path
+    config = SandboxConfig(workers=1, read_only_paths=(str(dataset),))
+    with pytest.raises(OutputUnwritable, match=f"on {socket.gethostname()} is not the --out directory"):
+        RayEngine(config).run(metrics, tasks, lambda results: None, writer=writer)
+    assert list((tmp_path / "parts").iterdir()) == []
+
+
 def _descends_from(pid: int, ancestor: int) -> bool:
     while pid > 1:
         if pid == ancestor:
@@ -241,6 +298,7 @@ def test_an_actor_killed_mid_batch_is_restarted_and_every_item_is_scored_once(tm
     ]
     killed: list[int] = []
     results: list[CallResult] = []
+    summaries: list[str] = []
 
     def sink(batch: list[CallResult]) -> None:
         results.extend(batch)
@@ -249,16 +307,28 @@ def test_an_actor_killed_mid_batch_is_restarted_and_every_item_is_scored_once(tm
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
 
+    # The actors write the rows as parts (`--out DIR/`): a batch Ray runs again must replace its own part.
+    columns = [RowColumns(name=m.name, level=m.level, suspicious="low", code_sha256=None, origin="t") for m in metrics]
+    maker = RowMaker(columns=tuple(columns), specs_of=((0,), (1,)), held=frozenset())
+    writer = PartWriter.prepared(tmp_path / "parts", maker, '{"metrics": {}}')
     engine = RayEngine(SandboxConfig(workers=1, read_only_paths=(str(dataset),)), batch_images=4)
-    engine.run(metrics, tasks, sink)
+    engine.run(metrics, tasks, sink, writer=writer, on_written=summaries.append)
+    writer.finish()
     assert killed, "no actor process was found to kill"
-    keyed = _by_call(results)  # nothing twice
-    expected = {(0, i, None) for i in range(16)} | {(1, i, k) for i in range(16) for k in (0, 1)}
+    assert results == [], "the rows stay with the actors"
+    assert len(summaries) == 4 and sum(orjson.loads(summary)["rows"] for summary in summaries) == 48
+    rows = read_rows(tmp_path / "parts")
+    keyed = {(row.metric, row.image_id, row.annotation_id): row for row in rows}
+    assert len(keyed) == len(rows), "a row was written twice"
+    expected = {("brightness", i, None) for i in range(16)} | {
+        ("slow", i, 100 * i + k) for i in range(16) for k in (0, 1)
+    }
     assert set(keyed) == expected  # nothing lost
-    for (metric, image, obj), result in keyed.items():
-        assert result.kind is None, result
-        wanted = brightness(image) + (0 if metric == 0 else 100 * image + obj)
-        assert result.score == pytest.approx(wanted)
+    for (metric, image, annotation), row in keyed.items():
+        assert row.error_kind is None, row
+        wanted = brightness(image) + (0 if metric == "brightness" else annotation)
+        assert row.score == pytest.approx(wanted)
+    assert sorted(path.name for path in (tmp_path / "parts").iterdir()) == [part_name(k) for k in range(4)]
     # The killed actors' sandboxed workers died with them, by the death signal, not by Ray's cleanup.
     assert wait_until_gone(str(dataset), timeout_s=15) == []
 
@@ -300,16 +370,16 @@ def test_cli_starts_its_own_ray_and_writes_the_local_engines_file(demo: Path, tm
     assert "Traceback" not in remote.stderr
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", "/"])
 def test_every_output_format_holds_the_local_engines_rows(demo: Path, tmp_path: Path, suffix: str) -> None:
     pytest.importorskip("pyarrow", reason="writing .parquet needs pyarrow")
     # In this process, so the Ray engine finds the module's Ray connected and uses it.
     metric = ["--metric", "builtin:object_area_relative", "--metric", "builtin:appearance_neighbours"]
-    local, remote = tmp_path / f"local{suffix}", tmp_path / f"ray{suffix}"
-    assert main(["score", "--annotations", str(demo), "--out", str(local), *metric]) == 0
-    assert main(["score", "--annotations", str(demo), "--out", str(remote), "--engine", "ray", *metric]) == 0
-    assert _exact(read_rows(remote)) == _exact(read_rows(local))
-    assert len(read_rows(remote)) == 2 * len(load_coco(demo).annotations)
+    local, remote = f"{tmp_path}/local{suffix}", f"{tmp_path}/ray{suffix}"  # "/": a directory of parts
+    assert main(["score", "--annotations", str(demo), "--out", local, *metric]) == 0
+    assert main(["score", "--annotations", str(demo), "--out", remote, "--engine", "ray", *metric]) == 0
+    assert _exact(read_rows(Path(remote))) == _exact(read_rows(Path(local)))
+    assert len(read_rows(Path(remote))) == 2 * len(load_coco(demo).annotations)
 
 
 @pytest.fixture()

@@ -78,7 +78,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         type=Path,
-        help="results file of `metricsmith score` (.csv, .jsonl, .parquet) to evaluate as is (repeatable)",
+        help="results of `metricsmith score` (.csv, .jsonl, .parquet, a DIR/ of parts) to evaluate as is (repeatable)",
     )
     evaluation.add_argument(
         "--direction",
@@ -106,7 +106,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         type=Path,
-        help="results file of `metricsmith score` (.csv, .jsonl, .parquet) (repeatable)",
+        help="results of `metricsmith score` (.csv, .jsonl, .parquet, or a DIR/ of parts) (repeatable)",
     )
     report.add_argument(
         "--metric",
@@ -147,7 +147,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.metrics and not args.scores:
         raise UserError("metricsmith eval: give at least one --metric FILE or --scores FILE")
     for path in args.scores:
-        output_format(path)
+        if not path.is_dir():  # a directory of Parquet parts (`score --out DIR/`) reads as one file
+            output_format(path)
     specs = load_metrics(args.metrics, args.library)
     errors = load_error_labels(args.errors)
     dataset = load_coco(args.annotations, args.images)
@@ -169,7 +170,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{args.out}: the report is HTML; name it with .html")
     for path in args.scores:
-        output_format(path)
+        if not path.is_dir():  # a directory of Parquet parts (`score --out DIR/`) reads as one file
+            output_format(path)
     specs = load_metrics(args.metrics, args.library)
     errors = load_error_labels(args.errors) if args.errors is not None else None
     selftest = load_selftest(args.selftest, args.annotations) if args.selftest is not None else None

@@ -30,7 +30,7 @@ from agent.cli.console import (
 from agent.data.coco import DatasetInvalid
 from agent.errors import MetricsmithError
 from agent.llm.model import ModelUnreachable
-from sandbox.engine import ClusterUnreachable, WorkerStartFailed
+from sandbox.engine import ClusterUnreachable, OutputUnwritable, WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         stderr.print(f"error: {error}", markup=False)
         return EXIT_INFRASTRUCTURE
-    except (MetricsmithError, IsolationUnavailable, WorkerStartFailed) as error:
+    except (MetricsmithError, IsolationUnavailable, WorkerStartFailed, OutputUnwritable) as error:
         if debug:
             traceback.print_exc()
         stderr.print(f"error: {error}", markup=False)

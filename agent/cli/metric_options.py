@@ -42,7 +42,7 @@ def load_metrics(refs: list[str], library: Path | None = None) -> list[MetricSpe
 def score_in_sandbox(dataset: Dataset, specs: list[MetricSpec], workers: int) -> list[ScoreRow]:
     """Score the metric files with a progress bar; Ctrl-C raises KeyboardInterrupt (exit 130) once workers stop."""
     with ProgressBar() as (progress, advance):
-        outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers), on_rows=advance)
+        outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers), on_rows=lambda rows: advance(len(rows)))
         progress.stop()
     for name, error in outcome.metric_errors.items():
         stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
@@ -54,14 +54,15 @@ def score_in_sandbox(dataset: Dataset, specs: list[MetricSpec], workers: int) ->
 class ProgressBar:
     """A progress bar on a terminal; nothing when stderr is not one."""
 
-    def __enter__(self) -> tuple[Progress, Callable[[list[ScoreRow]], None]]:
+    def __enter__(self) -> tuple[Progress, Callable[[int], None]]:
+        """(the bar, `advance(count)`: `count` more rows done)."""
         self.progress = Progress(
             TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=stderr,
             disable=not stderr.is_terminal, transient=True,
         )  # fmt: skip
         self.task = self.progress.add_task("scoring", total=None)
         self.progress.start()
-        return self.progress, lambda rows: self.progress.advance(self.task, len(rows))
+        return self.progress, lambda count: self.progress.advance(self.task, count)
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()

@@ -15,9 +15,10 @@ from rich.table import Table
 
 from agent.cli.console import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, positive_float, positive_int, stderr
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
-from agent.data.coco import load_coco
+from agent.data.coco import Dataset, load_coco
 from agent.errors import EnvironmentProblem, UserError
-from agent.metrics.contract import list_builtin_metrics
+from agent.metrics.contract import MetricSpec, list_builtin_metrics
+from agent.metrics.parts import PartWriter, check_directory, is_parts_directory
 from agent.metrics.results import Journal, output_format, write_rows
 from agent.metrics.scoring import ScoreOutcome, failure_lines, score_dataset
 from sandbox.engine import Engine, ScoringEngine
@@ -36,7 +37,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         dest="metrics",
         help="metric file or builtin:NAME (repeatable; default: every built-in metric)",
     )
-    score.add_argument("--out", required=True, type=Path, help="results file: .csv, .jsonl or .parquet")
+    score.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE|DIR/",
+        help="results: a .csv, .jsonl or .parquet file, or DIR/ (ending in /, or an empty directory) for a "
+        "directory of Parquet parts that reads as one table; with --engine ray the actors write the parts "
+        "themselves, so the rows never gather on this machine",
+    )
     score.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
     score.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per score() call")
     score.add_argument("--memory", type=positive_int, default=2048, help="MB each worker may allocate")
@@ -73,7 +81,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Run metric files over a COCO dataset in the sandbox and write one row per (metric, item)."""
-    output_format(args.out)
+    out = Path(args.out)
+    parts = is_parts_directory(args.out)
+    if parts:
+        check_directory(out)
+    else:
+        output_format(out)
     engine, session = _engine(args)
     specs = load_metrics(args.metrics, args.library) if args.metrics else list_builtin_metrics()
     if not specs:
@@ -90,19 +103,50 @@ def cmd_score(args: argparse.Namespace) -> int:
         require_isolation=args.require_isolation,
         share_workers=not args.separate_workers,
     )
-    journal = Journal(args.out)
-    with session, ProgressBar() as (progress, advance):
-        outcome = score_dataset(
-            dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(rows)), engine=engine
-        )
-        progress.stop()
-    write_rows(args.out, outcome.rows)
-    journal.discard()
-    _print_summary(outcome, args.out)
+    if parts:
+        outcome = _score_to_parts(out, dataset, specs, config, engine, session)
+    else:
+        journal = Journal(out)
+        with session, ProgressBar() as (progress, advance):
+            outcome = score_dataset(
+                dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(len(rows))), engine=engine
+            )
+            progress.stop()
+        write_rows(out, outcome.rows)
+        journal.discard()
+    shown = f"{out}/" if parts else str(out)
+    _print_summary(outcome, shown)
     if outcome.interrupted:
-        stderr.print(f"interrupted: wrote the {len(outcome.rows)} of {outcome.expected_rows} rows scored to {args.out}")
+        stderr.print(f"interrupted: wrote the {outcome.row_count} of {outcome.expected_rows} rows scored to {shown}")
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
+
+
+def _score_to_parts(
+    out: Path,
+    dataset: Dataset,
+    specs: list[MetricSpec],
+    config: SandboxConfig,
+    engine: Callable[[SandboxConfig], Engine],
+    session: AbstractContextManager[object],
+) -> ScoreOutcome:
+    """Score with the rows written as parts of `out` as they come (by the actors, under Ray); nothing gathered here."""
+    writer = PartWriter.create(out, specs, dataset)
+    try:
+        with session, ProgressBar() as (progress, advance):
+            outcome = score_dataset(
+                dataset,
+                specs,
+                config,
+                on_rows=lambda rows: advance(len(rows)),
+                engine=engine,
+                writer=writer,
+                on_written=advance,
+            )
+            progress.stop()
+    finally:
+        writer.finish()
+    return outcome
 
 
 def _engine(args: argparse.Namespace) -> tuple[Callable[[SandboxConfig], Engine], AbstractContextManager[object]]:
@@ -122,7 +166,7 @@ def _engine(args: argparse.Namespace) -> tuple[Callable[[SandboxConfig], Engine]
     return engine, connected(args.address)
 
 
-def _print_summary(outcome: ScoreOutcome, out: Path) -> None:
+def _print_summary(outcome: ScoreOutcome, out: str) -> None:
     table = Table("metric", "level", "scored", "n/a", "failed", "min", "median", "max", title=f"wrote {out}")
     table.columns[0].no_wrap = True
     for summary in outcome.summaries:

@@ -12,6 +12,9 @@ columns, dictionary-encoded so the repeats cost next to nothing, and also the pe
 its schema metadata under `metricsmith` (JSON: `{"metrics": {NAME: {"level", "suspicious",
 "code_sha256", "origin"}}}`) for tools that read a schema without reading rows; metricsmith itself
 reads the columns. Files written before these columns existed still read: their rows have None there.
+
+A directory of Parquet parts (`agent.metrics.parts`, `score --out DIR/`) has the same schema and
+metadata on every part; `read_rows` reads it as one file, sorted as `write_rows` sorts.
 """
 
 from __future__ import annotations
@@ -106,16 +109,26 @@ def _write_jsonl(path: Path, rows: list[ScoreRow]) -> None:
 
 
 def _write_parquet(path: Path, rows: list[ScoreRow]) -> None:
-    import pyarrow as pa  # optional extra, checked by output_format()
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # optional extra, checked by output_format()
 
-    metrics = {
-        name: {"level": m.level, "suspicious": m.suspicious, "code_sha256": m.code_sha256, "origin": m.origin}
-        for name, m in recorded_metrics(rows, str(path)).items()
+    pq.write_table(parquet_table(rows, parquet_metadata(recorded_metrics(rows, str(path)).values())), path)
+
+
+def parquet_metadata(metrics: Iterable[RecordedMetric]) -> str:
+    """The `metricsmith` schema metadata of a Parquet score file (or each part of a directory): its metrics."""
+    described = {
+        m.name: {"level": m.level, "suspicious": m.suspicious, "code_sha256": m.code_sha256, "origin": m.origin}
+        for m in metrics
     }
-    schema = _parquet_schema(pa).with_metadata({PARQUET_METADATA_KEY: json.dumps({"metrics": metrics})})
-    table = pa.Table.from_pylist([row.as_dict() for row in rows], schema=schema)
-    pq.write_table(table, path)
+    return json.dumps({"metrics": described})
+
+
+def parquet_table(rows: list[ScoreRow], metadata: str) -> Any:
+    """The rows as a pyarrow Table with the score file's schema and `metadata` (`parquet_metadata`)."""
+    import pyarrow as pa  # optional extra, checked by output_format()
+
+    schema = _parquet_schema(pa).with_metadata({PARQUET_METADATA_KEY: metadata})
+    return pa.Table.from_pylist([row.as_dict() for row in rows], schema=schema)
 
 
 def _parquet_schema(pa):  # type: ignore[no-untyped-def]
@@ -136,8 +149,9 @@ def _parquet_schema(pa):  # type: ignore[no-untyped-def]
 
 
 def read_rows(path: Path) -> list[ScoreRow]:
-    """Read rows back from a file written by `write_rows` (or a journal); a bad row is a UserError naming it."""
-    fmt = output_format(path) if path.suffix != ".partial" else "jsonl"
+    """Read rows back from a file written by `write_rows`, a journal, or a directory of Parquet parts
+    (`agent.metrics.parts`); a bad row is a UserError naming it."""
+    fmt = "parquet" if path.is_dir() else output_format(path) if path.suffix != ".partial" else "jsonl"
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as handle:
             return _validated(path, _json_records(path, handle))
@@ -155,7 +169,13 @@ def read_rows(path: Path) -> list[ScoreRow]:
         table = pq.read_table(path)
     except pa.ArrowException as error:
         raise UserError(f"{path}: not a readable Parquet file: {error}") from None
-    return _validated(path, table.to_pylist())
+    rows = _validated(path, table.to_pylist())
+    if path.is_dir():
+        # Parts come in no order; sorted as `write_rows` sorts, by metric (as the metadata lists them), then item.
+        metadata = json.loads((table.schema.metadata or {}).get(PARQUET_METADATA_KEY, b"{}"))
+        order = {name: index for index, name in enumerate(metadata.get("metrics", {}))}
+        rows.sort(key=lambda row: (order.get(row.metric, len(order)), row.metric, row.image_id, row.annotation_id or 0))
+    return rows
 
 
 def _json_records(path: Path, lines: Iterable[str]) -> Iterator[Any]:

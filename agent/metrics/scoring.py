@@ -4,6 +4,10 @@ Pure glue between the dataset layer, the metric files and the sandbox engine: it
 per image holding every call on that image (so each image is decoded once for all metrics), turns
 engine results into rows keyed by annotation id, and summarises them per metric: counts, score
 range, and the first failure of each kind.
+
+A run may also hand its rows to a `RowWriter` instead of gathering them (`score --out DIR/`): rows
+are then made where the results are (`RowMaker`, in a Ray actor or here) and only their `Tally`
+reaches the summaries, so the summary is the same either way.
 """
 
 from __future__ import annotations
@@ -14,20 +18,21 @@ import itertools
 import json
 import os
 import statistics
+from array import array
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol, cast
 
 import numpy as np
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from agent.data.coco import Dataset
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
 from agent.metrics.learned import TrainingCopy, cross_fitted_scores_each, fold_of, training_copies
 from agent.metrics.neighbours import RowMapper, class_disagreement
-from sandbox.engine import CallResult, Engine, RunReport, ScoringEngine
+from sandbox.engine import BatchWriter, CallResult, Engine, RunReport, ScoringEngine, WritingEngine
 from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -100,7 +105,8 @@ class MetricSummary:
     scored: int = 0
     not_applicable: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    scores: list[float] = field(default_factory=list)
+    # 8 bytes a score, not a Python float's 32: a big job's driver keeps one per scored row, for the median.
+    scores: array[float] = field(default_factory=lambda: array("d"))
     first_failures: dict[str, FirstFailure] = field(default_factory=dict)
 
     @property
@@ -119,7 +125,7 @@ class MetricSummary:
 
 @dataclass
 class ScoreOutcome:
-    rows: list[ScoreRow]
+    rows: list[ScoreRow]  # empty when a `RowWriter` wrote them
     expected_rows: int
     summaries: list[MetricSummary]
     layers: tuple[LayerStatus, ...]
@@ -129,6 +135,127 @@ class ScoreOutcome:
     @property
     def failed(self) -> int:
         return sum(summary.failed for summary in self.summaries)
+
+    @property
+    def row_count(self) -> int:
+        """The rows the run made: in `rows`, or written as parts by a `RowWriter` (then `rows` is empty)."""
+        return sum(summary.scored + summary.not_applicable + summary.failed for summary in self.summaries)
+
+
+class RowColumns(BaseModel):
+    """The columns a metric's rows repeat (`ScoreRow`): who the metric is, not what it scored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    level: str
+    suspicious: Literal["high", "low"] | None
+    code_sha256: str | None
+    origin: str
+
+
+class RowMaker(BaseModel):
+    """Turns engine results into rows without the dataset: what a Ray actor needs to write its batch's part.
+
+    A pydantic model because it crosses to the actors. `held` are the codes whose results are not rows
+    yet: feature metrics', scored at the driver once every vector is in.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    columns: tuple[RowColumns, ...]  # per spec
+    specs_of: tuple[tuple[int, ...], ...]  # per code: its specs, as `_Codes.specs_of`
+    held: frozenset[int]
+
+    @classmethod
+    def of(cls, specs: Sequence[MetricSpec]) -> RowMaker:
+        codes = _Codes.of(specs)
+        return cls(
+            columns=tuple(
+                RowColumns(
+                    name=spec.name,
+                    level=spec.level,
+                    suspicious=spec.suspicious,
+                    code_sha256=spec.code_sha256,
+                    origin=metric_origin(spec),
+                )
+                for spec in specs
+            ),
+            specs_of=codes.specs_of,
+            held=frozenset(code for code, spec in enumerate(codes.codes) if spec.output == "features"),
+        )
+
+    def row(self, result: CallResult, index: int, annotation_id: int | None) -> ScoreRow:
+        """The row of spec `index` for one result of its code."""
+        columns = self.columns[index]
+        return ScoreRow(
+            metric=columns.name,
+            level=columns.level,
+            image_id=result.image_id,
+            annotation_id=annotation_id,
+            score=result.score,
+            error_kind=result.kind,
+            error=result.error,
+            suspicious=columns.suspicious,
+            code_sha256=columns.code_sha256,
+            origin=columns.origin,  # one string per metric, shared by all its rows
+        )
+
+    def split(
+        self, results: Iterable[CallResult], annotation_ids: Callable[[int], Sequence[int]]
+    ) -> tuple[list[ScoreRow], list[CallResult], Tally]:
+        """(the rows of the results that are rows already, the held results, the rows' tally)."""
+        rows: list[ScoreRow] = []
+        held: list[CallResult] = []
+        tally = Tally()
+        for result in results:
+            if result.metric in self.held:
+                held.append(result)
+                continue
+            annotation_id = None if result.obj is None else annotation_ids(result.image_id)[result.obj]
+            for index in self.specs_of[result.metric]:
+                row = self.row(result, index, annotation_id)
+                tally.add(index, row)
+                rows.append(row)
+        return rows, held, tally
+
+
+class MetricTally(BaseModel):
+    """One metric's rows in one batch, as its `MetricSummary` counts them."""
+
+    scored: int = 0
+    not_applicable: int = 0
+    failures: dict[str, int] = Field(default_factory=dict)
+    scores: list[float] = Field(default_factory=list)
+    # Per error kind, the batch's failed row that comes first in file order: (image, annotation, error's last line).
+    first: dict[str, tuple[int, int | None, str]] = Field(default_factory=dict)
+
+
+class Tally(BaseModel):
+    """A batch's rows as the run summary needs them: what an actor sends the driver instead of the rows."""
+
+    rows: int = 0
+    metrics: dict[int, MetricTally] = Field(default_factory=dict)  # by spec index
+
+    def add(self, index: int, row: ScoreRow) -> None:
+        tally = self.metrics.setdefault(index, MetricTally())
+        count_row(tally, row)
+        self.rows += 1
+        if row.error_kind is not None:
+            known = tally.first.get(row.error_kind)
+            if known is None or item_order(row) < (known[0], known[1] or 0):
+                tally.first[row.error_kind] = (row.image_id, row.annotation_id, error_line(row.error))
+
+
+def count_row(summary: MetricSummary | MetricTally, row: ScoreRow) -> None:
+    """Count one row in its metric's summary (or a batch's tally of it)."""
+    if row.error_kind is not None:
+        summary.failures[row.error_kind] = summary.failures.get(row.error_kind, 0) + 1
+    elif row.score is None:
+        summary.not_applicable += 1
+    else:
+        summary.scored += 1
+        summary.scores.append(row.score)
 
 
 def item_order(row: ScoreRow) -> tuple[int, int]:
@@ -317,12 +444,36 @@ def data_roots(dataset: Dataset, paths: Iterable[str]) -> tuple[str, ...]:
     return tuple(roots)
 
 
+class RowWriter(BatchWriter, Protocol):
+    """Where a run's rows go instead of `ScoreOutcome.rows` (`agent.metrics.parts.PartWriter`).
+
+    As a `BatchWriter` it runs where a Ray actor scored a batch; `write` is the same for results that
+    came back to this process (the local engine's), and `write_held` takes the feature metrics' rows,
+    which only this process can score.
+    """
+
+    maker: RowMaker
+
+    def write(
+        self, batch: int, results: list[CallResult], annotation_ids: Callable[[int], Sequence[int]]
+    ) -> tuple[list[CallResult], Tally]: ...
+
+    def write_held(self, rows: list[ScoreRow]) -> None: ...
+
+
+# Results of the local engine gathered before they are written as one part: big parts, a bounded buffer.
+_RESULTS_PER_PART = 100_000
+
+
 class _Collector:
     """Turns engine results into rows and keeps running summaries.
 
     Results name codes (`_Codes`); each becomes one row per spec with that code. A feature metric's
     results are held back until `finish()`: its scores compare every box's vector with every other
     one (or train on them), so none is known before the last vector arrives.
+
+    With a `writer`, the other results' rows are not kept: they are written (here, or by the actors
+    that scored them) and only their `Tally` is added to the summaries.
     """
 
     def __init__(
@@ -331,14 +482,20 @@ class _Collector:
         specs: list[MetricSpec],
         on_rows: Callable[[list[ScoreRow]], None],
         threads: int = 1,
+        writer: RowWriter | None = None,
+        on_written: Callable[[int], None] = lambda count: None,
     ) -> None:
         self.dataset, self.specs, self.on_rows = dataset, specs, on_rows
+        self.writer, self.on_written = writer, on_written
+        self._unwritten: list[CallResult] = []
+        self._parts = itertools.count()
+        # Per spec index and error kind, the first failed row in file order among the written ones.
+        self.tallied_firsts: dict[int, dict[str, tuple[int, int | None, str]]] = {}
         self.threads = threads  # for the learned metrics' fits, which run after the sandbox workers are done
         self.codes = _Codes.of(specs)
         self.rows: list[ScoreRow] = []
         self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
-        # One string per metric, shared by all its rows rather than rebuilt for each.
-        self._origins = [metric_origin(spec) for spec in specs]
+        self.maker = RowMaker.of(specs)
         self._annotation_ids: dict[int, list[int]] = {}
         self._category_of: dict[int, int] | None = None
         self._map_rows: RowMapper | None = None
@@ -350,13 +507,42 @@ class _Collector:
         batch = []
         for result in results:
             held = self._held.get(result.metric)
-            if held is None:
-                batch.extend(self._row(result, index) for index in self.codes.specs_of[result.metric])
-            else:
+            if held is not None:
                 held.append(result)
+            elif self.writer is not None:
+                self._unwritten.append(result)
+            else:
+                batch.extend(self._row(result, index) for index in self.codes.specs_of[result.metric])
         self.rows.extend(batch)
         if batch:
             self.on_rows(batch)
+        if len(self._unwritten) >= _RESULTS_PER_PART:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the results gathered here (the local engine's) as one more part."""
+        if self.writer is not None and self._unwritten:
+            _, tally = self.writer.write(next(self._parts), self._unwritten, self._ids_of)
+            self._unwritten = []
+            self.add_tally(tally)
+
+    def written(self, summary: str) -> None:
+        """A batch an actor wrote (`BatchWriter`): its tally, as JSON."""
+        self.add_tally(Tally.model_validate_json(summary))
+
+    def add_tally(self, tally: Tally) -> None:
+        for index, counted in tally.metrics.items():
+            summary = self.summaries[index]
+            summary.scored += counted.scored
+            summary.not_applicable += counted.not_applicable
+            summary.failures.update(counted.failures)
+            summary.scores.extend(counted.scores)
+            firsts = self.tallied_firsts.setdefault(index, {})
+            for kind, first in counted.first.items():
+                known = firsts.get(kind)
+                if known is None or (first[0], first[1] or 0) < (known[0], known[1] or 0):
+                    firsts[kind] = first
+        self.on_written(tally.rows)
 
     def finish(self, training: _Training | None = None, map_rows: RowMapper | None = None) -> None:
         """Score the feature metrics from the vectors gathered, and emit their rows.
@@ -447,36 +633,18 @@ class _Collector:
         return [self._scored(results, vectors, scores) for scores in every_scores]
 
     def _annotation_id(self, result: CallResult) -> int | None:
-        if result.obj is None:
-            return None
-        ids = self._annotation_ids.get(result.image_id)
+        return None if result.obj is None else self._ids_of(result.image_id)[result.obj]
+
+    def _ids_of(self, image_id: int) -> list[int]:
+        ids = self._annotation_ids.get(image_id)
         if ids is None:
-            ids = self._annotation_ids[result.image_id] = self.dataset.annotation_ids(result.image_id)
-        return ids[result.obj]
+            ids = self._annotation_ids[image_id] = self.dataset.annotation_ids(image_id)
+        return ids
 
     def _row(self, result: CallResult, index: int) -> ScoreRow:
-        spec = self.specs[index]
-        summary = self.summaries[index]
-        annotation_id = self._annotation_id(result)
-        if result.kind is not None:
-            summary.failures[result.kind] += 1
-        elif result.score is None:
-            summary.not_applicable += 1
-        else:
-            summary.scored += 1
-            summary.scores.append(result.score)
-        return ScoreRow(
-            metric=spec.name,
-            level=spec.level,
-            image_id=result.image_id,
-            annotation_id=annotation_id,
-            score=result.score,
-            error_kind=result.kind,
-            error=result.error,
-            suspicious=spec.suspicious,
-            code_sha256=spec.code_sha256,
-            origin=self._origins[index],
-        )
+        row = self.maker.row(result, index, self._annotation_id(result))
+        count_row(self.summaries[index], row)
+        return row
 
 
 _MAX_CLASS_CODES = 250  # HistGradientBoosting's categories must be fewer than its 255 bins
@@ -495,24 +663,35 @@ def score_dataset(
     config: SandboxConfig,
     on_rows: Callable[[list[ScoreRow]], None] = lambda rows: None,
     engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
+    writer: RowWriter | None = None,
+    on_written: Callable[[int], None] = lambda count: None,
 ) -> ScoreOutcome:
     """Run every metric on the dataset in the sandbox. Ctrl-C returns what was scored, marked interrupted.
 
     `engine` makes the engine from the run's config: this machine's workers by default, or a Ray
     cluster's (`sandbox.distributed.RayEngine`); the rows are the same either way.
+
+    With a `writer`, the rows are written as they come (by the Ray actors that scored them, when the
+    engine can) instead of being gathered: the outcome's `rows` is then empty, its summaries the same.
+    `on_written` counts the rows written so far.
     """
     paths = image_paths(dataset)
-    collector = _Collector(dataset, specs, on_rows, threads=config.workers)
+    collector = _Collector(dataset, specs, on_rows, config.workers, writer, on_written)
     training = _Training(dataset, specs, collector.codes)
     tasks = _with_training(dataset, build_tasks(dataset, specs, paths), training, paths)
 
     def sink(results: list[CallResult]) -> None:
         collector([result for result in results if not training.take(result)])
 
-    report, interrupted, used = _run_engine(dataset, specs, config, paths, tasks, sink, engine)
+    report, interrupted, used = _run_engine(dataset, specs, config, paths, tasks, sink, engine, collector)
+    collector.flush()  # interrupted too: what was scored stays on disk
     if not interrupted:
         collector.finish(training, used.map_rows)
-    return _outcome(dataset, specs, collector, report, interrupted)
+    outcome = _outcome(dataset, specs, collector, report, interrupted)
+    if writer is not None:
+        writer.write_held(outcome.rows)
+        outcome.rows = []
+    return outcome
 
 
 def score_versions(
@@ -644,13 +823,21 @@ def _run_engine(
     tasks: Iterable[ImageTask],
     sink: Callable[[list[CallResult]], None],
     engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
+    collector: _Collector | None = None,
 ) -> tuple[RunReport, bool, Engine]:
-    """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted, engine)."""
+    """One engine run over `tasks`, the workers allowed to read the dataset's images; (report, interrupted, engine).
+
+    A collector with a writer hands it to an engine that writes where it scores (Ray's actors); with
+    the local engine, the collector writes the rows itself as they come back.
+    """
     roots = data_roots(dataset, paths.values())
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
     metrics = _Codes.of(specs).engine_metrics()
     used = engine(config)
     try:
+        if collector is not None and collector.writer is not None and used.writes_batches:
+            writing = cast(WritingEngine, used)
+            return writing.run(metrics, tasks, sink, writer=collector.writer, on_written=collector.written), False, used
         return used.run(metrics, tasks, sink), False, used
     except KeyboardInterrupt:
         return RunReport(), True, used
@@ -661,9 +848,15 @@ def _outcome(
 ) -> ScoreOutcome:
     order = {spec.name: index for index, spec in enumerate(specs)}
     collector.rows.sort(key=lambda row: (order[row.metric], *item_order(row)))
-    found = first_failures(collector.rows, {image.id: image.file_name for image in dataset.images})
-    for summary in collector.summaries:
-        summary.first_failures = found.get(summary.name, {})
+    file_names = {image.id: image.file_name for image in dataset.images}
+    found = first_failures(collector.rows, file_names)
+    for index, summary in enumerate(collector.summaries):
+        # A metric's rows are either all in `collector.rows` or all written: its first failures come from one.
+        tallied = {
+            kind: FirstFailure(kind, image_id, annotation_id, file_names.get(image_id), error)
+            for kind, (image_id, annotation_id, error) in collector.tallied_firsts.get(index, {}).items()
+        }
+        summary.first_failures = found.get(summary.name) or tallied
     return ScoreOutcome(
         rows=collector.rows,
         expected_rows=count_calls(dataset, specs),
