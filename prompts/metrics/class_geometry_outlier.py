@@ -1,0 +1,61 @@
+"""Class geometry outlier: how far the box's size and aspect lie from the other boxes of its class (robust z).
+
+A box grown or shrunk by a slip, or a box of one class labelled as another, often has a size or a
+shape its class does not have. The box is compared with the other boxes of its own class in the
+same image (`scene["annotations"]`: a metric sees one image at a time, so "its class" means its
+class in this image). Each of two measures, log(area) and log(width / height), becomes a robust
+z-score: (value - median) / (1.4826 * MAD) over those other boxes, the MAD floored at 0.05 (about
+5%) so that a class of near-identical boxes does not turn rounding into outliers. The score is
+the larger of the two |z|.
+
+Robust statistics, because the image's other boxes include the errors too: a median and a MAD are
+not dragged by a few wrong boxes the way a mean and a standard deviation are.
+
+High is suspicious. None for an empty box, or when the image holds fewer than 4 other boxes of
+the class: too few to say what the class looks like. That makes it a metric for images with many
+boxes per class (aerial tiles, crowds, shelves), and silent on images of a few objects.
+"""
+
+import math
+
+import numpy as np
+
+NAME = "class_geometry_outlier"
+TITLE = "Size/aspect outlier within its class (robust z)"
+LEVEL = "object"
+SUSPICIOUS = "high"
+RANGE = (0.0, None)
+TAGS = ["geometry", "class"]
+
+_MIN_OTHERS = 4
+_MAD_FLOOR = 0.05  # in log units, about a 5% change
+_MAD_TO_SD = 1.4826  # a normal distribution's MAD times this is its standard deviation
+
+
+def _measures(annotation: dict) -> tuple[float, float] | None:
+    try:
+        w, h = float(annotation["bbox"][2]), float(annotation["bbox"][3])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if not (math.isfinite(w) and math.isfinite(h)) or w <= 0 or h <= 0:
+        return None
+    return math.log(w * h), math.log(w / h)
+
+
+def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
+    own = _measures(obj)
+    if own is None:
+        return None
+    others = [
+        measures
+        for other in scene["annotations"]
+        if other.get("id") != obj.get("id") and other.get("category_id") == obj.get("category_id")
+        if (measures := _measures(other)) is not None
+    ]
+    if len(others) < _MIN_OTHERS:
+        return None
+    values = np.asarray(others)
+    median = np.median(values, axis=0)
+    mad = np.maximum(np.median(np.abs(values - median), axis=0), _MAD_FLOOR)
+    z = np.abs(np.asarray(own) - median) / (_MAD_TO_SD * mad)
+    return float(z.max())
