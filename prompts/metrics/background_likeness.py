@@ -5,7 +5,7 @@ described by a few numbers: mean lightness, red-green and yellow-blue, the sprea
 roughness of lightness (mean absolute difference between neighbouring samples). The same numbers
 are taken for:
   - background windows: windows of the box's size, laid over the image in steps of half its
-    size (at most about 24 steps each way), that other boxes cover by at most 20% and that
+    size (at most about 16 steps each way), that other boxes cover by at most 20% and that
     overlap the box itself by IoU 0.1 at most;
   - the image's other boxes of the same class (of any class when it has no other), leaving out
     boxes that overlap this one by IoU above 0.5 (its own duplicates).
@@ -35,7 +35,7 @@ _MAX_COVER = 0.2  # a background window may have this share of it under other bo
 _MAX_SELF_IOU = 0.1
 _MAX_TWIN_IOU = 0.5
 _NEAREST = 3
-_LATTICE = 24  # at most about this many window positions each way, so that small boxes stay cheap
+_LATTICE = 16  # at most about this many window positions each way, so that small boxes stay cheap
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

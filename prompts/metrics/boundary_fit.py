@@ -33,32 +33,46 @@ TAGS = ["geometry", "boundary"]
 
 _REACH = 0.35  # how far each side may move, as a share of the box size across it
 _BAND = 0.08  # how deep each band is, as a share of the box size across it
+_SPAN = 32  # rows (or columns) read along a side, at most
 
 
 def _profile(strip: np.ndarray) -> np.ndarray:
-    """Per position along axis 1 of `strip` (span along axis 0): mean opponent colour and roughness."""
-    pixels = strip.astype(np.float64)
+    """Per position along axis 1 of `strip` (span along axis 0): mean opponent colour and roughness.
+
+    A long span is read at most _SPAN rows (evenly spread, each with the row after it for the
+    roughness): the means don't need every row, and this keeps a large box as cheap as a small one.
+    """
+    length = strip.shape[0]
+    if length < 2:
+        return np.zeros((strip.shape[1], 4))
+    rows = np.unique(np.linspace(0, length - 2, min(_SPAN, length - 1)).astype(np.intp))
+    pixels = strip[np.concatenate([rows, rows + 1])].astype(np.float64)
     red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
     lightness = (red + green + blue) / 3.0
     channels = [lightness.mean(axis=0), (red - green).mean(axis=0), ((red + green) / 2.0 - blue).mean(axis=0)]
-    rough = np.abs(np.diff(lightness, axis=0)).mean(axis=0) if strip.shape[0] > 1 else np.zeros(strip.shape[1])
+    rough = np.abs(lightness[len(rows) :] - lightness[: len(rows)]).mean(axis=0)
     return np.stack([*channels, rough], axis=1)
 
 
-def _side_fit(profile: np.ndarray, edge: int, band: int, reach: int) -> float | None:
-    """Separation at `edge` over the best within `reach` of it (moves whose bands leave the strip are skipped)."""
+def _side_fits(profile: np.ndarray, sides: tuple[int, int], band: int, reach: int) -> list[float]:
+    """Each side's separation where it is, over the best within `reach` of it, from one profile across both.
+
+    Moves whose bands would leave the profile (the image) are skipped; a side that can't be read itself,
+    or that has no separation anywhere (flat all around), gives nothing.
+    """
     table = np.vstack([np.zeros((1, profile.shape[1])), np.cumsum(profile, axis=0)])
-    edges = edge + np.arange(-reach, reach + 1)
-    edges = edges[(edges - band >= 0) & (edges + band <= profile.shape[0])]
-    if edge not in edges:
-        return None  # the side itself is too close to the image border to read
-    above = (table[edges + band] - table[edges]) / band  # the band at higher indices
-    below = (table[edges] - table[edges - band]) / band
-    separation = np.linalg.norm(above - below, axis=1)
-    best = float(separation.max())
-    if best <= 1e-9:
-        return None  # flat all around: nothing to fit, neither good nor bad
-    return float(separation[edges == edge][0]) / best
+    edges = np.asarray(sides)[:, None] + np.arange(-reach, reach + 1)[None, :]
+    readable = (edges - band >= 0) & (edges + band <= profile.shape[0])
+    at = np.clip(edges, band, profile.shape[0] - band)  # in range everywhere; unreadable moves are masked
+    above = (table[at + band] - table[at]) / band  # the band at higher indices
+    below = (table[at] - table[at - band]) / band
+    separation = np.where(readable, np.linalg.norm(above - below, axis=-1), 0.0)
+    fits = []
+    for side in range(2):
+        best = float(separation[side].max())
+        if readable[side, reach] and best > 1e-9:
+            fits.append(float(separation[side, reach]) / best)
+    return fits
 
 
 def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
@@ -76,26 +90,17 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
         return None
 
     fits = []
-    band_x, reach_x = max(2, round(_BAND * w)), max(1, round(_REACH * w))
-    band_y, reach_y = max(2, round(_BAND * h)), max(1, round(_REACH * h))
-    # Left and right: columns across, the box's rows along. One strip per side, so a long box reads
-    # only the pixels near its sides.
-    for edge in (x0, x1):
-        start = max(edge - reach_x - band_x, 0)
-        stop = min(edge + reach_x + band_x, width)
-        if stop - start > 0:
-            fit = _side_fit(_profile(image[rows, start:stop]), edge - start, band_x, reach_x)
-            if fit is not None:
-                fits.append(fit)
-    # Top and bottom: rows across, the box's columns along (transposed so the span is axis 0).
-    for edge in (y0, y1):
-        start = max(edge - reach_y - band_y, 0)
-        stop = min(edge + reach_y + band_y, height)
-        if stop - start > 0:
-            strip = image[start:stop, columns].transpose(1, 0, 2)
-            fit = _side_fit(_profile(strip), edge - start, band_y, reach_y)
-            if fit is not None:
-                fits.append(fit)
+    # Left and right: columns across, the box's rows along; top and bottom: rows across, the box's
+    # columns along (transposed so that the span is axis 0). One strip reaches past both sides, read
+    # at _SPAN rows of the span, so both sides share one profile.
+    for first, last, size, extent, strip_of in (
+        (x0, x1, w, width, lambda start, stop: image[rows, start:stop]),
+        (y0, y1, h, height, lambda start, stop: image[start:stop, columns].transpose(1, 0, 2)),
+    ):
+        band, reach = max(2, round(_BAND * size)), max(1, round(_REACH * size))
+        start, stop = max(first - reach - band, 0), min(last + reach + band, extent)
+        if stop - start > 2 * band:
+            fits += _side_fits(_profile(strip_of(start, stop)), (first - start, last - start), band, reach)
     if not fits:
         return None
     return float(sum(fits) / len(fits))
