@@ -14,6 +14,11 @@ not dragged by a few wrong boxes the way a mean and a standard deviation are.
 High is suspicious. None for an empty box, or when the image holds fewer than 4 other boxes of
 the class: too few to say what the class looks like. That makes it a metric for images with many
 boxes per class (aerial tiles, crowds, shelves), and silent on images of a few objects.
+
+Measured honestly, it finds little: on the README's aerial tiles (about 33 boxes a tile) it ranks
+injected errors barely above chance, because crowns of one class vary more in size than a loose or
+tight box changes one; on the demo (about 3 boxes an image) it rarely applies. It is for datasets
+whose objects of a class are alike in size and shape, which neither of those is.
 """
 
 import math
