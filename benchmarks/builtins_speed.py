@@ -8,8 +8,9 @@
     each training box, and fit 30 small classifiers on the host.
 
 With `--without`, (a') too: (a) minus the named built-ins, to show what those cost the hand-written
-set (say, metrics just added). All in the sandbox on the same demo dataset (generated into metricsmith's cache), alternating, in
-one run; the median of each is compared with issue 14's goal, (b)/(a) <= 2. A benchmark, not a test.
+set (say, metrics just added). All in the sandbox on the same demo dataset (generated into
+metricsmith's cache), alternating, in one run; the median of each is compared with issue 14's goal,
+(b)/(a) <= 2. A benchmark, not a test.
 """
 
 from __future__ import annotations
