@@ -473,9 +473,14 @@ def test_class_geometry_outlier_is_a_robust_z_within_the_class() -> None:
     assert call("class_geometry_outlier", image, trees[0], sc) < 1.0
     assert call("class_geometry_outlier", image, big, sc) > 5.0
     assert call("class_geometry_outlier", image, wide, sc) > 5.0
-    # Another class is measured against its own boxes: here it has none, so it can't be judged.
-    assert call("class_geometry_outlier", image, other_class, sc) is None
-    assert call("class_geometry_outlier", image, big, scene(image, [*trees[:3], big])) is None  # too few
+    # A class with too few boxes in the image is measured against all the image's other boxes.
+    assert call("class_geometry_outlier", image, other_class, sc) > 5.0
+    bear_among_bears = obj([200, 100, 80, 80], category="bear", category_id=2, ann_id=10)
+    bears = [obj([20 + 50 * i, 150, 80, 80], category="bear", category_id=2, ann_id=20 + i) for i in range(3)]
+    assert (
+        call("class_geometry_outlier", image, bear_among_bears, scene(image, [*trees, *bears, bear_among_bears])) < 1.0
+    )
+    assert call("class_geometry_outlier", image, big, scene(image, [*trees[:2], big])) is None  # too few boxes
 
 
 def test_aspect_ratio() -> None:
