@@ -18,9 +18,9 @@ all: too few to say what a box there looks like. That makes it a metric for imag
 boxes per class (aerial tiles, crowds, shelves), and a weak one on images of a few objects.
 
 Measured honestly, it finds little: on the README's aerial tiles (about 33 boxes a tile) it ranks
-injected errors barely above chance, because crowns of one class vary more in size than a loose or
-tight box changes one; on the demo (about 3 boxes an image) it rarely applies. It is for datasets
-whose objects of a class are alike in size and shape, which neither of those is.
+injected errors barely above chance, likely because crowns of one class vary more in size than a
+loose or tight box changes one; on the demo (about 3 boxes an image) it has too few boxes to go on.
+It is for datasets whose objects of a class are alike in size and shape, which neither of those is.
 """
 
 import math
