@@ -37,6 +37,10 @@ EXPECTED = {
     "object_proximity": ("object", "low"),
     "appearance_neighbours": ("object", "high"),
     "duplicate_copy": ("object", "high"),
+    "boundary_fit": ("object", "low"),
+    "object_spill": ("object", "high"),
+    "class_geometry_outlier": ("object", "high"),
+    "background_likeness": ("object", "high"),
 }
 # Feature metrics return a vector per box; metricsmith turns the vectors into scores.
 FEATURE_METRICS = {"appearance_neighbours": 24}
@@ -375,6 +379,110 @@ def test_box_tightness_on_flat_image_is_neutral() -> None:
     assert call("box_tightness", flat(100, 80, 80), obj([20, 20, 30, 30])) == pytest.approx(0.5)
 
 
+# --- boundaries, spill, class geometry and background on crafted "aerial" images -----------------
+
+CROWN_BOXES = [[20, 20, 40, 40], [100, 24, 40, 40], [170, 30, 40, 40], [30, 130, 40, 40], [120, 140, 40, 40]]
+
+
+def crowns(seed: int = 0) -> np.ndarray:
+    """Green, rough discs (tree crowns seen from above) on sandy, smoother ground, both noisy.
+
+    The ground is busy too (noise everywhere), so a side sitting on any strong edge proves nothing; only
+    the change from crown to ground does. Each disc fills its box in CROWN_BOXES, corners aside.
+    """
+    rng = np.random.default_rng(seed)
+    image = np.clip(rng.normal((170, 150, 110), 12, (220, 240, 3)), 0, 255)
+    crown = np.clip(rng.normal((60, 120, 50), 30, (220, 240, 3)), 0, 255)
+    mask = np.zeros((220, 240), np.uint8)
+    for x, y, w, h in CROWN_BOXES:
+        cv2.ellipse(mask, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, 1, -1)
+    image[mask == 1] = crown[mask == 1]
+    return frozen(image.astype(np.uint8))
+
+
+def crown_scene(image: np.ndarray, extra: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict]:
+    anns = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES)]
+    anns += extra or []
+    return anns, scene(image, anns)
+
+
+def test_boundary_fit_is_highest_on_the_boundary() -> None:
+    image = crowns()
+    anns, sc = crown_scene(image)
+    fitting = call("boundary_fit", image, anns[4], sc)  # the crown at [120, 140, 40, 40]
+    loose = call("boundary_fit", image, obj([110, 130, 60, 60]), sc)
+    shifted = call("boundary_fit", image, obj([132, 150, 40, 40]), sc)
+    tight = call("boundary_fit", image, obj([128, 148, 24, 24]), sc)
+    assert fitting > 0.9
+    for wrong in (loose, shifted, tight):
+        assert wrong < fitting - 0.2
+    assert min(loose, shifted, tight) >= 0.0
+
+
+def test_boundary_fit_is_not_fooled_by_a_busy_background() -> None:
+    # A smooth object on a checkerboard of 2 px squares: the background's edges are far stronger than
+    # the object's, so an edge detector finds more edge outside the fitting box than inside it, and ranks
+    # it below a loose box. Averaged over a band, the checkerboard is a steady, rough grey and the object
+    # a smooth green: the position that separates them best is the object's boundary.
+    checks = (np.indices((120, 160)) // 2).sum(axis=0) % 2 == 0
+    image = np.repeat(np.where(checks, 60, 200).astype(np.uint8)[..., None], 3, axis=2)
+    image[40:80, 50:110] = (60, 140, 50)
+    image = frozen(image)
+    fitting, loose, shifted = obj([50, 40, 60, 40]), obj([40, 30, 80, 60]), obj([60, 45, 60, 40])
+    assert call("boundary_fit", image, fitting) > 0.95
+    assert call("boundary_fit", image, loose) < 0.3
+    assert call("boundary_fit", image, shifted) < 0.3
+    assert call("box_tightness", image, fitting) < call("box_tightness", image, loose)  # the edge detector is fooled
+    assert call("boundary_fit", flat(100, 80, 80), obj([20, 20, 30, 30])) is None  # nothing anywhere
+
+
+def test_object_spill_flags_a_box_inside_its_object() -> None:
+    image = crowns()
+    tight = obj([128, 148, 24, 24], category="tree", ann_id=9)  # well inside the crown at [120, 140, 40, 40]
+    others = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES[:4])]
+    sc = scene(image, [*others, tight])
+    spill = call("object_spill", image, tight, sc)
+    fitting_anns, fitting_scene = crown_scene(image)
+    fitting = call("object_spill", image, fitting_anns[4], fitting_scene)
+    loose = call("object_spill", image, obj([110, 130, 60, 60], ann_id=9), scene(image, [*others]))
+    assert spill > 0.8
+    assert fitting < spill - 0.3
+    assert loose < spill - 0.3
+    # Alone in its image: nothing to learn the object's colours from.
+    assert call("object_spill", image, tight, scene(image, [tight])) is None
+
+
+def test_background_likeness_tells_background_from_crowns() -> None:
+    image = crowns()
+    anns, sc = crown_scene(image, [obj([190, 160, 40, 40], category="tree", ann_id=9)])  # on bare ground
+    on_ground = call("background_likeness", image, anns[-1], sc)
+    on_crowns = [call("background_likeness", image, ann, sc) for ann in anns[:-1]]
+    assert on_ground > 0.6
+    assert max(on_crowns) < 0.4
+    assert call("background_likeness", image, anns[0], scene(image, [anns[0]])) is None  # no other box
+
+
+def test_class_geometry_outlier_is_a_robust_z_within_the_class() -> None:
+    image = flat(0, 200, 300)
+    trees = [obj([10 + 40 * i, 10, 20 + i % 2, 20], category="tree", ann_id=i + 1) for i in range(6)]
+    big = obj([10, 100, 40, 40], category="tree", ann_id=7)
+    wide = obj([100, 100, 60, 15], category="tree", ann_id=8)
+    other_class = obj([200, 100, 80, 80], category="bear", category_id=2, ann_id=9)
+    sc = scene(image, [*trees, big, wide, other_class])
+    # The median and MAD of the class barely move with one wrong box among the others.
+    assert call("class_geometry_outlier", image, trees[0], sc) < 1.0
+    assert call("class_geometry_outlier", image, big, sc) > 5.0
+    assert call("class_geometry_outlier", image, wide, sc) > 5.0
+    # A class with too few boxes in the image is measured against all the image's other boxes.
+    assert call("class_geometry_outlier", image, other_class, sc) > 5.0
+    bear_among_bears = obj([200, 100, 80, 80], category="bear", category_id=2, ann_id=10)
+    bears = [obj([20 + 50 * i, 150, 80, 80], category="bear", category_id=2, ann_id=20 + i) for i in range(3)]
+    assert (
+        call("class_geometry_outlier", image, bear_among_bears, scene(image, [*trees, *bears, bear_among_bears])) < 1.0
+    )
+    assert call("class_geometry_outlier", image, big, scene(image, [*trees[:2], big])) is None  # too few boxes
+
+
 def test_aspect_ratio() -> None:
     image = flat(0)
     assert call("object_aspect_ratio", image, obj([0, 0, 30, 10])) == pytest.approx(3.0)
@@ -409,7 +517,16 @@ def test_awkward_boxes_give_none_or_a_finite_number(name: str, bbox: list[float]
 
 def test_boxes_entirely_outside_are_not_applicable() -> None:
     image = rectangle_image()
-    for name in ("object_area_relative", "border_closeness", "black_white_share", "box_tightness", *FEATURE_METRICS):
+    for name in (
+        "object_area_relative",
+        "border_closeness",
+        "black_white_share",
+        "box_tightness",
+        "boundary_fit",
+        "object_spill",
+        "background_likeness",
+        *FEATURE_METRICS,
+    ):
         assert call(name, image, obj([-50, -50, 20, 20])) is None, name
         assert call(name, image, obj([500, 400, 30, 30])) is None, name
 

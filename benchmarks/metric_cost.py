@@ -1,0 +1,108 @@
+"""What each hand-written built-in costs per call: score() timed in this process, on the demo and the real tiles.
+
+    python benchmarks/metric_cost.py [--images 200] [--repeat 5]
+
+The metrics are loaded from prompts/metrics/ as plain modules (our own trusted files) and called on
+every box, or every image, of the demo (`demo-data --images N --seed 0`, generated into
+metricsmith's cache) and of the aerial tiles of `benchmarks/real_data.py` (built there first; this
+script only reads them). No sandbox, no process start, no image decoding in the timings: only the
+calls, so the figures compare metrics with each other, not with `metricsmith score`'s wall time.
+Each round times every metric once over the same items, in turn; the fastest round per call is
+printed (the least disturbed by other jobs on a shared machine), with `box_tightness` for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from agent.data.demo import generate_demo_dataset  # noqa: E402
+from agent.resources import cache_dir  # noqa: E402
+
+METRICS = REPO / "prompts" / "metrics"
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"cost_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _items(annotations: Path) -> list[tuple[np.ndarray, dict[str, Any], list[dict[str, Any]]]]:
+    """(image, scene, boxes) per image, the images decoded once, before any timing."""
+    document = json.loads(annotations.read_text(encoding="utf-8"))
+    names = {c["id"]: c["name"] for c in document["categories"]}
+    boxes: dict[int, list[dict[str, Any]]] = {}
+    for annotation in document["annotations"]:
+        boxes.setdefault(annotation["image_id"], []).append(
+            {**annotation, "category": names[annotation["category_id"]]}
+        )
+    root = annotations.parent / "images" if (annotations.parent / "images").is_dir() else annotations.parent
+    items = []
+    for image in document["images"]:
+        pixels = cv2.cvtColor(cv2.imread(str(root / image["file_name"])), cv2.COLOR_BGR2RGB)
+        pixels.setflags(write=False)
+        own = boxes.get(image["id"], [])
+        scene = {"image": image, "annotations": own, "categories": document["categories"]}
+        items.append((pixels, scene, own))
+    return items
+
+
+def _per_call(module: ModuleType, items: list) -> float:
+    calls = 0
+    started = time.perf_counter()
+    for pixels, scene, boxes in items:
+        if module.LEVEL == "image":
+            module.score(pixels, scene)
+            calls += 1
+            continue
+        for box in boxes:
+            module.score(pixels, box, scene)
+            calls += 1
+    return (time.perf_counter() - started) / max(calls, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    demo = cache_dir() / f"metric-cost-demo-{args.images}"
+    if not (demo / "annotations.json").exists():
+        generate_demo_dataset(demo, n_images=args.images, seed=0)
+    tiles = cache_dir() / "real-data" / "tiles" / "annotations.json"
+    datasets = {"demo": demo / "annotations.json"}
+    if tiles.exists():
+        datasets["tiles"] = tiles
+    else:
+        print("no tiles yet: run benchmarks/real_data.py once to build them")
+    modules = [_load(path) for path in sorted(METRICS.glob("*.py")) if path.stem != "learned"]
+    print("| metric | level | " + " | ".join(f"{name} ms/call" for name in datasets) + " |")
+    print("|---|---|" + "---:|" * len(datasets))
+    timings = {name: {m.NAME: [] for m in modules} for name in datasets}
+    for name, path in datasets.items():
+        items = _items(path)
+        for _ in range(args.repeat):
+            for module in modules:
+                timings[name][module.NAME].append(_per_call(module, items))
+    for module in modules:
+        cells = [f"{1000 * min(timings[name][module.NAME]):.3f}" for name in datasets]
+        print(f"| `{module.NAME}` | {module.LEVEL} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

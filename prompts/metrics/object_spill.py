@@ -1,0 +1,121 @@
+"""Object spill: whether the box is all object and the object goes on past it, as around a tight box (0 to 1).
+
+A box drawn too small holds nothing but object, and just outside it there is still object. A box
+that fits holds some background in its corners and has background around it. To tell object from
+background without a detector, the image's own boxes teach a colour model: colours (RGB quantised
+to 8 levels per channel) of the cores of the image's other boxes of the same class (of any class
+when it has no other) against colours outside every box. Each pixel's object likelihood is
+p_obj(colour) / (p_obj(colour) + p_background(colour)), from the two histograms (counts + 0.5).
+The box itself is in neither, so it cannot vouch for itself.
+
+The score is the smaller of two means of that likelihood: over the box, and over the ring just
+outside it (15% of the shorter side deep). High when both are object-like: the box cuts the object
+off. A loose or spurious box holds background (low), a fitting box has background around it.
+
+High is suspicious. The model is learned from a grid of at most about 200 samples along the
+image's longer side, so its cost does not grow with the image. None for a box under 4 px either
+way or outside the image, and when the image offers fewer than 20 samples of object or of
+background to learn from (too few other boxes, or no background left).
+"""
+
+import math
+
+import numpy as np
+
+NAME = "object_spill"
+TITLE = "Object spill (all object inside and around)"
+LEVEL = "object"
+SUSPICIOUS = "high"
+RANGE = (0.0, 1.0)
+TAGS = ["geometry", "boundary", "tight"]
+
+_BINS = 512  # 8 levels per colour channel: _codes
+_SAMPLES = 200  # samples along the image's longer side, at most, for learning the colour model
+_CORE = 0.15  # the core of a box leaves this share of each side out: box corners hold background
+_RING = 0.15  # the ring's depth, as a share of the box's shorter side
+_MIN_SAMPLES = 20
+
+
+def _codes(pixels: np.ndarray) -> np.ndarray:
+    """Each pixel's histogram bin: its RGB channels cut to their top 3 bits (8 levels), as one number 0..511."""
+    top = pixels >> 5  # uint8 throughout but for the high bits: small types keep this pass cheap
+    return (top[..., 0].astype(np.uint16) << 6) | (top[..., 1] << 3) | top[..., 2]
+
+
+def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
+    try:
+        x, y, w, h = (float(v) for v in annotation["bbox"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return None
+    return x, y, x + w, y + h
+
+
+def _likelihood(image: np.ndarray, obj: dict, scene: dict, box: tuple[float, float, float, float]) -> np.ndarray | None:
+    """Object likelihood per colour code, from the image's other boxes against its background."""
+    height, width = image.shape[:2]
+    step = max(1, math.ceil(max(height, width) / _SAMPLES))
+    grid = image[::step, ::step]
+    rows, columns = grid.shape[:2]
+
+    def cells(corners: tuple[float, float, float, float], margin: float = 0.0) -> tuple[slice, slice]:
+        """The grid samples whose pixel (row * step, column * step) lies in the box shrunk by `margin` a side."""
+        x0, y0, x1, y1 = corners
+        dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+        first_row, last_row = math.ceil((y0 + dy) / step), math.ceil((y1 - dy) / step)
+        first_column, last_column = math.ceil((x0 + dx) / step), math.ceil((x1 - dx) / step)
+        return (
+            slice(min(max(first_row, 0), rows), min(max(last_row, 0), rows)),
+            slice(min(max(first_column, 0), columns), min(max(last_column, 0), columns)),
+        )
+
+    boxed = np.zeros((rows, columns), dtype=bool)
+    objects = np.zeros((rows, columns), dtype=bool)
+    others, kin = [], []
+    for other in scene["annotations"]:
+        corners = _corners(other)
+        if other.get("id") == obj.get("id") or corners is None:
+            continue
+        others.append(corners)
+        if other.get("category_id") == obj.get("category_id"):
+            kin.append(corners)
+    for corners in [box, *others]:
+        boxed[cells(corners)] = True
+    for corners in kin or others:
+        objects[cells(corners, _CORE)] = True
+    objects[cells(box)] = False
+    # One histogram pass over the grid: bins 0..511 hold neither, 512.. the objects, 1024.. the background.
+    group = np.where(boxed, objects.astype(np.uint16), np.uint16(2)) * np.uint16(_BINS)
+    counts = np.bincount((group + _codes(grid)).ravel(), minlength=3 * _BINS).astype(np.float64)
+    p_object, p_background = counts[_BINS : 2 * _BINS], counts[2 * _BINS :]
+    if p_object.sum() < _MIN_SAMPLES or p_background.sum() < _MIN_SAMPLES:
+        return None
+    p_object += 0.5
+    p_background += 0.5
+    p_object /= p_object.sum()
+    p_background /= p_background.sum()
+    return p_object / (p_object + p_background)
+
+
+def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
+    height, width = image.shape[:2]
+    box = _corners(obj)
+    if box is None or box[2] - box[0] < 4 or box[3] - box[1] < 4:
+        return None
+    x0, y0 = max(round(box[0]), 0), max(round(box[1]), 0)
+    x1, y1 = min(round(box[2]), width), min(round(box[3]), height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    likelihood = _likelihood(image, obj, scene, box)
+    if likelihood is None:
+        return None
+    depth = max(2, round(_RING * min(box[2] - box[0], box[3] - box[1])))
+    rx0, ry0, rx1, ry1 = max(x0 - depth, 0), max(y0 - depth, 0), min(x1 + depth, width), min(y1 + depth, height)
+    around = likelihood[_codes(image[ry0:ry1, rx0:rx1])]
+    within = around[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
+    ring_count = around.size - within.size
+    if ring_count == 0:
+        return None  # the box fills the image: no ring to read
+    ring_mean = (around.sum() - within.sum()) / ring_count
+    return float(min(within.mean(), ring_mean))
