@@ -292,13 +292,14 @@ class OpenAIBackend:
                     f"{where} kept failing (HTTP {status}: {self._quote(exc)}, {tries}); "
                     "check the server's logs or try again later"
                 )
-            if _CONTEXT_TOO_SMALL.search(self._quote(exc)):
+            quoted = self._quote(exc)
+            if _CONTEXT_TOO_SMALL.search(quoted):
                 return (
                     f"{where} has too small a context for this prompt and its reply (HTTP {status}: "
-                    f"{self._quote(exc)}); start the server with a larger one, e.g. 4096 tokens "
+                    f"{quoted}); start the server with a larger one, e.g. 4096 tokens "
                     "(llama_cpp.server --n_ctx 4096, llama-server -c 4096, Ollama's num_ctx)"
                 )
-            return f"{where} rejected the request (HTTP {status}: {self._quote(exc)}); check the model name and options"
+            return f"{where} rejected the request (HTTP {status}: {quoted}); check the model name and options"
         return f"the request to {where} failed ({type(exc).__name__}: {self._quote(exc)})"
 
     def _quote(self, exc: BaseException) -> str:
