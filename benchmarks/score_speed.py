@@ -14,6 +14,7 @@ measured in one run on the same machine:
   (d) `metricsmith score --engine ray` on a local Ray instance of N CPUs (when Ray is installed):
       N actors, each with one sandboxed worker. Ray's own start (`ray.init`) is timed apart, and so
       is the pool's start (connected to the first batch back); the goal compares the rest with (b).
+      With --repeat K, (d) runs K times in the one Ray instance, a new actor pool each time.
 
 It checks that (a), (b) and (c) produce the same scores, measures the cold start of one sandboxed
 worker, and prints a table with PASS/MISS per goal. A benchmark, not a test: nothing here asserts.
@@ -252,13 +253,18 @@ class RayRun:
     ray_init_s: float  # starting the local Ray instance
     pool_start_s: float  # connected to the first batch back: actors and their sandboxed workers starting
     batches: int
+    steady_s: float  # median over the runs of each run's wall time less its own pool start
+    walls: list[float]  # each run's wall time; `run.seconds` is their median
 
     def run_batches_text(self) -> str:
         return f"{self.batches} batches"
 
 
-def run_ray(dataset: Dataset, specs: list[MetricSpec], workers: int) -> RayRun:
-    """(d): `score_dataset` through the Ray engine, on a local Ray instance started (and timed) here."""
+def run_ray(dataset: Dataset, specs: list[MetricSpec], workers: int, repeat: int) -> RayRun:
+    """(d): `score_dataset` through the Ray engine `repeat` times, on a local Ray instance started (and timed) here.
+
+    Each run starts its own actor pool, as each `metricsmith score --engine ray` does.
+    """
     import ray
 
     from agent.metrics.scoring import score_dataset
@@ -281,17 +287,22 @@ def run_ray(dataset: Dataset, specs: list[MetricSpec], workers: int) -> RayRun:
         engines.append(RayEngine(config))
         return engines[-1]
 
+    walls: list[float] = []
     try:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers), engine=engine)
-        seconds, host_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        for _ in range(max(1, repeat)):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers), engine=engine)
+            walls.append(time.perf_counter() - started)
+            host_cpu = time.process_time() - cpu_started
     finally:
         ray.shutdown()
+    seconds = statistics.median(walls)
+    pools = [each.timings.first_result_s for each in engines]
     scores: Scores = {(row.metric, row.image_id, row.annotation_id): row.score for row in outcome.rows}
     errors = sorted({f"{row.metric}: {row.error_kind}: {(row.error or '')[:200]}" for row in outcome.rows if row.error})
     run = EngineRun(seconds, host_cpu, scores, outcome.failed, outcome.expected_rows, outcome.layers, errors)
-    timings = engines[0].timings
-    return RayRun(run, ray_init_s, timings.first_result_s, timings.batches)
+    steady = statistics.median(wall - pool for wall, pool in zip(walls, pools, strict=True))
+    return RayRun(run, ray_init_s, statistics.median(pools), engines[0].timings.batches, steady, walls)
 
 
 def run_per_metric(dataset: Dataset, specs: list[MetricSpec], workers: int) -> tuple[EngineRun, list[float]]:
@@ -418,7 +429,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes N for (a), (b), (c)")
     parser.add_argument("--data", type=Path, help="an existing dataset folder (or annotations.json) to reuse")
     parser.add_argument("--seed", type=int, default=0, help="demo dataset seed (default 0)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of (a) and (b), alternating; medians reported")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of (a) and (b), alternating, then of (d); medians reported"
+    )
     parser.add_argument("--cold-starts", type=int, default=5, help="cold-start samples (default 5)")
     parser.add_argument("--skip-per-metric", action="store_true", help="leave out (c), the slowest part")
     parser.add_argument("--skip-ray", action="store_true", help="leave out (d), the Ray engine")
@@ -490,10 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     run_d: RayRun | None = None
     if not args.skip_ray and importlib.util.find_spec("ray") is not None:
         probes.append(speed_probe(dataset, specs))
-        run_d = run_ray(dataset, specs, n_workers)
+        run_d = run_ray(dataset, specs, n_workers, args.repeat)
         print(
             f"  (d) Ray engine:                {run_d.run.seconds:7.2f} s "
-            f"(+ ray.init {run_d.ray_init_s:.2f} s; pool start {run_d.pool_start_s:.2f} s)",
+            f"(runs: {', '.join(f'{wall:.2f}' for wall in run_d.walls)}; "
+            f"+ ray.init {run_d.ray_init_s:.2f} s; pool start {run_d.pool_start_s:.2f} s)",
             flush=True,
         )
 
@@ -552,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # The startup is reported apart: Ray's own, and the pool's (actor processes importing Ray Data, then
         # their sandboxed workers), measured to the first batch back, which includes that batch's own work.
-        steady = (run_d.run.seconds - run_d.pool_start_s) / median_b
+        steady = run_d.steady_s / median_b
         rows.append(
             (
                 "(d)/(b), Ray's start and the pool's start left out",

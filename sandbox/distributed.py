@@ -95,6 +95,10 @@ class RayEngine:
     address: str | None = None
     workers_per_node: int | None = None
     batch_images: int = 32
+    # Batches in flight per actor, run at once: while one batch's results are encoded (and written,
+    # with --out DIR/) and handed back, the next is already queued at the worker, which would
+    # otherwise wait between batches. `_SandboxActor.__call__` is thread-safe for this.
+    calls_per_actor: int = 2
     # The feature metrics' neighbour search is spread over the cluster in Ray tasks of this many rows;
     # a smaller table is searched in the driver, where a task's overhead would cost more than it saves.
     neighbour_rows_per_task: int = 20_000
@@ -160,7 +164,11 @@ class RayEngine:
                 "metrics_json": _METRICS.dump_json(metrics).decode(),
                 "writer": writer,
             },
-            compute=ray.data.ActorPoolStrategy(size=actors),
+            compute=ray.data.ActorPoolStrategy(
+                size=actors,
+                max_concurrent_calls_per_actor=self.calls_per_actor,
+                enable_true_multi_threading=self.calls_per_actor > 1,
+            ),
             batch_size=1,
             batch_format="numpy",
             num_cpus=cpus_per_actor,
@@ -392,7 +400,11 @@ class _SandboxActor:
         return sink
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each row of `batch` is one of the driver's batches: its key and its tasks."""
+        """Each row of `batch` is one of the driver's batches: its key and its tasks.
+
+        Two calls may run at once, on Ray's threads: each feeds its tasks to the same lanes and waits
+        for its own images' results (image ids are unique in a job, so the calls never share one).
+        """
         keys = [int(key) for key in batch["batch"]]
         batches = [_decode_tasks(bytes(data)) for data in batch["tasks"]]
         tasks = [task for own in batches for task in own]
