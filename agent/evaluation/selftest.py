@@ -53,6 +53,7 @@ from agent.evaluation.ranking import (
 )
 from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import ScoreRow, score_versions
+from sandbox.engine import Engine, ScoringEngine
 from sandbox.isolation import SandboxConfig
 
 __all__ = [
@@ -213,17 +214,19 @@ def score_noisy_copies(
     stream: str = "inject",
     original: Dataset | None = None,
     on_calls: Callable[[int], None] = lambda count: None,
+    engine: Callable[[SandboxConfig], Engine] = ScoringEngine,
 ) -> ScoredCopies:
     """Inject once per seed (in `stream`) and score every noisy copy, and `original` if given, in one run.
 
     The copies are numbered by image (`numbered_by_image`), so `score_versions` makes each distinct
     call once. Ctrl-C during the run raises KeyboardInterrupt: figures from part of the calls would lie.
+    `engine` is this machine's sandboxed workers unless given (`benchmarks/selftest_calls.py` counts calls instead).
     """
     injections = [inject_errors(document, rate=rate, seed=seed, stream=stream) for seed in seeds]
     copies = numbered_by_image([injection.document for injection in injections])
     noisy = [coco_from_document(copy, annotations_path, image_root) for copy, _ in copies]
     versions = noisy if original is None else [original, *noisy]
-    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls)
+    scored = score_versions(versions, list(specs), sandbox, on_calls=on_calls, engine=engine)
     if any(outcome.interrupted for outcome in scored.outcomes):
         raise KeyboardInterrupt
     outcomes = scored.outcomes if original is None else scored.outcomes[1:]
