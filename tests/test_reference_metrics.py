@@ -547,3 +547,47 @@ def test_metrics_on_a_tiny_image(name: str) -> None:
     image = flat(128, height=1, width=1)
     value = call(name, image, obj([0, 0, 1, 1]))
     assert valid_output(name, value)
+
+
+# --- examples/metrics: candidate metrics shipped as files, not built-ins ----------------------------
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples" / "metrics"
+
+
+def example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_metric_{name}", EXAMPLES_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = previous
+    return module
+
+
+def test_example_metrics_pass_the_contract_check() -> None:
+    from agent.metrics.contract import load_metric_file
+
+    for path in sorted(EXAMPLES_DIR.glob("*.py")):
+        assert load_metric_file(str(path)).name == path.stem
+
+
+def test_translation_fit_flags_a_moved_box_not_a_resized_one() -> None:
+    translation_fit = example("translation_fit")
+    image = crowns()
+    others = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES[:4])]
+
+    def fit(bbox: list[float]) -> float | None:
+        box = obj(bbox, category="tree", ann_id=9)
+        return translation_fit.score(image, box, scene(image, [*others, box]))
+
+    fitting = fit([120, 140, 40, 40])  # the crown's own box
+    shifted = fit([132, 150, 40, 40])  # a third of the crown outside it, ground inside
+    loose, tight = fit([110, 130, 60, 60]), fit([128, 148, 24, 24])  # wrong in size, centred on the crown
+    assert fitting is not None and shifted is not None and loose is not None and tight is not None
+    assert fitting < 0.05
+    assert shifted > fitting + 0.15
+    assert max(loose, tight) < shifted - 0.1  # resizing in place mends them: no move is needed
+    alone = obj([132, 150, 40, 40], category="tree", ann_id=9)
+    assert translation_fit.score(image, alone, scene(image, [alone])) is None  # nothing to learn colours from
