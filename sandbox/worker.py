@@ -208,14 +208,18 @@ def _trimmed_traceback(error: BaseException, filename: str) -> str:
     return text
 
 
-def _load_metric(name: str, source: str, filename: str) -> Callable[..., Any]:
+def _load_metric(name: str, source: str, filename: str) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+    """The metric's score(), and its prepare() when it defines one."""
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"__name__": f"metric_{name}", "__file__": filename}
     exec(compile(source, filename, "exec"), namespace)
     function = namespace.get("score")
     if not callable(function):
         raise TypeError("the metric defines no callable score()")
-    return function
+    prepare = namespace.get("prepare")
+    if prepare is not None and not callable(prepare):
+        raise TypeError("the metric's prepare is not callable")
+    return function, prepare
 
 
 def _as_score(value: object) -> float | None:
@@ -299,15 +303,35 @@ def _call_once(function: Callable[..., Any], args: tuple, timeout_s: float, file
             value = function(*args)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        if output == "prepared":
+            return {"prepared": _read_only(value)}
         if output == "features":
             return {"score": None, "features": _as_features(value)}
         return {"score": _as_score(value)}
     except _SoftTimeout:
-        return {"score": None, "kind": "timeout", "error": f"score() ran past the {timeout_s:g} s time limit"}
+        called = "prepare()" if output == "prepared" else "score()"
+        return {"score": None, "kind": "timeout", "error": f"{called} ran past the {timeout_s:g} s time limit"}
     except _InvalidOutput as error:
         return {"score": None, "kind": "invalid_output", "error": str(error)}
     except BaseException as error:  # the metric's failure is a result, whatever it raised
         return {"score": None, "kind": "exception", "error": _trimmed_traceback(error, filename)}
+
+
+def _read_only(value: Any) -> Any:
+    """prepare()'s result with its arrays made read-only, in tuples, lists and dicts too.
+
+    It is shared by all of the image's score() calls of that metric, so a call that wrote into it would
+    change what the next one sees; a write now raises in the call that tries it.
+    """
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    elif isinstance(value, tuple | list):
+        for item in value:
+            _read_only(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _read_only(item)
+    return value
 
 
 def _read(path: str) -> tuple[np.ndarray | None, str | None]:
@@ -383,19 +407,20 @@ class _Worker:
         self.proto_in, self.proto_out = proto_in, proto_out
         self.timeout_s = float(init["timeout_s"])
         self.flush_interval_s = float(init.get("flush_interval_s", 0.1))
-        self.metrics: list[tuple[str, str, str, str, Callable[..., Any] | None]] = []
+        # Per metric: name, level, file name, output, score() and prepare() (None: not loaded, or none defined).
+        self.metrics: list[tuple[str, str, str, str, Callable[..., Any] | None, Callable[..., Any] | None]] = []
         self.metric_errors: dict[str, str] = {}
         self._last_decoded: tuple[str, np.ndarray | None, str | None] | None = None
         for index, metric in enumerate(init["metrics"]):
-            loaded = self._load(index, metric)
+            function, prepare = self._load(index, metric)
             output = metric.get("output", "score")
-            self.metrics.append((metric["name"], metric["level"], metric["filename"], output, loaded))
+            self.metrics.append((metric["name"], metric["level"], metric["filename"], output, function, prepare))
 
-    def _load(self, index: int, metric: dict) -> Callable[..., Any] | None:
+    def _load(self, index: int, metric: dict) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
         """Run the metric's module-level code, under the same time limit as a call."""
         if metric.get("disabled"):
             self.metric_errors[metric["name"]] = metric["disabled"]
-            return None
+            return None, None
         _send(self.proto_out, {"t": "loading", "metric": index})
         try:
             signal.setitimer(signal.ITIMER_REAL, self.timeout_s, _SOFT_TIMEOUT_REPEAT_S)
@@ -407,7 +432,7 @@ class _Worker:
             self.metric_errors[metric["name"]] = f"module-level code ran past the {self.timeout_s:g} s time limit"
         except BaseException as error:  # module-level code of the metric failed
             self.metric_errors[metric["name"]] = _trimmed_traceback(error, metric["filename"])
-        return None
+        return None, None
 
     def serve(self) -> None:
         while (frame := read_frame_blocking(self.proto_in)) is not None:
@@ -425,8 +450,9 @@ class _Worker:
                 image = None if image_error else image
             scene = _freeze_nested(task["scene"])
             copies: dict[int, dict] = {}
+            prepared: dict[int, dict] = {}
             for call in task["calls"]:
-                rows.append(self._call(call, image, image_error, scene, copies))
+                rows.append(self._call(call, image, image_error, scene, copies, prepared))
                 if time.monotonic() - last_flush >= self.flush_interval_s:
                     _send(self.proto_out, {"t": "results", "chunk": chunk_id, "rows": rows, "done": False})
                     rows, last_flush = [], time.monotonic()
@@ -439,10 +465,17 @@ class _Worker:
         return self._last_decoded[1], self._last_decoded[2]
 
     def _call(
-        self, call: list, image: np.ndarray | None, image_error: str | None, scene: dict, copies: dict[int, dict]
+        self,
+        call: list,
+        image: np.ndarray | None,
+        image_error: str | None,
+        scene: dict,
+        copies: dict[int, dict],
+        prepared: dict[int, dict],
     ) -> dict:
+        """One score() call; `copies` and `prepared` hold each metric's scene copy and prepare() result for the task."""
         metric, obj = call
-        name, level, filename, output, function = self.metrics[metric]
+        name, level, filename, output, function, prepare = self.metrics[metric]
         if function is None:
             reason = self.metric_errors.get(name, "").strip().splitlines()
             last = reason[-1] if reason else "no reason given"
@@ -453,7 +486,18 @@ class _Worker:
         own = copies.get(metric)
         if own is None:
             own = copies[metric] = _copy_scene(scene)
-        args = (image, own) if level == "image" else (image, own["annotations"][obj], own)
+        if prepare is None:
+            args = (image, own) if level == "image" else (image, own["annotations"][obj], own)
+            return _run_call(function, args, self.timeout_s, filename, output)
+        # Once per task (an image with one scene): its result, or its failure, answers every box's call.
+        ready = prepared.get(metric)
+        if ready is None:
+            ready = prepared[metric] = _run_call(prepare, (image, own), self.timeout_s, filename, "prepared")
+            if "error" in ready:
+                ready["error"] = "prepare() failed, so no box of this image can be scored:\n" + ready["error"]
+        if "error" in ready:
+            return {"score": None, "kind": ready["kind"], "error": ready["error"]}
+        args = (image, own["annotations"][obj], own, ready["prepared"])
         return _run_call(function, args, self.timeout_s, filename, output)
 
 

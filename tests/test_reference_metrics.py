@@ -98,6 +98,8 @@ def call(name: str, image: np.ndarray, ann: dict[str, Any] | None = None, sc: di
     if module.LEVEL == "image":
         return module.score(image, sc)
     assert ann is not None
+    if hasattr(module, "prepare"):  # as the worker does: once per image, its result handed to each call
+        return module.score(image, ann, sc, module.prepare(image, sc))
     return module.score(image, ann, sc)
 
 

@@ -38,7 +38,12 @@ _CONTRACT_CONSTANTS = (
     "NAME", "LEVEL", "SUSPICIOUS", "TITLE", "RANGE", "TAGS", "OUTPUT", "NEIGHBOURS", "COMBINE", "ERRORS",
 )  # fmt: skip
 _REQUIRED_CONSTANTS = ("NAME", "LEVEL", "SUSPICIOUS")
-_CONTRACT_NAMES = frozenset({*_CONTRACT_CONSTANTS, "score"})
+_FUNCTIONS = ("score", "prepare")  # the functions the worker calls; prepare is optional
+_CONTRACT_NAMES = frozenset({*_CONTRACT_CONSTANTS, *_FUNCTIONS})
+# An object metric may define `prepare(image, scene)`: the worker calls it once per image (per scene),
+# and score() then takes its result as a fourth argument, so work on the whole image is done once.
+PREPARE_PARAMETERS = ("image", "scene")
+PREPARED_SCORE_PARAMETERS = ("image", "obj", "scene", "prepared")
 _IMPORT_RULE = "a metric may import only numpy, cv2, math and the standard library"
 
 Origin = Literal["file", "builtin", "library"]
@@ -236,14 +241,15 @@ def _stray_binding_problems(tree: ast.Module) -> tuple[list[_Problem], set[str]]
     names: set[str] = set()
     for stmt in tree.body:
         if _is_plain_assignment(stmt):
-            # Constants are checked by _constant_values; only `score = ...` is out of place here.
+            # Constants are checked by _constant_values; only `score = ...` or `prepare = ...` is out of place here.
             assert isinstance(stmt, ast.Assign | ast.AnnAssign)
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-            if any(isinstance(t, ast.Name) and t.id == "score" for t in targets):
-                problems.append((stmt.lineno, _stray_reason("score")))
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in _FUNCTIONS:
+                    problems.append((stmt.lineno, _stray_reason(target.id)))
             # A walrus in the value (`X = [(NAME := ...)]`) still binds at module scope.
             candidates: list[ast.AST] = list(_scope_nodes(stmt.value)) if stmt.value is not None else []
-        elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name == "score":
+        elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name in _FUNCTIONS:
             # Its name is fine; its decorators and defaults are still module-scope expressions.
             candidates = []
             for part in [*stmt.decorator_list, *stmt.args.defaults, *stmt.args.kw_defaults]:
@@ -267,8 +273,8 @@ def _stray_binding_problems(tree: ast.Module) -> tuple[list[_Problem], set[str]]
 
 
 def _stray_reason(name: str) -> str:
-    if name == "score":
-        return "score must be defined once with a plain top-level 'def score(...)'"
+    if name in _FUNCTIONS:
+        return f"{name} must be defined once with a plain top-level 'def {name}(...)'"
     return f"{name} must be set once by a plain top-level assignment '{name} = <literal>'"
 
 
@@ -457,24 +463,24 @@ def _format_parameters(args: ast.arguments) -> str:
     return ", ".join(parts)
 
 
-def _score_problems(tree: ast.Module, level: str | None) -> list[_Problem]:
+def _function_problems(
+    tree: ast.Module, name: str, expected: tuple[str, ...] | None, for_what: str
+) -> tuple[ast.FunctionDef | ast.AsyncFunctionDef | None, list[_Problem]]:
+    """The top-level `def NAME` and what is wrong with it: defined twice, async, decorated, other parameters."""
     problems: list[_Problem] = []
-    defs = [
-        stmt for stmt in tree.body if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name == "score"
-    ]
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    defs = [stmt for stmt in tree.body if isinstance(stmt, functions) and stmt.name == name]
     if not defs:
-        problems.append((None, "defines no function 'score'"))
-        return problems
+        return None, problems
     first = defs[0]
     for extra in defs[1:]:
-        problems.append((extra.lineno, f"score is defined more than once (first at line {first.lineno})"))
+        problems.append((extra.lineno, f"{name} is defined more than once (first at line {first.lineno})"))
     if isinstance(first, ast.AsyncFunctionDef):
-        problems.append((first.lineno, "score must be a plain 'def', not 'async def'"))
+        problems.append((first.lineno, f"{name} must be a plain 'def', not 'async def'"))
     if first.decorator_list:
         # A decorator can replace the function, so the signature checked here would mean nothing.
-        problems.append((first.decorator_list[0].lineno, "score must not be decorated"))
-    if level in LEVEL_PARAMETERS:
-        expected = LEVEL_PARAMETERS[level]
+        problems.append((first.decorator_list[0].lineno, f"{name} must not be decorated"))
+    if expected is not None:
         args = first.args
         exact = (
             not args.posonlyargs
@@ -486,12 +492,26 @@ def _score_problems(tree: ast.Module, level: str | None) -> list[_Problem]:
         )
         if not exact:
             problems.append(
-                (
-                    first.lineno,
-                    f"score must take ({', '.join(expected)}) for LEVEL '{level}', got ({_format_parameters(args)})",
-                )
+                (first.lineno, f"{name} must take ({', '.join(expected)}){for_what}, got ({_format_parameters(args)})")
             )
-    return problems
+    return first, problems
+
+
+def _score_problems(tree: ast.Module, level: str | None) -> list[_Problem]:
+    prepare, problems = _function_problems(tree, "prepare", PREPARE_PARAMETERS, "")
+    if prepare is not None and level == "image":
+        reason = "prepare is for LEVEL 'object' only: an image metric is called once per image anyway"
+        problems.append((prepare.lineno, reason))
+    if prepare is not None and level == "object":
+        expected: tuple[str, ...] | None = PREPARED_SCORE_PARAMETERS
+        for_what = " when the metric defines prepare()"
+    else:
+        expected = LEVEL_PARAMETERS.get(level or "")
+        for_what = f" for LEVEL '{level}'"
+    score, score_problems = _function_problems(tree, "score", expected, for_what)
+    if score is None:
+        return [*problems, (None, "defines no function 'score'")]
+    return [*problems, *score_problems]
 
 
 def _docstring(tree: ast.Module, problems: list[_Problem]) -> str | None:
