@@ -171,6 +171,11 @@ def test_file_follows_the_contract(path: Path) -> None:
     scores = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == "score"]
     assert len(scores) == 1
     expected_args = ["image", "scene"] if constants["LEVEL"] == "image" else ["image", "obj", "scene"]
+    prepares = [s for s in tree.body if isinstance(s, ast.FunctionDef) and s.name == "prepare"]
+    if prepares:  # work on the whole image, once per image: its result is score()'s fourth argument
+        assert constants["LEVEL"] == "object" and len(prepares) == 1
+        assert [a.arg for a in prepares[0].args.args] == ["image", "scene"]
+        expected_args.append("prepared")
     assert [a.arg for a in scores[0].args.args] == expected_args
 
 
