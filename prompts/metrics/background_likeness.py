@@ -14,8 +14,9 @@ With d_bg the mean distance to the 3 nearest background windows and d_class the 
 the 3 nearest other boxes, the score is d_class / (d_class + d_bg): near 1 when the box is like
 background and unlike its class, near 0 the other way.
 
-High is suspicious. The image is read on a grid of at most about 128 samples along its longer
-side (every pixel of a small image), so the cost is the same for any box. None for a box under 2
+High is suspicious. The image is read on a grid of at most about 64 samples along its longer
+side (every pixel of a small image), so the cost is the same for any box; the grid's tables are
+made once per image (`prepare`). None for a box under 2
 samples either way or outside the image, when the image has no other box, or no background window.
 """
 
@@ -94,7 +95,21 @@ def _corners(annotation: dict) -> list[float] | None:
     return [x, y, x + w, y + h]
 
 
-def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
+def prepare(image: np.ndarray, scene: dict) -> dict:
+    """What every box of the image shares: the grid's summed-area tables, and how many boxes cover each cell."""
+    height, width = image.shape[:2]
+    step = max(1, math.ceil(max(height, width) / _SAMPLES))
+    grid = image[::step, ::step]
+    rows, columns = grid.shape[:2]
+    corners = [c for c in (_corners(annotation) for annotation in scene["annotations"]) if c is not None]
+    boxes = np.zeros((rows, columns), dtype=np.int64)
+    if corners:
+        for top, left, bottom, right in _cells(np.asarray(corners), step, rows, columns):
+            boxes[top:bottom, left:right] += 1
+    return {"step": step, "table": _tables(grid), "boxes": boxes}
+
+
+def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> float | None:
     height, width = image.shape[:2]
     own = _corners(obj)
     if own is None:
@@ -102,12 +117,11 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
     box = np.asarray(own)
     box[[0, 2]] = np.clip(box[[0, 2]], 0, width)
     box[[1, 3]] = np.clip(box[[1, 3]], 0, height)
-    step = max(1, math.ceil(max(height, width) / _SAMPLES))
+    step = prepared["step"]
     if min(box[2] - box[0], box[3] - box[1]) < 2 * step:
         return None
-    grid = image[::step, ::step]
-    rows, columns = grid.shape[:2]
-    table = _tables(grid)
+    table = prepared["table"]
+    rows, columns = table.shape[1] - 1, table.shape[2] - 1
 
     others, same = [], []
     for other in scene["annotations"]:
@@ -119,9 +133,11 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
     if not others:
         return None
     others_array, same_array = np.asarray(others), np.asarray(same)
-    covered = np.zeros((rows, columns), dtype=np.int64)
-    for top, left, bottom, right in _cells(others_array, step, rows, columns):
-        covered[top:bottom, left:right] = 1
+    # The cells other boxes cover: every box's count there, less this box's own.
+    covered = prepared["boxes"].copy()
+    top, left, bottom, right = _cells(np.asarray([own]), step, rows, columns)[0]
+    covered[top:bottom, left:right] -= 1
+    covered = (covered > 0).astype(np.int64)
     cover_table = np.zeros((rows + 1, columns + 1), dtype=np.int64)
     cover_table[1:, 1:] = covered.cumsum(axis=0).cumsum(axis=1)
 
