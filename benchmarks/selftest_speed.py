@@ -66,9 +66,10 @@ def selftest_without_reuse(annotations: Path, specs: list, workers: int, seeds: 
     """run_selftest with each copy scored alone: `score_versions` replaced by one `score_dataset` per copy."""
     from agent.evaluation import selftest as module
     from agent.metrics.scoring import VersionsOutcome, score_dataset
+    from sandbox.engine import ScoringEngine
 
-    def each_alone(versions, specs, config, on_calls=lambda count: None):  # type: ignore[no-untyped-def]
-        outcomes = [score_dataset(version, specs, config) for version in versions]
+    def each_alone(versions, specs, config, on_calls=lambda count: None, engine=ScoringEngine):  # type: ignore[no-untyped-def]
+        outcomes = [score_dataset(version, specs, config, engine=engine) for version in versions]
         calls = sum(outcome.expected_rows for outcome in outcomes)
         return VersionsOutcome(outcomes=outcomes, calls_run=calls, calls_needed=calls)
 

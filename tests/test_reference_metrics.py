@@ -585,9 +585,10 @@ def test_translation_fit_flags_a_moved_box_not_a_resized_one() -> None:
     image = crowns()
     others = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES[:4])]
 
-    def fit(bbox: list[float]) -> float | None:
+    def fit(bbox: list[float], neighbours: list[dict[str, Any]] = others) -> float | None:
         box = obj(bbox, category="tree", ann_id=9)
-        return translation_fit.score(image, box, scene(image, [*others, box]))
+        sc = scene(image, [*neighbours, box])
+        return translation_fit.score(image, box, sc, translation_fit.prepare(image, sc))
 
     fitting = fit([120, 140, 40, 40])  # the crown's own box
     shifted = fit([132, 150, 40, 40])  # a third of the crown outside it, ground inside
@@ -596,5 +597,4 @@ def test_translation_fit_flags_a_moved_box_not_a_resized_one() -> None:
     assert fitting < 0.05
     assert shifted > fitting + 0.15
     assert max(loose, tight) < shifted - 0.1  # resizing in place mends them: no move is needed
-    alone = obj([132, 150, 40, 40], category="tree", ann_id=9)
-    assert translation_fit.score(image, alone, scene(image, [alone])) is None  # nothing to learn colours from
+    assert fit([132, 150, 40, 40], neighbours=[]) is None  # alone: nothing to learn the colours from

@@ -22,8 +22,9 @@ Measured on the aerial tiles of `benchmarks/real_data.py` (2026-12-06, rate 0.2)
 spurious 0.270. On selftest's own seeds 0-2 (`metricsmith selftest`, 3 seeds) shift 0.092 against
 `object_spill`'s 0.123: with 10 shifted boxes a seed the spread is as large as the difference, and
 both stay far from the 0.3 that issue 14 asks. On the demo (120 images, 3 seeds) shift 0.19: the
-demo's built-ins find its shifts better. About 0.9 ms a call on 400x400 tiles, and it reads the
-scene (see selftest's speed in the README).
+demo's built-ins find its shifts better. The colour model is counted once per image (`prepare`), as
+in `object_spill`; each box's own samples are then taken out of it. It reads the scene (see
+selftest's speed in the README).
 
 High is suspicious. None for a box under 4 px either way, when the box's own ring cannot be read,
 and when the image offers fewer than 20 samples of object or of background to learn from.
@@ -68,45 +69,84 @@ def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
     return x, y, x + w, y + h
 
 
-def _likelihood(image: np.ndarray, obj: dict, scene: dict, box: tuple[float, float, float, float]) -> np.ndarray | None:
-    """Object likelihood per colour code, from the image's other boxes against its background."""
+def _cells(
+    corners: tuple[float, float, float, float], margin: float, step: int, rows: int, columns: int
+) -> tuple[slice, slice]:
+    """The grid samples whose pixel (row * step, column * step) lies in the box shrunk by `margin` a side."""
+    x0, y0, x1, y1 = corners
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    first_row, last_row = math.ceil((y0 + dy) / step), math.ceil((y1 - dy) / step)
+    first_column, last_column = math.ceil((x0 + dx) / step), math.ceil((x1 - dx) / step)
+    return (
+        slice(min(max(first_row, 0), rows), min(max(last_row, 0), rows)),
+        slice(min(max(first_column, 0), columns), min(max(last_column, 0), columns)),
+    )
+
+
+def prepare(image: np.ndarray, scene: dict) -> dict:
+    """What every box of the image shares: the grid's colour codes, the background's histogram, and the
+    cores of the boxes (all of them, and per class) with their histograms.
+
+    A box's own model leaves the box out (`_likelihood`): subtracting what lies inside it from these
+    histograms of whole counts gives exactly the counts the box's own model needs.
+    """
     height, width = image.shape[:2]
     step = max(1, math.ceil(max(height, width) / _SAMPLES))
-    grid = image[::step, ::step]
-    rows, columns = grid.shape[:2]
-
-    def cells(corners: tuple[float, float, float, float], margin: float = 0.0) -> tuple[slice, slice]:
-        x0, y0, x1, y1 = corners
-        dx, dy = margin * (x1 - x0), margin * (y1 - y0)
-        first_row, last_row = math.ceil((y0 + dy) / step), math.ceil((y1 - dy) / step)
-        first_column, last_column = math.ceil((x0 + dx) / step), math.ceil((x1 - dx) / step)
-        return (
-            slice(min(max(first_row, 0), rows), min(max(last_row, 0), rows)),
-            slice(min(max(first_column, 0), columns), min(max(last_column, 0), columns)),
-        )
-
+    codes = _codes(image[::step, ::step])
+    rows, columns = codes.shape
     boxed = np.zeros((rows, columns), dtype=bool)
-    objects = np.zeros((rows, columns), dtype=bool)
-    others, kin = [], []
-    for other in scene["annotations"]:
-        corners = _corners(other)
-        if other.get("id") == obj.get("id") or corners is None:
+    cores = np.zeros((rows, columns), dtype=bool)
+    class_cores: dict = {}
+    for annotation in scene["annotations"]:
+        corners = _corners(annotation)
+        if corners is None:
             continue
-        others.append(corners)
-        if other.get("category_id") == obj.get("category_id"):
-            kin.append(corners)
-    for corners in [box, *others]:
-        boxed[cells(corners)] = True
-    for corners in kin or others:
-        objects[cells(corners, _CORE)] = True
-    objects[cells(box)] = False
-    group = np.where(boxed, objects.astype(np.uint16), np.uint16(2)) * np.uint16(_BINS)
-    counts = np.bincount((group + _codes(grid)).ravel(), minlength=3 * _BINS).astype(np.float64)
+        boxed[_cells(corners, 0.0, step, rows, columns)] = True
+        core = _cells(corners, _CORE, step, rows, columns)
+        cores[core] = True
+        category = annotation.get("category_id")
+        if category not in class_cores:
+            class_cores[category] = [np.zeros((rows, columns), dtype=bool), 0]
+        class_cores[category][0][core] = True
+        class_cores[category][1] += 1
+
+    def histogram(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(codes[mask], minlength=_BINS)
+
+    return {
+        "step": step,
+        "codes": codes,
+        "background": histogram(~boxed),
+        "cores": (cores, histogram(cores)),
+        # Per class: its boxes' cores, their histogram, and how many boxes the class has here.
+        "classes": {category: (mask, histogram(mask), count) for category, (mask, count) in class_cores.items()},
+    }
+
+
+def _likelihood(obj: dict, box: tuple[float, float, float, float], prepared: dict) -> np.ndarray | None:
+    """Object likelihood per colour code, from the image's other boxes against its background.
+
+    The object samples are the cores of the image's other boxes of the box's class (of any class when it
+    has no other), less every sample inside the box; the background is what no box covers. The box's own
+    core lies inside the box, so taking the class's cores with it and then removing the box's samples
+    leaves exactly the other boxes' cores outside the box.
+    """
+    codes = prepared["codes"]
+    rows, columns = codes.shape
+    own_class = prepared["classes"].get(obj.get("category_id"))
+    has_kin = own_class is not None and own_class[2] > 1  # the box itself is one of its class's boxes
+    cores, core_counts = (own_class[0], own_class[1]) if has_kin else prepared["cores"]
+    inside = _cells(box, 0.0, prepared["step"], rows, columns)
+    counts = np.zeros(3 * _BINS, dtype=np.float64)
+    counts[_BINS : 2 * _BINS] = core_counts - np.bincount(codes[inside][cores[inside]], minlength=_BINS)
+    counts[2 * _BINS :] = prepared["background"]
     p_object, p_background = counts[_BINS : 2 * _BINS], counts[2 * _BINS :]
     if p_object.sum() < _MIN_SAMPLES or p_background.sum() < _MIN_SAMPLES:
         return None
-    p_object = (p_object + 0.5) / (p_object.sum() + 0.5 * _BINS)
-    p_background = (p_background + 0.5) / (p_background.sum() + 0.5 * _BINS)
+    p_object += 0.5
+    p_background += 0.5
+    p_object /= p_object.sum()
+    p_background /= p_background.sum()
     return p_object / (p_object + p_background)
 
 
@@ -114,12 +154,12 @@ def _rectangle_sums(integral: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np
     return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
 
 
-def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
+def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> float | None:
     height, width = image.shape[:2]
     box = _corners(obj)
     if box is None or box[2] - box[0] < 4 or box[3] - box[1] < 4:
         return None
-    likelihood = _likelihood(image, obj, scene, box)
+    likelihood = _likelihood(obj, box, prepared)
     if likelihood is None:
         return None
     box_w, box_h = box[2] - box[0], box[3] - box[1]
