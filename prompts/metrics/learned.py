@@ -97,11 +97,17 @@ def _region(top: int, left: int, bottom: int, right: int) -> np.ndarray:
     return mask
 
 
+def _colour_cells(mask: np.ndarray) -> np.ndarray:
+    """Flat indices into the planes of the region's cells, (3 colours, cells), the cells in row-major order."""
+    return np.arange(3)[:, None] * _CELLS * _CELLS + np.flatnonzero(mask)[None, :]
+
+
 _INNER = _region(_BOX0, _BOX0, _BOX1, _BOX1)  # the box
 _CORE = _region(_BOX0 + 8, _BOX0 + 8, _BOX1 - 8, _BOX1 - 8)  # its centre
-_INNER_BAND = _INNER & ~_CORE  # the band along its edges
 _RING = _region(_BOX0 - 6, _BOX0 - 6, _BOX1 + 6, _BOX1 + 6) & ~_INNER  # the ring just outside it
-_RING_SIZE = int(_RING.sum())
+_INNER_CELLS, _CORE_CELLS = _colour_cells(_INNER), _colour_cells(_CORE)
+_BAND_CELLS, _RING_CELLS = _colour_cells(_INNER & ~_CORE), _colour_cells(_RING)  # the band along its edges
+_RING_FLAT = np.flatnonzero(_RING)
 
 
 def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +138,7 @@ def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarra
     )
 
 
-_CANDIDATES, _FIT_ROWS, _FIT_COLUMNS, _BAND_CELLS, _RING_CELLS = _fit_rectangles()
+_CANDIDATES, _FIT_ROWS, _FIT_COLUMNS, _FIT_BAND_CELLS, _FIT_RING_CELLS = _fit_rectangles()
 
 
 def _grid(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
@@ -149,9 +155,40 @@ def _grid(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarr
     return image[rows][:, columns]  # two takes: cheaper than one gather on a (rows, columns) grid
 
 
-def _opponent(cells: np.ndarray) -> np.ndarray:
+def _opponent(cells: np.ndarray, out: np.ndarray) -> None:
+    """Writes the opponent colours of uint8 RGB `cells` (..., 3) into `out` (3, ...): lightness (R+G+B)/3,
+    red-green R-G and yellow-blue (R+G)/2-B, one operation at a time in float64, without temporaries."""
+    lightness, red_green, yellow_blue = out
     red, green, blue = cells[..., 0], cells[..., 1], cells[..., 2]
-    return np.stack([(red + green + blue) / 3.0, red - green, (red + green) / 2.0 - blue], axis=-1)
+    np.add(red, green, out=lightness, dtype=np.float64)
+    lightness += blue
+    lightness /= 3.0
+    np.subtract(red, green, out=red_green, dtype=np.float64)
+    np.add(red, green, out=yellow_blue, dtype=np.float64)
+    yellow_blue /= 2.0
+    yellow_blue -= blue
+
+
+def _sums(cells: np.ndarray) -> np.ndarray:
+    """Per colour, the sum of (colours, n) cells, added one after another from the first.
+
+    That is the order in which numpy sums (n, colours) cells over axis 0 (a running total per colour, row by
+    row), so the means and spreads are what they were with the colours last; a running sum along contiguous
+    planes costs a fraction of numpy's reduction over three-wide rows.
+    """
+    return np.cumsum(cells, axis=1)[:, -1]
+
+
+def _mean(cells: np.ndarray) -> np.ndarray:
+    """Per colour, the mean of (colours, n) cells: numpy's mean over the cells, bit for bit."""
+    return _sums(cells) / cells.shape[1]
+
+
+def _spread(cells: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Per colour, the standard deviation of (colours, n) cells around their `mean`: numpy's std, step by step."""
+    deviation = cells - mean[:, None]
+    np.square(deviation, out=deviation)
+    return np.sqrt(_sums(deviation) / cells.shape[1])
 
 
 def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
@@ -235,17 +272,19 @@ def _image_colours(image: np.ndarray, corners: np.ndarray, other: np.ndarray) ->
     height, width = image.shape[:2]
     rows = ((np.arange(_IMAGE_CELLS) + 0.5) * height / _IMAGE_CELLS).astype(np.int64)
     columns = ((np.arange(_IMAGE_CELLS) + 0.5) * width / _IMAGE_CELLS).astype(np.int64)
-    colours = _opponent(image[rows][:, columns].astype(np.float64))
-    cell_h, cell_w = height / colours.shape[0], width / colours.shape[1]
-    centre_y = (np.arange(colours.shape[0]) + 0.5) * cell_h
-    centre_x = (np.arange(colours.shape[1]) + 0.5) * cell_w
+    colours = np.empty((3, _IMAGE_CELLS, _IMAGE_CELLS))
+    _opponent(image[rows][:, columns], colours)
+    cell_h, cell_w = height / _IMAGE_CELLS, width / _IMAGE_CELLS
+    centre_y = (np.arange(_IMAGE_CELLS) + 0.5) * cell_h
+    centre_x = (np.arange(_IMAGE_CELLS) + 0.5) * cell_w
     in_rows = _inside(centre_y, corners[:, 1], corners[:, 3])
     in_columns = _inside(centre_x, corners[:, 0], corners[:, 2])
-    in_any = (in_rows.T @ in_columns) > 0  # counts of whole numbers: exact
-    in_other = (in_rows[other].T @ in_columns[other]) > 0
-    overall = colours.reshape(-1, 3).mean(axis=0)
-    objects = colours[in_other].mean(axis=0) if in_other.any() else overall
-    background = colours[~in_any].mean(axis=0) if (~in_any).any() else overall
+    in_any = ((in_rows.T @ in_columns) > 0).ravel()  # counts of whole numbers: exact
+    in_other = ((in_rows[other].T @ in_columns[other]) > 0).ravel()
+    colours = colours.reshape(3, -1)
+    overall = _mean(colours)
+    objects = _mean(colours[:, in_other]) if in_other.any() else overall
+    background = _mean(colours[:, ~in_any]) if (~in_any).any() else overall
     return objects, background
 
 
@@ -256,15 +295,8 @@ def _planes(cells: np.ndarray, box: tuple[float, float, float, float], others: n
     compute them (so the same values), without the temporaries and the stacking.
     """
     planes = np.empty((6, _CELLS, _CELLS))
-    lightness, red_green, yellow_blue, covered, across_columns, across_rows = planes
-    red, green, blue = cells[..., 0], cells[..., 1], cells[..., 2]
-    np.add(red, green, out=lightness, dtype=np.float64)
-    lightness += blue
-    lightness /= 3.0
-    np.subtract(red, green, out=red_green, dtype=np.float64)
-    np.add(red, green, out=yellow_blue, dtype=np.float64)
-    yellow_blue /= 2.0
-    yellow_blue -= blue
+    lightness, _, _, covered, across_columns, across_rows = planes
+    _opponent(cells, planes[:3])
     # |np.gradient|: central differences over 2 inside, one-sided differences at the two ends.
     np.subtract(lightness[2:], lightness[:-2], out=across_rows[1:-1])
     across_rows[1:-1] /= 2.0
@@ -307,8 +339,8 @@ def _fit_profile(planes: np.ndarray, gradient: np.ndarray) -> list[float]:
     corners = table[_FIT_COLUMNS, _FIT_ROWS]
     sums = corners[0] - corners[1] - corners[2] + corners[3]
     whole, core, outer = np.split(sums, 3)
-    inner_band = (whole - core) / _BAND_CELLS[:, None]
-    ring = (outer - whole) / _RING_CELLS[:, None]
+    inner_band = (whole - core) / _FIT_BAND_CELLS[:, None]
+    ring = (outer - whole) / _FIT_RING_CELLS[:, None]
     contrast = np.linalg.norm(inner_band[:, :3] - ring[:, :3], axis=1)
     edges = inner_band[:, 3]
     here = _CANDIDATES.index((0, 0, 0))
@@ -343,22 +375,23 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
     sides.sort(key=lambda side: side[_EDGE])  # a box shifted left looks like one shifted right
     profile = [value for side in sides for value in side]
 
-    colours = planes[:3].transpose(1, 2, 0)  # (rows, columns, colour): masks select cells in the same order
-    across_rows, across_columns = planes[_ACROSS_ROWS], planes[_ACROSS_COLUMNS]
-    gradient = np.hypot(across_rows, across_columns)
+    # The regions' cells, (3 colours, cells) in row-major order: what the colours masked by each region held.
+    flat = planes.reshape(-1)
+    inner, ring = flat[_INNER_CELLS], flat[_RING_CELLS]
+    box_colour, band_colour = _mean(inner), _mean(flat[_BAND_CELLS])
+    core_colour, ring_colour = _mean(flat[_CORE_CELLS]), _mean(ring)
+    gradient = np.hypot(planes[_ACROSS_ROWS], planes[_ACROSS_COLUMNS])
     strong = gradient >= _STRONG_EDGE
-    box_colour, band_colour = colours[_INNER].mean(axis=0), colours[_INNER_BAND].mean(axis=0)
-    core_colour, ring_colour = colours[_CORE].mean(axis=0), colours[_RING].mean(axis=0)
     objects, background = _image_colours(image, corners, other)
     contrast = [
         *(band_colour - ring_colour),
         *(core_colour - ring_colour),
         float(np.linalg.norm(band_colour - ring_colour)),
-        float(colours[_INNER].std(axis=0).mean()),
-        float(colours[_RING].std(axis=0).mean()),
+        float(_spread(inner, box_colour).mean()),
+        float(_spread(ring, ring_colour).mean()),
         # Shares of strong edges: a whole count over a whole count, one correctly rounded division either way.
         int(np.count_nonzero(strong[_BOX0:_BOX1, _BOX0:_BOX1])) / (_BOX1 - _BOX0) ** 2,
-        int(np.count_nonzero(strong[_RING])) / _RING_SIZE,
+        int(np.count_nonzero(strong.ravel()[_RING_FLAT])) / len(_RING_FLAT),
         float(np.linalg.norm(box_colour - objects)),
         float(np.linalg.norm(box_colour - background)),
         *(box_colour - objects),
