@@ -152,7 +152,7 @@ def _grid(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarr
     x0, y0, x1, y1 = box
     rows = np.clip(np.floor(y0 + _STEPS * (y1 - y0)), 0, height - 1).astype(np.int64)
     columns = np.clip(np.floor(x0 + _STEPS * (x1 - x0)), 0, width - 1).astype(np.int64)
-    return image[rows][:, columns]  # two takes: cheaper than one gather on a (rows, columns) grid
+    return image.take(rows, axis=0).take(columns, axis=1)  # two takes: cheaper than one gather on a grid
 
 
 def _opponent(cells: np.ndarray, out: np.ndarray) -> None:
@@ -200,7 +200,29 @@ def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
 
 def _boxes(obj: dict, scene: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """The image's boxes, read once per call: the corners of every readable box (n, 4), which of them are
-    other boxes than `obj`, and those other boxes' annotations (in the scene's order throughout)."""
+    other boxes than `obj`, and those other boxes' annotations (in the scene's order throughout).
+
+    All boxes at once when every bbox is four numbers: numpy's conversion of a number to float64 is
+    float()'s, and the checks and the sums are the same elementwise. Anything else goes box by box, so that a
+    malformed box fails (or is skipped) exactly as it always did.
+    """
+    annotations = scene["annotations"]
+    try:
+        boxes = np.asarray([annotation["bbox"] for annotation in annotations], dtype=np.float64)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        boxes = None
+    if boxes is None or boxes.shape != (len(annotations), 4):
+        return _boxes_one_by_one(obj, scene)
+    x, y, w, h = boxes.T
+    readable = np.isfinite(boxes).all(axis=1) & (w > 0) & (h > 0)
+    other = np.asarray([annotation["id"] != obj["id"] for annotation in annotations], dtype=bool)
+    corners = np.stack([x, y, x + w, y + h], axis=1)[readable]
+    kept = readable & other
+    return corners, other[readable], [annotation for annotation, keep in zip(annotations, kept, strict=True) if keep]
+
+
+def _boxes_one_by_one(obj: dict, scene: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """_boxes for a scene with a box that is not four numbers: each box read by _corners."""
     corners, other, annotations = [], [], []
     for annotation in scene["annotations"]:
         box = _corners(annotation)
