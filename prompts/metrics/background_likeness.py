@@ -21,6 +21,7 @@ samples either way or outside the image, when the image has no other box, or no 
 
 import math
 
+import cv2
 import numpy as np
 
 NAME = "background_likeness"
@@ -47,40 +48,50 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-12)
 
 
-def _tables(grid: np.ndarray) -> np.ndarray:
-    """Summed-area tables of the planes behind the description: (planes, rows + 1, columns + 1).
+def _tables(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Summed-area tables of the planes behind the description, (rows + 1, columns + 1, planes) each.
 
-    Whole numbers (each feature is rescaled by its spread later, so the planes' units don't matter):
-    integer sums are exact, the same on every machine, and numpy accumulates them several times
-    faster than floats. Planes first, so that each cumulative sum runs along long contiguous rows.
+    Whole numbers (each feature is rescaled by its spread later, so the planes' units don't matter): the
+    lightness R+G+B, red-green R-G, yellow-blue R+G-2B and the roughness (absolute differences of lightness
+    to the next sample right and down), as int16. cv2.integral2 sums them, and their squares, in float64:
+    every sum is a whole number far below 2**53, so exact, the same on every machine and in any order. The
+    first table holds the four planes, the second their squares (the roughness's is not used).
     """
-    red, green, blue = np.moveaxis(grid, -1, 0).astype(np.int64)
-    lightness = red + green + blue
-    colours = np.stack([lightness, red - green, red + green - 2 * blue])
-    rough = np.zeros_like(lightness)
+    pixels = grid.astype(np.int16)
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    planes = np.empty((*grid.shape[:2], 4), dtype=np.int16)
+    lightness, red_green, yellow_blue, rough = np.moveaxis(planes, -1, 0)
+    np.add(red, green, out=lightness)
+    lightness += blue
+    np.subtract(red, green, out=red_green)
+    np.add(red, green, out=yellow_blue)
+    yellow_blue -= blue
+    yellow_blue -= blue
+    rough[...] = 0
     rough[:, :-1] += np.abs(np.diff(lightness, axis=1))
     rough[:-1, :] += np.abs(np.diff(lightness, axis=0))
-    planes = np.concatenate([colours, colours * colours, rough[None]])
-    table = np.zeros((planes.shape[0], planes.shape[1] + 1, planes.shape[2] + 1), dtype=np.int64)
-    table[:, 1:, 1:] = planes.cumsum(axis=1).cumsum(axis=2)
-    return table
+    return cv2.integral2(planes, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
 
 
-def _describe(table: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def _describe(tables: tuple[np.ndarray, np.ndarray], boxes: np.ndarray) -> np.ndarray:
     """Per box [top, left, bottom, right) in grid cells: mean colours, their spreads and the roughness."""
     top, left, bottom, right = (boxes[:, k] for k in range(4))
-    sums = table[:, bottom, right] - table[:, top, right] - table[:, bottom, left] + table[:, top, left]
-    means = (sums.astype(np.float64) / np.maximum((bottom - top) * (right - left), 1)).T
-    spread = np.sqrt(np.clip(means[:, 3:6] - means[:, :3] ** 2, 0, None))
-    return np.concatenate([means[:, :3], spread, means[:, 6:7]], axis=1)
+    sums, squares = (
+        table[bottom, right] - table[top, right] - table[bottom, left] + table[top, left] for table in tables
+    )
+    cells = np.maximum((bottom - top) * (right - left), 1)[:, None]
+    means, mean_squares = sums / cells, squares[:, :3] / cells
+    spread = np.sqrt(np.clip(mean_squares - means[:, :3] ** 2, 0, None))
+    return np.concatenate([means[:, :3], spread, means[:, 3:4]], axis=1)
 
 
 def _cells(corners: np.ndarray, step: float, rows: int, columns: int) -> np.ndarray:
     """Boxes [x0, y0, x1, y1] in pixels as [top, left, bottom, right) grid cells, at least one cell each way."""
-    top = np.clip(np.floor(corners[:, 1] / step), 0, rows - 1).astype(np.int64)
-    left = np.clip(np.floor(corners[:, 0] / step), 0, columns - 1).astype(np.int64)
-    bottom = np.clip(np.ceil(corners[:, 3] / step), top + 1, rows).astype(np.int64)
-    right = np.clip(np.ceil(corners[:, 2] / step), left + 1, columns).astype(np.int64)
+    # np.minimum(np.maximum(...)) is np.clip (each low bound is at most its high bound), without its overhead.
+    top = np.minimum(np.maximum(np.floor(corners[:, 1] / step), 0), rows - 1).astype(np.int64)
+    left = np.minimum(np.maximum(np.floor(corners[:, 0] / step), 0), columns - 1).astype(np.int64)
+    bottom = np.minimum(np.maximum(np.ceil(corners[:, 3] / step), top + 1), rows).astype(np.int64)
+    right = np.minimum(np.maximum(np.ceil(corners[:, 2] / step), left + 1), columns).astype(np.int64)
     return np.stack([top, left, bottom, right], axis=1)
 
 
@@ -92,6 +103,25 @@ def _corners(annotation: dict) -> list[float] | None:
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         return None
     return [x, y, x + w, y + h]
+
+
+def _all_corners(annotations: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every annotation's [x0, y0, x1, y1] (n, 4), and whether it is readable (rows that are not hold junk).
+
+    All at once when every bbox is four numbers (numpy's conversion of a number to float64 is float()'s, and
+    the checks and sums are the same elementwise); otherwise box by box through _corners.
+    """
+    try:
+        boxes = np.asarray([annotation["bbox"] for annotation in annotations], dtype=np.float64)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        boxes = None
+    if boxes is None or boxes.shape != (len(annotations), 4):
+        corners = [_corners(annotation) for annotation in annotations]
+        readable = np.asarray([c is not None for c in corners], dtype=bool)
+        return np.asarray([c or [0.0] * 4 for c in corners], dtype=np.float64).reshape(-1, 4), readable
+    x, y, w, h = boxes.T
+    readable = np.isfinite(boxes).all(axis=1) & (w > 0) & (h > 0)
+    return np.stack([x, y, x + w, y + h], axis=1), readable
 
 
 def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
@@ -107,23 +137,22 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
         return None
     grid = image[::step, ::step]
     rows, columns = grid.shape[:2]
-    table = _tables(grid)
 
-    others, same = [], []
-    for other in scene["annotations"]:
-        corners = _corners(other)
-        if other.get("id") == obj.get("id") or corners is None:
-            continue
-        others.append(corners)
-        same.append(other.get("category_id") == obj.get("category_id"))
-    if not others:
+    annotations = scene["annotations"]
+    corners, readable = _all_corners(annotations)
+    own_id, own_category = obj.get("id"), obj.get("category_id")
+    kept = readable & np.asarray([other.get("id") != own_id for other in annotations], dtype=bool)
+    if not kept.any():
         return None
-    others_array, same_array = np.asarray(others), np.asarray(same)
-    covered = np.zeros((rows, columns), dtype=np.int64)
-    for top, left, bottom, right in _cells(others_array, step, rows, columns):
-        covered[top:bottom, left:right] = 1
-    cover_table = np.zeros((rows + 1, columns + 1), dtype=np.int64)
-    cover_table[1:, 1:] = covered.cumsum(axis=0).cumsum(axis=1)
+    others_array = corners[kept]
+    same_array = np.asarray([other.get("category_id") == own_category for other in annotations], dtype=bool)[kept]
+    # The grid cells under other boxes: each box's rows times its columns, all boxes in one matrix product
+    # (whole numbers, exact), then their summed-area table (cv2.integral of 0/1 bytes: exact integers).
+    others_cells = _cells(others_array, step, rows, columns)
+    in_rows = (np.arange(rows) >= others_cells[:, :1]) & (np.arange(rows) < others_cells[:, 2:3])
+    in_columns = (np.arange(columns) >= others_cells[:, 1:2]) & (np.arange(columns) < others_cells[:, 3:4])
+    covered = (in_rows.T.astype(np.float64) @ in_columns.astype(np.float64)) > 0
+    cover_table = cv2.integral(covered.view(np.uint8))
 
     # Box-sized windows over the whole image, in steps of half the box.
     size_y = max(2, round((box[3] - box[1]) / step))
@@ -144,16 +173,20 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
     if not background.any():
         return None
 
-    kin = same_array & (_iou(box, others_array) <= _MAX_TWIN_IOU)
+    apart = _iou(box, others_array) <= _MAX_TWIN_IOU
+    kin = same_array & apart
     if not kin.any():
-        kin = _iou(box, others_array) <= _MAX_TWIN_IOU
+        kin = apart
         if not kin.any():
             return None
-    window_features = _describe(table, windows)
+    # One description for the windows, the box and its kin (row by row, so the same as three).
+    described = np.concatenate([windows, _cells(box[None, :], step, rows, columns), others_cells[kin]])
+    features = _describe(_tables(grid), described)
+    window_features = features[: len(windows)]
     scale = window_features.std(axis=0) + 1e-6
-    own_features = _describe(table, _cells(box[None, :], step, rows, columns))[0] / scale
+    own_features = features[len(windows)] / scale
     background_features = window_features[background] / scale
-    kin_features = _describe(table, _cells(others_array[kin], step, rows, columns)) / scale
+    kin_features = features[len(windows) + 1 :] / scale
 
     def nearest(features: np.ndarray) -> float:
         distances = np.sort(np.linalg.norm(features - own_features, axis=1))
