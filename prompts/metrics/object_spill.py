@@ -20,6 +20,7 @@ background to learn from (too few other boxes, or no background left).
 
 import math
 
+import cv2
 import numpy as np
 
 NAME = "object_spill"
@@ -52,12 +53,62 @@ def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
     return x, y, x + w, y + h
 
 
+def _all_corners(annotations: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Every annotation's (x0, y0, x1, y1) (n, 4), and whether it is readable (rows that are not hold junk).
+
+    All at once when every bbox is four numbers (numpy's conversion of a number to float64 is float()'s, and
+    the checks and sums are the same elementwise); otherwise box by box through _corners.
+    """
+    try:
+        boxes = np.asarray([annotation["bbox"] for annotation in annotations], dtype=np.float64)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        boxes = None
+    if boxes is None or boxes.shape != (len(annotations), 4):
+        corners = [_corners(annotation) for annotation in annotations]
+        readable = np.asarray([c is not None for c in corners], dtype=bool)
+        return np.asarray([c or (0.0,) * 4 for c in corners], dtype=np.float64).reshape(-1, 4), readable
+    x, y, w, h = boxes.T
+    readable = np.isfinite(boxes).all(axis=1) & (w > 0) & (h > 0)
+    return np.stack([x, y, x + w, y + h], axis=1), readable
+
+
+def _sample(image: np.ndarray, step: int) -> np.ndarray:
+    """image[::step, ::step] as a contiguous array: what cv2 reads without a copy of its own.
+
+    Each pixel's three bytes are moved as one item (a void view) where the pixels are contiguous: a third
+    of the items numpy's byte-by-byte strided copy would move.
+    """
+    if step == 1 and image.flags.c_contiguous:
+        return image
+    if image.strides[1:] == (3, 1):
+        pixels = image.view(np.dtype((np.void, 3)))[::step, ::step]
+        return np.ascontiguousarray(pixels).view(np.uint8).reshape(*pixels.shape[:2], 3)
+    return np.ascontiguousarray(image[::step, ::step])
+
+
+def _mark(mask: np.ndarray, corners: np.ndarray, margin: float, step: int) -> bool:
+    """Sets the grid samples whose pixel (row * step, column * step) lies in any of the boxes shrunk by
+    `margin` a side; False, with nothing set, if a bound is not finite (math.ceil raises there: `cells` runs).
+
+    The bounds are `cells`' float operations, on all boxes at once; each box is then one slice assignment.
+    """
+    x0, y0, x1, y1 = corners.T
+    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
+    bounds = np.stack([(y0 + dy) / step, (y1 - dy) / step, (x0 + dx) / step, (x1 - dx) / step], axis=1)
+    if not np.isfinite(bounds).all():
+        return False
+    rows, columns = mask.shape
+    limits = np.asarray([rows, rows, columns, columns])
+    for top, bottom, left, right in np.minimum(np.maximum(np.ceil(bounds), 0), limits).astype(np.int64).tolist():
+        mask[top:bottom, left:right] = True
+    return True
+
+
 def _likelihood(image: np.ndarray, obj: dict, scene: dict, box: tuple[float, float, float, float]) -> np.ndarray | None:
     """Object likelihood per colour code, from the image's other boxes against its background."""
     height, width = image.shape[:2]
     step = max(1, math.ceil(max(height, width) / _SAMPLES))
-    grid = image[::step, ::step]
-    rows, columns = grid.shape[:2]
+    rows, columns = -(-height // step), -(-width // step)  # the shape of image[::step, ::step]
 
     def cells(corners: tuple[float, float, float, float], margin: float = 0.0) -> tuple[slice, slice]:
         """The grid samples whose pixel (row * step, column * step) lies in the box shrunk by `margin` a side."""
@@ -70,25 +121,34 @@ def _likelihood(image: np.ndarray, obj: dict, scene: dict, box: tuple[float, flo
             slice(min(max(first_column, 0), columns), min(max(last_column, 0), columns)),
         )
 
+    annotations = scene["annotations"]
+    corners, readable = _all_corners(annotations)
+    own_id, own_category = obj.get("id"), obj.get("category_id")
+    kept = readable & np.asarray([other.get("id") != own_id for other in annotations], dtype=bool)
+    same = np.asarray([other.get("category_id") == own_category for other in annotations], dtype=bool)
+    others, kin = corners[kept], corners[kept & same]
     boxed = np.zeros((rows, columns), dtype=bool)
     objects = np.zeros((rows, columns), dtype=bool)
-    others, kin = [], []
-    for other in scene["annotations"]:
-        corners = _corners(other)
-        if other.get("id") == obj.get("id") or corners is None:
-            continue
-        others.append(corners)
-        if other.get("category_id") == obj.get("category_id"):
-            kin.append(corners)
-    for corners in [box, *others]:
-        boxed[cells(corners)] = True
-    for corners in kin or others:
-        objects[cells(corners, _CORE)] = True
+    own = np.asarray([box], dtype=np.float64)
+    if not (
+        _mark(boxed, np.concatenate([own, others]), 0.0, step)
+        and _mark(objects, kin if len(kin) else others, _CORE, step)
+    ):
+        # A bound past float range: box by box, as before, where math.ceil fails.
+        boxed[...] = objects[...] = False
+        for one in [box, *(tuple(c) for c in others.tolist())]:
+            boxed[cells(one)] = True
+        for one in (kin if len(kin) else others).tolist():
+            objects[cells(tuple(one), _CORE)] = True
     objects[cells(box)] = False
-    # One histogram pass over the grid: bins 0..511 hold neither, 512.. the objects, 1024.. the background.
-    group = np.where(boxed, objects.astype(np.uint16), np.uint16(2)) * np.uint16(_BINS)
-    counts = np.bincount((group + _codes(grid)).ravel(), minlength=3 * _BINS).astype(np.float64)
-    p_object, p_background = counts[_BINS : 2 * _BINS], counts[2 * _BINS :]
+    # The two colour histograms, 8 levels per channel (a byte's top 3 bits: calcHist's bins for [0, 256)
+    # split 8 ways), counted exactly: the objects' under the boxes, the background outside every box.
+    grid = _sample(image, step)
+    histogram = (
+        cv2.calcHist([grid], [0, 1, 2], mask.view(np.uint8), [8, 8, 8], [0, 256, 0, 256, 0, 256])
+        for mask in (boxed & objects, ~boxed)
+    )
+    p_object, p_background = (counts.reshape(-1).astype(np.float64) for counts in histogram)
     if p_object.sum() < _MIN_SAMPLES or p_background.sum() < _MIN_SAMPLES:
         return None
     p_object += 0.5
