@@ -146,13 +146,12 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
         return None
     others_array = corners[kept]
     same_array = np.asarray([other.get("category_id") == own_category for other in annotations], dtype=bool)[kept]
-    # The grid cells under other boxes: each box's rows times its columns, all boxes in one matrix product
-    # (whole numbers, exact), then their summed-area table (cv2.integral of 0/1 bytes: exact integers).
+    # The grid cells under other boxes, and their summed-area table (cv2.integral of 0/1 bytes: exact).
     others_cells = _cells(others_array, step, rows, columns)
-    in_rows = (np.arange(rows) >= others_cells[:, :1]) & (np.arange(rows) < others_cells[:, 2:3])
-    in_columns = (np.arange(columns) >= others_cells[:, 1:2]) & (np.arange(columns) < others_cells[:, 3:4])
-    covered = (in_rows.T.astype(np.float64) @ in_columns.astype(np.float64)) > 0
-    cover_table = cv2.integral(covered.view(np.uint8))
+    covered = np.zeros((rows, columns), dtype=np.uint8)
+    for top, left, bottom, right in others_cells.tolist():
+        covered[top:bottom, left:right] = 1
+    cover_table = cv2.integral(covered)
 
     # Box-sized windows over the whole image, in steps of half the box.
     size_y = max(2, round((box[3] - box[1]) / step))

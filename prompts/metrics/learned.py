@@ -235,9 +235,17 @@ def _boxes_one_by_one(obj: dict, scene: dict) -> tuple[np.ndarray, np.ndarray, l
     return np.asarray(corners, dtype=np.float64).reshape(-1, 4), np.asarray(other, dtype=bool), annotations
 
 
-def _inside(centres: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """(boxes, centres) as 0.0 or 1.0: whether each centre lies in [low, high) of each box."""
-    return ((centres >= low[:, None]) & (centres < high[:, None])).astype(np.float64)
+def _mark(mask: np.ndarray, corners: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> None:
+    """Sets the cells of `mask` whose centre lies in any of the boxes, [x0, x1) x [y0, y1).
+
+    The centres ascend, so the cells in a box run together along each axis: from the first centre at or past
+    its low edge to the first at or past its high edge (np.searchsorted, for all boxes at once). Each box is
+    then one slice assignment: the cells that the centre-by-centre comparisons select.
+    """
+    rows = np.searchsorted(centre_y, corners[:, [1, 3]]).tolist()
+    columns = np.searchsorted(centre_x, corners[:, [0, 2]]).tolist()
+    for (top, bottom), (left, right) in zip(rows, columns, strict=True):
+        mask[top:bottom, left:right] = True
 
 
 def _geometry(
@@ -288,8 +296,7 @@ def _geometry(
 def _image_colours(image: np.ndarray, corners: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mean colour of the image's other boxes, and of the image outside every box (cells of the image).
 
-    `corners` holds every readable box of the image, `other` says which are not the scored box. Each box's
-    cells are the outer product of its rows and its columns; one matrix product per mask marks them all.
+    `corners` holds every readable box of the image, `other` says which are not the scored box.
     """
     height, width = image.shape[:2]
     rows = ((np.arange(_IMAGE_CELLS) + 0.5) * height / _IMAGE_CELLS).astype(np.int64)
@@ -299,10 +306,11 @@ def _image_colours(image: np.ndarray, corners: np.ndarray, other: np.ndarray) ->
     cell_h, cell_w = height / _IMAGE_CELLS, width / _IMAGE_CELLS
     centre_y = (np.arange(_IMAGE_CELLS) + 0.5) * cell_h
     centre_x = (np.arange(_IMAGE_CELLS) + 0.5) * cell_w
-    in_rows = _inside(centre_y, corners[:, 1], corners[:, 3])
-    in_columns = _inside(centre_x, corners[:, 0], corners[:, 2])
-    in_any = ((in_rows.T @ in_columns) > 0).ravel()  # counts of whole numbers: exact
-    in_other = ((in_rows[other].T @ in_columns[other]) > 0).ravel()
+    in_any = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=bool)
+    in_other = np.zeros_like(in_any)
+    _mark(in_any, corners, centre_y, centre_x)
+    _mark(in_other, corners[other], centre_y, centre_x)
+    in_any, in_other = in_any.ravel(), in_other.ravel()
     overall = _mean(colours)
     objects = _mean(colours[in_other]) if in_other.any() else overall
     background = _mean(colours[~in_any]) if (~in_any).any() else overall
@@ -329,14 +337,13 @@ def _planes(cells: np.ndarray, box: tuple[float, float, float, float], others: n
     np.subtract(lightness[:, 1], lightness[:, 0], out=across_columns[:, 0])
     np.subtract(lightness[:, -1], lightness[:, -2], out=across_columns[:, -1])
     np.abs(across_columns, out=across_columns)
-    # 1 where a cell lies in another box of the image, else 0: the outer products of each box's rows and
-    # columns, summed by one matrix product (whole numbers, exact).
+    # 1 where a cell lies in another box of the image, else 0.
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    centre_x, centre_y = x0 + _STEPS * w, y0 + _STEPS * h
-    in_rows = _inside(centre_y, others[:, 1], others[:, 3])
-    in_columns = _inside(centre_x, others[:, 0], others[:, 2])
-    covered[...] = (in_rows.T @ in_columns) > 0
+    centre_x, centre_y = x0 + _STEPS * w, y0 + _STEPS * h  # ascending: w and h are at least 2
+    in_others = np.zeros((_CELLS, _CELLS), dtype=bool)
+    _mark(in_others, others, centre_y, centre_x)
+    covered[...] = in_others
     return planes
 
 
