@@ -302,7 +302,7 @@ def _image_colours(image: np.ndarray, corners: np.ndarray, other: np.ndarray) ->
     rows = ((np.arange(_IMAGE_CELLS) + 0.5) * height / _IMAGE_CELLS).astype(np.int64)
     columns = ((np.arange(_IMAGE_CELLS) + 0.5) * width / _IMAGE_CELLS).astype(np.int64)
     colours = np.empty((_IMAGE_CELLS * _IMAGE_CELLS, 3))  # (cells, colour): what _sums reads
-    _opponent(image[rows][:, columns].reshape(-1, 3), colours.T)
+    _opponent(image.take(rows, axis=0).take(columns, axis=1).reshape(-1, 3), colours.T)
     cell_h, cell_w = height / _IMAGE_CELLS, width / _IMAGE_CELLS
     centre_y = (np.arange(_IMAGE_CELLS) + 0.5) * cell_h
     centre_x = (np.arange(_IMAGE_CELLS) + 0.5) * cell_w
