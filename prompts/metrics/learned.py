@@ -306,10 +306,10 @@ def _image_colours(image: np.ndarray, corners: np.ndarray, other: np.ndarray) ->
     cell_h, cell_w = height / _IMAGE_CELLS, width / _IMAGE_CELLS
     centre_y = (np.arange(_IMAGE_CELLS) + 0.5) * cell_h
     centre_x = (np.arange(_IMAGE_CELLS) + 0.5) * cell_w
-    in_any = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=bool)
-    in_other = np.zeros_like(in_any)
-    _mark(in_any, corners, centre_y, centre_x)
+    in_other = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=bool)
     _mark(in_other, corners[other], centre_y, centre_x)
+    in_any = in_other.copy()  # and the boxes that are the scored one (usually one)
+    _mark(in_any, corners[~other], centre_y, centre_x)
     in_any, in_other = in_any.ravel(), in_other.ravel()
     overall = _mean(colours)
     objects = _mean(colours[in_other]) if in_other.any() else overall
