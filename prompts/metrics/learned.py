@@ -366,7 +366,8 @@ def _fit_profile(planes: np.ndarray, gradient: np.ndarray) -> list[float]:
     table = cv2.integral(integrand, sdepth=cv2.CV_64F)
     corners = table[_FIT_COLUMNS, _FIT_ROWS]
     sums = corners[0] - corners[1] - corners[2] + corners[3]
-    whole, core, outer = np.split(sums, 3)
+    count = len(_CANDIDATES)  # per candidate: its box, its core, its outer box
+    whole, core, outer = sums[:count], sums[count : 2 * count], sums[2 * count :]
     inner_band = (whole - core) / _FIT_BAND_CELLS[:, None]
     ring = (outer - whole) / _FIT_RING_CELLS[:, None]
     contrast = np.linalg.norm(inner_band[:, :3] - ring[:, :3], axis=1)
