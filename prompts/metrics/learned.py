@@ -106,7 +106,8 @@ _INNER = _region(_BOX0, _BOX0, _BOX1, _BOX1)  # the box
 _CORE = _region(_BOX0 + 8, _BOX0 + 8, _BOX1 - 8, _BOX1 - 8)  # its centre
 _RING = _region(_BOX0 - 6, _BOX0 - 6, _BOX1 + 6, _BOX1 + 6) & ~_INNER  # the ring just outside it
 _INNER_CELLS, _CORE_CELLS = _colour_cells(_INNER), _colour_cells(_CORE)
-_BAND_CELLS, _RING_CELLS = _colour_cells(_INNER & ~_CORE), _colour_cells(_RING)  # the band along its edges
+_BAND_CELLS = _colour_cells(_INNER & ~_CORE)  # the band along the box's edges
+_RING_CELLS = _colour_cells(_RING)
 _RING_FLAT = np.flatnonzero(_RING)
 
 
@@ -398,8 +399,9 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
     planes = _planes(cells, box, others)
 
     # The side profiles: per side, per plane (the three colours, the cover, the gradient across the side),
-    # the mean of each band, from inside to outside. All 140 bands are read by one take, and each band's 32
-    # contiguous values are summed exactly as before (numpy's pairwise sum of a contiguous run).
+    # the mean of each band, from inside to outside. All 140 bands are read by one take, each band's 32
+    # values in a contiguous row: numpy sums them pairwise as it did the strips it used to gather one by one
+    # (plane[span, bands] and plane[bands, span].T, both laid out with each band contiguous).
     sides = planes.reshape(-1)[_STRIPS].mean(axis=1).reshape(4, -1).tolist()
     sides.sort(key=lambda side: side[_EDGE])  # a box shifted left looks like one shifted right
     profile = [value for side in sides for value in side]
