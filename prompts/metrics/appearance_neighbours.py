@@ -58,11 +58,21 @@ def _cell_means(crop: np.ndarray) -> np.ndarray:
     """The crop as _SIDE x _SIDE mean colours, rounded half up; a side under _SIDE px repeats its pixels."""
     row_starts, row_counts = _cell_edges(crop.shape[0])
     column_starts, column_counts = _cell_edges(crop.shape[1])
-    # reduceat sums each run of pixels; where two starts are equal it takes that one pixel, which the
-    # count of 1 then leaves as it is.
-    sums = np.add.reduceat(np.add.reduceat(crop.astype(np.int64), row_starts, axis=0), column_starts, axis=1)
+    # Each cell's sum from the crop's summed-area table: whole numbers, exact (32-bit while the whole crop's
+    # sum fits, else 64-bit floats, exact below 2**53). A cell is its start and the `count` pixels from there:
+    # one pixel where a side under _SIDE px repeats it. The table is read at the cells' bottom and top rows,
+    # then at their right and left columns.
+    depth = cv2.CV_32S if crop.shape[0] * crop.shape[1] * 255 < 2**31 else cv2.CV_64F
+    table = cv2.integral(crop, sdepth=depth)
+    rows = np.concatenate([row_starts + row_counts, row_starts])
+    columns = np.concatenate([column_starts + column_counts, column_starts])
+    corners = table.take(rows, axis=0).take(columns, axis=1).astype(np.float64)
+    bottom, top, right, left = slice(None, _SIDE), slice(_SIDE, None), slice(None, _SIDE), slice(_SIDE, None)
+    sums = corners[bottom, right] - corners[top, right] - corners[bottom, left] + corners[top, left]
     counts = (row_counts[:, None] * column_counts[None, :])[..., None]
-    return ((2 * sums + counts) // (2 * counts)).astype(np.uint8)
+    # Rounded half up: floor((2 * sum + count) / (2 * count)). In float64 the quotient of two whole numbers
+    # below 2**53 never rounds up to the next whole number, so its floor is the integer division's.
+    return np.floor((2 * sums + counts) / (2 * counts)).astype(np.uint8)
 
 
 def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:

@@ -22,6 +22,7 @@ needs its two bands inside the image; moves that would leave it are not tried).
 
 import math
 
+import cv2
 import numpy as np
 
 NAME = "boundary_fit"
@@ -41,17 +42,28 @@ def _profile(strip: np.ndarray) -> np.ndarray:
 
     A long span is read at most _SPAN rows (evenly spread, each with the row after it for the
     roughness): the means don't need every row, and this keeps a large box as cheap as a small one.
+
+    `strip` holds uint8 RGB pixels, or the same pixels as 3-byte items (a void view, cheaper to gather).
+    The red-green and yellow-blue means come from whole-number channel sums: their running float sums
+    only ever hold whole and half numbers, all exact, so the sums are the same in any order. Lightness
+    (R+G+B)/3 is rounded per pixel, so it is averaged as before, row after row.
     """
     length = strip.shape[0]
     if length < 2:
         return np.zeros((strip.shape[1], 4))
-    rows = np.unique(np.linspace(0, length - 2, min(_SPAN, length - 1)).astype(np.intp))
-    pixels = strip[np.concatenate([rows, rows + 1])].astype(np.float64)
-    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
-    lightness = (red + green + blue) / 3.0
-    channels = [lightness.mean(axis=0), (red - green).mean(axis=0), ((red + green) / 2.0 - blue).mean(axis=0)]
+    rows = np.linspace(0, length - 2, min(_SPAN, length - 1)).astype(np.intp)
+    rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]  # np.unique of an ascending array
+    count = 2 * len(rows)
+    pixels = np.ascontiguousarray(strip[np.concatenate([rows, rows + 1])]).view(np.uint8).reshape(count, -1, 3)
+    red, green, blue = cv2.split(pixels)
+    lightness = np.add(red, green, dtype=np.uint16)
+    lightness += blue
+    lightness = lightness / 3.0
+    red, green, blue = cv2.reduce(pixels.reshape(count, -1), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).reshape(-1, 3).T
     rough = np.abs(lightness[len(rows) :] - lightness[: len(rows)]).mean(axis=0)
-    return np.stack([*channels, rough], axis=1)
+    return np.stack(
+        [lightness.mean(axis=0), (red - green) / count, ((red + green) / 2.0 - blue) / count, rough], axis=1
+    )
 
 
 def _side_fits(profile: np.ndarray, sides: tuple[int, int], band: int, reach: int) -> list[float]:
@@ -89,13 +101,16 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
     if rows.stop - rows.start < 2 or columns.stop - columns.start < 2:
         return None
 
+    # The pixels as 3-byte items where they are contiguous: a strip's rows are then gathered whole items
+    # at a time, across the image as cheaply as along it.
+    pixels = image.view(np.dtype((np.void, 3)))[..., 0] if image.strides[1:] == (3, 1) else image
     fits = []
     # Left and right: columns across, the box's rows along; top and bottom: rows across, the box's
     # columns along (transposed so that the span is axis 0). One strip reaches past both sides, read
     # at _SPAN rows of the span, so both sides share one profile.
     for first, last, size, extent, strip_of in (
-        (x0, x1, w, width, lambda start, stop: image[rows, start:stop]),
-        (y0, y1, h, height, lambda start, stop: image[start:stop, columns].transpose(1, 0, 2)),
+        (x0, x1, w, width, lambda start, stop: pixels[rows, start:stop]),
+        (y0, y1, h, height, lambda start, stop: pixels[start:stop, columns].swapaxes(0, 1)),
     ):
         band, reach = max(2, round(_BAND * size)), max(1, round(_REACH * size))
         start, stop = max(first - reach - band, 0), min(last + reach + band, extent)
