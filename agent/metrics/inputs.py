@@ -8,7 +8,8 @@ injections leave alone only once across seeds.
 The analysis is conservative, because a wrong "reads only this" would silently reuse a score that a
 real call would have changed. Anything it cannot follow counts as reading everything: `obj` used in
 any way other than `obj["key"]` or `obj.get("key", ...)` (passed to a helper, iterated, rebound),
-`scene` named at all, `score` defined other than by one plain top-level def, and any route to the
+`scene` named at all, `score` defined other than by one plain top-level def, a metric with
+`prepare()` (its score() takes a fourth argument, made from the whole scene), and any route to the
 caller's frame or to objects by reference (`locals`, `vars`, `globals`, `eval`, `exec`, frame and
 traceback attributes, `sys`, `inspect`, `gc` and the like).
 """
