@@ -49,7 +49,11 @@ ALLOWED_IMPORTS = {"numpy", "cv2", "math"}
 
 @cache
 def metric(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"reference_metric_{name}", METRICS_DIR / f"{name}.py")
+    return _module(METRICS_DIR / f"{name}.py", f"reference_metric_{name}")
+
+
+def _module(path: Path, module_name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # No __pycache__ next to the metrics: prompts/ ships inside the wheel as it is on disk.
@@ -562,15 +566,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples" / "metrics"
 
 
 def example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_metric_{name}", EXAMPLES_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = previous
-    return module
+    return _module(EXAMPLES_DIR / f"{name}.py", f"example_metric_{name}")
 
 
 def test_example_metrics_pass_the_contract_check() -> None:
