@@ -323,12 +323,13 @@ def _read_only(value: Any) -> Any:
     It is shared by all of the image's score() calls of that metric, so a call that wrote into it would
     change what the next one sees; a write now raises in the call that tries it.
     """
+    # Exact types only: iterating a subclass would run the metric's own code, outside the call's time limit.
     if isinstance(value, np.ndarray):
-        value.setflags(write=False)
-    elif isinstance(value, tuple | list):
+        np.ndarray.setflags(value, write=False)  # numpy's own method, whatever a subclass defines
+    elif type(value) in (tuple, list):
         for item in value:
             _read_only(item)
-    elif isinstance(value, dict):
+    elif type(value) is dict:
         for item in value.values():
             _read_only(item)
     return value

@@ -199,3 +199,36 @@ def test_a_prepare_that_ignores_the_soft_limit_is_killed(tmp_path: Path) -> None
     )
     assert_all_failed(outcome, {"hard_timeout"})
     assert outcome.report.worker_restarts >= 1
+
+
+SUBCLASSES = """
+import numpy as np
+
+class Endless(list):
+    def __iter__(self):  # would hang whoever walks it, outside any call's time limit
+        while True:
+            pass
+
+class Sticky(np.ndarray):
+    def setflags(self, *args, **kwargs):  # would keep the array writable
+        pass
+
+def prepare(image, scene):
+    sticky = np.zeros(4).view(Sticky)
+    return {"endless": Endless([np.zeros(2)]), "sticky": sticky}
+
+def score(image, obj, scene, prepared):
+    try:
+        prepared["sticky"][0] = 1.0
+    except ValueError:
+        return 2.0  # numpy's own setflags made it read-only
+    return 1.0
+"""
+
+
+def test_what_prepare_returns_is_frozen_without_running_its_code(tmp_path: Path) -> None:
+    # Walking a list subclass would run its __iter__ outside the call's time limit, so it is left alone;
+    # an ndarray subclass is frozen by numpy's own setflags, not by the one it defines.
+    outcome = run_hostile(tmp_path, hostile_source(SUBCLASSES), level="object", objects=2, images=2, timeout_s=1.0)
+    assert [result.score for result in outcome.hostile] == [2.0] * 4, outcome.describe()
+    assert outcome.elapsed_s < 20, outcome.elapsed_s
