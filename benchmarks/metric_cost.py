@@ -71,13 +71,9 @@ def _per_call(module: ModuleType, items: list) -> float:
             calls += 1
             continue
         # A metric with prepare() is timed as the worker runs it: once per image, shared by the image's calls.
-        prepare = getattr(module, "prepare", None)
-        prepared = prepare(pixels, scene) if prepare is not None and boxes else None
+        prepared = (module.prepare(pixels, scene),) if hasattr(module, "prepare") and boxes else ()
         for box in boxes:
-            if prepare is None:
-                module.score(pixels, box, scene)
-            else:
-                module.score(pixels, box, scene, prepared)
+            module.score(pixels, box, scene, *prepared)
             calls += 1
     return (time.perf_counter() - started) / max(calls, 1)
 

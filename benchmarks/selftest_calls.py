@@ -75,8 +75,7 @@ def main() -> None:
     print("| metric | reads | calls | over one score |")
     print("|---|---|---:|---:|")
     for index, spec in enumerate(specs):  # no two hand-written built-ins share a code, so code index = spec index
-        reads = metric_inputs(spec.source, spec.level)
-        what = "scene" if reads.scene or reads.obj_keys is None else "pixels" if spec.level == "image" else "box"
+        what = metric_inputs(spec.source, spec.level).depends_on(spec.level)
         one = len(dataset.images) if spec.level == "image" else boxes
         print(f"| `{spec.name}` | {what} | {calls[index]} | {calls[index] / one:.2f} |")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["EVERYTHING", "MetricInputs", "metric_inputs"]
 
@@ -33,6 +34,12 @@ class MetricInputs:
 
     scene: bool
     obj_keys: frozenset[str] | None
+
+    def depends_on(self, level: str) -> Literal["scene", "pixels", "box"]:
+        """What a call's result depends on besides the pixels: the whole scene, nothing, or keys of its box."""
+        if self.scene or self.obj_keys is None:
+            return "scene"
+        return "pixels" if level == "image" else "box"
 
 
 EVERYTHING = MetricInputs(scene=True, obj_keys=None)

@@ -720,8 +720,7 @@ def score_versions(
     plans: list[tuple[int, str, str, tuple[str, ...]]] = []
     for index, spec in enumerate(codes.codes):
         reads = metric_inputs(spec.source, spec.level)
-        kind = "scene" if reads.scene or reads.obj_keys is None else "pixels" if spec.level == "image" else "box"
-        plans.append((index, spec.level, kind, tuple(sorted(reads.obj_keys or ()))))
+        plans.append((index, spec.level, reads.depends_on(spec.level), tuple(sorted(reads.obj_keys or ()))))
     reads_scene = any(kind == "scene" for _, _, kind, _ in plans)
     paths = image_paths(first)
     # Per distinct key, its one real call: (task number, metric, object), as its result comes back.

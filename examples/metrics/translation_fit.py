@@ -96,7 +96,7 @@ def prepare(image: np.ndarray, scene: dict) -> dict:
     rows, columns = codes.shape
     boxed = np.zeros((rows, columns), dtype=bool)
     cores = np.zeros((rows, columns), dtype=bool)
-    class_cores: dict = {}
+    class_cores: dict = {}  # category -> (its boxes' cores, how many boxes it has here)
     for annotation in scene["annotations"]:
         corners = _corners(annotation)
         if corners is None:
@@ -105,10 +105,9 @@ def prepare(image: np.ndarray, scene: dict) -> dict:
         core = _cells(corners, _CORE, step, rows, columns)
         cores[core] = True
         category = annotation.get("category_id")
-        if category not in class_cores:
-            class_cores[category] = [np.zeros((rows, columns), dtype=bool), 0]
-        class_cores[category][0][core] = True
-        class_cores[category][1] += 1
+        mask, count = class_cores.get(category) or (np.zeros((rows, columns), dtype=bool), 0)
+        mask[core] = True
+        class_cores[category] = (mask, count + 1)
 
     def histogram(mask: np.ndarray) -> np.ndarray:
         return np.bincount(codes[mask], minlength=_BINS)
@@ -137,10 +136,9 @@ def _likelihood(obj: dict, box: tuple[float, float, float, float], prepared: dic
     has_kin = own_class is not None and own_class[2] > 1  # the box itself is one of its class's boxes
     cores, core_counts = (own_class[0], own_class[1]) if has_kin else prepared["cores"]
     inside = _cells(box, 0.0, prepared["step"], rows, columns)
-    counts = np.zeros(3 * _BINS, dtype=np.float64)
-    counts[_BINS : 2 * _BINS] = core_counts - np.bincount(codes[inside][cores[inside]], minlength=_BINS)
-    counts[2 * _BINS :] = prepared["background"]
-    p_object, p_background = counts[_BINS : 2 * _BINS], counts[2 * _BINS :]
+    # Whole counts, exact in float64: the sums and the divisions below come out the same in any order.
+    p_object = (core_counts - np.bincount(codes[inside][cores[inside]], minlength=_BINS)).astype(np.float64)
+    p_background = prepared["background"].astype(np.float64)
     if p_object.sum() < _MIN_SAMPLES or p_background.sum() < _MIN_SAMPLES:
         return None
     p_object += 0.5
