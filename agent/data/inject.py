@@ -60,7 +60,7 @@ from agent.data.label_errors import (
 )
 from agent.errors import UserError
 
-__all__ = ["INJECT_TYPES", "Injection", "inject_errors"]
+__all__ = ["INJECT_TYPES", "Injection", "Injector", "inject_errors"]
 
 INJECT_TYPES = ERROR_TYPES
 INJECT_DESCRIPTION = "metricsmith injected label errors"
@@ -185,6 +185,41 @@ def _is_crowd(annotation: dict[str, Any]) -> bool:
     return bool(annotation.get("iscrowd", 0))
 
 
+class Injector:
+    """Noisy copies of one COCO document, any number of them; `document` is not modified.
+
+    What every copy needs to know of the document (its images, which annotations may be corrupted,
+    its number format, its classes) is learned once, here, rather than once per copy: selftest draws
+    a copy per seed, and the learned metrics a copy per error type. The document must not change
+    while the injector is in use.
+    """
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self._images = {int(image["id"]): image for image in document["images"]}
+        self._corruptible = [index for index, a in enumerate(document["annotations"]) if not _is_crowd(a)]
+        self._format = _learn_format([document["annotations"][i] for i in self._corruptible])
+        self._present = Counter(int(document["annotations"][i]["category_id"]) for i in self._corruptible)
+
+    def inject(
+        self, *, rate: float = 0.2, seed: int = 0, types: Sequence[str] = INJECT_TYPES, stream: str = "inject"
+    ) -> Injection:
+        """A noisy copy of the document with known errors.
+
+        `stream` names the random stream the seed is drawn in: `metricsmith inject` and `selftest` use the
+        default, and the learned metrics their own (`agent.metrics.learned`), so that whatever seeds the
+        user picks, no training copy is ever drawn like the copy it is measured on.
+        """
+        unknown = [t for t in types if t not in INJECT_TYPES]
+        if unknown:
+            raise UserError(f"unknown error type {unknown[0]!r}; the types are {', '.join(INJECT_TYPES)}")
+        if not 0 <= rate < 1:
+            raise UserError(f"--rate must be at least 0 and below 1, got {rate}")
+        return _inject(
+            self.document, self._images, self._corruptible, self._format, self._present, rate, seed, types, stream
+        )
+
+
 def inject_errors(
     document: dict[str, Any],
     *,
@@ -193,23 +228,23 @@ def inject_errors(
     types: Sequence[str] = INJECT_TYPES,
     stream: str = "inject",
 ) -> Injection:
-    """A noisy copy of `document` with known errors; `document` is not modified.
+    """A noisy copy of `document` with known errors; `document` is not modified (`Injector` for several)."""
+    return Injector(document).inject(rate=rate, seed=seed, types=types, stream=stream)
 
-    `stream` names the random stream the seed is drawn in: `metricsmith inject` and `selftest` use the
-    default, and the learned metrics their own (`agent.metrics.learned`), so that whatever seeds the
-    user picks, no training copy is ever drawn like the copy it is measured on.
-    """
-    unknown = [t for t in types if t not in INJECT_TYPES]
-    if unknown:
-        raise UserError(f"unknown error type {unknown[0]!r}; the types are {', '.join(INJECT_TYPES)}")
-    if not 0 <= rate < 1:
-        raise UserError(f"--rate must be at least 0 and below 1, got {rate}")
+
+def _inject(
+    document: dict[str, Any],
+    images: dict[int, dict[str, Any]],
+    corruptible: list[int],
+    fmt: _Format,
+    present: Counter[int],
+    rate: float,
+    seed: int,
+    types: Sequence[str],
+    stream: str,
+) -> Injection:
     rng = np.random.default_rng([seed, int.from_bytes(stream.encode(), "big")])
-    images = {int(image["id"]): image for image in document["images"]}
     annotations = [{k: _json_copy(v) for k, v in a.items() if k != "segmentation"} for a in document["annotations"]]
-    corruptible = [index for index, a in enumerate(annotations) if not _is_crowd(a)]
-    fmt = _learn_format([annotations[i] for i in corruptible])
-    present = Counter(int(annotations[i]["category_id"]) for i in corruptible)
     notes: list[str] = []
     wanted = list(dict.fromkeys(types))
     if "swap" in wanted and len(present) < 2:

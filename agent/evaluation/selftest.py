@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from agent.data.coco import Dataset, coco_from_document
-from agent.data.inject import Injection, inject_errors
+from agent.data.inject import Injection, Injector
 from agent.data.json_files import load_json_model
 from agent.errors import UserError
 from agent.evaluation.ranking import (
@@ -222,7 +222,8 @@ def score_noisy_copies(
     call once. Ctrl-C during the run raises KeyboardInterrupt: figures from part of the calls would lie.
     `engine` is this machine's sandboxed workers unless given (`benchmarks/selftest_calls.py` counts calls instead).
     """
-    injections = [inject_errors(document, rate=rate, seed=seed, stream=stream) for seed in seeds]
+    injector = Injector(document)
+    injections = [injector.inject(rate=rate, seed=seed, stream=stream) for seed in seeds]
     copies = numbered_by_image([injection.document for injection in injections])
     noisy = [coco_from_document(copy, annotations_path, image_root) for copy, _ in copies]
     versions = noisy if original is None else [original, *noisy]

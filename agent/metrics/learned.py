@@ -40,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.data.coco import AnnotationInfo, Dataset
-from agent.data.inject import inject_errors
+from agent.data.inject import Injection, Injector
 
 __all__ = [
     "FOLDS", "MAX_COPIES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy", "cross_fitted_scores",
@@ -67,11 +67,12 @@ _CLASSIFIER = {
 
 @dataclass(frozen=True)
 class TrainingCopy:
-    """A copy of the dataset with one error type injected, and the ids (in the copy) of its corrupted boxes."""
+    """A copy of the dataset with one error type injected, its corrupted boxes' ids (in the copy) and their images."""
 
     error: str
     dataset: Dataset
     corrupted: frozenset[int]
+    images: frozenset[int]  # the images that hold a corrupted box
 
 
 def _document(dataset: Dataset) -> dict[str, Any]:
@@ -93,17 +94,31 @@ def training_copies(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCop
         return []
     rate = min(MAX_RATE, POSITIVES_WANTED / corruptible)
     count = min(MAX_COPIES, math.ceil(POSITIVES_WANTED / (rate * corruptible)))
-    document = _document(dataset)
+    injector = Injector(_document(dataset))
     copies = []
     for error in errors:
         for seed in range(count):
-            injection = inject_errors(document, rate=rate, seed=seed, types=[error], stream=f"{STREAM}:{error}")
-            corrupted = frozenset(r.annotation_id for r in injection.errors.errors if r.annotation_id is not None)
+            injection = injector.inject(rate=rate, seed=seed, types=[error], stream=f"{STREAM}:{error}")
+            records = [r for r in injection.errors.errors if r.annotation_id is not None]
+            corrupted = frozenset(r.annotation_id for r in records)
             if not corrupted:
                 break  # a single-class dataset has no swaps: every copy would be as empty
-            annotations = tuple(AnnotationInfo.model_validate(a) for a in injection.document["annotations"])
-            copies.append(TrainingCopy(error, dataclasses.replace(dataset, annotations=annotations), corrupted))
+            annotations = _copy_annotations(dataset, injection, corrupted)
+            images = frozenset(r.image_id for r in records)
+            copies.append(TrainingCopy(error, dataclasses.replace(dataset, annotations=annotations), corrupted, images))
     return copies
+
+
+def _copy_annotations(dataset: Dataset, injection: Injection, corrupted: frozenset[int]) -> tuple[AnnotationInfo, ...]:
+    """The copy's annotations as the dataset holds them: a box the injection left alone is the dataset's own,
+    renumbered (and without a segmentation, as the copy has none); only the changed and new ones are read anew."""
+    by_id = {annotation.id: annotation for annotation in dataset.annotations}
+    return tuple(
+        AnnotationInfo.model_validate(annotation)
+        if annotation["id"] in corrupted or annotation["id"] not in injection.id_map
+        else by_id[injection.id_map[annotation["id"]]].model_copy(update={"id": annotation["id"], "segmentation": None})
+        for annotation in injection.document["annotations"]
+    )
 
 
 def fold_of(image_ids: Sequence[int], folds: int = FOLDS) -> dict[int, int]:

@@ -389,6 +389,8 @@ class _Training:
 
     def tasks_for(self, image_id: int, path: str) -> Iterator[ImageTask]:
         for copy_index, copy in enumerate(self.copies):
+            if image_id not in copy.images:
+                continue  # no corrupted box here: no scene to build
             scene = copy.dataset.scene(image_id)
             positions = [p for p, obj in enumerate(scene["annotations"]) if obj["id"] in copy.corrupted]
             if not positions:
