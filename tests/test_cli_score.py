@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 from agent.metrics.contract import load_metric_file
+from agent.metrics.results import json_line
+from agent.metrics.scoring import ScoreRow
 
 BRIGHTNESS = '''"""Mean brightness of the image."""
 NAME = "mean_brightness"
@@ -395,3 +397,13 @@ def test_an_unusable_out_directory_is_one_line_and_exit_2(tmp_path: Path, case: 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+
+
+def test_a_jsonl_line_reads_back_as_its_row_and_a_score_that_is_not_finite_is_refused() -> None:
+    row = ScoreRow(metric="m", level="object", image_id=2**63 - 1, annotation_id=7, score=0.1 + 0.2, error='é\n"x"')
+    line = json_line(row)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == row.as_dict()  # the float to its last bit, the id to 64 bits, the text as it was
+    for score in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="not a finite number"):
+            json_line(ScoreRow(metric="m", level="object", image_id=1, annotation_id=1, score=score))

@@ -336,6 +336,18 @@ def test_zero_negative_and_non_integer_ids(tmp_path: Path) -> None:
     assert "images[1] (id 2.5, 'b.jpg'): id must be an integer, got 2.5" in messages
 
 
+def test_ids_beyond_64_bits_are_errors(tmp_path: Path) -> None:
+    # Score files hold ids as 64-bit integers (Parquet's int64, the JSON writer's): refused at load, not mid-run.
+    document = _valid_document()
+    document["images"][0]["id"] = 2**63
+    document["annotations"][0]["image_id"] = 2**63
+    document["annotations"][1]["id"] = 2**63 - 1
+    messages = _messages(_invalid(tmp_path, document))
+    too_big = "id must fit in 64 bits (at most 2**63 - 1), got 9223372036854775808"
+    assert f"images[0] (id 9223372036854775808, 'a.jpg'): {too_big}" in messages
+    assert not any("64 bits" in m and "annotations[1]" in m for m in messages)  # 2**63 - 1 itself is fine
+
+
 def test_whole_number_floats_count_as_integers(coco_dir: Path) -> None:
     # Exporters that write every number as a float (3.0) produce usable files.
     document = _valid_document()

@@ -94,8 +94,9 @@ def _crowd_flag(value: Any) -> Any:
 
 
 # Strict so that "57" or true are reported rather than silently coerced: a string id would never
-# match the integer image_id that points at it.
-_PositiveInt = Annotated[int, BeforeValidator(_whole_number), Field(strict=True, gt=0)]
+# match the integer image_id that points at it. At most 2**63 - 1: score files hold ids as 64-bit
+# integers (Parquet's int64, and the JSON writer's), so a larger one is refused here, said plainly.
+_PositiveInt = Annotated[int, BeforeValidator(_whole_number), Field(strict=True, gt=0, le=2**63 - 1)]
 _FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -670,6 +671,8 @@ def _schema_messages(exc: ValidationError) -> list[str]:
             messages.append(f"{field_name} must be an integer, got {_show(value)}")
         elif kind == "greater_than" and error.get("ctx", {}).get("gt") == 0:
             messages.append(f"{field_name} must be positive, got {_show(value)}")
+        elif kind == "less_than_equal" and error.get("ctx", {}).get("le") == 2**63 - 1:
+            messages.append(f"{field_name} must fit in 64 bits (at most 2**63 - 1), got {_show(value)}")
         elif kind in ("float_type", "float_parsing"):
             messages.append(f"{field_name} must be a number, got {_show(value)}")
         elif kind in ("tuple_type", "list_type") and loc == ("bbox",):
