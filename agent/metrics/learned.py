@@ -28,9 +28,11 @@ how the boxes look when made wrong in these ways, against how they look as given
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from agent.data.inject import Injection, Injector
 
 __all__ = [
     "FOLDS", "MAX_COPIES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy", "cross_fitted_scores",
-    "cross_fitted_scores_each", "fold_of", "training_copies",
+    "cross_fitted_scores_each", "fold_of", "import_classifier_in_background", "training_copies",
 ]  # fmt: skip
 
 STREAM = "learned-metrics"
@@ -130,6 +132,22 @@ def fold_of(image_ids: Sequence[int], folds: int = FOLDS) -> dict[int, int]:
     order = sorted(set(image_ids), key=lambda i: hashlib.blake2b(str(i).encode(), digest_size=8).digest())
     count = max(1, min(folds, len(order)))
     return {image_id: rank % count for rank, image_id in enumerate(order)}
+
+
+def import_classifier_in_background() -> None:
+    """Start importing scikit-learn's classifier on a thread of its own, and return at once.
+
+    It takes most of a second, and the fits need it only after the sandbox workers are done: a run
+    with learned metrics starts it before them, so the import happens while the host waits on the
+    workers, not after. A fit that comes first waits for it on Python's import lock.
+    """
+    threading.Thread(target=_import_classifier, name="import-scikit-learn", daemon=True).start()
+
+
+def _import_classifier() -> None:
+    # A broken install must not print a thread's traceback: the fit imports it again and fails in its own words.
+    with contextlib.suppress(ImportError):
+        import sklearn.ensemble  # noqa: F401
 
 
 def _classifier(columns: int) -> Any:

@@ -30,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from agent.data.coco import Dataset
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
-from agent.metrics.learned import TrainingCopy, cross_fitted_scores_each, fold_of, training_copies
+from agent.metrics.learned import (
+    TrainingCopy,
+    cross_fitted_scores_each,
+    fold_of,
+    import_classifier_in_background,
+    training_copies,
+)
 from agent.metrics.neighbours import RowMapper, class_disagreement
 from sandbox.engine import BatchWriter, CallResult, Engine, RunReport, ScoringEngine, WritingEngine
 from sandbox.framing import PRINTED_MARKER
@@ -381,6 +387,8 @@ class _Training:
     ) -> None:
         self.learned = [code for code, spec in enumerate(codes.codes) if spec.combine == "learned"]
         errors = list(dict.fromkeys(e for code in self.learned for i in codes.specs_of[code] for e in specs[i].learns))
+        if self.learned:
+            import_classifier_in_background()
         self.copies: list[TrainingCopy] = training_copies(dataset, errors) if self.learned else []
         self._numbers = itertools.count(-1, -1) if numbers is None else numbers
         self._where: dict[int, tuple[int, int]] = {}  # task number -> (copy, image id)
