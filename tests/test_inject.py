@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from agent.data.demo import boxes_only, generate_demo_dataset
-from agent.data.inject import INJECT_TYPES, inject_errors
+from agent.data.inject import INJECT_TYPES, Injector, errors_per_type, inject_errors
 from agent.data.label_errors import box_iou
 from agent.errors import UserError
 from agent.evaluation.ranking import average_precision
@@ -242,6 +242,31 @@ def test_a_single_class_dataset_gets_no_swaps_and_is_told_so() -> None:
     injection = inject_errors(document, seed=0)
     assert "swap" not in {r.type for r in injection.errors.errors}
     assert any("no swap errors" in note for note in injection.notes)
+
+
+def test_the_count_per_type_is_known_before_injecting_and_none_is_said() -> None:
+    document = _synthetic("int", n_images=40)
+    per_type, notes = errors_per_type(document, 0.2)
+    injection = inject_errors(document, rate=0.2, seed=3)
+    counts = {t: sum(r.type == t for r in injection.errors.errors) for t in INJECT_TYPES if t != "spurious"}
+    assert per_type > 0 and set(counts.values()) == {per_type} and not notes
+    tiny = {**document, "annotations": document["annotations"][:2]}
+    assert errors_per_type(tiny, 0.2)[0] == 0
+    empty = inject_errors(tiny, rate=0.2, seed=3)
+    assert not empty.errors.errors
+    assert any("no errors injected: 2 boxes" in note and "--rate" in note for note in empty.notes)
+
+
+def test_copies_drawn_by_one_injector_are_those_of_inject_errors() -> None:
+    # The injector learns the document once; what it draws must not depend on how many copies came before.
+    document = _synthetic("float", n_images=30)
+    injector = Injector(document)
+    for seed, types in ((0, INJECT_TYPES), (1, ["shift"]), (0, INJECT_TYPES)):
+        drawn, alone = (
+            injector.inject(rate=0.3, seed=seed, types=types),
+            inject_errors(document, rate=0.3, seed=seed, types=types),
+        )
+        assert drawn.document == alone.document and drawn.errors == alone.errors and drawn.id_map == alone.id_map
 
 
 def test_bad_settings_are_user_errors() -> None:

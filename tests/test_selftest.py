@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -103,12 +104,53 @@ def test_a_sample_of_images_is_what_gets_measured(clean: Path) -> None:
         (["--annotations", "missing.json"], "COCO annotations file not found"),
         (["--annotations", "{clean}", "--rate", "0"], "--rate must be above 0 and below 1"),
         (["--annotations", "{clean}", "--metric", "builtin:nope"], "nope"),
+        (["--annotations", "{clean}", "--rate", "0.001"], "nothing to measure: no errors injected"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(clean: Path, args: list[str], message: str) -> None:
     result = _selftest(*[arg.format(clean=clean) for arg in args])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+_FLAKY = '''"""The box's width; fails on boxes in the right half of the image."""
+NAME = "flaky"
+TITLE = "Flaky width"
+LEVEL = "object"
+SUSPICIOUS = "high"
+RANGE = (0.0, 10000.0)
+TAGS = ["test"]
+
+
+def score(image, obj, scene):
+    if obj["bbox"][0] > scene["image"]["width"] / 2:
+        raise ValueError("a box in the right half")
+    return float(obj["bbox"][2])
+'''
+
+
+def test_failed_calls_and_unreadable_images_are_said(clean: Path, tmp_path: Path) -> None:
+    # An item whose call failed has no score and ranks as least suspicious: the figures are the worse for it.
+    folder = Path(shutil.copytree(clean.parent, tmp_path / "data"))
+    document = json.loads((folder / clean.name).read_text())
+    unreadable = document["images"][3]
+    image_path = next(path for path in folder.rglob(unreadable["file_name"]))
+    image_path.write_bytes(b"not an image")
+    (tmp_path / "flaky.py").write_text(_FLAKY)
+    result = _selftest("--annotations", str(folder / clean.name), "--metric", "builtin:box_tightness",
+                       "--metric", str(tmp_path / "flaky.py"), "--seeds", "1", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert any(
+        note.startswith(f"1 of {len(document['images'])} images could not be read")
+        and f"image {unreadable['id']} ({unreadable['file_name']})" in note
+        for note in notes
+    ), notes
+    assert any(
+        note.startswith("flaky: ") and "exception" in note and "ValueError: a box in the right half" in note
+        for note in notes
+    ), notes
+    assert not any(note.startswith("box_tightness:") for note in notes), "it failed only where the image was unreadable"
 
 
 def _html_report(*args: str) -> subprocess.CompletedProcess[str]:

@@ -60,7 +60,7 @@ from agent.data.label_errors import (
 )
 from agent.errors import UserError
 
-__all__ = ["INJECT_TYPES", "Injection", "Injector", "inject_errors"]
+__all__ = ["INJECT_TYPES", "Injection", "Injector", "errors_per_type", "inject_errors"]
 
 INJECT_TYPES = ERROR_TYPES
 INJECT_DESCRIPTION = "metricsmith injected label errors"
@@ -232,6 +232,41 @@ def inject_errors(
     return Injector(document).inject(rate=rate, seed=seed, types=types, stream=stream)
 
 
+def _plan(corruptible: int, classes: int, rate: float, types: Sequence[str]) -> tuple[list[str], int, list[str]]:
+    """The types a copy gets, how many errors of each, and notes on what it can't get."""
+    notes: list[str] = []
+    wanted = list(dict.fromkeys(types))
+    if "swap" in wanted and classes < 2:
+        wanted.remove("swap")
+        notes.append("a single-class dataset: no swap errors (there is no other class to swap to)")
+    per_type = round(rate * corruptible / max(len(wanted), 1))
+    consuming = [t for t in wanted if t != "spurious"]
+    boxes = f"{corruptible} box{'es' if corruptible != 1 else ''} that can be corrupted"
+    if consuming and per_type * len(consuming) > corruptible:
+        per_type = corruptible // len(consuming)
+        if per_type == 0:
+            notes.append(
+                f"no errors injected: {boxes} cannot take one of each of {len(consuming)} types that change or "
+                "remove a box; give more images"
+            )
+    elif wanted and per_type == 0:
+        notes.append(
+            f"no errors injected: {boxes}, at rate {rate:g} over {len(wanted)} type{'s' if len(wanted) != 1 else ''}, "
+            "make 0 of each type; give a higher --rate or more images"
+        )
+    return wanted, per_type, notes
+
+
+def errors_per_type(
+    document: dict[str, Any], rate: float, types: Sequence[str] = INJECT_TYPES
+) -> tuple[int, list[str]]:
+    """How many errors of each type a copy of `document` gets at `rate` (the same for every seed), and why not more."""
+    corruptible = [a for a in document["annotations"] if not _is_crowd(a)]
+    classes = len({int(a["category_id"]) for a in corruptible})
+    _, per_type, notes = _plan(len(corruptible), classes, rate, types)
+    return per_type, notes
+
+
 def _inject(
     document: dict[str, Any],
     images: dict[int, dict[str, Any]],
@@ -245,15 +280,8 @@ def _inject(
 ) -> Injection:
     rng = np.random.default_rng([seed, int.from_bytes(stream.encode(), "big")])
     annotations = [{k: _json_copy(v) for k, v in a.items() if k != "segmentation"} for a in document["annotations"]]
-    notes: list[str] = []
-    wanted = list(dict.fromkeys(types))
-    if "swap" in wanted and len(present) < 2:
-        wanted.remove("swap")
-        notes.append("a single-class dataset: no swap errors (there is no other class to swap to)")
-    per_type = round(rate * len(corruptible) / max(len(wanted), 1))
+    wanted, per_type, notes = _plan(len(corruptible), len(present), rate, types)
     consuming = [t for t in wanted if t != "spurious"]
-    if consuming and per_type * len(consuming) > len(corruptible):
-        per_type = len(corruptible) // len(consuming)
 
     order = rng.permutation(corruptible).tolist()
     chosen = {t: sorted(order[k * per_type : (k + 1) * per_type]) for k, t in enumerate(consuming)}

@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from agent.data.coco import Dataset, coco_from_document
-from agent.data.inject import Injection, Injector
+from agent.data.inject import Injection, Injector, errors_per_type
 from agent.data.json_files import load_json_model
 from agent.errors import UserError
 from agent.evaluation.ranking import (
@@ -52,7 +52,7 @@ from agent.evaluation.ranking import (
     scores_from_rows,
 )
 from agent.metrics.contract import MetricSpec
-from agent.metrics.scoring import ScoreRow, score_versions
+from agent.metrics.scoring import ScoreRow, error_line, item_order, score_versions
 from sandbox.engine import Engine, ScoringEngine
 from sandbox.isolation import SandboxConfig
 
@@ -269,6 +269,9 @@ def run_selftest(
     call once: a box no injection touched is scored once for all seeds by a metric that reads
     nothing but its own box (`agent.metrics.inputs`).
     """
+    per_type, why = errors_per_type(document, rate)
+    if per_type == 0:  # before any scoring: a table of dashes would take minutes to say nothing
+        raise UserError(f"{annotations_path}: nothing to measure: {why[-1]}")
     scored = score_noisy_copies(
         document, annotations_path, image_root, specs, seeds=seeds, rate=rate, sandbox=sandbox, on_calls=on_calls
     )
@@ -288,5 +291,41 @@ def run_selftest(
         errors_by_type=reports[-1].items.errors_by_type if reports else {},
         calls=Calls(run=scored.calls_run, without_reuse=scored.calls_needed),
         metrics=summarise(reports),
-        notes=notes,
+        notes=[*notes, *failure_notes(scored.copies)],
     )
+
+
+def failure_notes(copies: Sequence[NoisyCopy]) -> list[str]:
+    """What failed in the copies' score() calls, said once: images no metric could read, then each metric's own.
+
+    A failed call leaves its item without a score, and an item without a score ranks as least
+    suspicious (`agent.evaluation.ranking`), so every figure it is in is the worse for it: the user
+    must hear it, as `score` says it.
+    """
+    rows = [row for copy in copies for row in copy.rows if row.error_kind is not None]
+    if not rows:
+        return []
+    names = {image.id: image.file_name for image in copies[0].dataset.images}
+    notes = []
+    unreadable = {row.image_id: row for row in sorted(rows, key=item_order) if row.error_kind == "image_unreadable"}
+    if unreadable:
+        first = next(iter(unreadable.values()))
+        notes.append(
+            f"{len(unreadable)} of {len(names)} images could not be read, so no metric scored their items "
+            f"(first: image {first.image_id} ({names.get(first.image_id, '?')}): {error_line(first.error)}); "
+            "those items rank as least suspicious in every figure"
+        )
+    failed: dict[str, list[ScoreRow]] = {}
+    for row in rows:
+        if row.error_kind != "image_unreadable":
+            failed.setdefault(row.metric, []).append(row)
+    for metric, its_rows in failed.items():
+        kinds = Counter(row.error_kind for row in its_rows)
+        first = min(its_rows, key=item_order)  # its image is the same in every copy; its box's number is not
+        notes.append(
+            f"{metric}: {len(its_rows)} calls failed over the {len(copies)} copies "
+            f"({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())}; first: {first.error_kind} on "
+            f"image {first.image_id} ({names.get(first.image_id, '?')}): {error_line(first.error)}); "
+            "those items rank as least suspicious"
+        )
+    return notes
