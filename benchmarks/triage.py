@@ -91,7 +91,7 @@ def measure(document: dict[str, Any], dataset: Dataset, errors: list[ErrorLabel]
     specs = [spec for spec in list_builtin_metrics() if spec.combine != "learned"]
     seeds = list(range(seed_sets * SEEDS_PER_SET))
     started = time.monotonic()
-    original, training = score_with_copies(
+    original, training, _ = score_with_copies(
         document, dataset, specs, sandbox=SandboxConfig(workers=workers), seeds=seeds, rate=0.2
     )
     seconds = time.monotonic() - started

@@ -253,3 +253,17 @@ def test_score_files_and_known_errors_learn_from_the_errors_and_measure_the_queu
     figures = summary["figures"]
     assert f"precision {figures['precision_at_budget']:.3f} in the top {figures['reviewed']} boxes" in printed
     assert figures["precision_at_budget"] > figures["random_precision"]
+
+
+def test_unreadable_images_are_said_since_their_boxes_have_no_scores(tmp_path: Path) -> None:
+    annotations = generate_demo_dataset(tmp_path / "demo", n_images=8, seed=3, workers=1)
+    image = json.loads(annotations.read_text())["images"][2]
+    next(annotations.parent.rglob(image["file_name"])).write_bytes(b"not an image")
+    code = main(["triage", "--annotations", str(annotations), "--out", str(tmp_path / "out"), "--workers", "1",
+                 "--learn", "rank-average", "--metric", "builtin:box_tightness",
+                 "--metric", "builtin:object_area_relative"])  # fmt: skip
+    assert code == 0
+    notes = json.loads((tmp_path / "out" / "summary.json").read_text())["notes"]
+    assert any(
+        note.startswith("1 of 8 images could not be read") and f"({image['file_name']})" in note for note in notes
+    ), notes

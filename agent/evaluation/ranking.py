@@ -79,7 +79,7 @@ from agent.data.coco import Dataset
 from agent.data.label_errors import ERROR_TYPES, load_errors
 from agent.errors import UserError
 from agent.evaluation.stacking import cross_validated_scores
-from agent.metrics.scoring import ScoreRow
+from agent.metrics.scoring import ScoreRow, error_line, item_order
 
 Direction = Literal["high", "low"]
 Level = Literal["object", "image"]
@@ -364,6 +364,40 @@ def scores_from_rows(rows: Iterable[ScoreRow], directions: Mapping[str, Directio
         MetricScores(name=name, level=levels[name], direction=directions[name], scores=scores)  # type: ignore[arg-type]
         for name, scores in grouped.items()
     ]
+
+
+def failure_notes(rows: Iterable[ScoreRow], file_names: Mapping[int, str], *, over: str, consequence: str) -> list[str]:
+    """What failed among `rows`' score() calls, said once: images no metric could read, then each metric's own.
+
+    A failed call leaves its item without a score (`scores_from_rows`), and such an item is ranked
+    last, so every figure or queue it is in is the worse for it: the user must hear it, as `score`
+    says it. `over` says where the rows come from ("over the 3 copies", or ""); `consequence` what
+    becomes of the items of unreadable images, which no metric scored.
+    """
+    failed = sorted((row for row in rows if row.error_kind is not None), key=item_order)
+    notes = []
+    unreadable = {row.image_id: row for row in reversed(failed) if row.error_kind == "image_unreadable"}
+    if unreadable:
+        first = unreadable[min(unreadable)]
+        notes.append(
+            f"{len(unreadable)} of {len(file_names)} images could not be read, so no metric scored their items "
+            f"(first: image {first.image_id} ({file_names.get(first.image_id, '?')}): {error_line(first.error)}); "
+            f"those items {consequence}"
+        )
+    by_metric: dict[str, list[ScoreRow]] = {}
+    for row in failed:
+        if row.error_kind != "image_unreadable":
+            by_metric.setdefault(row.metric, []).append(row)
+    for metric, its_rows in by_metric.items():
+        kinds = Counter(row.error_kind for row in its_rows)
+        first = its_rows[0]  # its image names it in every copy; a box's number may differ between copies
+        notes.append(
+            f"{metric}: {len(its_rows)} calls failed{' ' + over if over else ''} "
+            f"({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())}; first: {first.error_kind} on "
+            f"image {first.image_id} ({file_names.get(first.image_id, '?')}): {error_line(first.error)}); "
+            "those items count as least suspicious by it"
+        )
+    return notes
 
 
 def check_files(

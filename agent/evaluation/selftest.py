@@ -48,11 +48,12 @@ from agent.evaluation.ranking import (
     ErrorLabel,
     EvaluationReport,
     evaluate,
+    failure_notes,
     ground_truth,
     scores_from_rows,
 )
 from agent.metrics.contract import MetricSpec
-from agent.metrics.scoring import ScoreRow, error_line, item_order, score_versions
+from agent.metrics.scoring import ScoreRow, score_versions
 from sandbox.engine import Engine, ScoringEngine
 from sandbox.isolation import SandboxConfig
 
@@ -291,41 +292,13 @@ def run_selftest(
         errors_by_type=reports[-1].items.errors_by_type if reports else {},
         calls=Calls(run=scored.calls_run, without_reuse=scored.calls_needed),
         metrics=summarise(reports),
-        notes=[*notes, *failure_notes(scored.copies)],
+        notes=[
+            *notes,
+            *failure_notes(
+                [row for copy in scored.copies for row in copy.rows],
+                {image["id"]: image["file_name"] for image in document["images"]},
+                over=f"over the {len(scored.copies)} copies",
+                consequence="rank as least suspicious in every figure",
+            ),
+        ],
     )
-
-
-def failure_notes(copies: Sequence[NoisyCopy]) -> list[str]:
-    """What failed in the copies' score() calls, said once: images no metric could read, then each metric's own.
-
-    A failed call leaves its item without a score, and an item without a score ranks as least
-    suspicious (`agent.evaluation.ranking`), so every figure it is in is the worse for it: the user
-    must hear it, as `score` says it.
-    """
-    rows = [row for copy in copies for row in copy.rows if row.error_kind is not None]
-    if not rows:
-        return []
-    names = {image.id: image.file_name for image in copies[0].dataset.images}
-    notes = []
-    unreadable = {row.image_id: row for row in sorted(rows, key=item_order) if row.error_kind == "image_unreadable"}
-    if unreadable:
-        first = next(iter(unreadable.values()))
-        notes.append(
-            f"{len(unreadable)} of {len(names)} images could not be read, so no metric scored their items "
-            f"(first: image {first.image_id} ({names.get(first.image_id, '?')}): {error_line(first.error)}); "
-            "those items rank as least suspicious in every figure"
-        )
-    failed: dict[str, list[ScoreRow]] = {}
-    for row in rows:
-        if row.error_kind != "image_unreadable":
-            failed.setdefault(row.metric, []).append(row)
-    for metric, its_rows in failed.items():
-        kinds = Counter(row.error_kind for row in its_rows)
-        first = min(its_rows, key=item_order)  # its image is the same in every copy; its box's number is not
-        notes.append(
-            f"{metric}: {len(its_rows)} calls failed over the {len(copies)} copies "
-            f"({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())}; first: {first.error_kind} on "
-            f"image {first.image_id} ({names.get(first.image_id, '?')}): {error_line(first.error)}); "
-            "those items rank as least suspicious"
-        )
-    return notes

@@ -41,6 +41,7 @@ suspicious first. `likely_error` is null under `rank_average`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +60,7 @@ from agent.evaluation.ranking import (
     GroundTruth,
     MetricScores,
     budget_items,
+    failure_notes,
     ground_truth,
     metric_columns,
     object_error_types,
@@ -419,11 +421,12 @@ def score_with_copies(
     seeds: Sequence[int],
     rate: float,
     on_calls: Callable[[int], None] = lambda count: None,
-) -> tuple[list[MetricScores], list[TrainingCopy]]:
-    """The original's metric scores, and one noisy copy per seed with its scores and its injected errors.
+) -> tuple[list[MetricScores], list[TrainingCopy], list[str]]:
+    """The original's metric scores, one noisy copy per seed with its scores and its injected errors, and notes.
 
     The copies are drawn in triage's own stream (`STREAM`) and scored in the same run as the
-    original, each distinct call once (`score_versions`).
+    original, each distinct call once (`score_versions`). The notes say which of the original's calls
+    failed (`failure_notes`): their boxes have no score, and would sit at the bottom unexplained.
     """
     scored = score_noisy_copies(
         document, dataset.annotations_path, dataset.image_root, specs,
@@ -434,7 +437,13 @@ def score_with_copies(
         TrainingCopy(scores_from_rows(copy.rows, directions), ground_truth(copy.dataset, copy.labels))
         for copy in scored.copies
     ]
-    return scores_from_rows(scored.original or [], directions), training
+    failures = failure_notes(
+        scored.original or [],
+        {image.id: image.file_name for image in dataset.images},
+        over="",
+        consequence="have no scores, so their place in the queue says nothing about them",
+    )
+    return scores_from_rows(scored.original or [], directions), training, failures
 
 
 def run_triage(
@@ -457,13 +466,14 @@ def run_triage(
     """
     if extra and learn == "injected":
         raise UserError("score files can't be scored on injected copies: learn from known errors or rank_average")
-    original, training = score_with_copies(
+    original, training, failures = score_with_copies(
         document, dataset, specs, sandbox=sandbox, seeds=seeds if learn == "injected" else [], rate=rate,
         on_calls=on_calls,
     )  # fmt: skip
-    return triage_from_scores(
+    result = triage_from_scores(
         dataset, [*original, *extra], training, known_errors if learn == "known_errors" else None, budget=budget
     )
+    return dataclasses.replace(result, notes=[*result.notes, *failures])
 
 
 def scores_of_rows(rows: Sequence[ScoreRow], directions: Mapping[str, Literal["high", "low"]]) -> list[MetricScores]:
