@@ -257,6 +257,18 @@ def test_bad_metric_file_is_refused_before_scoring(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"error: {metric}:3: LEVEL must be 'image' or 'object', got 'box'"
 
 
+def test_workers_with_the_ray_engine_is_refused_not_ignored(tmp_path: Path) -> None:
+    # Checked before Ray is looked for: the same line with or without the ray extra.
+    annotations = make_dataset(tmp_path / "data")
+    result = run_cli("score", "--annotations", str(annotations), "--out", str(tmp_path / "o.csv"),
+                     "--engine", "ray", "--workers", "4")  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "error: --workers goes with --engine local; with --engine ray, give --workers-per-node"
+    )
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_require_isolation_refuses_when_a_layer_is_missing(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
     annotations = make_dataset(tmp_path / "data")
     # Without /usr/bin on PATH, bwrap can't be found: the run must refuse rather than run less isolated.

@@ -45,7 +45,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "directory of Parquet parts that reads as one table; with --engine ray the actors write the parts "
         "themselves, so the rows never gather on this machine",
     )
-    score.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    score.add_argument(
+        "--workers", type=positive_int, default=None, help="worker processes (default: one per CPU; --engine local)"
+    )
     score.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per score() call")
     score.add_argument("--memory", type=positive_int, default=2048, help="MB each worker may allocate")
     score.add_argument(
@@ -72,7 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.add_argument(
         "--workers-per-node",
         type=positive_int,
-        help="with --engine ray: sandboxed workers on each node (default: one per CPU; --workers is ignored)",
+        help="with --engine ray: sandboxed workers on each node (default: one per CPU; instead of --workers)",
     )
     add_library_option(score)
     score.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -97,7 +99,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if len(dataset.warnings) > 10:
         stderr.print(f"[yellow]warning[/]: ... and {len(dataset.warnings) - 10} more warnings")
     config = SandboxConfig(
-        workers=args.workers,
+        workers=args.workers or os.cpu_count() or 1,
         timeout_s=args.timeout,
         memory_mb=args.memory,
         require_isolation=args.require_isolation,
@@ -156,6 +158,9 @@ def _engine(args: argparse.Namespace) -> tuple[Callable[[SandboxConfig], Engine]
             if value is not None:
                 raise UserError(f"{flag} goes with --engine ray")
         return ScoringEngine, contextlib.nullcontext()
+    if args.workers is not None:
+        # Silently ignored, it would look like it worked: each node's workers are --workers-per-node's.
+        raise UserError("--workers goes with --engine local; with --engine ray, give --workers-per-node")
     if importlib.util.find_spec("ray") is None:
         raise EnvironmentProblem("--engine ray needs Ray on this machine: pip install 'metricsmith[ray]'")
     # Ray loads only for a Ray run: importing it costs a second, and it is an optional extra.
