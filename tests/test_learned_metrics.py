@@ -242,6 +242,9 @@ def test_one_metric_per_type_and_a_single_class_dataset_gets_no_swap_scores(demo
     assert by_metric["test_learned_swap"].not_applicable == len(single.annotations)
     assert by_metric["test_learned_duplicate"].scored == len(single.annotations)
     assert outcome.failed == 0
+    # The n/a column alone would leave the user guessing why: the summary says it.
+    assert by_metric["test_learned_swap"].note is not None and "single-class" in by_metric["test_learned_swap"].note
+    assert by_metric["test_learned_duplicate"].note is None
 
 
 def test_the_builtin_detectors_find_their_type_on_the_demo(demo: Path) -> None:

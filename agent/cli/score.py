@@ -184,6 +184,8 @@ def _print_summary(outcome: ScoreOutcome, out: str) -> None:
     for summary in outcome.summaries:
         for line in failure_lines(summary, stderr.width):
             stderr.print(line, markup=False)
+        if summary.note is not None:
+            stderr.print(f"{summary.name}: {summary.note}", markup=False)
     for name, error in outcome.metric_errors.items():
         stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
     active = [layer.name for layer in outcome.layers if layer.active]

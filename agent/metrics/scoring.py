@@ -31,6 +31,7 @@ from agent.data.coco import Dataset
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
 from agent.metrics.learned import (
+    MIN_TRAINING,
     TrainingCopy,
     cross_fitted_scores_each,
     fold_of,
@@ -114,6 +115,7 @@ class MetricSummary:
     # 8 bytes a score, not a Python float's 32: a big job's driver keeps one per scored row, for the median.
     scores: array[float] = field(default_factory=lambda: array("d"))
     first_failures: dict[str, FirstFailure] = field(default_factory=dict)
+    note: str | None = None  # why items have no score when the metric can say (a learned metric with nothing to learn)
 
     @property
     def failed(self) -> int:
@@ -640,7 +642,25 @@ class _Collector:
             for rows in corrupted
         ]
         every_scores = cross_fitted_scores_each(clean, clean_images, problems, folds, threads=self.threads)
+        for index, problem, scores in zip(indices, problems, every_scores, strict=True):
+            self.summaries[index].note = self._unlearned(index, problem is None, scores)
         return [self._scored(results, vectors, scores) for scores in every_scores]
+
+    def _unlearned(self, index: int, nothing_to_learn: bool, scores: Sequence[float | None]) -> str | None:
+        """Why boxes of a learned metric have no score, if some have none: otherwise its n/a column says nothing."""
+        unscored = sum(score is None for score in scores)
+        if not unscored:
+            return None
+        if nothing_to_learn:
+            learns = self.specs[index].learns
+            why = f"no {' or '.join(learns)} error could be injected into this dataset to learn from"
+            if "swap" in learns and len({a.category_id for a in self.dataset.annotations}) < 2:
+                why += " (a single-class dataset: there is no other class to swap to)"
+            return f"no box scored: {why}"
+        return (
+            f"{unscored} box{'es' if unscored != 1 else ''} not scored: the images outside their fold held fewer "
+            f"than {MIN_TRAINING} corrupted or {MIN_TRAINING} clean boxes to learn from"
+        )
 
     def _annotation_id(self, result: CallResult) -> int | None:
         return None if result.obj is None else self._ids_of(result.image_id)[result.obj]
