@@ -163,7 +163,9 @@ def test_report_shows_the_selftest_as_an_estimate_for_its_own_dataset(clean: Pat
     figures = json.loads(measured.stdout)
     assert figures["dataset_sha256"] and figures["calls"]["run"] < figures["calls"]["without_reuse"]
     selftest = tmp_path / "selftest.json"
-    selftest.write_text(measured.stdout, encoding="utf-8")
+    # Its notes (an unreadable image, a failing metric) travel with the table, escaped like any text.
+    note = "1 of 16 images could not be read <b>here</b>"
+    selftest.write_text(json.dumps({**figures, "notes": [*figures["notes"], note]}), encoding="utf-8")
     page = tmp_path / "report.html"
     made = _html_report("--annotations", str(clean), "--metric", "builtin:box_tightness", "--selftest", str(selftest),
                    "--out", str(page))  # fmt: skip
@@ -171,6 +173,7 @@ def test_report_shows_the_selftest_as_an_estimate_for_its_own_dataset(clean: Pat
     html = page.read_text(encoding="utf-8")
     section = html[html.index('<section id="selftest">') : html.index("</section>", html.index('id="selftest"'))]
     assert "an estimate on injected errors" in section and '<a href="#metric-box_tightness">' in section
+    assert "<li>1 of 16 images could not be read &lt;b&gt;here&lt;/b&gt;</li>" in section
     tightness = next(row for row in figures["metrics"] if row["metric"] == "box_tightness")
     assert f"{tightness['ap']['mean']:.3f} ± {tightness['ap']['spread']:.3f}" in section
     assert "Selftest (an estimate on injected errors" in html[html.index('id="metric-box_tightness"') :]
