@@ -594,3 +594,29 @@ def test_translation_fit_flags_a_moved_box_not_a_resized_one() -> None:
     assert shifted > fitting + 0.15
     assert max(loose, tight) < shifted - 0.1  # resizing in place mends them: no move is needed
     assert fit([132, 150, 40, 40], neighbours=[]) is None  # alone: nothing to learn the colours from
+
+
+def test_crown_template_flags_a_moved_box() -> None:
+    crown_template = example("crown_template")
+    image = crowns()
+    others = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES[:4])]
+
+    def moved(bbox: list[float], neighbours: list[dict[str, Any]] = others) -> float | None:
+        box = obj(bbox, category="tree", ann_id=9)
+        sc = scene(image, [*neighbours, box])
+        return crown_template.score(image, box, sc, crown_template.prepare(image, sc))
+
+    fitting = moved([120, 140, 40, 40])  # the crown's own box: sits as the other crowns' boxes sit
+    shifted = moved([132, 150, 40, 40])  # moved by 30% of its size: a third of the crown outside it
+    shifted_left = moved([110, 140, 40, 40])  # moved by a quarter, the other way
+    assert fitting is not None and shifted is not None and shifted_left is not None
+    assert fitting < 0.05
+    assert shifted > fitting + 0.1
+    assert shifted_left > fitting + 0.1
+    # Fewer than 3 boxes of any class (this one included): no template to match.
+    assert moved([132, 150, 40, 40], neighbours=others[:1]) is None
+    # Where it puts the moved box back: to the left and up, about as far as it was moved (30%, 25%).
+    box = obj([132, 150, 40, 40], category="tree", ann_id=9)
+    sc = scene(image, [*others, box])
+    offset = crown_template.best_offset(box, crown_template.prepare(image, sc))
+    assert offset is not None and offset[0] < -0.15 and offset[1] < -0.1
