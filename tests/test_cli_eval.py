@@ -112,6 +112,32 @@ def test_table_output(files: tuple[Path, Path, Path]) -> None:
         assert word in result.stdout
 
 
+def test_failed_calls_are_said_beside_the_figures(files: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    # An item whose call failed ranks last in every figure: eval says so on stderr, the JSON stays one document.
+    annotations, errors, _ = files
+    scores = tmp_path / "failed.csv"
+    with scores.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["metric", "level", "image_id", "annotation_id", "score", "error_kind", "error"])
+        for key in (10, 11, 20, 21, 30, 31):
+            failed = key == 30
+            writer.writerow(["my_boxes", "object", key // 10, key, "" if failed else key / 100,
+                             "exception" if failed else "", "ValueError: no crown here" if failed else ""])  # fmt: skip
+        for key in (40, 41):
+            writer.writerow(["my_boxes", "object", 4, key, "", "image_unreadable", "cannot decode 4.png"])
+    result = run_cli("eval", "--annotations", str(annotations), "--errors", str(errors), "--scores", str(scores),
+                     "--direction", "my_boxes=high", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: 1 of 4 images could not be read, so no metric scored their items (first: image 4 (4.png): cannot "
+        "decode 4.png); those items rank as least suspicious in every figure",
+        "note: my_boxes: 1 call failed (1 exception; first: exception on image 3 (3.png): ValueError: no crown "
+        "here); those items count as least suspicious by it",
+    ]
+
+
 def test_unknown_direction_is_a_usage_error(files: tuple[Path, Path, Path]) -> None:
     annotations, errors, scores = files
     result = run_cli("eval", "--annotations", str(annotations), "--errors", str(errors), "--scores", str(scores))

@@ -25,6 +25,7 @@ from agent.evaluation.ranking import (
     GroundTruth,
     check_files,
     evaluate,
+    failure_notes,
     ground_truth,
     load_error_labels,
     scores_from_rows,
@@ -160,6 +161,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stdout.print_json(report.model_dump_json())
     else:
         _print_evaluation(report)
+    # On stderr, so that --json stays one document: a failed call's item ranks last in every figure above.
+    names = {image.id: image.file_name for image in dataset.images}
+    for note in failure_notes(rows, names, over="", consequence="rank as least suspicious in every figure"):
+        stderr.print(f"note: {note}", markup=False)
     return EXIT_OK
 
 

@@ -392,7 +392,7 @@ def failure_notes(rows: Iterable[ScoreRow], file_names: Mapping[int, str], *, ov
         kinds = Counter(row.error_kind for row in its_rows)
         first = its_rows[0]  # its image names it in every copy; a box's number may differ between copies
         notes.append(
-            f"{metric}: {len(its_rows)} calls failed{' ' + over if over else ''} "
+            f"{metric}: {len(its_rows)} call{'s' if len(its_rows) != 1 else ''} failed{' ' + over if over else ''} "
             f"({', '.join(f'{count} {kind}' for kind, count in kinds.most_common())}; first: {first.error_kind} on "
             f"image {first.image_id} ({file_names.get(first.image_id, '?')}): {error_line(first.error)}); "
             "those items count as least suspicious by it"
