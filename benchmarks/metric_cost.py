@@ -36,7 +36,8 @@ from agent.resources import cache_dir  # noqa: E402
 METRICS = REPO / "prompts" / "metrics"
 
 
-def _load(path: Path) -> ModuleType:
+def load_module(path: Path) -> ModuleType:
+    """A metric file as a plain module (our own trusted files: no sandbox)."""
     spec = importlib.util.spec_from_file_location(f"cost_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -44,24 +45,36 @@ def _load(path: Path) -> ModuleType:
     return module
 
 
-def _items(annotations: Path) -> list[tuple[np.ndarray, dict[str, Any], list[dict[str, Any]]]]:
-    """(image, scene, boxes) per image, the images decoded once, before any timing."""
-    document = json.loads(annotations.read_text(encoding="utf-8"))
+def scenes(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One scene per image of a COCO document, as `Dataset.scene` makes them (each box with its class's name)."""
     names = {c["id"]: c["name"] for c in document["categories"]}
     boxes: dict[int, list[dict[str, Any]]] = {}
     for annotation in document["annotations"]:
         boxes.setdefault(annotation["image_id"], []).append(
             {**annotation, "category": names[annotation["category_id"]]}
         )
-    root = annotations.parent / "images" if (annotations.parent / "images").is_dir() else annotations.parent
-    items = []
+    return [
+        {"image": image, "annotations": boxes.get(image["id"], []), "categories": document["categories"]}
+        for image in document["images"]
+    ]
+
+
+def decoded(document: dict[str, Any], root: Path) -> dict[int, np.ndarray]:
+    """Each image as the sandbox's workers give it to a metric: RGB, read-only."""
+    pixels = {}
     for image in document["images"]:
-        pixels = cv2.cvtColor(cv2.imread(str(root / image["file_name"])), cv2.COLOR_BGR2RGB)
-        pixels.setflags(write=False)
-        own = boxes.get(image["id"], [])
-        scene = {"image": image, "annotations": own, "categories": document["categories"]}
-        items.append((pixels, scene, own))
-    return items
+        rgb = cv2.cvtColor(cv2.imread(str(root / image["file_name"])), cv2.COLOR_BGR2RGB)
+        rgb.setflags(write=False)
+        pixels[image["id"]] = rgb
+    return pixels
+
+
+def _items(annotations: Path) -> list[tuple[np.ndarray, dict[str, Any], list[dict[str, Any]]]]:
+    """(image, scene, boxes) per image, the images decoded once, before any timing."""
+    document = json.loads(annotations.read_text(encoding="utf-8"))
+    root = annotations.parent / "images" if (annotations.parent / "images").is_dir() else annotations.parent
+    pixels = decoded(document, root)
+    return [(pixels[scene["image"]["id"]], scene, scene["annotations"]) for scene in scenes(document)]
 
 
 def _per_call(module: ModuleType, items: list) -> float:
@@ -94,7 +107,7 @@ def main() -> None:
         datasets["tiles"] = tiles
     else:
         print("no tiles yet: run benchmarks/real_data.py once to build them")
-    modules = [_load(path) for path in sorted(METRICS.glob("*.py"))]
+    modules = [load_module(path) for path in sorted(METRICS.glob("*.py"))]
     print("| metric | level | " + " | ".join(f"{name} ms/call" for name in datasets) + " |")
     print("|---|---|" + "---:|" * len(datasets))
     timings = {name: {m.NAME: [] for m in modules} for name in datasets}

@@ -25,7 +25,6 @@ development seeds, not selftest's 0-2.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -34,11 +33,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from metric_cost import decoded, load_module, scenes  # noqa: E402
 
 from agent.data.coco import coco_from_document  # noqa: E402
 from agent.data.inject import Injector  # noqa: E402
@@ -48,38 +48,6 @@ from agent.resources import cache_dir  # noqa: E402
 TILES = cache_dir() / "real-data" / "tiles" / "annotations.json"
 TEMPLATE = REPO / "examples" / "metrics" / "crown_template.py"
 MIN_SIDE = 2  # a jittered box cut down to less than this at the image's edge is left out
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"ceiling_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _pixels(document: dict[str, Any], root: Path) -> dict[int, np.ndarray]:
-    """Each image as the sandbox's workers give it to a metric: RGB, read-only."""
-    pixels = {}
-    for image in document["images"]:
-        rgb = cv2.cvtColor(cv2.imread(str(root / image["file_name"])), cv2.COLOR_BGR2RGB)
-        rgb.setflags(write=False)
-        pixels[image["id"]] = rgb
-    return pixels
-
-
-def _scenes(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """One scene per image, as `Dataset.scene` makes them (each box with its class's name)."""
-    names = {category["id"]: category["name"] for category in document["categories"]}
-    boxes: dict[int, list[dict[str, Any]]] = {}
-    for annotation in document["annotations"]:
-        boxes.setdefault(annotation["image_id"], []).append(
-            {**annotation, "category": names[annotation["category_id"]]}
-        )
-    return [
-        {"image": image, "annotations": boxes.get(image["id"], []), "categories": document["categories"]}
-        for image in document["images"]
-    ]
 
 
 def _clipped(box: Sequence[float], width: int, height: int) -> list[int]:
@@ -108,7 +76,7 @@ def snapped(
     """Every box moved to where the template puts its crown, `rounds` times."""
     for _ in range(rounds):
         moves = {}
-        for scene in _scenes(document):
+        for scene in scenes(document):
             prepared = template.prepare(pixels[scene["image"]["id"]], scene)
             for annotation in scene["annotations"]:
                 offset = template.best_offset(annotation, prepared)
@@ -139,7 +107,7 @@ def shift_aps(
         injection = injector.inject(rate=0.2, seed=seed)
         noisy = injection.document
         scores: dict[int, float | None] = {}
-        for scene in _scenes(noisy):
+        for scene in scenes(noisy):
             image = pixels[scene["image"]["id"]]
             prepared = metric.prepare(image, scene)
             for annotation in scene["annotations"]:
@@ -169,8 +137,8 @@ def main() -> None:
     if not TILES.is_file():
         parser.error(f"{TILES} not found: run `python benchmarks/real_data.py` first (it builds the tiles)")
     document = json.loads(TILES.read_text(encoding="utf-8"))
-    pixels = _pixels(document, coco_from_document(document, TILES).image_root)
-    template = _load(TEMPLATE)
+    pixels = decoded(document, coco_from_document(document, TILES).image_root)
+    template = load_module(TEMPLATE)
 
     def shown(values: list[float]) -> str:
         return (
