@@ -576,15 +576,25 @@ def test_example_metrics_pass_the_contract_check() -> None:
         assert load_metric_file(str(path)).name == path.stem
 
 
+def _among_crowns(bbox: list[float], neighbours: int = 4) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """The crafted crowns, a tree box at `bbox` (id 9) and its scene, with the first `neighbours` crowns' boxes."""
+    image = crowns()
+    others = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES[:neighbours])]
+    box = obj(bbox, category="tree", ann_id=9)
+    return image, box, scene(image, [*others, box])
+
+
+def _prepared_score(metric: ModuleType, bbox: list[float], neighbours: int = 4) -> float | None:
+    """A metric with prepare() on a box among the crafted crowns, as the worker calls it."""
+    image, box, sc = _among_crowns(bbox, neighbours)
+    return metric.score(image, box, sc, metric.prepare(image, sc))
+
+
 def test_translation_fit_flags_a_moved_box_not_a_resized_one() -> None:
     translation_fit = example("translation_fit")
-    image = crowns()
-    others = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES[:4])]
 
-    def fit(bbox: list[float], neighbours: list[dict[str, Any]] = others) -> float | None:
-        box = obj(bbox, category="tree", ann_id=9)
-        sc = scene(image, [*neighbours, box])
-        return translation_fit.score(image, box, sc, translation_fit.prepare(image, sc))
+    def fit(bbox: list[float], neighbours: int = 4) -> float | None:
+        return _prepared_score(translation_fit, bbox, neighbours)
 
     fitting = fit([120, 140, 40, 40])  # the crown's own box
     shifted = fit([132, 150, 40, 40])  # a third of the crown outside it, ground inside
@@ -593,18 +603,14 @@ def test_translation_fit_flags_a_moved_box_not_a_resized_one() -> None:
     assert fitting < 0.05
     assert shifted > fitting + 0.15
     assert max(loose, tight) < shifted - 0.1  # resizing in place mends them: no move is needed
-    assert fit([132, 150, 40, 40], neighbours=[]) is None  # alone: nothing to learn the colours from
+    assert fit([132, 150, 40, 40], neighbours=0) is None  # alone: nothing to learn the colours from
 
 
 def test_crown_template_flags_a_moved_box() -> None:
     crown_template = example("crown_template")
-    image = crowns()
-    others = [obj(box, category="tree", ann_id=i + 1) for i, box in enumerate(CROWN_BOXES[:4])]
 
-    def moved(bbox: list[float], neighbours: list[dict[str, Any]] = others) -> float | None:
-        box = obj(bbox, category="tree", ann_id=9)
-        sc = scene(image, [*neighbours, box])
-        return crown_template.score(image, box, sc, crown_template.prepare(image, sc))
+    def moved(bbox: list[float], neighbours: int = 4) -> float | None:
+        return _prepared_score(crown_template, bbox, neighbours)
 
     fitting = moved([120, 140, 40, 40])  # the crown's own box: sits as the other crowns' boxes sit
     shifted = moved([132, 150, 40, 40])  # moved by 30% of its size: a third of the crown outside it
@@ -614,9 +620,8 @@ def test_crown_template_flags_a_moved_box() -> None:
     assert shifted > fitting + 0.1
     assert shifted_left > fitting + 0.1
     # Fewer than 3 boxes of any class (this one included): no template to match.
-    assert moved([132, 150, 40, 40], neighbours=others[:1]) is None
+    assert moved([132, 150, 40, 40], neighbours=1) is None
     # Where it puts the moved box back: to the left and up, about as far as it was moved (30%, 25%).
-    box = obj([132, 150, 40, 40], category="tree", ann_id=9)
-    sc = scene(image, [*others, box])
+    image, box, sc = _among_crowns([132, 150, 40, 40])
     offset = crown_template.best_offset(box, crown_template.prepare(image, sc))
     assert offset is not None and offset[0] < -0.15 and offset[1] < -0.1
