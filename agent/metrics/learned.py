@@ -33,7 +33,7 @@ import dataclasses
 import hashlib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +97,7 @@ def training_copies(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCop
     rate = min(MAX_RATE, POSITIVES_WANTED / corruptible)
     count = min(MAX_COPIES, math.ceil(POSITIVES_WANTED / (rate * corruptible)))
     injector = Injector(_document(dataset))
+    by_id = {annotation.id: annotation for annotation in dataset.annotations}
     copies = []
     for error in errors:
         for seed in range(count):
@@ -105,16 +106,17 @@ def training_copies(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCop
             corrupted = frozenset(r.annotation_id for r in records)
             if not corrupted:
                 break  # a single-class dataset has no swaps: every copy would be as empty
-            annotations = _copy_annotations(dataset, injection, corrupted)
+            annotations = _copy_annotations(by_id, injection, corrupted)
             images = frozenset(r.image_id for r in records)
             copies.append(TrainingCopy(error, dataclasses.replace(dataset, annotations=annotations), corrupted, images))
     return copies
 
 
-def _copy_annotations(dataset: Dataset, injection: Injection, corrupted: frozenset[int]) -> tuple[AnnotationInfo, ...]:
-    """The copy's annotations as the dataset holds them: a box the injection left alone is the dataset's own,
-    renumbered (and without a segmentation, as the copy has none); only the changed and new ones are read anew."""
-    by_id = {annotation.id: annotation for annotation in dataset.annotations}
+def _copy_annotations(
+    by_id: Mapping[int, AnnotationInfo], injection: Injection, corrupted: frozenset[int]
+) -> tuple[AnnotationInfo, ...]:
+    """The copy's annotations as the dataset holds them (`by_id`): a box the injection left alone is the dataset's
+    own, renumbered (and without a segmentation, as the copy has none); only the changed and new ones are read anew."""
     return tuple(
         AnnotationInfo.model_validate(annotation)
         if annotation["id"] in corrupted or annotation["id"] not in injection.id_map
