@@ -12,6 +12,7 @@ import pytest
 
 from agent.data.coco import Dataset, coco_from_document, load_coco
 from agent.data.demo import generate_demo_dataset
+from agent.data.inject import Injector
 from agent.data.label_errors import load_errors
 from agent.evaluation.ranking import evaluate, ground_truth, scores_from_rows
 from agent.metrics import learned, scoring
@@ -162,6 +163,27 @@ def test_a_box_score_does_not_depend_on_its_own_image_boxes() -> None:
     assert before[rows[0]] == after[rows[0]]
 
 
+def test_with_negatives_capped_a_box_score_still_ignores_its_own_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
+    full = cross_fitted_scores(clean, clean_images, corrupted, corrupted_images, folds)
+    monkeypatch.setattr(learned, "MAX_NEGATIVES", 100)  # each fold has 320 clean rows outside it
+    before = cross_fitted_scores(clean, clean_images, corrupted, corrupted_images, folds)
+    assert before != full, "the models must have learned from fewer negatives"
+    assert before == cross_fitted_scores(clean, clean_images, corrupted, corrupted_images, folds), "drawn the same"
+    image = 12
+    rows = [k for k, i in enumerate(clean_images) if i == image]
+    changed = clean.copy()
+    changed[rows, :3] += 2.5  # the image's own boxes, and which negatives could be drawn from it, change
+    own = [k for k, i in enumerate(corrupted_images) if i == image]
+    changed_corrupted = corrupted.copy()
+    changed_corrupted[own, :3] -= 3.0
+    after = cross_fitted_scores(clean, clean_images, changed_corrupted, corrupted_images, folds)
+    assert [before[k] for k in rows] == [after[k] for k in rows]
+    others = [k for k, i in enumerate(clean_images) if folds[i] == folds[image] and i != image]
+    moved = cross_fitted_scores(changed, clean_images, corrupted, corrupted_images, folds)
+    assert [before[k] for k in others] == [moved[k] for k in others], "its fold's models never drew its boxes"
+
+
 def test_fits_side_by_side_give_the_scores_of_fits_one_after_another() -> None:
     clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
     problems = []
@@ -228,6 +250,24 @@ def test_scores_in_the_sandbox_do_not_change_when_the_corruptions_of_their_image
 
 def _image_of(dataset: Dataset, annotation_id: int) -> int:
     return next(a.image_id for a in dataset.annotations if a.id == annotation_id)
+
+
+def test_a_training_copy_shows_each_image_it_corrupted_as_the_injected_document_does(demo: Path) -> None:
+    dataset = load_coco(demo)
+    copies = learned.training_copies(dataset, ["shift", "spurious"])
+    corruptible = sum(not a.iscrowd for a in dataset.annotations)
+    rate = min(learned.MAX_RATE, learned.POSITIVES_WANTED / corruptible)
+    injector = Injector(learned._document(dataset))
+    per_type = len(copies) // 2
+    for index, copy in enumerate(copies):
+        error, seed = ("shift", "spurious")[index // per_type], index % per_type
+        injection = injector.inject(rate=rate, seed=seed, types=[error], stream=f"{learned.STREAM}:{error}")
+        plain = coco_from_document(injection.document, demo)  # every box read anew, the straightforward way
+        assert copy.error == error and copy.images
+        assert copy.images == {r.image_id for r in injection.errors.errors}
+        for image_id in copy.images:
+            assert copy.dataset.scene(image_id) == plain.scene(image_id)
+        assert {a.image_id for a in copy.dataset.annotations} == set(copy.images), "only the images it corrupted"
 
 
 def test_one_metric_per_type_and_a_single_class_dataset_gets_no_swap_scores(demo: Path, tmp_path: Path) -> None:

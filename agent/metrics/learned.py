@@ -45,7 +45,7 @@ from agent.data.coco import AnnotationInfo, Dataset
 from agent.data.inject import Injection, Injector
 
 __all__ = [
-    "FOLDS", "MAX_COPIES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy", "cross_fitted_scores",
+    "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy", "cross_fitted_scores",
     "cross_fitted_scores_each", "fold_of", "import_classifier_in_background", "training_copies",
 ]  # fmt: skip
 
@@ -54,6 +54,10 @@ POSITIVES_WANTED = 400
 MAX_RATE = 0.3
 MAX_COPIES = 4
 FOLDS = 5
+# A fit's clean boxes (its negatives), drawn at random from the other folds' beyond this many: four per
+# positive wanted. On a large dataset a fit had some 16 negatives to a positive; past a few per positive
+# they add time (the fits grow with their rows) more than they teach.
+MAX_NEGATIVES = 4 * POSITIVES_WANTED
 MIN_TRAINING = 10  # a fold's model needs at least this many positives and as many negatives
 _CLASSIFIER = {
     "max_iter": 50,
@@ -69,7 +73,11 @@ _CLASSIFIER = {
 
 @dataclass(frozen=True)
 class TrainingCopy:
-    """A copy of the dataset with one error type injected, its corrupted boxes' ids (in the copy) and their images."""
+    """A copy of the dataset with one error type injected, its corrupted boxes' ids (in the copy) and their images.
+
+    `dataset` holds only the annotations of `images`: the training calls read nothing else (the scenes of
+    those images), and building every untouched box anew for six copies cost a tenth of a second each.
+    """
 
     error: str
     dataset: Dataset
@@ -106,22 +114,23 @@ def training_copies(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCop
             corrupted = frozenset(r.annotation_id for r in records)
             if not corrupted:
                 break  # a single-class dataset has no swaps: every copy would be as empty
-            annotations = _copy_annotations(by_id, injection, corrupted)
             images = frozenset(r.image_id for r in records)
+            annotations = _copy_annotations(by_id, injection, corrupted, images)
             copies.append(TrainingCopy(error, dataclasses.replace(dataset, annotations=annotations), corrupted, images))
     return copies
 
 
 def _copy_annotations(
-    by_id: Mapping[int, AnnotationInfo], injection: Injection, corrupted: frozenset[int]
+    by_id: Mapping[int, AnnotationInfo], injection: Injection, corrupted: frozenset[int], images: frozenset[int]
 ) -> tuple[AnnotationInfo, ...]:
-    """The copy's annotations as the dataset holds them (`by_id`): a box the injection left alone is the dataset's
-    own, renumbered (and without a segmentation, as the copy has none); only the changed and new ones are read anew."""
+    """The copy's annotations on `images` as the dataset holds them (`by_id`): a box the injection left alone is the
+    dataset's own, renumbered (and without a segmentation, as the copy has none); only changed and new ones are read."""
     return tuple(
         AnnotationInfo.model_validate(annotation)
         if annotation["id"] in corrupted or annotation["id"] not in injection.id_map
         else by_id[injection.id_map[annotation["id"]]].model_copy(update={"id": annotation["id"], "segmentation": None})
         for annotation in injection.document["annotations"]
+        if annotation["image_id"] in images
     )
 
 
@@ -170,6 +179,8 @@ def cross_fitted_scores(
     `clean` and `corrupted` are feature rows whose last column is the box's class code (0, 1, ...);
     `folds` gives every image's fold. A fold whose training data has fewer than `MIN_TRAINING`
     positives or negatives leaves its rows None, as does having a single fold (nothing to train on).
+    A fold's model learns from at most `MAX_NEGATIVES` of the other folds' clean rows, drawn by a seed
+    of the fold's number alone, so which are drawn depends on nothing in the fold it scores.
     """
     from threadpoolctl import threadpool_limits
 
@@ -178,7 +189,10 @@ def cross_fitted_scores(
     scores: list[float | None] = [None] * len(clean)
     for fold in sorted(set(folds.values())):
         rows = np.flatnonzero(clean_folds == fold)
-        negatives, positives = clean[clean_folds != fold], corrupted[corrupted_folds != fold]
+        negatives, positives = (
+            _at_most(clean[clean_folds != fold], MAX_NEGATIVES, fold),
+            corrupted[corrupted_folds != fold],
+        )
         if not rows.size or len(negatives) < MIN_TRAINING or len(positives) < MIN_TRAINING:
             continue
         features = np.vstack([positives, negatives])
@@ -191,6 +205,13 @@ def cross_fitted_scores(
         for row, probability in zip(rows.tolist(), probabilities.tolist(), strict=True):
             scores[row] = float(probability)
     return scores
+
+
+def _at_most(rows: NDArray[np.float64], count: int, seed: int) -> NDArray[np.float64]:
+    """`rows`, or `count` of them drawn at random (seeded: the same rows every run), in their order."""
+    if len(rows) <= count:
+        return rows
+    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), size=count, replace=False))]
 
 
 def cross_fitted_scores_each(
