@@ -45,8 +45,8 @@ from agent.data.coco import AnnotationInfo, Dataset
 from agent.data.inject import Injection, Injector
 
 __all__ = [
-    "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy", "cross_fitted_scores",
-    "cross_fitted_scores_each", "fold_of", "import_classifier_in_background", "training_copies",
+    "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy",
+    "cross_fitted_scores", "cross_fitted_scores_each", "fold_of", "import_classifier_in_background", "training_copies",
 ]  # fmt: skip
 
 STREAM = "learned-metrics"
