@@ -37,6 +37,7 @@ import os
 import socket
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,13 +321,21 @@ def _decode_tasks(data: bytes) -> list[ImageTask]:
 def _encode_results(results: list[CallResult]) -> str:
     return orjson.dumps(
         [[r.metric, r.image_id, r.obj, r.score, r.kind, r.error, r.features] for r in results],
+        default=_array_as_list,
         option=orjson.OPT_SERIALIZE_NUMPY,
     ).decode()
 
 
+def _array_as_list(value: object) -> list[float]:
+    """orjson's fallback for a feature vector as the engine holds it (an array.array of floats)."""
+    if isinstance(value, array):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _decode_results(data: str) -> list[CallResult]:
     return [
-        CallResult(metric, image_id, obj, score, kind, error, None if features is None else tuple(features))
+        CallResult(metric, image_id, obj, score, kind, error, None if features is None else array("d", features))
         for metric, image_id, obj, score, kind, error, features in orjson.loads(data)
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from agent.data.coco import load_coco
 from agent.data.demo import generate_demo_dataset
-from agent.metrics import neighbours
+from agent.metrics import neighbours, scoring
 from agent.metrics.contract import MetricFileError, load_metric_file, parse_metric_source
 from agent.metrics.neighbours import class_disagreement, nearest_neighbours
 from agent.metrics.scoring import score_dataset
@@ -225,3 +226,28 @@ def test_neighbours_follow_feature_by_feature_arithmetic_whatever_the_blas() -> 
             distances.append((total, other))
         expected = [other for _, other in sorted(d for d in distances if d[1] != row)[:6]]
         assert found[row].tolist() == expected, row
+
+
+def test_vectors_reach_the_host_as_8_byte_floats(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run holds every box's vector until its end: as Python floats they took four times the space.
+    seen: list = []
+    real = scoring.class_disagreement
+
+    def spy(vectors: list, *args: object, **kwargs: object) -> list[float | None]:
+        seen.extend(vectors)
+        return real(vectors, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "class_disagreement", spy)
+    rows = _run(demo, tmp_path, '    return [obj["bbox"][2], obj["bbox"][3], 0.1 * obj["id"]]\n')
+    assert len(seen) == len(rows) and all(isinstance(v, array) and v.typecode == "d" for v in seen)
+    widths = {float(a["bbox"][2]) for a in json.loads(demo.read_text())["annotations"]}
+    assert {v[0] for v in seen} == widths, "the values are the metric's own"
+
+
+def test_feature_rows_are_the_vectors_and_their_class_exactly() -> None:
+    rng = np.random.default_rng(4)
+    vectors = [array("d", rng.normal(size=7).tolist()) for _ in range(30)]
+    classes = rng.integers(0, 5, 30).tolist()
+    made = scoring._feature_rows(vectors, classes)
+    expected = np.asarray([[*vector, category] for vector, category in zip(vectors, classes, strict=True)])
+    assert made.shape == (30, 8) and made.tobytes() == expected.tobytes()

@@ -443,3 +443,14 @@ def test_ray_flags_without_the_ray_engine_are_refused(demo: Path, tmp_path: Path
     result = _cli("--annotations", str(demo), "--out", str(tmp_path / "o.csv"), "--address", "127.0.0.1:6379")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --address goes with --engine ray"
+
+
+def test_feature_vectors_cross_from_the_actors_unchanged() -> None:
+    from array import array
+
+    from sandbox.distributed import _decode_results, _encode_results
+
+    sent = [CallResult(0, 5, 1, None, features=array("d", [0.1, -2.5, 1e-300])), CallResult(1, 5, None, 0.25)]
+    back = _decode_results(_encode_results(sent))
+    assert back == sent
+    assert isinstance(back[0].features, array) and back[0].features.typecode == "d"
