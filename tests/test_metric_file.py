@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
 import re
 import subprocess
@@ -536,9 +537,9 @@ def contract_examples() -> list[str]:
 
 def test_contract_examples_pass_validation_and_run() -> None:
     examples = contract_examples()
-    assert len(examples) == 2
+    assert len(examples) == 3
     specs = [parse_metric_source(code, path="CONTRACT.md") for code in examples]
-    assert sorted(s.level for s in specs) == ["image", "object"]
+    assert sorted(s.level for s in specs) == ["image", "object", "object"]
 
     # The examples are ours, so running them here (unlike user metrics) is fine: it proves the
     # documented argument shapes and the documented code agree.
@@ -563,6 +564,13 @@ def test_contract_examples_pass_validation_and_run() -> None:
         exec(compile(spec.source, "CONTRACT.md", "exec"), namespace)
         fn = namespace["score"]
         assert callable(fn)
+        if "prepare" in namespace:  # the example of work done once per image
+            painted = image.copy()
+            painted[10:60, 10:30] = 55  # the box, darker than the white background
+            painted.setflags(write=False)
+            prepared = namespace["prepare"](painted, scene)  # type: ignore[operator]
+            assert fn(painted, obj, scene, prepared) == pytest.approx(200 * math.sqrt(3))
+            continue
         value = fn(image, obj, scene) if spec.level == "object" else fn(image, scene)
         expected = 0.05 if spec.level == "object" else 1.0
         assert value == pytest.approx(expected)

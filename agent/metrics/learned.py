@@ -12,9 +12,9 @@ gives that box. The training data comes from the dataset itself, so the metric n
    and every box of the dataset (the negatives, and the boxes to score).
 3. `cross_fitted_scores`: the images are dealt into folds (`FOLDS`, by a hash of the image id, so
    the folds depend on nothing but the ids), and each fold's boxes are scored by a model trained on
-   the other folds' positives and negatives only (at most `MAX_NEGATIVES` of those, drawn at random). No box is scored by a model that saw its image,
-   its own vector or any corruption drawn from its image; the tests prove it by changing those and
-   finding the score unchanged.
+   the other folds' positives and negatives only (at most `MAX_NEGATIVES` of those, drawn at random).
+   No box is scored by a model that saw its image, its own vector or any corruption drawn from its
+   image; the tests prove it by changing those and finding the score unchanged.
 
 The classifier is scikit-learn's HistGradientBoostingClassifier, with the box's class as one
 categorical feature beside the vector (a swapped box looks unlike its class, not unlike boxes in
