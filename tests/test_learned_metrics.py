@@ -300,3 +300,23 @@ def test_the_builtin_detectors_find_their_type_on_the_demo(demo: Path) -> None:
     for error in ("spurious", "loose", "tight", "duplicate"):
         found, random = rows[f"learned_{error}"].ap_by_type[error], chance[error]
         assert found is not None and random is not None and found > 3 * random, (error, found, random)
+
+
+def test_scikit_learn_is_imported_on_one_thread_however_many_trainings_start_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    started: list[threading.Thread] = []
+
+    class Counted(threading.Thread):
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(learned, "_importing", None)
+    monkeypatch.setattr(learned.threading, "Thread", Counted)
+    for _ in range(3):  # selftest starts a training per copy
+        learned.import_classifier_in_background()
+    assert len(started) == 1
+    started[0].join(timeout=60)

@@ -145,14 +145,21 @@ def fold_of(image_ids: Sequence[int], folds: int = FOLDS) -> dict[int, int]:
     return {image_id: rank % count for rank, image_id in enumerate(order)}
 
 
+_importing: threading.Thread | None = None  # the one import thread of this process, once started
+
+
 def import_classifier_in_background() -> None:
     """Start importing scikit-learn's classifier on a thread of its own, and return at once.
 
     It takes most of a second, and the fits need it only after the sandbox workers are done: a run
     with learned metrics starts it before them, so the import happens while the host waits on the
-    workers, not after. A fit that comes first waits for it on Python's import lock.
+    workers, not after. A fit that comes first waits for it on Python's import lock. One thread per
+    process: selftest trains a set of detectors per copy, and the later ones have nothing to start.
     """
-    threading.Thread(target=_import_classifier, name="import-scikit-learn", daemon=True).start()
+    global _importing
+    if _importing is None:
+        _importing = threading.Thread(target=_import_classifier, name="import-scikit-learn", daemon=True)
+        _importing.start()
 
 
 def _import_classifier() -> None:
