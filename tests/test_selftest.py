@@ -13,7 +13,15 @@ import pytest
 
 from agent.data.demo import generate_demo_dataset
 from agent.evaluation.ranking import EvaluationReport, ItemCounts, MetricEvaluation, Prevalence
-from agent.evaluation.selftest import ESTIMATE, summarise
+from agent.evaluation.selftest import (
+    ESTIMATE,
+    Calls,
+    Figure,
+    MetricFigures,
+    SelftestReport,
+    best_by_type,
+    summarise,
+)
 
 
 def _row(metric: str, ap: float | None, shift: float | None) -> MetricEvaluation:
@@ -89,6 +97,32 @@ def test_selftest_reports_each_metric_over_the_seeds_and_says_it_is_an_estimate(
     shown = _selftest(*args)
     assert shown.returncode == 0 and "an estimate on injected errors" in shown.stdout
     assert "box_tightness" in shown.stdout and "lift" in shown.stdout
+    loose = rows["box_tightness"]["by_type"]["loose"]
+    assert f"loose box_tightness {loose['mean']:.3f} ({loose['lift']:.1f}x)" in shown.stdout.replace("\n", " ")
+
+
+def _figures(metric: str, level: str, by_type: dict[str, tuple[float, float]]) -> MetricFigures:
+    def figure(mean: float, random: float) -> Figure:
+        return Figure(mean=mean, spread=0.0, per_seed=[mean], random=random, lift=mean / random)
+
+    overall = figure(0.5, 0.25)
+    return MetricFigures(metric=metric, level=level, ap=overall, by_type={t: figure(*v) for t, v in by_type.items()})
+
+
+def test_the_best_metric_per_type_is_the_one_with_the_highest_lift_and_never_a_baseline() -> None:
+    report = SelftestReport(
+        dataset="a.json", dataset_sha256="0" * 64, seeds=[0], rate=0.2, images=10, annotations=40,
+        errors_by_type={"shift": 2, "drop": 2, "swap": 2}, calls=Calls(run=1, without_reuse=1),
+        metrics=[
+            _figures("edges", "object", {"shift": (0.30, 0.05), "swap": (0.10, 0.05)}),
+            # A higher AP on images, whose prevalence is higher: a lower lift, so not the best for shift.
+            _figures("brightness", "image", {"shift": (0.60, 0.40), "drop": (0.50, 0.40), "swap": (0.10, 0.05)}),
+            _figures("combined", "object", {"shift": (0.90, 0.05)}),  # a baseline, however good
+            _figures("aardvark", "object", {"swap": (0.10, 0.05)}),  # the same lift and AP as two others
+        ],
+    )  # fmt: skip
+    best = {b.error: (b.metric, b.level) for b in best_by_type(report)}
+    assert best == {"shift": ("edges", "object"), "drop": ("brightness", "image"), "swap": ("aardvark", "object")}
 
 
 def test_a_sample_of_images_is_what_gets_measured(clean: Path) -> None:
@@ -177,6 +211,7 @@ def test_report_shows_the_selftest_as_an_estimate_for_its_own_dataset(clean: Pat
     tightness = next(row for row in figures["metrics"] if row["metric"] == "box_tightness")
     assert f"{tightness['ap']['mean']:.3f} ± {tightness['ap']['spread']:.3f}" in section
     assert "Selftest (an estimate on injected errors" in html[html.index('id="metric-box_tightness"') :]
+    assert "Best per error type, by lift over random's AP: <b>swap</b> <code>box_tightness</code>" in section
 
     # Figures about another file, or a file that is not a selftest, are one line and exit 2.
     noisy = clean.parent / "annotations.json"

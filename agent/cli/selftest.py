@@ -14,7 +14,15 @@ from agent.cli.metric_options import ProgressBar, add_library_option, load_metri
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES
 from agent.errors import UserError
-from agent.evaluation.selftest import ESTIMATE, Figure, SelftestReport, run_selftest, sample_images
+from agent.evaluation.selftest import (
+    ESTIMATE,
+    WEAK_LIFT,
+    Figure,
+    SelftestReport,
+    best_by_type,
+    run_selftest,
+    sample_images,
+)
 from agent.metrics.library import library_metrics
 from sandbox.isolation import SandboxConfig
 
@@ -107,5 +115,18 @@ def _print_report(report: SelftestReport) -> None:
         table.add_row(row.metric, "obj" if row.level == "object" else "img", _shown(row.ap), random, lift, *cells,
                       style=style)  # fmt: skip
     stdout.print(table)
+    best = best_by_type(report)
+    if best:
+        # The table's takeaway: which metric to sort by for each kind of error, and where none helps much.
+        picks = " · ".join(f"{b.error} {b.metric} {b.figure.mean:.3f} ({b.figure.lift:.1f}x)" for b in best)
+        stdout.print(f"best per error type, by lift over random's AP: {picks}", markup=False, soft_wrap=True)
+        weak = [b.error for b in best if (b.figure.lift or 0.0) < WEAK_LIFT]
+        if weak:
+            stdout.print(
+                f"under {WEAK_LIFT:g}x random's AP at best: {', '.join(weak)}: no metric here finds "
+                f"{'it' if len(weak) == 1 else 'them'} much better than chance",
+                markup=False,
+                soft_wrap=True,
+            )
     for note in report.notes:
         stderr.print(f"note: {note}", markup=False)

@@ -47,7 +47,7 @@ from agent.evaluation.ranking import (
     scores_from_rows,
     suspicion,
 )
-from agent.evaluation.selftest import Figure, MetricFigures, SelftestReport
+from agent.evaluation.selftest import WEAK_LIFT, BestForType, Figure, MetricFigures, SelftestReport, best_by_type
 from agent.evaluation.triage import TriageItem
 from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import ScoreRow
@@ -388,8 +388,13 @@ class Report:
     error_types: tuple[str, ...]
     selftest: SelftestReport | None = None
     selftest_types: tuple[str, ...] = ()
+    selftest_best: tuple[BestForType, ...] = ()  # per error type, the metric with the highest lift
     triage: tuple[TriageTile, ...] = ()  # the top of `metricsmith triage`'s box queue
     triage_method: str | None = None
+
+    @property
+    def weak_lift(self) -> float:
+        return WEAK_LIFT
 
     @property
     def metric_names(self) -> frozenset[str]:
@@ -462,6 +467,7 @@ def build_report(
         error_types=tuple(error_types(errors or ())),
         selftest=selftest,
         selftest_types=tuple(t for t in ERROR_TYPES if selftest is not None and t in selftest.errors_by_type),
+        selftest_best=tuple(best_by_type(selftest)) if selftest is not None else (),
         triage=tuple(_triage_tiles(dataset, triage, read_image, errors, 2 * top_k)),
         triage_method=triage[0].method if triage else None,
     )

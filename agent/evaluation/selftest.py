@@ -58,8 +58,9 @@ from sandbox.engine import Engine, ScoringEngine
 from sandbox.isolation import SandboxConfig
 
 __all__ = [
-    "ESTIMATE", "Calls", "Figure", "MetricFigures", "NoisyCopy", "ScoredCopies", "SelftestReport", "load_selftest",
-    "run_selftest", "sample_images", "score_noisy_copies", "summarise",
+    "BASELINES", "ESTIMATE", "WEAK_LIFT", "BestForType", "Calls", "Figure", "MetricFigures", "NoisyCopy",
+    "ScoredCopies", "SelftestReport", "best_by_type", "load_selftest", "run_selftest", "sample_images",
+    "score_noisy_copies", "summarise",
 ]  # fmt: skip
 
 ESTIMATE = "an estimate on injected errors, not the truth about the dataset's real errors"
@@ -154,6 +155,37 @@ def numbered_by_image(documents: Sequence[dict[str, Any]]) -> list[tuple[dict[st
             annotations.append({**annotation, "id": new_id[int(annotation["id"])]})
         renumbered.append(({**document, "annotations": annotations}, new_id))
     return renumbered
+
+
+BASELINES = ("random", "combined", "rank_average")  # rows `evaluate` adds: no metric a user could pick
+WEAK_LIFT = 2.0  # below twice random's AP, a "best" metric is hardly better than chance
+
+
+@dataclass(frozen=True)
+class BestForType:
+    error: str
+    metric: str
+    level: str
+    figure: Figure  # its figure on that type: mean AP over the seeds, random's, the lift
+
+
+def best_by_type(report: SelftestReport) -> list[BestForType]:
+    """Per injected error type, the metric (no baseline) whose mean AP on it has the highest lift over random's.
+
+    Lift, not AP: an image metric's per-type AP ranks images, whose prevalence is other than the boxes'.
+    Ties go to the higher AP, then the name. A type no metric has a lift for is left out.
+    """
+    best = []
+    for error in report.errors_by_type:
+        candidates = [
+            (row.by_type[error].lift, row.by_type[error].mean, row.metric, row.level, row.by_type[error])
+            for row in report.metrics
+            if row.metric not in BASELINES and error in row.by_type and row.by_type[error].lift is not None
+        ]
+        if candidates:
+            _, _, metric, level, figure = min(candidates, key=lambda c: (-c[0], -(c[1] or 0.0), c[2]))
+            best.append(BestForType(error, metric, level, figure))
+    return best
 
 
 def _figure(values: Sequence[float | None], randoms: Sequence[float | None]) -> Figure:
