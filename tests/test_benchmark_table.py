@@ -35,11 +35,17 @@ def test_readme_table_is_reproduced_by_its_command(tmp_path: Path) -> None:
     assert "MISS" not in result.stdout
 
 
-REAL_START, REAL_END = "<!-- real-data-table:start -->", "<!-- real-data-table:end -->"
-
-
 @pytest.mark.slow
-def test_readme_real_data_table_is_reproduced_by_its_command() -> None:
+@pytest.mark.parametrize(
+    ("flags", "markers"),
+    [
+        ((), ("<!-- real-data-table:start -->", "<!-- real-data-table:end -->")),
+        (("--held-out",), ("<!-- held-out-table:start -->", "<!-- held-out-table:end -->")),
+    ],
+)
+def test_readme_real_data_tables_are_reproduced_by_their_commands(
+    flags: tuple[str, ...], markers: tuple[str, str]
+) -> None:
     # The wheel comes from PyPI; without it there is nothing to measure, and the test says so.
     folder = cache_dir() / "real-data"
     fetched = subprocess.run(
@@ -51,9 +57,10 @@ def test_readme_real_data_table_is_reproduced_by_its_command() -> None:
     if fetched.returncode != 0:
         pytest.skip(f"the deepforest 2.1.0 wheel can't be downloaded here: {fetched.stderr.strip()[-300:]}")
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "real_data.py")], capture_output=True, text=True, timeout=900
+        [sys.executable, str(REPO / "benchmarks" / "real_data.py"), *flags], capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr
-    printed = result.stdout[result.stdout.index(REAL_START) : result.stdout.index(REAL_END) + len(REAL_END)]
+    start, end = markers
+    printed = result.stdout[result.stdout.index(start) : result.stdout.index(end) + len(end)]
     readme = (REPO / "README.md").read_text()
-    assert printed == readme[readme.index(REAL_START) : readme.index(REAL_END) + len(REAL_END)]
+    assert printed == readme[readme.index(start) : readme.index(end) + len(end)]
