@@ -56,6 +56,7 @@ from sandbox.engine import (
     ScoringEngine,
     TaskFeed,
     WorkerStartFailed,
+    compact_features,
 )
 from sandbox.isolation import IsolationUnavailable, SandboxConfig, planned_layers
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -335,7 +336,7 @@ def _array_as_list(value: object) -> list[float]:
 
 def _decode_results(data: str) -> list[CallResult]:
     return [
-        CallResult(metric, image_id, obj, score, kind, error, None if features is None else array("d", features))
+        CallResult(metric, image_id, obj, score, kind, error, compact_features(features))
         for metric, image_id, obj, score, kind, error, features in orjson.loads(data)
     ]
 

@@ -56,7 +56,8 @@ class CallResult:
     features: Sequence[float] | None = None
 
 
-def _compact(features: list[float] | None) -> array[float] | None:
+def compact_features(features: Sequence[float] | None) -> array[float] | None:
+    """A feature vector as `CallResult` holds it (8-byte floats), wherever the results were decoded."""
     return None if features is None else array("d", features)
 
 
@@ -487,7 +488,7 @@ class _Run:
                     row["score"],
                     row.get("kind"),
                     row.get("error"),
-                    _compact(row.get("features")),
+                    compact_features(row.get("features")),
                 )
             )
         self._emit(results)
