@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -51,9 +52,8 @@ def timed_score(tree: Path, annotations: Path, out: Path, workers: int) -> float
     return elapsed
 
 
-def rows_per_metric(out: Path) -> int:
-    import json
-
+def metric_count(out: Path) -> int:
+    """How many metrics a JSON Lines score file has rows of."""
     return len({json.loads(line)["metric"] for line in out.read_text(encoding="utf-8").splitlines()})
 
 
@@ -77,7 +77,7 @@ def main() -> None:
             for name in order:
                 out = Path(folder) / f"{name}.jsonl"
                 times[name].append(timed_score(trees[name], annotations, out, args.workers))
-                metrics[name] = rows_per_metric(out)
+                metrics[name] = metric_count(out)
     print(f"{annotations}: {args.images} demo images, {args.workers} workers, {args.repeat} rounds, alternating")
     for name in trees:
         rounds = ", ".join(f"{t:.2f}" for t in times[name])
