@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import itertools
 import os
 import selectors
 import threading
@@ -232,13 +233,20 @@ class ScoringEngine:
                 raise ValueError("a TaskFeed run needs workers shared by every metric; feed one run per metric")
             return self._run_once(metrics, tasks, sink, report)
         if self.config.share_workers or len(metrics) == 1:
-            return self._run_once(metrics, list(tasks), sink, report)
+            if isinstance(tasks, Sized):
+                return self._run_once(metrics, list(tasks), sink, report)
+            # Not built ahead: the workers start while the tasks after the first are made (`_Run._refill`).
+            pending = iter(tasks)
+            first = next(pending, None)
+            if first is None:
+                return report or RunReport()
+            return self._run_once(metrics, itertools.chain([first], pending), sink, report)
         return self._run_each_metric_alone(metrics, list(tasks), sink)
 
     def _run_once(
         self,
         metrics: list[MetricCode],
-        tasks: list[ImageTask] | TaskFeed,
+        tasks: Iterable[ImageTask] | TaskFeed,
         sink: Callable[[list[CallResult]], None],
         report: RunReport | None = None,
     ) -> RunReport:
@@ -361,7 +369,7 @@ class _Run:
         # Workers start first: they import numpy and cv2 while the tasks are being built here.
         count = self.config.workers
         if isinstance(self.tasks, Sized):
-            count = min(count, len(self.tasks))
+            count = min(count, len(self.tasks))  # an iterator's tasks are not counted ahead: one worker per CPU
         if count == 0:
             return self.report
         self.slots = [self._spawn() for _ in range(count)]

@@ -13,6 +13,7 @@ reaches the summaries, so the summary is the same either way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -21,6 +22,7 @@ import statistics
 from array import array
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Protocol, cast
 
@@ -392,11 +394,19 @@ class _Training:
         errors = list(dict.fromkeys(e for code in self.learned for i in codes.specs_of[code] for e in specs[i].learns))
         if self.learned:
             import_classifier_in_background()
-        self.copies: list[TrainingCopy] = training_copies(dataset, errors) if self.learned else []
+        self._dataset, self._errors = dataset, errors
+        self._copies: list[TrainingCopy] | None = None
         self._numbers = itertools.count(-1, -1) if numbers is None else numbers
         self._where: dict[int, tuple[int, int]] = {}  # task number -> (copy, image id)
         # Per (code, error): (image id, class id, vector) of each corrupted box described.
         self.vectors: dict[tuple[int, str], list[tuple[int, int, tuple[float, ...]]]] = {}
+
+    @property
+    def copies(self) -> list[TrainingCopy]:
+        """Made when the first training task is wanted: by then the engine's workers are starting, beside it."""
+        if self._copies is None:
+            self._copies = training_copies(self._dataset, self._errors) if self.learned else []
+        return self._copies
 
     def tasks_for(self, image_id: int, path: str) -> Iterator[ImageTask]:
         for copy_index, copy in enumerate(self.copies):
@@ -563,18 +573,28 @@ class _Collector:
         `map_rows`: where the neighbour search runs (`agent.metrics.neighbours`); the scores do not depend on it.
         """
         self._map_rows = map_rows
+        jobs: list[tuple[Sequence[int], Callable[[], list[list[CallResult]]]]] = []
         for code, results in self._held.items():
             # Results arrive in whatever order the workers finish; the scores must not depend on it.
             results.sort(key=lambda result: (result.image_id, result.obj or 0))
             indices = self.codes.specs_of[code]
             if self.codes.codes[code].combine == "learned":
-                per_spec = self._learned_scores(code, indices, results, training)
+                jobs.append((indices, functools.partial(self._learned_scores, code, indices, results, training)))
             else:
-                per_spec = [self._neighbour_scores(index, results) for index in indices]
-            for index, scored in zip(indices, per_spec, strict=True):
-                batch = [self._row(result, index) for result in scored]
-                self.rows.extend(batch)
-                self.on_rows(batch)
+                jobs.append((indices, functools.partial(self._neighbour_scores_each, indices, results)))
+        if any(results for results in self._held.values()):
+            self._categories()  # built once here, not raced for by the jobs' threads
+        # The jobs run side by side: the learned fits leave part of the machine idle (their last fits, their
+        # Python between fits), and a neighbour search alone uses one core. Each job's scores are its own, so
+        # running them together changes nothing but the time; their rows are emitted in the codes' order.
+        with ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="feature-scores") as pool:
+            futures = [pool.submit(job) for _, job in jobs]
+            for (indices, _), future in zip(jobs, futures, strict=True):
+                for index, scored in zip(indices, future.result(), strict=True):
+                    batch = [self._row(result, index) for result in scored]
+                    self.rows.extend(batch)
+                    self.on_rows(batch)
+        for results in self._held.values():
             results.clear()
 
     @staticmethod
@@ -601,10 +621,17 @@ class _Collector:
             for result in results
         ]
 
-    def _category(self, result: CallResult) -> int:
+    def _categories(self) -> dict[int, int]:
+        """Each box's class, by annotation id."""
         if self._category_of is None:
             self._category_of = {annotation.id: annotation.category_id for annotation in self.dataset.annotations}
-        return self._category_of[self._annotation_id(result)]  # type: ignore[index]
+        return self._category_of
+
+    def _category(self, result: CallResult) -> int:
+        return self._categories()[self._annotation_id(result)]  # type: ignore[index]
+
+    def _neighbour_scores_each(self, indices: Sequence[int], results: list[CallResult]) -> list[list[CallResult]]:
+        return [self._neighbour_scores(index, results) for index in indices]
 
     def _neighbour_scores(self, index: int, results: list[CallResult]) -> list[CallResult]:
         vectors = self._with_vectors(results)
