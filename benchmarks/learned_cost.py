@@ -5,9 +5,10 @@
 Scores the demo dataset (`demo-data --images N --seed 0`, built once into metricsmith's cache) with
 `builtin:learned` alone, in the sandbox, the way `metricsmith score` does, and times three phases
 inside that one run: `training_copies` (the corrupted copies the classifiers learn from, made on
-the host before the run), the engine run (every real box's and every training box's score() call),
-and `cross_fitted_scores_each` (the 30 fits, 6 types x 5 folds, side by side on `--workers`
-threads). Prints each phase's median over the rounds and the total. A benchmark, not a test.
+the host when the engine wants the first training task, so inside the engine run's time), the engine
+run (every real box's and every training box's score() call, and the copies), and
+`cross_fitted_scores_each` (the 30 fits, 6 types x 5 folds, side by side on `--workers` threads).
+Prints each phase's median over the rounds and the total. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> None:
     print(f"{args.images} demo images, {len(dataset.annotations)} boxes, {args.workers} workers, {args.repeat} rounds")
     labels = {
         "training_copies": "training copies (host)",
-        "_run_engine": "score() calls, real and training boxes (sandbox)",
+        "_run_engine": "engine run: score() calls, real and training boxes (sandbox), the copies made in it",
         "cross_fitted_scores_each": "classifier fits (host)",
         "total": "total",
     }
