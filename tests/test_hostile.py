@@ -43,8 +43,9 @@ from hostile_helpers import (
     wait_until_gone,
 )
 
-from sandbox.engine import ScoringEngine
+from sandbox.engine import CallResult, ScoringEngine
 from sandbox.isolation import KERNEL_LAYERS, IsolationUnavailable, SandboxConfig, planned_layers, probe_machine
+from sandbox.protocol import Call, ImageTask, MetricCode
 
 SECRET_VAR = "METRICSMITH_TEST_SECRET"
 
@@ -1245,3 +1246,52 @@ def test_control_attacks_succeed_unconfined(
         assert secret not in outcome.text()
     else:
         assert secret in outcome.text()
+
+
+SPY_SOURCE = """
+import sys
+
+CAUGHT = []
+
+
+class Catcher:
+    def write(self, text):
+        CAUGHT.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def score(image, scene):
+    sys.stdout = sys.stderr = Catcher()  # kept after the call: the next call's print() would come here
+    return float(len("".join(CAUGHT)))
+"""
+
+TALKER_SOURCE = """
+def score(image, scene):
+    print("TALKER-OUTPUT")
+    raise ValueError("talker failed")
+"""
+
+
+def test_a_metric_that_takes_over_stdout_catches_nothing_another_call_prints(tmp_path: Path) -> None:
+    # Each call's print() capture is set as stdout and stderr before the call: a metric that replaced them sees
+    # none of the next calls' output, and a failed call's error still carries what that call printed.
+    items = make_dataset(tmp_path / "dataset", 3)
+    metrics = [
+        MetricCode(name="spy", level="image", source=SPY_SOURCE, filename="spy.py"),
+        MetricCode(name="talker", level="image", source=TALKER_SOURCE, filename="talker.py"),
+    ]
+    tasks = [
+        ImageTask(image_id=index, path=path, scene=scene, calls=(Call(metric=0, obj=None), Call(metric=1, obj=None)))
+        for index, (path, scene) in enumerate(items)
+    ]
+    results: list[CallResult] = []
+    config = SandboxConfig(workers=1, read_only_paths=(str(tmp_path / "dataset"),))
+    ScoringEngine(config).run(metrics, tasks, results.extend)
+    spy = [result for result in results if result.metric == 0]
+    talker = [result for result in results if result.metric == 1]
+    assert [result.score for result in spy] == [0.0, 0.0, 0.0], spy
+    assert len(talker) == 3
+    assert all(result.kind == "exception" and "TALKER-OUTPUT" in (result.error or "") for result in talker), talker
