@@ -194,23 +194,24 @@ def cross_fitted_scores(
     clean_folds = np.asarray([folds[i] for i in clean_images], dtype=np.int64)
     corrupted_folds = np.asarray([folds[i] for i in corrupted_images], dtype=np.int64)
     scores: list[float | None] = [None] * len(clean)
-    for fold in sorted(set(folds.values())):
-        rows = np.flatnonzero(clean_folds == fold)
-        negatives, positives = (
-            _at_most(clean[clean_folds != fold], MAX_NEGATIVES, fold),
-            corrupted[corrupted_folds != fold],
-        )
-        if not rows.size or len(negatives) < MIN_TRAINING or len(positives) < MIN_TRAINING:
-            continue
-        features = np.vstack([positives, negatives])
-        target = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-        # One thread: a parallel sum of gradients may round differently from one run to the next. OpenMP's
-        # thread count is the calling thread's own, so this holds inside a pool thread too.
-        with threadpool_limits(limits=1, user_api="openmp"):
+    # One thread: a parallel sum of gradients may round differently from one run to the next. OpenMP's thread
+    # count is the calling thread's own, so this holds inside a pool thread too. Set once for all the folds:
+    # each setting looks through the process's libraries, a few milliseconds.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for fold in sorted(set(folds.values())):
+            rows = np.flatnonzero(clean_folds == fold)
+            negatives, positives = (
+                _at_most(clean[clean_folds != fold], MAX_NEGATIVES, fold),
+                corrupted[corrupted_folds != fold],
+            )
+            if not rows.size or len(negatives) < MIN_TRAINING or len(positives) < MIN_TRAINING:
+                continue
+            features = np.vstack([positives, negatives])
+            target = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
             model = _classifier(features.shape[1]).fit(features, target)
             probabilities = model.predict_proba(clean[rows])[:, 1]
-        for row, probability in zip(rows.tolist(), probabilities.tolist(), strict=True):
-            scores[row] = float(probability)
+            for row, probability in zip(rows.tolist(), probabilities.tolist(), strict=True):
+                scores[row] = float(probability)
     return scores
 
 
