@@ -39,8 +39,12 @@ _MIN_SAMPLES = 20
 
 def _codes(pixels: np.ndarray) -> np.ndarray:
     """Each pixel's histogram bin: its RGB channels cut to their top 3 bits (8 levels), as one number 0..511."""
-    top = pixels >> 5  # uint8 throughout but for the high bits: small types keep this pass cheap
-    return (top[..., 0].astype(np.uint16) << 6) | (top[..., 1] << 3) | top[..., 2]
+    # Channel by channel, in place: numpy walks a colour plane far faster than the interleaved 3-byte pixels.
+    # Red's top bits go to bits 6-8, green's to 3-5, blue's to 0-2.
+    code = (pixels[..., 0] & 0xE0).astype(np.uint16) << 1
+    code |= (pixels[..., 1] & 0xE0) >> 2
+    code |= pixels[..., 2] >> 5
+    return code
 
 
 def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
@@ -146,10 +150,11 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> float | 
         return None
     depth = max(2, round(_RING * min(box[2] - box[0], box[3] - box[1])))
     rx0, ry0, rx1, ry1 = max(x0 - depth, 0), max(y0 - depth, 0), min(x1 + depth, width), min(y1 + depth, height)
-    around = likelihood[_codes(image[ry0:ry1, rx0:rx1])]
+    around = likelihood.take(_codes(image[ry0:ry1, rx0:rx1]))  # take(): a plain lookup, faster than indexing
     within = around[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
     ring_count = around.size - within.size
     if ring_count == 0:
         return None  # the box fills the image: no ring to read
-    ring_mean = (around.sum() - within.sum()) / ring_count
-    return float(min(within.mean(), ring_mean))
+    within_sum = within.sum()
+    ring_mean = (around.sum() - within_sum) / ring_count
+    return float(min(within_sum / within.size, ring_mean))
