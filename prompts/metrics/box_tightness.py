@@ -34,7 +34,8 @@ _EPS = 1.0
 
 
 def _mean(values: np.ndarray) -> float:
-    return float(values.mean()) if values.size else 0.0
+    # The float32 sum divided in float32: the very value of values.mean(), without its Python-level overhead.
+    return float(values.sum() / values.size) if values.size else 0.0
 
 
 def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
