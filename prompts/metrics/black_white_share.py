@@ -41,8 +41,8 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
     x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
     if x1 <= x0 or y1 <= y0:
         return None
-    hsv = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2HSV)
-    s, v = hsv[..., 1], hsv[..., 2]
+    # Split into contiguous planes: numpy compares those much faster than every third byte of the HSV image.
+    _, s, v = cv2.split(cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2HSV))
     white = (v >= _WHITE_V_MIN) & (s <= _WHITE_S_MAX)
     black = (v <= _BLACK_V_MAX) & (s.astype(np.uint16) * v <= _BLACK_CHROMA_MAX * 255)
     return float(np.count_nonzero(white | black)) / float(s.size)
