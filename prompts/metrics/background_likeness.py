@@ -22,6 +22,7 @@ samples either way or outside the image, when the image has no other box, or no 
 
 import math
 
+import cv2
 import numpy as np
 
 NAME = "background_likeness"
@@ -37,52 +38,49 @@ _MAX_SELF_IOU = 0.1
 _MAX_TWIN_IOU = 0.5
 _NEAREST = 3
 _LATTICE = 16  # at most about this many window positions each way, so that small boxes stay cheap
+_PLANES = 7  # lightness, red-green, yellow-blue, their squares, roughness
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of box `a` against each row of `b`, boxes as [x0, y0, x1, y1]."""
-    ix = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    iy = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return inter / np.maximum(union, 1e-12)
+def _table(grid: np.ndarray) -> np.ndarray:
+    """Summed-area table of the planes behind the description, stacked: (planes * rows + 1, columns + 1).
 
-
-def _tables(grid: np.ndarray) -> np.ndarray:
-    """Summed-area tables of the planes behind the description: (planes, rows + 1, columns + 1).
-
-    Whole numbers (each feature is rescaled by its spread later, so the planes' units don't matter):
-    integer sums are exact, the same on every machine, and numpy accumulates them several times
-    faster than floats. Planes first, so that each cumulative sum runs along long contiguous rows.
+    Stacked one under the other, so that one cv2.integral call makes it. Whole numbers (each feature
+    is rescaled by its spread later, so the planes' units don't matter): the planes, all below 2**24,
+    are exact in float32, and their sums, all below 2**53, in float64; so every sum and difference of
+    sums is exact, the same on every machine and in any order.
     """
-    red, green, blue = np.moveaxis(grid, -1, 0).astype(np.int64)
-    lightness = red + green + blue
-    colours = np.stack([lightness, red - green, red + green - 2 * blue])
-    rough = np.zeros_like(lightness)
-    rough[:, :-1] += np.abs(np.diff(lightness, axis=1))
-    rough[:-1, :] += np.abs(np.diff(lightness, axis=0))
-    planes = np.concatenate([colours, colours * colours, rough[None]])
-    table = np.zeros((planes.shape[0], planes.shape[1] + 1, planes.shape[2] + 1), dtype=np.int64)
-    table[:, 1:, 1:] = planes.cumsum(axis=1).cumsum(axis=2)
-    return table
+    red, green, blue = np.moveaxis(grid, -1, 0).copy().astype(np.float32)  # gathering bytes first is cheaper
+    rows, columns = grid.shape[:2]
+    planes = np.empty((_PLANES, rows, columns), dtype=np.float32)
+    lightness = np.add(red, green, out=planes[0])
+    lightness += blue
+    np.subtract(red, green, out=planes[1])
+    np.subtract(lightness, 3 * blue, out=planes[2])
+    np.square(planes[:3], out=planes[3:6])
+    rough = planes[6]
+    np.abs(lightness[:, 1:] - lightness[:, :-1], out=rough[:, :-1])
+    rough[:, -1] = 0
+    rough[:-1, :] += np.abs(lightness[1:, :] - lightness[:-1, :])
+    return cv2.integral(planes.reshape(_PLANES * rows, columns), sdepth=cv2.CV_64F)
 
 
-def _describe(table: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Per box [top, left, bottom, right) in grid cells: mean colours, their spreads and the roughness."""
-    top, left, bottom, right = (boxes[:, k] for k in range(4))
-    sums = table[:, bottom, right] - table[:, top, right] - table[:, bottom, left] + table[:, top, left]
-    means = (sums.astype(np.float64) / np.maximum((bottom - top) * (right - left), 1)).T
-    spread = np.sqrt(np.clip(means[:, 3:6] - means[:, :3] ** 2, 0, None))
-    return np.concatenate([means[:, :3], spread, means[:, 6:7]], axis=1)
+def _plane_views(table: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stacked table as two (planes, rows, columns + 1) views: at each cell's top edge, and at its bottom edge.
+
+    Plane p's sum over cells [top, bottom) x [left, right) is at_bottom[p, bottom - 1, right]
+    - at_top[p, top, right] - at_bottom[p, bottom - 1, left] + at_top[p, top, left]: what the planes
+    stacked above it add cancels out.
+    """
+    return table[:-1].reshape(_PLANES, rows, -1), table[1:].reshape(_PLANES, rows, -1)
 
 
-def _cells(corners: np.ndarray, step: float, rows: int, columns: int) -> np.ndarray:
-    """Boxes [x0, y0, x1, y1] in pixels as [top, left, bottom, right) grid cells, at least one cell each way."""
-    top = np.clip(np.floor(corners[:, 1] / step), 0, rows - 1).astype(np.int64)
-    left = np.clip(np.floor(corners[:, 0] / step), 0, columns - 1).astype(np.int64)
-    bottom = np.clip(np.ceil(corners[:, 3] / step), top + 1, rows).astype(np.int64)
-    right = np.clip(np.ceil(corners[:, 2] / step), left + 1, columns).astype(np.int64)
-    return np.stack([top, left, bottom, right], axis=1)
+def _cells(corners: list[float], step: int, rows: int, columns: int) -> tuple[int, int, int, int]:
+    """A box [x0, y0, x1, y1] in pixels as [top, left, bottom, right) grid cells, at least one cell each way."""
+    top = min(max(math.floor(corners[1] / step), 0), rows - 1)
+    left = min(max(math.floor(corners[0] / step), 0), columns - 1)
+    bottom = min(max(math.ceil(corners[3] / step), top + 1), rows)
+    right = min(max(math.ceil(corners[2] / step), left + 1), columns)
+    return top, left, bottom, right
 
 
 def _corners(annotation: dict) -> list[float] | None:
@@ -96,17 +94,52 @@ def _corners(annotation: dict) -> list[float] | None:
 
 
 def prepare(image: np.ndarray, scene: dict) -> dict:
-    """What every box of the image shares: the grid's summed-area tables, and how many boxes cover each cell."""
+    """What every box of the image shares: the grid's summed-area table, the boxes with their plane sums, the cover."""
     height, width = image.shape[:2]
     step = max(1, math.ceil(max(height, width) / _SAMPLES))
     grid = image[::step, ::step]
     rows, columns = grid.shape[:2]
-    corners = [c for c in (_corners(annotation) for annotation in scene["annotations"]) if c is not None]
-    boxes = np.zeros((rows, columns), dtype=np.int64)
-    if corners:
-        for top, left, bottom, right in _cells(np.asarray(corners), step, rows, columns):
-            boxes[top:bottom, left:right] += 1
-    return {"step": step, "table": _tables(grid), "boxes": boxes}
+    ids, categories, corners, cells = [], [], [], []
+    for annotation in scene["annotations"]:
+        box = _corners(annotation)
+        if box is not None:
+            ids.append(annotation.get("id"))
+            categories.append(annotation.get("category_id"))
+            corners.append(box)
+            cells.append(_cells(box, step, rows, columns))
+    counts = np.zeros((rows, columns), dtype=np.int32)
+    for top, left, bottom, right in cells:
+        counts[top:bottom, left:right] += 1
+    table = _table(grid)
+    at_top, at_bottom = _plane_views(table, rows)
+    top, left, bottom, right = np.asarray(cells, dtype=np.intp).reshape(-1, 4).T
+    sums = at_bottom[:, bottom - 1, right] - at_top[:, top, right] - at_bottom[:, bottom - 1, left]
+    sums += at_top[:, top, left]
+    corners_array = np.asarray(corners, dtype=np.float64).reshape(-1, 4).T  # x0, y0, x1, y1 rows
+    return {
+        "step": step,
+        "rows": rows,
+        "table": table,
+        # The boxes that have corners, in the scene's order.
+        "ids": ids,
+        "categories": categories,
+        "corners": corners_array,
+        "areas": (corners_array[2] - corners_array[0]) * (corners_array[3] - corners_array[1]),
+        "sums": sums,  # (planes, boxes)
+        "cell_counts": (bottom - top) * (right - left),
+        # Within a box's own cells, the cells other boxes cover are those covered twice.
+        "covered": (counts > 0).view(np.uint8),
+        "covered_twice": (counts > 1).view(np.uint8),
+    }
+
+
+def _lattice(size: int, extent: int) -> tuple[np.ndarray, slice, slice]:
+    """Windows of `size` cells along an axis of `extent`: their starts, and the starts and the ends as slices."""
+    stride = max(1, size // 2, extent // _LATTICE)
+    starts = np.arange(0, max(extent - size, 0) + 1, stride)
+    last = starts[-1]
+    size = min(size, extent)  # a window larger than the image is the whole image
+    return starts, slice(0, last + 1, stride), slice(size, last + size + 1, stride)
 
 
 def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> float | None:
@@ -114,68 +147,89 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> float | 
     own = _corners(obj)
     if own is None:
         return None
-    box = np.asarray(own)
-    box[[0, 2]] = np.clip(box[[0, 2]], 0, width)
-    box[[1, 3]] = np.clip(box[[1, 3]], 0, height)
+    box = [min(max(own[0], 0.0), width), min(max(own[1], 0.0), height)]
+    box += [min(max(own[2], 0.0), width), min(max(own[3], 0.0), height)]
     step = prepared["step"]
     if min(box[2] - box[0], box[3] - box[1]) < 2 * step:
         return None
-    table = prepared["table"]
-    rows, columns = table.shape[1] - 1, table.shape[2] - 1
+    table, rows = prepared["table"], prepared["rows"]
+    columns = table.shape[1] - 1
 
-    others, same = [], []
-    for other in scene["annotations"]:
-        corners = _corners(other)
-        if other.get("id") == obj.get("id") or corners is None:
-            continue
-        others.append(corners)
-        same.append(other.get("category_id") == obj.get("category_id"))
+    own_id, own_category = obj.get("id"), obj.get("category_id")
+    others = [k for k, other_id in enumerate(prepared["ids"]) if other_id != own_id]
     if not others:
         return None
-    others_array, same_array = np.asarray(others), np.asarray(same)
-    # The cells other boxes cover: every box's count there, less this box's own.
-    covered = prepared["boxes"].copy()
-    top, left, bottom, right = _cells(np.asarray([own]), step, rows, columns)[0]
-    covered[top:bottom, left:right] -= 1
-    covered = (covered > 0).astype(np.int64)
-    cover_table = np.zeros((rows + 1, columns + 1), dtype=np.int64)
-    cover_table[1:, 1:] = covered.cumsum(axis=0).cumsum(axis=1)
+    # Clipping the box to the image moves none of its cells (the grid ends with the image).
+    top, left, bottom, right = _cells(box, step, rows, columns)
+    # The cells other boxes cover: those covered at all, and within this box those covered twice.
+    covered = prepared["covered"].copy()
+    covered[top:bottom, left:right] = prepared["covered_twice"][top:bottom, left:right]
+    cover_table = cv2.integral(covered)
 
-    # Box-sized windows over the whole image, in steps of half the box.
+    # Box-sized windows over the whole image, in steps of half the box: a lattice of tops and lefts.
     size_y = max(2, round((box[3] - box[1]) / step))
     size_x = max(2, round((box[2] - box[0]) / step))
-    tops = np.arange(0, max(rows - size_y, 0) + 1, max(1, size_y // 2, rows // _LATTICE))
-    lefts = np.arange(0, max(columns - size_x, 0) + 1, max(1, size_x // 2, columns // _LATTICE))
-    top, left = (a.ravel() for a in np.meshgrid(tops, lefts, indexing="ij"))
-    windows = np.stack([top, left, np.minimum(top + size_y, rows), np.minimum(left + size_x, columns)], axis=1)
-    area = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])
-    cover = (
-        cover_table[windows[:, 2], windows[:, 3]]
-        - cover_table[windows[:, 0], windows[:, 3]]
-        - cover_table[windows[:, 2], windows[:, 1]]
-        + cover_table[windows[:, 0], windows[:, 1]]
-    ) / area.astype(np.float64)
-    window_corners = windows[:, [1, 0, 3, 2]].astype(np.float64) * step
-    background = (cover <= _MAX_COVER) & (_iou(box, window_corners) <= _MAX_SELF_IOU)
+    tops, top_rows, bottom_rows = _lattice(size_y, rows)
+    lefts, left_columns, right_columns = _lattice(size_x, columns)
+    size_y, size_x = min(size_y, rows), min(size_x, columns)
+    area = size_y * size_x
+    strips = cover_table[bottom_rows] - cover_table[top_rows]
+    cover = (strips[:, right_columns] - strips[:, left_columns]).ravel() / area
+    ix = np.maximum(np.minimum(box[2], (lefts + size_x) * step) - np.maximum(box[0], lefts * step), 0)
+    iy = np.maximum(np.minimum(box[3], (tops + size_y) * step) - np.maximum(box[1], tops * step), 0)
+    inter = np.multiply.outer(iy, ix).ravel()
+    union = (box[2] - box[0]) * (box[3] - box[1]) + area * step * step - inter
+    background = (cover <= _MAX_COVER) & (inter / np.maximum(union, 1e-12) <= _MAX_SELF_IOU)
     if not background.any():
         return None
 
-    kin = same_array & (_iou(box, others_array) <= _MAX_TWIN_IOU)
+    corners = prepared["corners"][:, others]
+    inter = np.maximum(np.minimum(box[2], corners[2]) - np.maximum(box[0], corners[0]), 0)
+    inter *= np.maximum(np.minimum(box[3], corners[3]) - np.maximum(box[1], corners[1]), 0)
+    union = (box[2] - box[0]) * (box[3] - box[1]) + prepared["areas"][others] - inter
+    twin = inter / np.maximum(union, 1e-12) <= _MAX_TWIN_IOU
+    categories = prepared["categories"]
+    kin = np.asarray([categories[k] == own_category for k in others]) & twin
     if not kin.any():
-        kin = _iou(box, others_array) <= _MAX_TWIN_IOU
+        kin = twin
         if not kin.any():
             return None
-    window_features = _describe(table, windows)
-    scale = window_features.std(axis=0) + 1e-6
-    own_features = _describe(table, _cells(box[None, :], step, rows, columns))[0] / scale
-    background_features = window_features[background] / scale
-    kin_features = _describe(table, _cells(others_array[kin], step, rows, columns)) / scale
+    kin = np.asarray(others)[kin]
 
-    def nearest(features: np.ndarray) -> float:
-        distances = np.sort(np.linalg.norm(features - own_features, axis=1))
-        return float(distances[:_NEAREST].mean())
+    # Plane sums (planes along axis 0) of this box, then its kin, then every window, and their means.
+    at_top, at_bottom = _plane_views(table, rows)
+    count = 1 + len(kin)
+    means = np.empty((_PLANES, count + len(cover)))
+    means[:, 0] = at_bottom[:, bottom - 1, right] - at_top[:, top, right] - at_bottom[:, bottom - 1, left]
+    means[:, 0] += at_top[:, top, left]
+    means[:, 0] /= (bottom - top) * (right - left)
+    np.divide(prepared["sums"][:, kin], prepared["cell_counts"][kin], out=means[:, 1:count])
+    strips = at_bottom[:, bottom_rows.start - 1 : bottom_rows.stop - 1 : bottom_rows.step] - at_top[:, top_rows]
+    windows = means[:, count:]
+    np.subtract(strips[:, :, right_columns], strips[:, :, left_columns], out=windows.reshape(_PLANES, len(tops), -1))
+    windows /= area
+    spread = means[3:6]
+    spread -= means[:3] ** 2
+    np.maximum(spread, 0, out=spread)
+    np.sqrt(spread, out=spread)
 
-    to_background, to_class = nearest(background_features), nearest(kin_features)
+    # Each feature's spread over the windows, as numpy's std(axis=0) of the windows' rows sums it: row after row.
+    by_row = windows.T.copy()
+    deviation = by_row - np.add.reduce(by_row, axis=0) / len(by_row)
+    np.square(deviation, out=deviation)
+    means /= (np.sqrt(np.add.reduce(deviation, axis=0) / len(by_row)) + 1e-6)[:, None]
+    # Distances from this box: the squared feature differences, added in the features' order.
+    difference = means - means[:, :1]
+    difference *= difference
+    distances = np.sqrt(np.add.reduce(difference, axis=0))
+
+    def nearest(distances: np.ndarray) -> float:
+        if len(distances) > _NEAREST:
+            distances = np.partition(distances, _NEAREST - 1)[:_NEAREST]
+        closest = sorted(distances.tolist())
+        return sum(closest) / len(closest)
+
+    to_background, to_class = nearest(distances[count:][background]), nearest(distances[1:count])
     if to_background + to_class <= 1e-12:
         return 0.5  # identical to both: no evidence either way
     return to_class / (to_class + to_background)
