@@ -37,63 +37,88 @@ _BAND = 0.08  # how deep each band is, as a share of the box size across it
 _SPAN = 32  # rows (or columns) read along a side, at most
 
 
-def _profile(strip: np.ndarray) -> np.ndarray:
-    """Per position along axis 1 of `strip` (span along axis 0): mean opponent colour and roughness.
+def _sampled(length: int) -> list[int]:
+    """The rows a span of `length` is read at: np.linspace(0, length - 2, min(_SPAN, length - 1)) truncated.
 
     A long span is read at most _SPAN rows (evenly spread, each with the row after it for the
     roughness): the means don't need every row, and this keeps a large box as cheap as a small one.
+    Computed as numpy does (k * step, the last one exactly); the rows are distinct, since a step is 1
+    or more than 1.
+    """
+    if length - 1 <= _SPAN:
+        return list(range(length - 1))
+    step = (length - 2) / (_SPAN - 1)
+    return [int(k * step) for k in range(_SPAN - 1)] + [length - 2]
 
-    `strip` holds uint8 RGB pixels, or the same pixels as 3-byte items (a void view, cheaper to gather).
-    The red-green and yellow-blue means come from whole-number channel sums: their running float sums
-    only ever hold whole and half numbers, all exact, so the sums are the same in any order. Lightness
-    (R+G+B)/3 is rounded per pixel, so it is averaged as before, row after row.
+
+_ONES = np.ones((1, 3))  # R+G+B from the channels
+_OPPONENT = np.array([[1.0, -1.0, 0.0], [0.5, 0.5, -1.0]])  # red-green and yellow-blue from channel sums
+
+
+def _profile(strip: np.ndarray) -> np.ndarray:
+    """Per position along axis 1 of `strip` (uint8 RGB, span along axis 0): mean opponent colour and roughness.
+
+    (positions, 4): lightness, red-green, yellow-blue, roughness. The red-green and yellow-blue means
+    come from whole-number channel sums: their running float sums only ever hold whole and half
+    numbers, all exact, so the sums are the same in any order. Lightness (R+G+B)/3 is rounded per
+    pixel, so it is averaged row after row (the order numpy's mean(axis=0) adds them in, as does
+    cv2.reduce along the rows).
     """
     length = strip.shape[0]
     if length < 2:
         return np.zeros((strip.shape[1], 4))
-    rows = np.linspace(0, length - 2, min(_SPAN, length - 1)).astype(np.intp)
-    rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]  # np.unique of an ascending array
+    rows = _sampled(length)
     count = 2 * len(rows)
-    pixels = np.ascontiguousarray(strip[np.concatenate([rows, rows + 1])]).view(np.uint8).reshape(count, -1, 3)
-    red, green, blue = cv2.split(pixels)
-    lightness = np.add(red, green, dtype=np.uint16)
-    lightness += blue
-    lightness = lightness / 3.0
-    red, green, blue = cv2.reduce(pixels.reshape(count, -1), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).reshape(-1, 3).T
-    rough = np.abs(lightness[len(rows) :] - lightness[: len(rows)]).mean(axis=0)
-    return np.stack(
-        [lightness.mean(axis=0), (red - green) / count, ((red + green) / 2.0 - blue) / count, rough], axis=1
-    )
+    pixels = strip[rows + [row + 1 for row in rows]]
+    # R+G+B, whole numbers, exact in float64 whichever way they are added; then rounded per pixel.
+    lightness = cv2.transform(pixels.astype(np.float64), _ONES)
+    lightness /= 3.0
+    profile = np.empty((strip.shape[1], 4))
+    np.divide(cv2.reduce(lightness, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F)[0], count, out=profile[:, 0])
+    sums = cv2.reduce(pixels.reshape(count, -1), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).astype(np.float64)
+    np.divide(cv2.transform(sums.reshape(1, -1, 3), _OPPONENT)[0], count, out=profile[:, 1:3])
+    rough = cv2.absdiff(lightness[len(rows) :], lightness[: len(rows)])
+    np.divide(cv2.reduce(rough, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F)[0], len(rows), out=profile[:, 3])
+    return profile
 
 
 def _side_fits(profile: np.ndarray, sides: tuple[int, int], band: int, reach: int) -> list[float]:
     """Each side's separation where it is, over the best within `reach` of it, from one profile across both.
 
     Moves whose bands would leave the profile (the image) are skipped; a side that can't be read itself,
-    or that has no separation anywhere (flat all around), gives nothing.
+    or that has no separation anywhere (flat all around), gives nothing. The separation is taken once at
+    every readable position of the profile, and each side looks at its stretch of it.
     """
-    table = np.vstack([np.zeros((1, profile.shape[1])), np.cumsum(profile, axis=0)])
-    edges = np.asarray(sides)[:, None] + np.arange(-reach, reach + 1)[None, :]
-    readable = (edges - band >= 0) & (edges + band <= profile.shape[0])
-    at = np.clip(edges, band, profile.shape[0] - band)  # in range everywhere; unreadable moves are masked
-    above = (table[at + band] - table[at]) / band  # the band at higher indices
-    below = (table[at] - table[at - band]) / band
-    separation = np.where(readable, np.linalg.norm(above - below, axis=-1), 0.0)
+    length = profile.shape[0]
+    # Running sums, one position after the other (cv2.integral of a single row: exactly np.cumsum's).
+    table = cv2.integral(profile.reshape(1, length, 4), sdepth=cv2.CV_64F)[1]
+    # The band's mean from each position on; at position e, the band above is bands[e], the one below
+    # bands[e - band].
+    bands = table[band:] - table[:-band]
+    bands /= band
+    change = bands[band:] - bands[:-band]  # positions band to length - band
+    change *= change
+    # np.linalg.norm(axis=-1): the squares added in channel order.
+    squares = change[:, 0] + change[:, 1]
+    squares += change[:, 2]
+    squares += change[:, 3]
+    separation = np.sqrt(squares).tolist()
     fits = []
-    for side in range(2):
-        best = float(separation[side].max())
-        if readable[side, reach] and best > 1e-9:
-            fits.append(float(separation[side, reach]) / best)
+    for side in sides:
+        if band <= side <= length - band:
+            best = max(separation[max(side - reach, band) - band : min(side + reach, length - band) - band + 1])
+            if best > 1e-9:
+                fits.append(separation[side - band] / best)
     return fits
 
 
 def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
     height, width = image.shape[:2]
     try:
-        x, y, w, h = (float(v) for v in obj["bbox"])
+        x, y, w, h = map(float, obj["bbox"])
     except (KeyError, TypeError, ValueError):
         return None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 6 or h < 6:
+    if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(w) and math.isfinite(h)) or w < 6 or h < 6:
         return None
     x0, y0, x1, y1 = round(x), round(y), round(x + w), round(y + h)
     rows = slice(max(y0, 0), min(y1, height))
@@ -101,16 +126,14 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> float | None:
     if rows.stop - rows.start < 2 or columns.stop - columns.start < 2:
         return None
 
-    # The pixels as 3-byte items where they are contiguous: a strip's rows are then gathered whole items
-    # at a time, across the image as cheaply as along it.
-    pixels = image.view(np.dtype((np.void, 3)))[..., 0] if image.strides[1:] == (3, 1) else image
     fits = []
     # Left and right: columns across, the box's rows along; top and bottom: rows across, the box's
-    # columns along (transposed so that the span is axis 0). One strip reaches past both sides, read
-    # at _SPAN rows of the span, so both sides share one profile.
+    # columns along (transposed, by cv2: cheaper than gathering pixels down the image's columns, so
+    # that the span is axis 0). One strip reaches past both sides, read at _SPAN rows of the span, so
+    # both sides share one profile.
     for first, last, size, extent, strip_of in (
-        (x0, x1, w, width, lambda start, stop: pixels[rows, start:stop]),
-        (y0, y1, h, height, lambda start, stop: pixels[start:stop, columns].swapaxes(0, 1)),
+        (x0, x1, w, width, lambda start, stop: image[rows, start:stop]),
+        (y0, y1, h, height, lambda start, stop: cv2.transpose(image[start:stop, columns])),
     ):
         band, reach = max(2, round(_BAND * size)), max(1, round(_REACH * size))
         start, stop = max(first - reach - band, 0), min(last + reach + band, extent)
