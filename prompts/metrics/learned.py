@@ -59,14 +59,43 @@ _STRONG_EDGE = 24.0  # a gradient this large (grey levels per cell) counts as a 
 
 # Where each cell centre sits across the region, in box sizes from the box's top-left corner.
 _STEPS = (np.arange(_CELLS) + 0.5) / _CELLS * (1 + 2 * _MARGIN) - _MARGIN
+_IMAGE_STEPS = np.arange(_IMAGE_CELLS) + 0.5  # where the image's cell centres sit, in cells
 
-# The box's planes, in this order: the three opponent colours, the share covered by other boxes, and the
-# gradient across columns (for the left and right sides) and across rows (top and bottom).
-_LIGHTNESS, _RED_GREEN, _YELLOW_BLUE, _COVERED, _ACROSS_COLUMNS, _ACROSS_ROWS = range(6)
+# The box's planes, in this order: the three opponent colours, the share covered by other boxes, the gradient
+# across columns (for the left and right sides) and across rows (top and bottom), and the gradient magnitude.
+_LIGHTNESS, _RED_GREEN, _YELLOW_BLUE, _COVERED, _ACROSS_COLUMNS, _ACROSS_ROWS, _MAGNITUDE = range(7)
+
+# The opponent colours as one linear map of R, G, B: 3 x lightness, red-green and yellow-blue. On whole
+# numbers up to 255 every product and sum in it is exact, so these are the values that adding and subtracting
+# step by step gives; lightness is then divided by 3, as it always was.
+_OPPONENT = np.asarray([(1.0, 1.0, 1.0), (1.0, -1.0, 0.0), (0.5, 0.5, -1.0)])
+
+# All of a box's planes live in one flat array (the grid), so that one take reads any set of its cells: first
+# the colours, (_CELLS, _CELLS, 3) with the colour innermost, then a plane each, (_CELLS, _CELLS), for the
+# lightness again, the cover, the two gradients across and the gradient magnitude, then a zero that pads reads
+# to a common length. Every plane is transposed, (column, row): the layout in which cv2.integral adds up the
+# cells in _fit_profile's order.
+_PLANE = _CELLS * _CELLS
+_PLANE_AT = {_LIGHTNESS: 3, _COVERED: 4, _ACROSS_COLUMNS: 5, _ACROSS_ROWS: 6, _MAGNITUDE: 7}  # in planes
+_GRID_SIZE = 8 * _PLANE + 1
+_ZERO = _GRID_SIZE - 1
+
+
+def _at(plane: int, row: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """Where the grid holds `plane` at the cells (row, column), in the flat array (a colour: in the colours)."""
+    if plane < _COVERED:
+        return (column * _CELLS + row) * 3 + plane
+    return _PLANE_AT[plane] * _PLANE + column * _CELLS + row
+
+
+def _plane(grid: np.ndarray, plane: int) -> np.ndarray:
+    """One of the grid's planes, transposed: (column, row)."""
+    start = _PLANE_AT[plane] * _PLANE
+    return grid[start : start + _PLANE].reshape(_CELLS, _CELLS)
 
 
 def _strip_index() -> np.ndarray:
-    """Flat indices into the (6, _CELLS, _CELLS) planes of every band of the side profiles, one band a row.
+    """Flat indices into the grid of every band of the side profiles, one band a row.
 
     Rows run by side (left, right, top, bottom), then plane (the three colours, the cover, the gradient across
     that side), then band (the _OFFSETS, inside to outside); each row holds the band's 32 cells along the side.
@@ -81,9 +110,8 @@ def _strip_index() -> np.ndarray:
     ):
         for plane in (_LIGHTNESS, _RED_GREEN, _YELLOW_BLUE, _COVERED, gradient):
             for offset in _OFFSETS:
-                band = min(max(band_at(offset), 0), _CELLS - 1)
-                cells = along * _CELLS + band if runs_along_rows else band * _CELLS + along
-                rows.append(plane * _CELLS * _CELLS + cells)
+                band = np.full_like(along, min(max(band_at(offset), 0), _CELLS - 1))
+                rows.append(_at(plane, along, band) if runs_along_rows else _at(plane, band, along))
     return np.asarray(rows)
 
 
@@ -97,18 +125,26 @@ def _region(top: int, left: int, bottom: int, right: int) -> np.ndarray:
     return mask
 
 
-def _colour_cells(mask: np.ndarray) -> np.ndarray:
-    """Flat indices into the planes of the region's cells' colours, (cells, 3), the cells in row-major order."""
-    return np.flatnonzero(mask)[:, None] + np.arange(3)[None, :] * _CELLS * _CELLS
+def _region_index() -> tuple[np.ndarray, np.ndarray]:
+    """Where score() reads the colours of the box, of the ring just outside it, of its inner band and of its
+    centre: (the largest region's cells, 4 regions x 3 colours), each region's cells in row-major order down
+    its three columns, then the grid's zero to the largest's length. Also each column's count of cells.
+    """
+    inner = _region(_BOX0, _BOX0, _BOX1, _BOX1)  # the box
+    core = _region(_BOX0 + 8, _BOX0 + 8, _BOX1 - 8, _BOX1 - 8)  # its centre
+    ring = _region(_BOX0 - 6, _BOX0 - 6, _BOX1 + 6, _BOX1 + 6) & ~inner  # the ring just outside it
+    regions = (inner, ring, inner & ~core, core)  # the third: the band along the box's edges
+    cells = [np.flatnonzero(region) for region in regions]
+    index = np.full((max(map(len, cells)), 3 * len(regions)), _ZERO)
+    for at, region in enumerate(cells):
+        for colour in range(3):
+            index[: len(region), 3 * at + colour] = _at(colour, region // _CELLS, region % _CELLS)
+    return index, np.repeat([float(len(region)) for region in cells], 3)
 
 
-_INNER = _region(_BOX0, _BOX0, _BOX1, _BOX1)  # the box
-_CORE = _region(_BOX0 + 8, _BOX0 + 8, _BOX1 - 8, _BOX1 - 8)  # its centre
-_RING = _region(_BOX0 - 6, _BOX0 - 6, _BOX1 + 6, _BOX1 + 6) & ~_INNER  # the ring just outside it
-_INNER_CELLS, _CORE_CELLS = _colour_cells(_INNER), _colour_cells(_CORE)
-_BAND_CELLS = _colour_cells(_INNER & ~_CORE)  # the band along the box's edges
-_RING_CELLS = _colour_cells(_RING)
-_RING_FLAT = np.flatnonzero(_RING)
+_REGIONS, _REGION_CELLS = _region_index()
+_RING_CELLS = int(_REGION_CELLS[3])
+_REPEATED_MEANS = np.tile(np.arange(_REGIONS.shape[1]), 8)  # the regions' means, for eight cells in a row
 
 
 def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -140,56 +176,82 @@ def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarra
 
 
 _CANDIDATES, _FIT_ROWS, _FIT_COLUMNS, _FIT_BAND_CELLS, _FIT_RING_CELLS = _fit_rectangles()
+_HERE = _CANDIDATES.index((0, 0, 0))
+_FIT_INNER = slice(0, 2 * len(_CANDIDATES))  # the rectangles whose gradient is read: candidates and cores
+# A summed-area table's entry [i, j] adds up the cells before column i and row j only, so the tables are made
+# only as far as they are read (_FIT_EXTENT for the colours, _MAGNITUDE_EXTENT for the gradient magnitude),
+# and the magnitude, read by nothing else past that but the strong edges, is computed only that far.
+_FIT_EXTENT = int(max(_FIT_ROWS.max(), _FIT_COLUMNS.max()))
+_MAGNITUDE_EXTENT = int(max(_FIT_ROWS[:, _FIT_INNER].max(), _FIT_COLUMNS[:, _FIT_INNER].max()))
+assert _MAGNITUDE_EXTENT >= _BOX1 + 6  # the ring whose strong edges are counted
 
 
-def _grid(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    """The box grown by _MARGIN of its size on each side, sampled at the centres of _CELLS x _CELLS cells.
+def _grid(image: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
+    """The grid (see _GRID_SIZE) with its colours and gradients: the box grown by _MARGIN of its size on each
+    side, sampled at the centres of _CELLS x _CELLS cells, at `centre_y` and `centre_x` in the image.
 
     Sampling, not averaging: averaging each cell costs more than everything else the metric does, and the
     bands below average 32 cells each anyway. Cells past the image edge repeat its edge pixels; the
-    geometry features say how much of the box is out. The pixels stay uint8: the planes convert them.
+    geometry features say how much of the box is out. The cover is left to the caller.
+    """
+    grid = np.empty(_GRID_SIZE)
+    grid[_ZERO] = 0.0
+    colours = grid[: 3 * _PLANE].reshape(_CELLS, _CELLS, 3)
+    cv2.transform(_sample(image, centre_y, centre_x).astype(np.float64), _OPPONENT, dst=colours)
+    lightness = _plane(grid, _LIGHTNESS)
+    np.divide(colours[..., _LIGHTNESS], 3.0, out=lightness)
+    colours[..., _LIGHTNESS] = lightness
+    # |np.gradient|, element by element as it computes it: central differences over 2 inside, one-sided
+    # differences at the two ends (both ends at once: every (_CELLS - 2)th cell less the one before it).
+    # Transposed, across columns runs down the first axis and across rows along the second. Across rows, the
+    # central differences are taken along the flat plane, as one run: those that straddle two columns land
+    # on the ends, which are written after them.
+    across_columns, across_rows = _plane(grid, _ACROSS_COLUMNS), _plane(grid, _ACROSS_ROWS)
+    ends = slice(None, None, _CELLS - 1)
+    np.subtract(lightness[2:], lightness[:-2], out=across_columns[1:-1])
+    across_columns[1:-1] /= 2.0
+    np.subtract(lightness[1 :: _CELLS - 2], lightness[:: _CELLS - 2], out=across_columns[ends])
+    flat_lightness, flat_across = lightness.reshape(-1), across_rows.reshape(-1)
+    np.subtract(flat_lightness[2:], flat_lightness[:-2], out=flat_across[1:-1])
+    flat_across[1:-1] /= 2.0
+    np.subtract(lightness[:, 1 :: _CELLS - 2], lightness[:, :: _CELLS - 2], out=across_rows[:, ends])
+    across = grid[_PLANE_AT[_ACROSS_COLUMNS] * _PLANE : (_PLANE_AT[_ACROSS_ROWS] + 1) * _PLANE]  # the two, adjacent
+    np.abs(across, out=across)
+    extent = slice(0, _MAGNITUDE_EXTENT)
+    magnitude = _plane(grid, _MAGNITUDE)[extent, extent]
+    np.hypot(across_rows[extent, extent], across_columns[extent, extent], out=magnitude)
+    return grid
+
+
+def _sample(image: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
+    """The image's pixels at (centre_y, centre_x), transposed: (columns, rows, 3), rows and columns past the
+    image clipped to its edge. One take of whole pixels by their flat index; clipping first and then truncating
+    towards zero gives what flooring first and then clipping gave (the bounds are whole numbers).
     """
     height, width = image.shape[:2]
-    x0, y0, x1, y1 = box
-    rows = np.clip(np.floor(y0 + _STEPS * (y1 - y0)), 0, height - 1).astype(np.int64)
-    columns = np.clip(np.floor(x0 + _STEPS * (x1 - x0)), 0, width - 1).astype(np.int64)
-    return image.take(rows, axis=0).take(columns, axis=1)  # two takes: cheaper than one gather on a grid
-
-
-def _opponent(cells: np.ndarray, out: np.ndarray) -> None:
-    """Writes the opponent colours of uint8 RGB `cells` (..., 3) into `out` (3, ...): lightness (R+G+B)/3,
-    red-green R-G and yellow-blue (R+G)/2-B, one operation at a time in float64, without temporaries."""
-    lightness, red_green, yellow_blue = out
-    red, green, blue = cells[..., 0], cells[..., 1], cells[..., 2]
-    np.add(red, green, out=lightness, dtype=np.float64)
-    lightness += blue
-    lightness /= 3.0
-    np.subtract(red, green, out=red_green, dtype=np.float64)
-    np.add(red, green, out=yellow_blue, dtype=np.float64)
-    yellow_blue /= 2.0
-    yellow_blue -= blue
+    rows = np.minimum(np.maximum(centre_y, 0.0), height - 1).astype(np.int64)
+    columns = np.minimum(np.maximum(centre_x, 0.0), width - 1).astype(np.int64)
+    return image.reshape(-1, 3).take(columns[:, None] + rows * width, axis=0)
 
 
 def _sums(cells: np.ndarray) -> np.ndarray:
-    """Per colour, the sum of (n, 3) cells, added one cell after another from the first.
+    """Per column, the sum of (n, k) cells, added one cell after another from the first.
 
-    That is the order of numpy's sum over axis 0 (a running total per colour, row by row), and of OpenCV's
+    That is the order of numpy's sum over axis 0 (a running total per column, row by row), and of OpenCV's
     reduction of a floating-point matrix to one row (a plain loop, first row copied, each next row added),
-    which costs a fifth as much on three-wide rows.
+    which costs a fifth as much on narrow rows.
     """
     return cv2.reduce(cells, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F)[0]
 
 
-def _mean(cells: np.ndarray) -> np.ndarray:
-    """Per colour, the mean of (n, 3) cells: numpy's mean over axis 0, bit for bit."""
-    return _sums(cells) / cells.shape[0]
+def _colour_sums(colours: np.ndarray) -> tuple[float, float, float]:
+    """Per colour, the sum of the (..., 3) `colours`, cell after cell in row-major order from 0: _sums' order.
 
-
-def _spread(cells: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Per colour, the standard deviation of (n, 3) cells around their `mean`: numpy's std, step by step."""
-    deviation = cells - mean
-    np.square(deviation, out=deviation)
-    return np.sqrt(_sums(deviation) / cells.shape[0])
+    cv2.sumElems adds up a floating-point matrix of three channels in a plain loop (vector code only for
+    one, two or four channels), from a zero total, row after row; no colour is -0.0, so 0 + the first cell is
+    that cell. It costs a third as much as cv2.reduce on three-wide rows.
+    """
+    return cv2.sumElems(colours)[:3]
 
 
 def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
@@ -297,90 +359,77 @@ def _geometry(
 def _image_colours(image: np.ndarray, corners: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mean colour of the image's other boxes, and of the image outside every box (cells of the image).
 
-    `corners` holds every readable box of the image, `other` says which are not the scored box.
+    `corners` holds every readable box of the image, `other` says which are not the scored box. A mean over
+    some cells is a running sum over all of them with the others' colours set to 0: adding a zero leaves a
+    sum as it was (no colour is -0.0), so it is the running sum over its own cells, in the same order.
     """
     height, width = image.shape[:2]
-    rows = ((np.arange(_IMAGE_CELLS) + 0.5) * height / _IMAGE_CELLS).astype(np.int64)
-    columns = ((np.arange(_IMAGE_CELLS) + 0.5) * width / _IMAGE_CELLS).astype(np.int64)
-    colours = np.empty((_IMAGE_CELLS * _IMAGE_CELLS, 3))  # (cells, colour): what _sums reads
-    _opponent(image.take(rows, axis=0).take(columns, axis=1).reshape(-1, 3), colours.T)
-    cell_h, cell_w = height / _IMAGE_CELLS, width / _IMAGE_CELLS
-    centre_y = (np.arange(_IMAGE_CELLS) + 0.5) * cell_h
-    centre_x = (np.arange(_IMAGE_CELLS) + 0.5) * cell_w
-    in_other = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=bool)
-    _mark(in_other, corners[other], centre_y, centre_x)
-    in_any = in_other.copy()  # and the boxes that are the scored one (usually one)
-    _mark(in_any, corners[~other], centre_y, centre_x)
-    in_any, in_other = in_any.ravel(), in_other.ravel()
-    overall = _mean(colours)
-    objects = _mean(colours[in_other]) if in_other.any() else overall
-    background = _mean(colours[~in_any]) if (~in_any).any() else overall
-    return objects, background
+    rows = (_IMAGE_STEPS * height / _IMAGE_CELLS).astype(np.int64)
+    columns = (_IMAGE_STEPS * width / _IMAGE_CELLS).astype(np.int64)
+    sampled = image.take(rows, axis=0).take(columns, axis=1).astype(np.float64)
+    colours = cv2.transform(sampled, _OPPONENT)
+    colours[..., _LIGHTNESS] /= 3.0
+    centre_y = _IMAGE_STEPS * (height / _IMAGE_CELLS)
+    centre_x = _IMAGE_STEPS * (width / _IMAGE_CELLS)
+    in_other = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.uint8)
+    outside = np.ones((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.uint8)
+    # The cells whose centre lies in a box, [x0, x1) x [y0, y1), as _mark finds them.
+    spans = zip(
+        np.searchsorted(centre_y, corners[:, 1::2]).tolist(),
+        np.searchsorted(centre_x, corners[:, ::2]).tolist(),
+        other.tolist(),
+        strict=True,
+    )
+    for (top, bottom), (left, right), is_other in spans:
+        if is_other:
+            in_other[top:bottom, left:right] = 1
+        outside[top:bottom, left:right] = 0
+    overall = np.divide(_colour_sums(colours), _IMAGE_CELLS * _IMAGE_CELLS)
+    means = []
+    for mask in (in_other, outside):
+        count = cv2.countNonZero(mask)
+        means.append(np.divide(_colour_sums(cv2.copyTo(colours, mask)), count) if count else overall)
+    return means[0], means[1]
 
 
-def _planes(cells: np.ndarray, box: tuple[float, float, float, float], others: np.ndarray) -> np.ndarray:
-    """The grid's planes, (6, _CELLS, _CELLS) in the order of _LIGHTNESS ... _ACROSS_ROWS.
-
-    Each plane is written in place, operation by operation as the opponent colours and np.gradient
-    compute them (so the same values), without the temporaries and the stacking.
-    """
-    planes = np.empty((6, _CELLS, _CELLS))
-    lightness, _, _, covered, across_columns, across_rows = planes
-    _opponent(cells, planes[:3])
-    # |np.gradient|: central differences over 2 inside, one-sided differences at the two ends.
-    np.subtract(lightness[2:], lightness[:-2], out=across_rows[1:-1])
-    across_rows[1:-1] /= 2.0
-    np.subtract(lightness[1], lightness[0], out=across_rows[0])
-    np.subtract(lightness[-1], lightness[-2], out=across_rows[-1])
-    np.abs(across_rows, out=across_rows)
-    np.subtract(lightness[:, 2:], lightness[:, :-2], out=across_columns[:, 1:-1])
-    across_columns[:, 1:-1] /= 2.0
-    np.subtract(lightness[:, 1], lightness[:, 0], out=across_columns[:, 0])
-    np.subtract(lightness[:, -1], lightness[:, -2], out=across_columns[:, -1])
-    np.abs(across_columns, out=across_columns)
-    # 1 where a cell lies in another box of the image, else 0.
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    centre_x, centre_y = x0 + _STEPS * w, y0 + _STEPS * h  # ascending: w and h are at least 2
-    in_others = np.zeros((_CELLS, _CELLS), dtype=bool)
-    _mark(in_others, others, centre_y, centre_x)
-    covered[...] = in_others
-    return planes
-
-
-def _fit_profile(planes: np.ndarray, gradient: np.ndarray) -> list[float]:
+def _fit_profile(grid: np.ndarray) -> list[float]:
     """How well the box fits what is around it, against boxes moved, grown or shrunk a little.
 
     A box's fit: the colour difference between its inner band and the ring just outside it, and the mean
     gradient in that band. A box that fits its object fits better than its neighbours on the grid; a
     shifted, loose or tight one is beaten by a moved, shrunk or grown one.
 
-    The summed-area table is cv2.integral's over the transposed grid: for floating-point pixels OpenCV runs a
-    plain loop (its vector and IPP versions take 8-bit pixels only) that adds the same numbers in the same
-    order as numpy's cumulative sum down the rows and then along the columns did (a running sum down each
-    column, added to the table's previous column), at a tenth of the cost. It comes back transposed,
-    (column, row, plane).
+    The summed-area tables are cv2.integral's over the transposed grid: for floating-point pixels OpenCV runs
+    a plain loop per channel (its vector and IPP versions take 8-bit pixels only) that adds the same numbers in
+    the same order as numpy's cumulative sum down the rows and then along the columns did (a running sum down
+    each column, added to the table's previous column), at a tenth of the cost. They come back transposed,
+    (column, row).
     """
-    integrand = np.empty((_CELLS, _CELLS, 4))
-    integrand[..., :3] = planes[:3].T
-    integrand[..., 3] = gradient.T
-    table = cv2.integral(integrand, sdepth=cv2.CV_64F)
+    colours = grid[: 3 * _PLANE].reshape(_CELLS, _CELLS, 3)[:_FIT_EXTENT, :_FIT_EXTENT]
+    table = cv2.integral(colours, sdepth=cv2.CV_64F)
     corners = table[_FIT_COLUMNS, _FIT_ROWS]
     sums = corners[0] - corners[1] - corners[2] + corners[3]
+    magnitude = _plane(grid, _MAGNITUDE)[:_MAGNITUDE_EXTENT, :_MAGNITUDE_EXTENT]
+    table = cv2.integral(magnitude, sdepth=cv2.CV_64F)
+    corners = table[_FIT_COLUMNS[:, _FIT_INNER], _FIT_ROWS[:, _FIT_INNER]]
+    gradients = corners[0] - corners[1] - corners[2] + corners[3]
     count = len(_CANDIDATES)  # per candidate: its box, its core, its outer box
     whole, core, outer = sums[:count], sums[count : 2 * count], sums[2 * count :]
-    inner_band = (whole - core) / _FIT_BAND_CELLS[:, None]
-    ring = (outer - whole) / _FIT_RING_CELLS[:, None]
-    contrast = np.linalg.norm(inner_band[:, :3] - ring[:, :3], axis=1)
-    edges = inner_band[:, 3]
-    here = _CANDIDATES.index((0, 0, 0))
-    moved, grown, shrunk = slice(0, 25), slice(25, 28), slice(28, 31)
-    features = [float(contrast[here]), float(edges[here])]
-    for group in (moved, grown, shrunk):
-        features += [float(contrast[group].max() - contrast[here]), float(edges[group].max() - edges[here])]
-    best = int(np.argmax(contrast[moved]))
+    difference = (whole - core) / _FIT_BAND_CELLS[:, None] - (outer - whole) / _FIT_RING_CELLS[:, None]
+    contrast = np.sqrt(np.add.reduce(difference * difference, axis=1)).tolist()  # np.linalg.norm's steps
+    edges = ((gradients[:count] - gradients[count:]) / _FIT_BAND_CELLS).tolist()
+    features = [contrast[_HERE], edges[_HERE]]
+    for group in (slice(0, 25), slice(25, 28), slice(28, 31)):  # moved, grown, shrunk
+        features += [max(contrast[group]) - contrast[_HERE], max(edges[group]) - edges[_HERE]]
+    moved = contrast[:25]
+    best = moved.index(max(moved))  # the first of the largest, as np.argmax (no value is NaN)
     features.append(math.hypot(best // 5 - 2, best % 5 - 2))
     return features
+
+
+def _norm(vector: np.ndarray) -> float:
+    """np.linalg.norm of a vector, as it computes it: the square root of the vector's dot product with itself."""
+    return math.sqrt(vector.dot(vector))
 
 
 def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
@@ -393,39 +442,54 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
     if w < 2 or h < 2 or x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
         return None
 
-    cells = _grid(image, box)
+    centre_y, centre_x = y0 + _STEPS * h, x0 + _STEPS * w  # ascending: w and h are at least 2
+    grid = _grid(image, centre_y, centre_x)
     corners, other, other_annotations = _boxes(obj, scene)
     others = corners[other]
-    planes = _planes(cells, box, others)
+    # 1 where a cell lies in another box of the image, else 0.
+    covered = _plane(grid, _COVERED)
+    covered.fill(0.0)
+    _mark(covered.T, others, centre_y, centre_x)
 
     # The side profiles: per side, per plane (the three colours, the cover, the gradient across the side),
     # the mean of each band, from inside to outside. All 140 bands are read by one take, each band's 32
     # values in a contiguous row: numpy sums them pairwise as it did the strips it used to gather one by one
     # (plane[span, bands] and plane[bands, span].T, both laid out with each band contiguous).
-    sides = planes.reshape(-1)[_STRIPS].mean(axis=1).reshape(4, -1).tolist()
+    bands = grid.take(_STRIPS)
+    sides = (np.add.reduce(bands, axis=1) / bands.shape[1]).reshape(4, -1).tolist()  # the bands' means
     sides.sort(key=lambda side: side[_EDGE])  # a box shifted left looks like one shifted right
     profile = [value for side in sides for value in side]
 
-    # The regions' cells, (cells, 3 colours) in row-major order: what the colours masked by each region held.
-    flat = planes.reshape(-1)
-    inner, ring = flat[_INNER_CELLS], flat[_RING_CELLS]
-    box_colour, band_colour = _mean(inner), _mean(flat[_BAND_CELLS])
-    core_colour, ring_colour = _mean(flat[_CORE_CELLS]), _mean(ring)
-    gradient = np.hypot(planes[_ACROSS_ROWS], planes[_ACROSS_COLUMNS])
-    strong = gradient >= _STRONG_EDGE
+    # The colours of the box, the ring just outside it, the box's inner band and its centre, each region's
+    # (cells, 3 colours) in row-major order, read together (see _region_index).
+    regions = grid.take(_REGIONS)
+    means = _sums(regions) / _REGION_CELLS
+    box_colour, ring_colour, band_colour, core_colour = means[:3], means[3:6], means[6:9], means[9:]
+    # The box's and the ring's spreads: each colour's standard deviation, numpy's std step by step.
+    # (Every region's deviations, eight cells to a row: numpy's loops run longer on longer rows.)
+    deviation = regions.reshape(-1, _REPEATED_MEANS.size) - means[_REPEATED_MEANS]
+    np.square(deviation, out=deviation)
+    deviation = deviation.reshape(regions.shape)
+    deviation[_RING_CELLS:, 3:6] = 0.0  # the ring's padding: adding zeros leaves its sums as they were
+    spreads = np.sqrt(_sums(deviation)[:6] / _REGION_CELLS[:6])
+    # Strong edges in the box, and in the ring: the box grown by 6 cells on each side, less the box.
+    strong = _plane(grid, _MAGNITUDE)[_BOX0 - 6 : _BOX1 + 6, _BOX0 - 6 : _BOX1 + 6] >= _STRONG_EDGE
+    in_box = int(np.count_nonzero(strong[6:-6, 6:-6]))
+    in_ring = int(np.count_nonzero(strong)) - in_box
     objects, background = _image_colours(image, corners, other)
+    band_ring, box_objects = band_colour - ring_colour, box_colour - objects
     contrast = [
-        *(band_colour - ring_colour),
-        *(core_colour - ring_colour),
-        float(np.linalg.norm(band_colour - ring_colour)),
-        float(_spread(inner, box_colour).mean()),
-        float(_spread(ring, ring_colour).mean()),
+        *band_ring.tolist(),
+        *(core_colour - ring_colour).tolist(),
+        _norm(band_ring),
+        float(spreads[:3].mean()),
+        float(spreads[3:].mean()),
         # Shares of strong edges: a whole count over a whole count, one correctly rounded division either way.
-        int(np.count_nonzero(strong[_BOX0:_BOX1, _BOX0:_BOX1])) / (_BOX1 - _BOX0) ** 2,
-        int(np.count_nonzero(strong.ravel()[_RING_FLAT])) / len(_RING_FLAT),
-        float(np.linalg.norm(box_colour - objects)),
-        float(np.linalg.norm(box_colour - background)),
-        *(box_colour - objects),
+        in_box / (_BOX1 - _BOX0) ** 2,
+        in_ring / _RING_CELLS,
+        _norm(box_objects),
+        _norm(box_colour - background),
+        *box_objects.tolist(),
     ]
-    fit = _fit_profile(planes, gradient)
+    fit = _fit_profile(grid)
     return [*profile, *contrast, *fit, *_geometry(obj, box, others, other_annotations, width, height)]
