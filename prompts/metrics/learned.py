@@ -261,31 +261,29 @@ def _corners(annotation: dict) -> tuple[float, float, float, float] | None:
     return x, y, x + w, y + h
 
 
-def _boxes(obj: dict, scene: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """The image's boxes, read once per call: the corners of every readable box (n, 4), which of them are
-    other boxes than `obj`, and those other boxes' annotations (in the scene's order throughout).
+def _all_boxes(annotations: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The corners of every readable box (n, 4), and which of the annotations they are: all boxes at once,
+    when every bbox is four numbers (None otherwise).
 
-    All boxes at once when every bbox is four numbers: numpy's conversion of a number to float64 is
-    float()'s, and the checks and the sums are the same elementwise. Anything else goes box by box, so that a
-    malformed box fails (or is skipped) exactly as it always did.
+    numpy's conversion of a number to float64 is float()'s, and the checks and the sums are _corners',
+    elementwise. A scene with any other bbox is read box by box (_boxes_one_by_one), so that a malformed box
+    fails (or is skipped) exactly as it always did.
     """
-    annotations = scene["annotations"]
     try:
         boxes = np.asarray([annotation["bbox"] for annotation in annotations], dtype=np.float64)
     except (KeyError, TypeError, ValueError, OverflowError):
-        boxes = None
-    if boxes is None or boxes.shape != (len(annotations), 4):
-        return _boxes_one_by_one(obj, scene)
+        return None
+    if boxes.shape != (len(annotations), 4):
+        return None
     x, y, w, h = boxes.T
     readable = np.isfinite(boxes).all(axis=1) & (w > 0) & (h > 0)
-    other = np.asarray([annotation["id"] != obj["id"] for annotation in annotations], dtype=bool)
-    corners = np.stack([x, y, x + w, y + h], axis=1)[readable]
-    kept = readable & other
-    return corners, other[readable], [annotation for annotation, keep in zip(annotations, kept, strict=True) if keep]
+    return np.stack([x, y, x + w, y + h], axis=1)[readable], readable
 
 
 def _boxes_one_by_one(obj: dict, scene: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """_boxes for a scene with a box that is not four numbers: each box read by _corners."""
+    """For a scene with a box that is not four numbers: the corners of every readable box (n, 4), which of
+    them are other boxes than `obj`, and those other boxes' annotations (in the scene's order throughout).
+    Each box is read by _corners."""
     corners, other, annotations = [], [], []
     for annotation in scene["annotations"]:
         box = _corners(annotation)
@@ -356,40 +354,62 @@ def _geometry(
     ]
 
 
-def _image_colours(image: np.ndarray, corners: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The mean colour of the image's other boxes, and of the image outside every box (cells of the image).
-
-    `corners` holds every readable box of the image, `other` says which are not the scored box. A mean over
-    some cells is a running sum over all of them with the others' colours set to 0: adding a zero leaves a
-    sum as it was (no colour is -0.0), so it is the running sum over its own cells, in the same order.
-    """
+def _image_cells(image: np.ndarray) -> np.ndarray:
+    """The colours of the whole image, sampled at _IMAGE_CELLS x _IMAGE_CELLS cell centres: (rows, columns, 3)."""
     height, width = image.shape[:2]
     rows = (_IMAGE_STEPS * height / _IMAGE_CELLS).astype(np.int64)
     columns = (_IMAGE_STEPS * width / _IMAGE_CELLS).astype(np.int64)
-    sampled = image.take(rows, axis=0).take(columns, axis=1).astype(np.float64)
-    colours = cv2.transform(sampled, _OPPONENT)
+    colours = cv2.transform(image.take(rows, axis=0).take(columns, axis=1).astype(np.float64), _OPPONENT)
     colours[..., _LIGHTNESS] /= 3.0
-    centre_y = _IMAGE_STEPS * (height / _IMAGE_CELLS)
-    centre_x = _IMAGE_STEPS * (width / _IMAGE_CELLS)
-    in_other = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.uint8)
+    return colours
+
+
+def _cell_spans(image: np.ndarray, corners: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Per box, the image cells whose centre lies in it, [x0, x1) x [y0, y1): [top, bottom) x [left, right).
+
+    The centres ascend, so a box's cells run from the first centre at or past its low edge to the first at or
+    past its high edge, on each axis (np.searchsorted, for all boxes at once).
+    """
+    height, width = image.shape[:2]
+    rows = np.searchsorted(_IMAGE_STEPS * (height / _IMAGE_CELLS), corners[:, 1::2]).tolist()
+    columns = np.searchsorted(_IMAGE_STEPS * (width / _IMAGE_CELLS), corners[:, ::2]).tolist()
+    return [(top, bottom, left, right) for (top, bottom), (left, right) in zip(rows, columns, strict=True)]
+
+
+def _background(colours: np.ndarray, spans: list[tuple[int, int, int, int]], overall: np.ndarray) -> np.ndarray:
+    """The mean colour of the image's cells outside every box (`spans`: every readable box's)."""
     outside = np.ones((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.uint8)
-    # The cells whose centre lies in a box, [x0, x1) x [y0, y1), as _mark finds them.
-    spans = zip(
-        np.searchsorted(centre_y, corners[:, 1::2]).tolist(),
-        np.searchsorted(centre_x, corners[:, ::2]).tolist(),
-        other.tolist(),
-        strict=True,
-    )
-    for (top, bottom), (left, right), is_other in spans:
-        if is_other:
-            in_other[top:bottom, left:right] = 1
+    for top, bottom, left, right in spans:
         outside[top:bottom, left:right] = 0
+    return _mean_of(colours, outside, overall)
+
+
+def _mean_of(colours: np.ndarray, mask: np.ndarray, overall: np.ndarray) -> np.ndarray:
+    """The mean colour of the image's cells in `mask` (uint8), or `overall` when it holds none.
+
+    The sum is a running sum over every cell, with the colours of those outside the mask set to 0: adding a
+    zero leaves a sum as it was (no colour is -0.0), so it is the running sum over the mask's cells, in the
+    same order.
+    """
+    count = cv2.countNonZero(mask)
+    return np.divide(_colour_sums(cv2.copyTo(colours, mask)), count) if count else overall
+
+
+def prepare(image: np.ndarray, scene: dict) -> dict:
+    """What every box of the image shares, worked out once per image: the colours of the image's cells and
+    their mean, and, when every bbox is four numbers, the image's readable boxes (their corners, which of the
+    scene's boxes they are, the cells each covers) and the mean colour of the cells outside all of them.
+    """
+    colours = _image_cells(image)
     overall = np.divide(_colour_sums(colours), _IMAGE_CELLS * _IMAGE_CELLS)
-    means = []
-    for mask in (in_other, outside):
-        count = cv2.countNonZero(mask)
-        means.append(np.divide(_colour_sums(cv2.copyTo(colours, mask)), count) if count else overall)
-    return means[0], means[1]
+    prepared = {"colours": colours, "overall": overall, "corners": None}
+    boxes = _all_boxes(scene["annotations"])
+    if boxes is not None:
+        corners, readable = boxes
+        spans = _cell_spans(image, corners)
+        background = _background(colours, spans, overall)
+        prepared.update(corners=corners, readable=readable, spans=spans, background=background)
+    return prepared
 
 
 def _fit_profile(grid: np.ndarray) -> list[float]:
@@ -432,7 +452,7 @@ def _norm(vector: np.ndarray) -> float:
     return math.sqrt(vector.dot(vector))
 
 
-def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
+def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> list[float] | None:
     height, width = image.shape[:2]
     box = _corners(obj)
     if box is None:
@@ -444,7 +464,21 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
 
     centre_y, centre_x = y0 + _STEPS * h, x0 + _STEPS * w  # ascending: w and h are at least 2
     grid = _grid(image, centre_y, centre_x)
-    corners, other, other_annotations = _boxes(obj, scene)
+    # The image's boxes: the corners of every readable box, which of them are other boxes than `obj`, those
+    # other boxes' annotations, and the image cells each covers.
+    annotations = scene["annotations"]
+    colours, overall = prepared["colours"], prepared["overall"]
+    if prepared["corners"] is not None:
+        corners, readable, spans = prepared["corners"], prepared["readable"], prepared["spans"]
+        every = np.asarray([annotation["id"] != obj["id"] for annotation in annotations], dtype=bool)
+        other = every[readable]
+        kept = readable & every
+        other_annotations = [annotation for annotation, keep in zip(annotations, kept, strict=True) if keep]
+        background = prepared["background"]
+    else:
+        corners, other, other_annotations = _boxes_one_by_one(obj, scene)
+        spans = _cell_spans(image, corners)
+        background = _background(colours, spans, overall)
     others = corners[other]
     # 1 where a cell lies in another box of the image, else 0.
     covered = _plane(grid, _COVERED)
@@ -476,7 +510,11 @@ def score(image: np.ndarray, obj: dict, scene: dict) -> list[float] | None:
     strong = _plane(grid, _MAGNITUDE)[_BOX0 - 6 : _BOX1 + 6, _BOX0 - 6 : _BOX1 + 6] >= _STRONG_EDGE
     in_box = int(np.count_nonzero(strong[6:-6, 6:-6]))
     in_ring = int(np.count_nonzero(strong)) - in_box
-    objects, background = _image_colours(image, corners, other)
+    in_other = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.uint8)
+    for (top, bottom, left, right), is_other in zip(spans, other.tolist(), strict=True):
+        if is_other:
+            in_other[top:bottom, left:right] = 1
+    objects = _mean_of(colours, in_other, overall)  # the mean colour of the image's other boxes
     band_ring, box_objects = band_colour - ring_colour, box_colour - objects
     contrast = [
         *band_ring.tolist(),
