@@ -71,11 +71,13 @@ _LIGHTNESS, _RED_GREEN, _YELLOW_BLUE, _COVERED, _ACROSS_COLUMNS, _ACROSS_ROWS, _
 _OPPONENT = np.asarray([(1.0, 1.0, 1.0), (1.0, -1.0, 0.0), (0.5, 0.5, -1.0)])
 
 # All of a box's planes live in one flat array (the grid), so that one take reads any set of its cells: first
-# the colours, (_CELLS, _CELLS, 3) with the colour innermost, then a plane each, (_CELLS, _CELLS), for the
+# the colours, (_STORED, _STORED, 3) with the colour innermost, then a plane each, (_STORED, _STORED), for the
 # lightness again, the cover, the two gradients across and the gradient magnitude, then a zero that pads reads
 # to a common length. Every plane is transposed, (column, row): the layout in which cv2.integral adds up the
-# cells in _fit_profile's order.
-_PLANE = _CELLS * _CELLS
+# cells in _fit_profile's order. Nothing reads the grid's last rows and columns (the fit's outer boxes reach
+# furthest, to _STORED: asserted below), so they are never sampled.
+_STORED = 59
+_PLANE = _STORED * _STORED
 _PLANE_AT = {_LIGHTNESS: 3, _COVERED: 4, _ACROSS_COLUMNS: 5, _ACROSS_ROWS: 6, _MAGNITUDE: 7}  # in planes
 _GRID_SIZE = 8 * _PLANE + 1
 _ZERO = _GRID_SIZE - 1
@@ -84,14 +86,14 @@ _ZERO = _GRID_SIZE - 1
 def _at(plane: int, row: np.ndarray, column: np.ndarray) -> np.ndarray:
     """Where the grid holds `plane` at the cells (row, column), in the flat array (a colour: in the colours)."""
     if plane < _COVERED:
-        return (column * _CELLS + row) * 3 + plane
-    return _PLANE_AT[plane] * _PLANE + column * _CELLS + row
+        return (column * _STORED + row) * 3 + plane
+    return _PLANE_AT[plane] * _PLANE + column * _STORED + row
 
 
 def _plane(grid: np.ndarray, plane: int) -> np.ndarray:
     """One of the grid's planes, transposed: (column, row)."""
     start = _PLANE_AT[plane] * _PLANE
-    return grid[start : start + _PLANE].reshape(_CELLS, _CELLS)
+    return grid[start : start + _PLANE].reshape(_STORED, _STORED)
 
 
 def _strip_index() -> np.ndarray:
@@ -145,16 +147,18 @@ def _region_index() -> tuple[np.ndarray, np.ndarray]:
 _REGIONS, _REGION_CELLS = _region_index()
 _RING_CELLS = int(_REGION_CELLS[3])
 _REPEATED_MEANS = np.tile(np.arange(_REGIONS.shape[1]), 8)  # the regions' means, for eight cells in a row
+_READ = np.concatenate([_STRIPS.ravel(), _REGIONS.ravel()])  # what score() reads of the grid, in one take
 
 
-def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray, np.ndarray]:
     """_fit_profile's candidates, and where it reads the summed-area table for each.
 
     The candidates: the box moved by (dy, dx) cells, then grown, then shrunk by d cells. For each, three
-    rectangles [top, left, bottom, right), clipped to the grid: the candidate, its core (a band in from each
-    side) and its outer box (a band out). Returns the candidates, the rows and the columns of the four corners
-    read per rectangle (bottom-right, top-right, bottom-left, top-left: (4, rectangles) each), and per
-    candidate the cells in its inner band and in its ring (at least 1), as floats to divide by.
+    rectangles [top, left, bottom, right), clipped to the grid: the candidate's core (a band in from each
+    side), the candidate, and its outer box (a band out), all the cores first, then the candidates, then the
+    outer boxes. Returns the candidates, the rows and the columns of the four corners read per rectangle
+    (bottom-right, top-right, bottom-left, top-left: (4, rectangles) each), and the cells in each candidate's
+    inner band and then in its ring (at least 1), (2, candidates, 1), as floats to divide by.
     """
     steps = (-8, -4, 0, 4, 8)
     candidates = [(dy, dx, 0) for dy in steps for dx in steps]  # moved by (dy, dx) cells
@@ -162,33 +166,52 @@ def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarra
     boxes = np.asarray([(_BOX0 + dy - d, _BOX0 + dx - d, _BOX1 + dy + d, _BOX1 + dx + d) for dy, dx, d in candidates])
     band = 3
     shrink = np.asarray([band, band, -band, -band])
-    top, left, bottom, right = np.clip(np.concatenate([boxes, boxes + shrink, boxes - shrink]), 0, _CELLS).T
-    whole, core, outer = np.maximum((bottom - top) * (right - left), 0).reshape(3, -1)
+    top, left, bottom, right = np.clip(np.concatenate([boxes + shrink, boxes, boxes - shrink]), 0, _CELLS).T
+    core, whole, outer = np.maximum((bottom - top) * (right - left), 0).reshape(3, -1)
     rows = np.stack([bottom, top, bottom, top])
     columns = np.stack([right, right, left, left])
-    return (
-        candidates,
-        rows,
-        columns,
-        np.maximum(whole - core, 1).astype(np.float64),
-        np.maximum(outer - whole, 1).astype(np.float64),
-    )
+    cells = np.maximum(np.stack([whole - core, outer - whole]), 1).astype(np.float64)
+    return candidates, rows, columns, cells[..., None]
 
 
-_CANDIDATES, _FIT_ROWS, _FIT_COLUMNS, _FIT_BAND_CELLS, _FIT_RING_CELLS = _fit_rectangles()
+_CANDIDATES, _FIT_ROWS, _FIT_COLUMNS, _FIT_CELLS = _fit_rectangles()
 _HERE = _CANDIDATES.index((0, 0, 0))
-_FIT_INNER = slice(0, 2 * len(_CANDIDATES))  # the rectangles whose gradient is read: candidates and cores
+_FIT_INNER = slice(0, 2 * len(_CANDIDATES))  # the rectangles whose gradient is read: cores and candidates
 # A summed-area table's entry [i, j] adds up the cells before column i and row j only, so the tables are made
 # only as far as they are read (_FIT_EXTENT for the colours, _MAGNITUDE_EXTENT for the gradient magnitude),
 # and the magnitude, read by nothing else past that but the strong edges, is computed only that far.
 _FIT_EXTENT = int(max(_FIT_ROWS.max(), _FIT_COLUMNS.max()))
 _MAGNITUDE_EXTENT = int(max(_FIT_ROWS[:, _FIT_INNER].max(), _FIT_COLUMNS[:, _FIT_INNER].max()))
 assert _MAGNITUDE_EXTENT >= _BOX1 + 6  # the ring whose strong edges are counted
+# The grid stops at the fit's reach; its gradients are read (by the sides and the magnitude) short of the last
+# cell, whose neighbour past the grid a central difference would need.
+assert _FIT_EXTENT == _STORED and _MAGNITUDE_EXTENT < _STORED - 1
+_ACROSS_READ = _STRIPS.ravel()[_PLANE_AT[_ACROSS_COLUMNS] * _PLANE <= _STRIPS.ravel()] % _PLANE  # gradients read
+assert (_ACROSS_READ // _STORED).max() < _STORED - 1 and (_ACROSS_READ % _STORED).max() < _STORED - 1
 
 
-def _grid(image: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
+def _fit_index() -> tuple[int, np.ndarray]:
+    """The size of the flat array that holds _fit_profile's two summed-area tables, and where it reads them.
+
+    The colours' table first, (_FIT_EXTENT + 1, _FIT_EXTENT + 1, 3), then the gradient magnitude's, then a
+    zero. The index is (4 corners, rectangles, 3 colours and the magnitude); the outer boxes' magnitude,
+    never used, reads the zero.
+    """
+    colours = (_FIT_EXTENT + 1) ** 2 * 3
+    magnitude = (_MAGNITUDE_EXTENT + 1) ** 2
+    index = np.empty((*_FIT_ROWS.shape, 4), dtype=np.int64)
+    index[..., :3] = ((_FIT_COLUMNS * (_FIT_EXTENT + 1) + _FIT_ROWS) * 3)[..., None] + np.arange(3)
+    index[..., 3] = colours + _FIT_COLUMNS * (_MAGNITUDE_EXTENT + 1) + _FIT_ROWS
+    index[:, _FIT_INNER.stop :, 3] = colours + magnitude
+    return colours + magnitude + 1, index
+
+
+_FIT_TABLES, _FIT_CORNERS = _fit_index()
+
+
+def _grid(image: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """The grid (see _GRID_SIZE) with its colours and gradients: the box grown by _MARGIN of its size on each
-    side, sampled at the centres of _CELLS x _CELLS cells, at `centre_y` and `centre_x` in the image.
+    side, sampled at the centres of _CELLS x _CELLS cells, at `centres` (their y, their x) in the image.
 
     Sampling, not averaging: averaging each cell costs more than everything else the metric does, and the
     bands below average 32 cells each anyway. Cells past the image edge repeat its edge pixels; the
@@ -196,42 +219,45 @@ def _grid(image: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> np.n
     """
     grid = np.empty(_GRID_SIZE)
     grid[_ZERO] = 0.0
-    colours = grid[: 3 * _PLANE].reshape(_CELLS, _CELLS, 3)
-    cv2.transform(_sample(image, centre_y, centre_x).astype(np.float64), _OPPONENT, dst=colours)
+    colours = grid[: 3 * _PLANE].reshape(_STORED, _STORED, 3)
+    cv2.transform(_sample(image, centres).astype(np.float64), _OPPONENT, dst=colours)
     lightness = _plane(grid, _LIGHTNESS)
     np.divide(colours[..., _LIGHTNESS], 3.0, out=lightness)
     colours[..., _LIGHTNESS] = lightness
     # |np.gradient|, element by element as it computes it: central differences over 2 inside, one-sided
-    # differences at the two ends (both ends at once: every (_CELLS - 2)th cell less the one before it).
+    # differences at the two ends (both ends at once: every (_STORED - 2)th cell less the one before it); at
+    # the grid's far end, where the grid stops short, that difference is never read.
     # Transposed, across columns runs down the first axis and across rows along the second. Across rows, the
     # central differences are taken along the flat plane, as one run: those that straddle two columns land
     # on the ends, which are written after them.
     across_columns, across_rows = _plane(grid, _ACROSS_COLUMNS), _plane(grid, _ACROSS_ROWS)
-    ends = slice(None, None, _CELLS - 1)
+    ends = slice(None, None, _STORED - 1)
     np.subtract(lightness[2:], lightness[:-2], out=across_columns[1:-1])
     across_columns[1:-1] /= 2.0
-    np.subtract(lightness[1 :: _CELLS - 2], lightness[:: _CELLS - 2], out=across_columns[ends])
+    np.subtract(lightness[1 :: _STORED - 2], lightness[:: _STORED - 2], out=across_columns[ends])
     flat_lightness, flat_across = lightness.reshape(-1), across_rows.reshape(-1)
     np.subtract(flat_lightness[2:], flat_lightness[:-2], out=flat_across[1:-1])
     flat_across[1:-1] /= 2.0
-    np.subtract(lightness[:, 1 :: _CELLS - 2], lightness[:, :: _CELLS - 2], out=across_rows[:, ends])
+    np.subtract(lightness[:, 1 :: _STORED - 2], lightness[:, :: _STORED - 2], out=across_rows[:, ends])
     across = grid[_PLANE_AT[_ACROSS_COLUMNS] * _PLANE : (_PLANE_AT[_ACROSS_ROWS] + 1) * _PLANE]  # the two, adjacent
     np.abs(across, out=across)
     extent = slice(0, _MAGNITUDE_EXTENT)
     magnitude = _plane(grid, _MAGNITUDE)[extent, extent]
-    np.hypot(across_rows[extent, extent], across_columns[extent, extent], out=magnitude)
+    # np.hypot is symmetric (C's hypot(x, y) is hypot(y, x)); given the larger first, its branches go the same
+    # way cell after cell, and it costs a fifth less.
+    larger = np.maximum(across_rows[extent, extent], across_columns[extent, extent])
+    np.hypot(larger, np.minimum(across_rows[extent, extent], across_columns[extent, extent]), out=magnitude)
     return grid
 
 
-def _sample(image: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> np.ndarray:
-    """The image's pixels at (centre_y, centre_x), transposed: (columns, rows, 3), rows and columns past the
-    image clipped to its edge. One take of whole pixels by their flat index; clipping first and then truncating
-    towards zero gives what flooring first and then clipping gave (the bounds are whole numbers).
+def _sample(image: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The image's pixels at `centres` (y, x), transposed: (columns, rows, 3), rows and columns past the
+    image clipped to its edge. Clipping first and then truncating towards zero gives what flooring first and
+    then clipping gave (the bounds are whole numbers).
     """
     height, width = image.shape[:2]
-    rows = np.minimum(np.maximum(centre_y, 0.0), height - 1).astype(np.int64)
-    columns = np.minimum(np.maximum(centre_x, 0.0), width - 1).astype(np.int64)
-    return image.reshape(-1, 3).take(columns[:, None] + rows * width, axis=0)
+    rows, columns = np.minimum(np.maximum(centres[:, :_STORED], 0.0), ((height - 1,), (width - 1,))).astype(np.int64)
+    return cv2.transpose(image.take(rows, axis=0).take(columns, axis=1))  # two takes: cheaper than one gather
 
 
 def _sums(cells: np.ndarray) -> np.ndarray:
@@ -275,9 +301,9 @@ def _all_boxes(annotations: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if boxes.shape != (len(annotations), 4):
         return None
-    x, y, w, h = boxes.T
-    readable = np.isfinite(boxes).all(axis=1) & (w > 0) & (h > 0)
-    return np.stack([x, y, x + w, y + h], axis=1)[readable], readable
+    readable = np.logical_and.reduce(np.isfinite(boxes), axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+    boxes[:, 2:] += boxes[:, :2]  # x + w, y + h
+    return boxes[readable], readable
 
 
 def _boxes_one_by_one(obj: dict, scene: dict) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -303,10 +329,11 @@ def _mark(mask: np.ndarray, corners: np.ndarray, centre_y: np.ndarray, centre_x:
     its low edge to the first at or past its high edge (np.searchsorted, for all boxes at once). Each box is
     then one slice assignment: the cells that the centre-by-centre comparisons select.
     """
-    rows = np.searchsorted(centre_y, corners[:, [1, 3]]).tolist()
-    columns = np.searchsorted(centre_x, corners[:, [0, 2]]).tolist()
+    rows = np.searchsorted(centre_y, corners[:, 1::2]).tolist()
+    columns = np.searchsorted(centre_x, corners[:, ::2]).tolist()
     for (top, bottom), (left, right) in zip(rows, columns, strict=True):
-        mask[top:bottom, left:right] = True
+        if top < bottom and left < right:  # most boxes of a crowded image miss the grid: no need to mark them
+            mask[top:bottom, left:right] = True
 
 
 def _geometry(
@@ -319,30 +346,29 @@ def _geometry(
 ) -> list[float]:
     """Shape and place of the box, and how it sits among the image's other boxes (their corners and annotations).
 
-    One array operation per step over all other boxes: elementwise, the same IEEE arithmetic as on single
-    floats. np.fmax and a Python max() from 0.0 give what a loop of max() gives, NaN and -0.0 included (a
-    NaN never wins; a zero never beats 0.0); the distances keep math.hypot and min() from 10.0.
+    One array operation per step over all other boxes, both axes at once: elementwise, the same IEEE
+    arithmetic as on single floats. np.fmax from 0.0 and a Python max() from 0.0 give what a loop of max()
+    gives (no value here is NaN; a zero never beats 0.0); the distances keep math.hypot and min() from 10.0.
     """
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     visible = max(0.0, min(x1, width) - max(x0, 0.0)) * max(0.0, min(y1, height) - max(y0, 0.0))
     best_iou = best_same_iou = 0.0
     nearest = 10.0  # in box sizes; "far" when the image has no other box
-    cx, cy, size = (x0 + x1) / 2, (y0 + y1) / 2, math.sqrt(w * h)
+    size = math.sqrt(w * h)
     if len(others):
-        left, top, right, bottom = others.T
-        ix = np.fmax(0.0, np.minimum(x1, right) - np.maximum(x0, left))
-        iy = np.fmax(0.0, np.minimum(y1, bottom) - np.maximum(y0, top))
-        inter = ix * iy
-        union = (x1 - x0) * (y1 - y0) + (right - left) * (bottom - top) - inter
-        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        best_iou = max(0.0, float(np.fmax.reduce(overlap)))
-        same = np.asarray([other["category_id"] == obj["category_id"] for other in annotations], dtype=bool)
-        if same.any():
-            best_same_iou = max(0.0, float(np.fmax.reduce(overlap[same])))
-        dx = ((left + right) / 2 - cx).tolist()
-        dy = ((top + bottom) / 2 - cy).tolist()
-        nearest = min([nearest, *(math.hypot(a, b) / size for a, b in zip(dx, dy, strict=True))])
+        corners = np.asarray(box)  # (x0, y0) then (x1, y1), as `others`
+        low, high = others[:, :2], others[:, 2:]  # per other box: (left, top), (right, bottom)
+        spans = np.fmax(0.0, np.minimum(corners[2:], high) - np.maximum(corners[:2], low))  # of the intersection
+        inter = spans[:, 0] * spans[:, 1]
+        sides = high - low
+        union = (x1 - x0) * (y1 - y0) + sides[:, 0] * sides[:, 1] - inter
+        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).tolist()
+        best_iou = max([best_iou, *overlap])
+        same = [other["category_id"] == obj["category_id"] for other in annotations]
+        best_same_iou = max([best_same_iou, *(value for value, keep in zip(overlap, same, strict=True) if keep)])
+        offsets = ((low + high) / 2 - (corners[:2] + corners[2:]) / 2).tolist()  # from (cx, cy)
+        nearest = min([nearest, *(math.hypot(dx, dy) / size for dx, dy in offsets)])
     return [
         math.log(w / h),
         math.log(w * h / (width * height)),
@@ -376,12 +402,12 @@ def _cell_spans(image: np.ndarray, corners: np.ndarray) -> list[tuple[int, int, 
     return [(top, bottom, left, right) for (top, bottom), (left, right) in zip(rows, columns, strict=True)]
 
 
-def _background(colours: np.ndarray, spans: list[tuple[int, int, int, int]], overall: np.ndarray) -> np.ndarray:
-    """The mean colour of the image's cells outside every box (`spans`: every readable box's)."""
-    outside = np.ones((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.uint8)
+def _coverage(spans: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """How many of the boxes (their `spans`) hold each of the image's cells."""
+    coverage = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.int32)
     for top, bottom, left, right in spans:
-        outside[top:bottom, left:right] = 0
-    return _mean_of(colours, outside, overall)
+        coverage[top:bottom, left:right] += 1
+    return coverage
 
 
 def _mean_of(colours: np.ndarray, mask: np.ndarray, overall: np.ndarray) -> np.ndarray:
@@ -398,7 +424,8 @@ def _mean_of(colours: np.ndarray, mask: np.ndarray, overall: np.ndarray) -> np.n
 def prepare(image: np.ndarray, scene: dict) -> dict:
     """What every box of the image shares, worked out once per image: the colours of the image's cells and
     their mean, and, when every bbox is four numbers, the image's readable boxes (their corners, which of the
-    scene's boxes they are, the cells each covers) and the mean colour of the cells outside all of them.
+    scene's boxes they are, the cells each covers, how many cover each cell) and the mean colour of the cells
+    outside all of them.
     """
     colours = _image_cells(image)
     overall = np.divide(_colour_sums(colours), _IMAGE_CELLS * _IMAGE_CELLS)
@@ -407,8 +434,9 @@ def prepare(image: np.ndarray, scene: dict) -> dict:
     if boxes is not None:
         corners, readable = boxes
         spans = _cell_spans(image, corners)
-        background = _background(colours, spans, overall)
-        prepared.update(corners=corners, readable=readable, spans=spans, background=background)
+        coverage = _coverage(spans)
+        background = _mean_of(colours, (coverage == 0).view(np.uint8), overall)  # outside every box
+        prepared.update(corners=corners, readable=readable, spans=spans, coverage=coverage, background=background)
     return prepared
 
 
@@ -425,19 +453,25 @@ def _fit_profile(grid: np.ndarray) -> list[float]:
     each column, added to the table's previous column), at a tenth of the cost. They come back transposed,
     (column, row).
     """
-    colours = grid[: 3 * _PLANE].reshape(_CELLS, _CELLS, 3)[:_FIT_EXTENT, :_FIT_EXTENT]
-    table = cv2.integral(colours, sdepth=cv2.CV_64F)
-    corners = table[_FIT_COLUMNS, _FIT_ROWS]
-    sums = corners[0] - corners[1] - corners[2] + corners[3]
-    magnitude = _plane(grid, _MAGNITUDE)[:_MAGNITUDE_EXTENT, :_MAGNITUDE_EXTENT]
-    table = cv2.integral(magnitude, sdepth=cv2.CV_64F)
-    corners = table[_FIT_COLUMNS[:, _FIT_INNER], _FIT_ROWS[:, _FIT_INNER]]
-    gradients = corners[0] - corners[1] - corners[2] + corners[3]
-    count = len(_CANDIDATES)  # per candidate: its box, its core, its outer box
-    whole, core, outer = sums[:count], sums[count : 2 * count], sums[2 * count :]
-    difference = (whole - core) / _FIT_BAND_CELLS[:, None] - (outer - whole) / _FIT_RING_CELLS[:, None]
+    tables = np.empty(_FIT_TABLES)
+    tables[-1] = 0.0
+    colours, magnitude = (_FIT_EXTENT + 1) ** 2 * 3, (_MAGNITUDE_EXTENT + 1) ** 2
+    cv2.integral(
+        grid[: 3 * _PLANE].reshape(_STORED, _STORED, 3),
+        sum=tables[:colours].reshape(_FIT_EXTENT + 1, _FIT_EXTENT + 1, 3),
+        sdepth=cv2.CV_64F,
+    )
+    cv2.integral(
+        _plane(grid, _MAGNITUDE)[:_MAGNITUDE_EXTENT, :_MAGNITUDE_EXTENT],
+        sum=tables[colours : colours + magnitude].reshape(_MAGNITUDE_EXTENT + 1, _MAGNITUDE_EXTENT + 1),
+        sdepth=cv2.CV_64F,
+    )
+    corners = tables.take(_FIT_CORNERS)
+    sums = (corners[0] - corners[1] - corners[2] + corners[3]).reshape(3, len(_CANDIDATES), 4)  # core, box, outer
+    inner_band, ring = (sums[1:] - sums[:-1]) / _FIT_CELLS  # box less core, outer box less box: their means
+    difference = inner_band[:, :3] - ring[:, :3]
     contrast = np.sqrt(np.add.reduce(difference * difference, axis=1)).tolist()  # np.linalg.norm's steps
-    edges = ((gradients[:count] - gradients[count:]) / _FIT_BAND_CELLS).tolist()
+    edges = inner_band[:, 3].tolist()
     features = [contrast[_HERE], edges[_HERE]]
     for group in (slice(0, 25), slice(25, 28), slice(28, 31)):  # moved, grown, shrunk
         features += [max(contrast[group]) - contrast[_HERE], max(edges[group]) - edges[_HERE]]
@@ -462,14 +496,15 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> list[flo
     if w < 2 or h < 2 or x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
         return None
 
-    centre_y, centre_x = y0 + _STEPS * h, x0 + _STEPS * w  # ascending: w and h are at least 2
-    grid = _grid(image, centre_y, centre_x)
+    centres = np.multiply(_STEPS, ((h,), (w,)))  # the cells' centres: y0 + _STEPS * h, x0 + _STEPS * w
+    centres += ((y0,), (x0,))  # ascending: w and h are at least 2
+    grid = _grid(image, centres)
     # The image's boxes: the corners of every readable box, which of them are other boxes than `obj`, those
     # other boxes' annotations, and the image cells each covers.
     annotations = scene["annotations"]
     colours, overall = prepared["colours"], prepared["overall"]
     if prepared["corners"] is not None:
-        corners, readable, spans = prepared["corners"], prepared["readable"], prepared["spans"]
+        corners, readable, spans, coverage = (prepared[key] for key in ("corners", "readable", "spans", "coverage"))
         every = np.asarray([annotation["id"] != obj["id"] for annotation in annotations], dtype=bool)
         other = every[readable]
         kept = readable & every
@@ -478,25 +513,26 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> list[flo
     else:
         corners, other, other_annotations = _boxes_one_by_one(obj, scene)
         spans = _cell_spans(image, corners)
-        background = _background(colours, spans, overall)
+        coverage = _coverage(spans)
+        background = _mean_of(colours, (coverage == 0).view(np.uint8), overall)
     others = corners[other]
     # 1 where a cell lies in another box of the image, else 0.
     covered = _plane(grid, _COVERED)
     covered.fill(0.0)
-    _mark(covered.T, others, centre_y, centre_x)
+    _mark(covered.T, others, *centres)
 
     # The side profiles: per side, per plane (the three colours, the cover, the gradient across the side),
     # the mean of each band, from inside to outside. All 140 bands are read by one take, each band's 32
     # values in a contiguous row: numpy sums them pairwise as it did the strips it used to gather one by one
     # (plane[span, bands] and plane[bands, span].T, both laid out with each band contiguous).
-    bands = grid.take(_STRIPS)
+    cells = grid.take(_READ)
+    bands, regions = cells[: _STRIPS.size].reshape(_STRIPS.shape), cells[_STRIPS.size :].reshape(_REGIONS.shape)
     sides = (np.add.reduce(bands, axis=1) / bands.shape[1]).reshape(4, -1).tolist()  # the bands' means
     sides.sort(key=lambda side: side[_EDGE])  # a box shifted left looks like one shifted right
-    profile = [value for side in sides for value in side]
+    profile = [*sides[0], *sides[1], *sides[2], *sides[3]]
 
     # The colours of the box, the ring just outside it, the box's inner band and its centre, each region's
     # (cells, 3 colours) in row-major order, read together (see _region_index).
-    regions = grid.take(_REGIONS)
     means = _sums(regions) / _REGION_CELLS
     box_colour, ring_colour, band_colour, core_colour = means[:3], means[3:6], means[6:9], means[9:]
     # The box's and the ring's spreads: each colour's standard deviation, numpy's std step by step.
@@ -510,18 +546,17 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> list[flo
     strong = _plane(grid, _MAGNITUDE)[_BOX0 - 6 : _BOX1 + 6, _BOX0 - 6 : _BOX1 + 6] >= _STRONG_EDGE
     in_box = int(np.count_nonzero(strong[6:-6, 6:-6]))
     in_ring = int(np.count_nonzero(strong)) - in_box
-    in_other = np.zeros((_IMAGE_CELLS, _IMAGE_CELLS), dtype=np.uint8)
-    for (top, bottom, left, right), is_other in zip(spans, other.tolist(), strict=True):
-        if is_other:
-            in_other[top:bottom, left:right] = 1
-    objects = _mean_of(colours, in_other, overall)  # the mean colour of the image's other boxes
+    # The mean colour of the image's other boxes: of the cells that some box other than the scored one holds.
+    by_others = coverage.copy()
+    for top, bottom, left, right in (spans[at] for at in np.flatnonzero(~other).tolist()):
+        by_others[top:bottom, left:right] -= 1
+    objects = _mean_of(colours, (by_others > 0).view(np.uint8), overall)
     band_ring, box_objects = band_colour - ring_colour, box_colour - objects
     contrast = [
         *band_ring.tolist(),
         *(core_colour - ring_colour).tolist(),
         _norm(band_ring),
-        float(spreads[:3].mean()),
-        float(spreads[3:].mean()),
+        *(np.add.reduce(spreads.reshape(2, 3), axis=1) / 3).tolist(),  # their means, numpy's mean's steps
         # Shares of strong edges: a whole count over a whole count, one correctly rounded division either way.
         in_box / (_BOX1 - _BOX0) ** 2,
         in_ring / _RING_CELLS,
