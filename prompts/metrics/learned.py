@@ -78,22 +78,25 @@ _OPPONENT = np.asarray([(1.0, 1.0, 1.0), (1.0, -1.0, 0.0), (0.5, 0.5, -1.0)])
 # furthest, to _STORED: asserted below), so they are never sampled.
 _STORED = 59
 _PLANE = _STORED * _STORED
-_PLANE_AT = {_LIGHTNESS: 3, _COVERED: 4, _ACROSS_COLUMNS: 5, _ACROSS_ROWS: 6, _MAGNITUDE: 7}  # in planes
+_PLANE_AT = {_LIGHTNESS: 0, _COVERED: 1, _ACROSS_COLUMNS: 2, _ACROSS_ROWS: 3, _MAGNITUDE: 4}  # after the colours
 _GRID_SIZE = 8 * _PLANE + 1
 _ZERO = _GRID_SIZE - 1
 
 
 def _at(plane: int, row: np.ndarray, column: np.ndarray) -> np.ndarray:
-    """Where the grid holds `plane` at the cells (row, column), in the flat array (a colour: in the colours)."""
+    """Where the grid holds `plane` at the cells (row, column), in the flat array (a colour: in the colours).
+
+    Only for cells short of the grid's last row and column: a gradient there would need the cell past it.
+    """
+    assert np.max(row) < _STORED - 1 and np.max(column) < _STORED - 1
     if plane < _COVERED:
         return (column * _STORED + row) * 3 + plane
-    return _PLANE_AT[plane] * _PLANE + column * _STORED + row
+    return (3 + _PLANE_AT[plane]) * _PLANE + column * _STORED + row
 
 
-def _plane(grid: np.ndarray, plane: int) -> np.ndarray:
-    """One of the grid's planes, transposed: (column, row)."""
-    start = _PLANE_AT[plane] * _PLANE
-    return grid[start : start + _PLANE].reshape(_STORED, _STORED)
+def _planes(grid: np.ndarray) -> np.ndarray:
+    """The grid's planes after the colours, transposed: (plane, column, row), in the order of _PLANE_AT."""
+    return grid[3 * _PLANE : 8 * _PLANE].reshape(len(_PLANE_AT), _STORED, _STORED)
 
 
 def _strip_index() -> np.ndarray:
@@ -127,27 +130,30 @@ def _region(top: int, left: int, bottom: int, right: int) -> np.ndarray:
     return mask
 
 
-def _region_index() -> tuple[np.ndarray, np.ndarray]:
-    """Where score() reads the colours of the box, of the ring just outside it, of its inner band and of its
-    centre: (the largest region's cells, 4 regions x 3 colours), each region's cells in row-major order down
-    its three columns, then the grid's zero to the largest's length. Also each column's count of cells.
+def _region_index() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where score() reads the colours of the box and of the ring just outside it, and of the box's inner
+    band and of its centre: per pair, (the larger region's cells, 2 regions x 3 colours), each region's cells
+    in row-major order down its three columns, then the grid's zero to the larger's length; and each column's
+    count of cells.
     """
     inner = _region(_BOX0, _BOX0, _BOX1, _BOX1)  # the box
     core = _region(_BOX0 + 8, _BOX0 + 8, _BOX1 - 8, _BOX1 - 8)  # its centre
     ring = _region(_BOX0 - 6, _BOX0 - 6, _BOX1 + 6, _BOX1 + 6) & ~inner  # the ring just outside it
-    regions = (inner, ring, inner & ~core, core)  # the third: the band along the box's edges
-    cells = [np.flatnonzero(region) for region in regions]
-    index = np.full((max(map(len, cells)), 3 * len(regions)), _ZERO)
-    for at, region in enumerate(cells):
-        for colour in range(3):
-            index[: len(region), 3 * at + colour] = _at(colour, region // _CELLS, region % _CELLS)
-    return index, np.repeat([float(len(region)) for region in cells], 3)
+    pairs = []
+    for regions in ((inner, ring), (inner & ~core, core)):  # inner & ~core: the band along the box's edges
+        cells = [np.flatnonzero(region) for region in regions]
+        index = np.full((max(map(len, cells)), 3 * len(regions)), _ZERO)
+        for at, region in enumerate(cells):
+            for colour in range(3):
+                index[: len(region), 3 * at + colour] = _at(colour, region // _CELLS, region % _CELLS)
+        pairs.append((index, np.repeat([float(len(region)) for region in cells], 3)))
+    return pairs
 
 
-_REGIONS, _REGION_CELLS = _region_index()
-_RING_CELLS = int(_REGION_CELLS[3])
-_REPEATED_MEANS = np.tile(np.arange(_REGIONS.shape[1]), 8)  # the regions' means, for eight cells in a row
-_READ = np.concatenate([_STRIPS.ravel(), _REGIONS.ravel()])  # what score() reads of the grid, in one take
+(_BOX_RING, _BOX_RING_CELLS), (_BAND_CORE, _BAND_CORE_CELLS) = _region_index()
+_RING_CELLS = int(_BOX_RING_CELLS[3])
+_REPEATED_MEANS = np.tile(np.arange(_BOX_RING.shape[1]), 8)  # the box's and ring's means, for 8 cells in a row
+_READ = np.concatenate([_STRIPS.ravel(), _BOX_RING.ravel(), _BAND_CORE.ravel()])  # all score() reads, in one take
 
 
 def _fit_rectangles() -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray, np.ndarray]:
@@ -183,11 +189,8 @@ _FIT_INNER = slice(0, 2 * len(_CANDIDATES))  # the rectangles whose gradient is 
 _FIT_EXTENT = int(max(_FIT_ROWS.max(), _FIT_COLUMNS.max()))
 _MAGNITUDE_EXTENT = int(max(_FIT_ROWS[:, _FIT_INNER].max(), _FIT_COLUMNS[:, _FIT_INNER].max()))
 assert _MAGNITUDE_EXTENT >= _BOX1 + 6  # the ring whose strong edges are counted
-# The grid stops at the fit's reach; its gradients are read (by the sides and the magnitude) short of the last
-# cell, whose neighbour past the grid a central difference would need.
+# The grid stops at the fit's reach; the magnitude, like every cell _at gives, short of its last cell.
 assert _FIT_EXTENT == _STORED and _MAGNITUDE_EXTENT < _STORED - 1
-_ACROSS_READ = _STRIPS.ravel()[_PLANE_AT[_ACROSS_COLUMNS] * _PLANE <= _STRIPS.ravel()] % _PLANE  # gradients read
-assert (_ACROSS_READ // _STORED).max() < _STORED - 1 and (_ACROSS_READ % _STORED).max() < _STORED - 1
 
 
 def _fit_index() -> tuple[int, np.ndarray]:
@@ -221,28 +224,28 @@ def _grid(image: np.ndarray, centres: np.ndarray) -> np.ndarray:
     grid[_ZERO] = 0.0
     colours = grid[: 3 * _PLANE].reshape(_STORED, _STORED, 3)
     cv2.transform(_sample(image, centres).astype(np.float64), _OPPONENT, dst=colours)
-    lightness = _plane(grid, _LIGHTNESS)
+    planes = _planes(grid)
+    lightness = planes[_PLANE_AT[_LIGHTNESS]]
     np.divide(colours[..., _LIGHTNESS], 3.0, out=lightness)
     colours[..., _LIGHTNESS] = lightness
-    # |np.gradient|, element by element as it computes it: central differences over 2 inside, one-sided
-    # differences at the two ends (both ends at once: every (_STORED - 2)th cell less the one before it); at
-    # the grid's far end, where the grid stops short, that difference is never read.
-    # Transposed, across columns runs down the first axis and across rows along the second. Across rows, the
-    # central differences are taken along the flat plane, as one run: those that straddle two columns land
-    # on the ends, which are written after them.
-    across_columns, across_rows = _plane(grid, _ACROSS_COLUMNS), _plane(grid, _ACROSS_ROWS)
+    # |np.gradient|: central differences over 2 inside, one-sided differences at the two ends (both ends at
+    # once: every (_STORED - 2)th cell less the one before it); at the grid's far end, where the grid stops
+    # short, that difference is never read. (b - a) / 2 is b / 2 - a / 2, bit for bit: halving is exact, and
+    # rounding a difference commutes with it. Transposed, across columns runs down the first axis and across
+    # rows along the second. Across rows, the central differences are taken along the flat plane, as one
+    # run: those that straddle two columns land on the ends, which are written after them.
+    across_columns, across_rows = planes[_PLANE_AT[_ACROSS_COLUMNS]], planes[_PLANE_AT[_ACROSS_ROWS]]
     ends = slice(None, None, _STORED - 1)
-    np.subtract(lightness[2:], lightness[:-2], out=across_columns[1:-1])
-    across_columns[1:-1] /= 2.0
+    half = lightness / 2.0
+    np.subtract(half[2:], half[:-2], out=across_columns[1:-1])
     np.subtract(lightness[1 :: _STORED - 2], lightness[:: _STORED - 2], out=across_columns[ends])
-    flat_lightness, flat_across = lightness.reshape(-1), across_rows.reshape(-1)
-    np.subtract(flat_lightness[2:], flat_lightness[:-2], out=flat_across[1:-1])
-    flat_across[1:-1] /= 2.0
+    flat_half, flat_across = half.reshape(-1), across_rows.reshape(-1)
+    np.subtract(flat_half[2:], flat_half[:-2], out=flat_across[1:-1])
     np.subtract(lightness[:, 1 :: _STORED - 2], lightness[:, :: _STORED - 2], out=across_rows[:, ends])
-    across = grid[_PLANE_AT[_ACROSS_COLUMNS] * _PLANE : (_PLANE_AT[_ACROSS_ROWS] + 1) * _PLANE]  # the two, adjacent
+    across = planes[_PLANE_AT[_ACROSS_COLUMNS] : _PLANE_AT[_ACROSS_ROWS] + 1]  # the two, adjacent
     np.abs(across, out=across)
     extent = slice(0, _MAGNITUDE_EXTENT)
-    magnitude = _plane(grid, _MAGNITUDE)[extent, extent]
+    magnitude = planes[_PLANE_AT[_MAGNITUDE], extent, extent]
     # np.hypot is symmetric (C's hypot(x, y) is hypot(y, x)); given the larger first, its branches go the same
     # way cell after cell, and it costs a fifth less.
     larger = np.maximum(across_rows[extent, extent], across_columns[extent, extent])
@@ -329,54 +332,83 @@ def _mark(mask: np.ndarray, corners: np.ndarray, centre_y: np.ndarray, centre_x:
     its low edge to the first at or past its high edge (np.searchsorted, for all boxes at once). Each box is
     then one slice assignment: the cells that the centre-by-centre comparisons select.
     """
-    rows = np.searchsorted(centre_y, corners[:, 1::2]).tolist()
-    columns = np.searchsorted(centre_x, corners[:, ::2]).tolist()
+    rows = centre_y.searchsorted(corners[:, 1::2]).tolist()
+    columns = centre_x.searchsorted(corners[:, ::2]).tolist()
     for (top, bottom), (left, right) in zip(rows, columns, strict=True):
         if top < bottom and left < right:  # most boxes of a crowded image miss the grid: no need to mark them
             mask[top:bottom, left:right] = True
 
 
+_FEW_BOXES = 10  # up to this many other boxes, _relations works on Python floats
+
+
+def _box_table(corners: np.ndarray) -> np.ndarray:
+    """Per box (`corners`, (n, 4)): -x0, -y0, x1, y1, its centre (x, y) and its area, (n, 7), for _relations."""
+    table = np.empty((len(corners), 7))
+    np.negative(corners[:, :2], out=table[:, :2])
+    table[:, 2:4] = corners[:, 2:]
+    table[:, 4:6] = (corners[:, :2] + corners[:, 2:]) / 2
+    table[:, 6] = (corners[:, 2] - corners[:, 0]) * (corners[:, 3] - corners[:, 1])
+    return table
+
+
+def _relations(box: tuple[float, float, float, float], table: np.ndarray) -> tuple[list[float], list[float]]:
+    """The box's IoU with each box of `table` (_box_table's rows), and the distance between their centres
+    (math.hypot of the other's centre less the box's).
+
+    The intersection's low edges are maxima, taken as minima of the negated corners (negating is exact), so
+    that one minimum gives all four edges; adding a negated edge is subtracting it. A handful of boxes cost
+    less as Python floats, more as arrays: one array operation per step over all of them. Either way the
+    same IEEE arithmetic, elementwise (np.fmax and max() from 0.0 differ at most in a zero's sign, which no
+    later step sees: a zero IoU never beats 0.0).
+    """
+    x0, y0, x1, y1 = box
+    area, centre_x, centre_y = (x1 - x0) * (y1 - y0), (x0 + x1) / 2, (y0 + y1) / 2
+    if len(table) <= _FEW_BOXES:
+        overlap, distance = [], []
+        for low_x, low_y, high_x, high_y, other_x, other_y, other_area in table.tolist():
+            inter = max(0.0, min(high_x, x1) + min(low_x, -x0)) * max(0.0, min(high_y, y1) + min(low_y, -y0))
+            union = area + other_area - inter
+            overlap.append(inter / union if union > 0 else 0.0)
+            distance.append(math.hypot(other_x - centre_x, other_y - centre_y))
+        return overlap, distance
+    edges = np.minimum(table[:, :4], (-x0, -y0, x1, y1))  # -max(x0, left), -max(y0, top), min(x1, right), ...
+    spans = np.fmax(0.0, edges[:, 2:] + edges[:, :2])  # the intersection's width and height
+    inter = spans[:, 0] * spans[:, 1]
+    union = area + table[:, 6] - inter
+    overlap = np.divide(inter, union, out=np.zeros(len(inter)), where=union > 0).tolist()
+    offsets = (table[:, 4:6] - (centre_x, centre_y)).tolist()
+    return overlap, [math.hypot(dx, dy) for dx, dy in offsets]
+
+
 def _geometry(
     obj: dict,
     box: tuple[float, float, float, float],
-    others: np.ndarray,
+    relations: tuple[list[float], list[float]],
     annotations: list[dict],
     width: int,
     height: int,
 ) -> list[float]:
-    """Shape and place of the box, and how it sits among the image's other boxes (their corners and annotations).
+    """Shape and place of the box, and how it sits among the image's other boxes: its `relations` to them
+    (_relations': IoU, centre distance) and their annotations.
 
-    One array operation per step over all other boxes, both axes at once: elementwise, the same IEEE
-    arithmetic as on single floats. np.fmax from 0.0 and a Python max() from 0.0 give what a loop of max()
-    gives (no value here is NaN; a zero never beats 0.0); the distances keep math.hypot and min() from 10.0.
+    A Python max() or min() from 0.0 (10.0) gives what a loop of max() (min()) gives: no value here is NaN,
+    and a zero never beats 0.0.
     """
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     visible = max(0.0, min(x1, width) - max(x0, 0.0)) * max(0.0, min(y1, height) - max(y0, 0.0))
-    best_iou = best_same_iou = 0.0
-    nearest = 10.0  # in box sizes; "far" when the image has no other box
+    overlap, distance = relations
+    same = [other["category_id"] == obj["category_id"] for other in annotations]
     size = math.sqrt(w * h)
-    if len(others):
-        corners = np.asarray(box)  # (x0, y0) then (x1, y1), as `others`
-        low, high = others[:, :2], others[:, 2:]  # per other box: (left, top), (right, bottom)
-        spans = np.fmax(0.0, np.minimum(corners[2:], high) - np.maximum(corners[:2], low))  # of the intersection
-        inter = spans[:, 0] * spans[:, 1]
-        sides = high - low
-        union = (x1 - x0) * (y1 - y0) + sides[:, 0] * sides[:, 1] - inter
-        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).tolist()
-        best_iou = max([best_iou, *overlap])
-        same = [other["category_id"] == obj["category_id"] for other in annotations]
-        best_same_iou = max([best_same_iou, *(value for value, keep in zip(overlap, same, strict=True) if keep)])
-        offsets = ((low + high) / 2 - (corners[:2] + corners[2:]) / 2).tolist()  # from (cx, cy)
-        nearest = min([nearest, *(math.hypot(dx, dy) / size for dx, dy in offsets)])
     return [
         math.log(w / h),
         math.log(w * h / (width * height)),
         1.0 - visible / (w * h),
-        best_iou,
-        best_same_iou,
-        nearest,
-        math.log1p(len(others)),
+        max([0.0, *overlap]),
+        max([0.0, *(value for value, keep in zip(overlap, same, strict=True) if keep)]),
+        min([10.0, *(value / size for value in distance)]),  # in box sizes; "far" when there is no other box
+        math.log1p(len(annotations)),
     ]
 
 
@@ -397,8 +429,8 @@ def _cell_spans(image: np.ndarray, corners: np.ndarray) -> list[tuple[int, int, 
     past its high edge, on each axis (np.searchsorted, for all boxes at once).
     """
     height, width = image.shape[:2]
-    rows = np.searchsorted(_IMAGE_STEPS * (height / _IMAGE_CELLS), corners[:, 1::2]).tolist()
-    columns = np.searchsorted(_IMAGE_STEPS * (width / _IMAGE_CELLS), corners[:, ::2]).tolist()
+    rows = (_IMAGE_STEPS * (height / _IMAGE_CELLS)).searchsorted(corners[:, 1::2]).tolist()
+    columns = (_IMAGE_STEPS * (width / _IMAGE_CELLS)).searchsorted(corners[:, ::2]).tolist()
     return [(top, bottom, left, right) for (top, bottom), (left, right) in zip(rows, columns, strict=True)]
 
 
@@ -411,21 +443,19 @@ def _coverage(spans: list[tuple[int, int, int, int]]) -> np.ndarray:
 
 
 def _mean_of(colours: np.ndarray, mask: np.ndarray, overall: np.ndarray) -> np.ndarray:
-    """The mean colour of the image's cells in `mask` (uint8), or `overall` when it holds none.
-
-    The sum is a running sum over every cell, with the colours of those outside the mask set to 0: adding a
-    zero leaves a sum as it was (no colour is -0.0), so it is the running sum over the mask's cells, in the
-    same order.
-    """
-    count = cv2.countNonZero(mask)
-    return np.divide(_colour_sums(cv2.copyTo(colours, mask)), count) if count else overall
+    """The mean colour of the image's cells in `mask` (bool), or `overall` when it holds none: their colours
+    summed in row-major order, as the cells the mask selected always were."""
+    cells = colours.reshape(-1, 3).compress(mask.reshape(-1), axis=0)
+    return np.divide(_colour_sums(cells.reshape(-1, 1, 3)), len(cells)) if len(cells) else overall
 
 
 def prepare(image: np.ndarray, scene: dict) -> dict:
     """What every box of the image shares, worked out once per image: the colours of the image's cells and
     their mean, and, when every bbox is four numbers, the image's readable boxes (their corners, which of the
-    scene's boxes they are, the cells each covers, how many cover each cell) and the mean colour of the cells
-    outside all of them.
+    scene's boxes they are, their _box_table, the cells each covers, how many cover each cell) and the mean
+    colour of the cells outside all of them.
+
+    Nothing here costs more than linear time in the boxes: a training task scores only a few of them.
     """
     colours = _image_cells(image)
     overall = np.divide(_colour_sums(colours), _IMAGE_CELLS * _IMAGE_CELLS)
@@ -435,8 +465,9 @@ def prepare(image: np.ndarray, scene: dict) -> dict:
         corners, readable = boxes
         spans = _cell_spans(image, corners)
         coverage = _coverage(spans)
-        background = _mean_of(colours, (coverage == 0).view(np.uint8), overall)  # outside every box
-        prepared.update(corners=corners, readable=readable, spans=spans, coverage=coverage, background=background)
+        background = _mean_of(colours, coverage == 0, overall)  # outside every box
+        prepared.update(corners=corners, readable=readable.tolist(), spans=spans, coverage=coverage)
+        prepared.update(background=background, table=_box_table(corners))
     return prepared
 
 
@@ -462,7 +493,7 @@ def _fit_profile(grid: np.ndarray) -> list[float]:
         sdepth=cv2.CV_64F,
     )
     cv2.integral(
-        _plane(grid, _MAGNITUDE)[:_MAGNITUDE_EXTENT, :_MAGNITUDE_EXTENT],
+        _planes(grid)[_PLANE_AT[_MAGNITUDE], :_MAGNITUDE_EXTENT, :_MAGNITUDE_EXTENT],
         sum=tables[colours : colours + magnitude].reshape(_MAGNITUDE_EXTENT + 1, _MAGNITUDE_EXTENT + 1),
         sdepth=cv2.CV_64F,
     )
@@ -504,53 +535,65 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> list[flo
     annotations = scene["annotations"]
     colours, overall = prepared["colours"], prepared["overall"]
     if prepared["corners"] is not None:
-        corners, readable, spans, coverage = (prepared[key] for key in ("corners", "readable", "spans", "coverage"))
-        every = np.asarray([annotation["id"] != obj["id"] for annotation in annotations], dtype=bool)
-        other = every[readable]
-        kept = readable & every
-        other_annotations = [annotation for annotation, keep in zip(annotations, kept, strict=True) if keep]
+        corners, readable, spans, coverage, table = (
+            prepared[key] for key in ("corners", "readable", "spans", "coverage", "table")
+        )
+        every = [annotation["id"] != obj["id"] for annotation in annotations]
+        other = np.asarray([is_other for is_other, keep in zip(every, readable, strict=True) if keep], dtype=bool)
+        other_annotations = [
+            a for a, is_other, keep in zip(annotations, every, readable, strict=True) if is_other and keep
+        ]
         background = prepared["background"]
     else:
         corners, other, other_annotations = _boxes_one_by_one(obj, scene)
+        table = _box_table(corners)
         spans = _cell_spans(image, corners)
         coverage = _coverage(spans)
-        background = _mean_of(colours, (coverage == 0).view(np.uint8), overall)
+        background = _mean_of(colours, coverage == 0, overall)
     others = corners[other]
+    relations = _relations(box, table[other])
     # 1 where a cell lies in another box of the image, else 0.
-    covered = _plane(grid, _COVERED)
+    planes = _planes(grid)
+    covered = planes[_PLANE_AT[_COVERED]]
     covered.fill(0.0)
     _mark(covered.T, others, *centres)
 
     # The side profiles: per side, per plane (the three colours, the cover, the gradient across the side),
-    # the mean of each band, from inside to outside. All 140 bands are read by one take, each band's 32
-    # values in a contiguous row: numpy sums them pairwise as it did the strips it used to gather one by one
-    # (plane[span, bands] and plane[bands, span].T, both laid out with each band contiguous).
+    # the mean of each band, from inside to outside. All 140 bands are read by one take (with the regions
+    # below), each band's 32 values in a contiguous row: numpy sums them pairwise as it did the strips it used
+    # to gather one by one (plane[span, bands] and plane[bands, span].T, both laid out with each band contiguous).
     cells = grid.take(_READ)
-    bands, regions = cells[: _STRIPS.size].reshape(_STRIPS.shape), cells[_STRIPS.size :].reshape(_REGIONS.shape)
+    bands = cells[: _STRIPS.size].reshape(_STRIPS.shape)
+    box_ring = cells[_STRIPS.size : _STRIPS.size + _BOX_RING.size].reshape(_BOX_RING.shape)
+    band_core = cells[_STRIPS.size + _BOX_RING.size :].reshape(_BAND_CORE.shape)
     sides = (np.add.reduce(bands, axis=1) / bands.shape[1]).reshape(4, -1).tolist()  # the bands' means
     sides.sort(key=lambda side: side[_EDGE])  # a box shifted left looks like one shifted right
     profile = [*sides[0], *sides[1], *sides[2], *sides[3]]
 
-    # The colours of the box, the ring just outside it, the box's inner band and its centre, each region's
-    # (cells, 3 colours) in row-major order, read together (see _region_index).
-    means = _sums(regions) / _REGION_CELLS
-    box_colour, ring_colour, band_colour, core_colour = means[:3], means[3:6], means[6:9], means[9:]
+    # The mean colours of the box, the ring just outside it, the box's inner band and its centre: each region's
+    # cells in row-major order down three columns, the box's beside the ring's, the band's beside the centre's
+    # (see _region_index).
+    box_ring_means = _sums(box_ring) / _BOX_RING_CELLS
+    box_colour, ring_colour = box_ring_means[:3], box_ring_means[3:]
+    means = _sums(band_core) / _BAND_CORE_CELLS
+    band_colour, core_colour = means[:3], means[3:]
     # The box's and the ring's spreads: each colour's standard deviation, numpy's std step by step.
-    # (Every region's deviations, eight cells to a row: numpy's loops run longer on longer rows.)
-    deviation = regions.reshape(-1, _REPEATED_MEANS.size) - means[_REPEATED_MEANS]
+    # (The deviations eight cells to a row: numpy's loops run longer on longer rows.)
+    deviation = box_ring.reshape(-1, _REPEATED_MEANS.size) - box_ring_means[_REPEATED_MEANS]
     np.square(deviation, out=deviation)
-    deviation = deviation.reshape(regions.shape)
-    deviation[_RING_CELLS:, 3:6] = 0.0  # the ring's padding: adding zeros leaves its sums as they were
-    spreads = np.sqrt(_sums(deviation)[:6] / _REGION_CELLS[:6])
+    deviation = deviation.reshape(box_ring.shape)
+    deviation[_RING_CELLS:, 3:] = 0.0  # the ring's padding: adding zeros leaves its sums as they were
+    spreads = np.sqrt(_sums(deviation) / _BOX_RING_CELLS)
     # Strong edges in the box, and in the ring: the box grown by 6 cells on each side, less the box.
-    strong = _plane(grid, _MAGNITUDE)[_BOX0 - 6 : _BOX1 + 6, _BOX0 - 6 : _BOX1 + 6] >= _STRONG_EDGE
+    strong = planes[_PLANE_AT[_MAGNITUDE], _BOX0 - 6 : _BOX1 + 6, _BOX0 - 6 : _BOX1 + 6] >= _STRONG_EDGE
     in_box = int(np.count_nonzero(strong[6:-6, 6:-6]))
     in_ring = int(np.count_nonzero(strong)) - in_box
     # The mean colour of the image's other boxes: of the cells that some box other than the scored one holds.
     by_others = coverage.copy()
-    for top, bottom, left, right in (spans[at] for at in np.flatnonzero(~other).tolist()):
-        by_others[top:bottom, left:right] -= 1
-    objects = _mean_of(colours, (by_others > 0).view(np.uint8), overall)
+    for (top, bottom, left, right), is_other in zip(spans, other.tolist(), strict=True):
+        if not is_other:
+            by_others[top:bottom, left:right] -= 1
+    objects = _mean_of(colours, by_others > 0, overall)
     band_ring, box_objects = band_colour - ring_colour, box_colour - objects
     contrast = [
         *band_ring.tolist(),
@@ -565,4 +608,4 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> list[flo
         *box_objects.tolist(),
     ]
     fit = _fit_profile(grid)
-    return [*profile, *contrast, *fit, *_geometry(obj, box, others, other_annotations, width, height)]
+    return [*profile, *contrast, *fit, *_geometry(obj, box, relations, other_annotations, width, height)]
