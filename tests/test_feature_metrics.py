@@ -13,7 +13,7 @@ from agent.data.coco import load_coco
 from agent.data.demo import generate_demo_dataset
 from agent.metrics import neighbours, scoring
 from agent.metrics.contract import MetricFileError, load_metric_file, parse_metric_source
-from agent.metrics.neighbours import class_disagreement, nearest_neighbours
+from agent.metrics.neighbours import class_disagreement, in_threads, nearest_neighbours
 from agent.metrics.scoring import score_dataset
 from sandbox.isolation import SandboxConfig
 
@@ -75,6 +75,16 @@ def test_blocked_search_equals_one_block_and_is_deterministic(monkeypatch: pytes
     distances = np.linalg.norm(vectors[:, None] - vectors[None], axis=2)
     np.fill_diagonal(distances, np.inf)
     assert np.array_equal(whole, np.argsort(distances, axis=1, kind="stable")[:, :7])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+def test_the_search_split_over_threads_is_the_search_in_one_range(threads: int) -> None:
+    rng = np.random.default_rng(5)
+    for count in (2, 5, 301):  # fewer rows than threads, too
+        vectors = rng.normal(size=(count, 4))
+        vectors[1::3] = vectors[0]  # exact ties, which go to the lower index whichever range holds the row
+        k = min(6, count - 1)
+        assert np.array_equal(nearest_neighbours(vectors, k, in_threads(threads)), nearest_neighbours(vectors, k))
 
 
 def test_a_constant_feature_is_ignored() -> None:

@@ -25,12 +25,16 @@ With fewer than two boxes there are no neighbours and every score is None.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["RowFunction", "RowMapper", "class_disagreement", "nearest_neighbours", "neighbours_of_rows"]
+__all__ = [
+    "RowFunction", "RowMapper", "class_disagreement", "in_threads", "nearest_neighbours", "neighbours_of_rows",
+]  # fmt: skip
 
 _BLOCK_BYTES = 2 * 1024 * 1024
 
@@ -83,6 +87,26 @@ def neighbours_of_rows(columns: NDArray[np.float64], start: int, stop: int, k: i
 
 def _here(function: RowFunction, columns: NDArray[np.float64], k: int) -> NDArray[np.intp]:
     return function(columns, 0, columns.shape[1], k)
+
+
+def in_threads(threads: int) -> RowMapper:
+    """A RowMapper that splits the rows into `threads` ranges and runs them side by side in this process.
+
+    The passes are numpy's elementwise operations on whole blocks, which let go of the interpreter's
+    lock, so the ranges do run at once; the table is the same as from one range.
+    """
+
+    def map_rows(function: RowFunction, columns: NDArray[np.float64], k: int) -> NDArray[np.intp]:
+        count = columns.shape[1]
+        bounds = np.linspace(0, count, max(1, threads) + 1).astype(int).tolist()
+        ranges = [(start, stop) for start, stop in itertools.pairwise(bounds) if stop > start]
+        if len(ranges) < 2:
+            return function(columns, 0, count, k)
+        with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="neighbours") as pool:
+            parts = list(pool.map(lambda bound: function(columns, bound[0], bound[1], k), ranges))
+        return np.concatenate(parts)
+
+    return map_rows
 
 
 def nearest_neighbours(vectors: NDArray[np.float64], k: int, map_rows: RowMapper | None = None) -> NDArray[np.intp]:

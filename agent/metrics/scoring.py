@@ -13,7 +13,6 @@ reaches the summaries, so the summary is the same either way.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
@@ -22,7 +21,6 @@ import statistics
 from array import array
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Protocol, cast
 
@@ -41,7 +39,7 @@ from agent.metrics.learned import (
     import_classifier_in_background,
     training_copies,
 )
-from agent.metrics.neighbours import RowMapper, class_disagreement
+from agent.metrics.neighbours import RowMapper, class_disagreement, in_threads
 from sandbox.engine import BatchWriter, CallResult, Engine, RunReport, ScoringEngine, WritingEngine
 from sandbox.framing import PRINTED_MARKER
 from sandbox.isolation import SandboxConfig
@@ -514,7 +512,8 @@ class _Collector:
         self._parts = itertools.count()
         # Per spec index and error kind, the first failed row in file order among the written ones.
         self.tallied_firsts: dict[int, dict[str, tuple[int, int | None, str]]] = {}
-        self.threads = threads  # for the learned metrics' fits, which run after the sandbox workers are done
+        # Threads for the work after the sandbox workers are done: the learned fits, and the neighbour searches.
+        self.threads = threads
         self.codes = _Codes.of(specs)
         self.rows: list[ScoreRow] = []
         self.summaries = [MetricSummary(name=spec.name, level=spec.level) for spec in specs]
@@ -573,28 +572,18 @@ class _Collector:
         `map_rows`: where the neighbour search runs (`agent.metrics.neighbours`); the scores do not depend on it.
         """
         self._map_rows = map_rows
-        jobs: list[tuple[Sequence[int], Callable[[], list[list[CallResult]]]]] = []
         for code, results in self._held.items():
             # Results arrive in whatever order the workers finish; the scores must not depend on it.
             results.sort(key=lambda result: (result.image_id, result.obj or 0))
             indices = self.codes.specs_of[code]
             if self.codes.codes[code].combine == "learned":
-                jobs.append((indices, functools.partial(self._learned_scores, code, indices, results, training)))
+                per_spec = self._learned_scores(code, indices, results, training)
             else:
-                jobs.append((indices, functools.partial(self._neighbour_scores_each, indices, results)))
-        if any(results for results in self._held.values()):
-            self._categories()  # built once here, not raced for by the jobs' threads
-        # The jobs run side by side: the learned fits leave part of the machine idle (their last fits, their
-        # Python between fits), and a neighbour search alone uses one core. Each job's scores are its own, so
-        # running them together changes nothing but the time; their rows are emitted in the codes' order.
-        with ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="feature-scores") as pool:
-            futures = [pool.submit(job) for _, job in jobs]
-            for (indices, _), future in zip(jobs, futures, strict=True):
-                for index, scored in zip(indices, future.result(), strict=True):
-                    batch = [self._row(result, index) for result in scored]
-                    self.rows.extend(batch)
-                    self.on_rows(batch)
-        for results in self._held.values():
+                per_spec = [self._neighbour_scores(index, results) for index in indices]
+            for index, scored in zip(indices, per_spec, strict=True):
+                batch = [self._row(result, index) for result in scored]
+                self.rows.extend(batch)
+                self.on_rows(batch)
             results.clear()
 
     @staticmethod
@@ -621,17 +610,10 @@ class _Collector:
             for result in results
         ]
 
-    def _categories(self) -> dict[int, int]:
-        """Each box's class, by annotation id."""
+    def _category(self, result: CallResult) -> int:
         if self._category_of is None:
             self._category_of = {annotation.id: annotation.category_id for annotation in self.dataset.annotations}
-        return self._category_of
-
-    def _category(self, result: CallResult) -> int:
-        return self._categories()[self._annotation_id(result)]  # type: ignore[index]
-
-    def _neighbour_scores_each(self, indices: Sequence[int], results: list[CallResult]) -> list[list[CallResult]]:
-        return [self._neighbour_scores(index, results) for index in indices]
+        return self._category_of[self._annotation_id(result)]  # type: ignore[index]
 
     def _neighbour_scores(self, index: int, results: list[CallResult]) -> list[CallResult]:
         vectors = self._with_vectors(results)
@@ -640,7 +622,10 @@ class _Collector:
             return self._failed(results, problem)
         categories = [self._category(result) for result in vectors]
         scores = class_disagreement(
-            [result.features or () for result in vectors], categories, self.specs[index].neighbours, self._map_rows
+            [result.features or () for result in vectors],
+            categories,
+            self.specs[index].neighbours,
+            self._map_rows or in_threads(self.threads),
         )
         return self._scored(results, vectors, scores)
 
