@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import statistics
+import threading
 from array import array
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -383,6 +384,10 @@ class _Training:
     their copy's scene. Those calls go to the workers as tasks of their own, with negative numbers (no
     image id is negative), each right after its image's own task so a worker decodes the image once.
     `numbers` deals the task numbers: -1, -2, ..., shared when several datasets train in one engine run.
+
+    The copies are made on a thread of their own, started here, so the engine's workers need not wait
+    for them: until they are ready, `_with_training` sends images without their training tasks and
+    sends those later (their images are then decoded twice: a few dozen at the start of a big run).
     """
 
     def __init__(
@@ -390,23 +395,57 @@ class _Training:
     ) -> None:
         self.learned = [code for code, spec in enumerate(codes.codes) if spec.combine == "learned"]
         errors = list(dict.fromkeys(e for code in self.learned for i in codes.specs_of[code] for e in specs[i].learns))
+        self._copies: list[TrainingCopy] = []
+        self._failure: BaseException | None = None
+        self._making: threading.Thread | None = None
         if self.learned:
             import_classifier_in_background()
-        self._dataset, self._errors = dataset, errors
-        self._copies: list[TrainingCopy] | None = None
+            self._making = threading.Thread(
+                target=self._make_copies, args=(dataset, errors), name="training-copies", daemon=True
+            )
+            self._making.start()
         self._numbers = itertools.count(-1, -1) if numbers is None else numbers
+        self._waiting: list[tuple[int, str]] = []  # (image id, path) of images whose training tasks wait
         self._where: dict[int, tuple[int, int]] = {}  # task number -> (copy, image id)
-        # Per (code, error): (image id, class id, vector) of each corrupted box described.
-        self.vectors: dict[tuple[int, str], list[tuple[int, int, tuple[float, ...]]]] = {}
+        # Per (code, error): (task number, box's place, image id, class id, vector) of each corrupted box described.
+        self._described: dict[tuple[int, str], list[tuple[int, int, int, int, tuple[float, ...]]]] = {}
+
+    def _make_copies(self, dataset: Dataset, errors: list[str]) -> None:
+        try:
+            self._copies = training_copies(dataset, errors)
+        except BaseException as failure:  # raised where the copies are wanted, not lost on this thread
+            self._failure = failure
+
+    @property
+    def ready(self) -> bool:
+        """Whether the copies are made (asking never waits)."""
+        return self._making is None or not self._making.is_alive()
 
     @property
     def copies(self) -> list[TrainingCopy]:
-        """Made when the first training task is wanted: by then the engine's workers are starting, beside it."""
-        if self._copies is None:
-            self._copies = training_copies(self._dataset, self._errors) if self.learned else []
+        """The training copies, once made (waits for them)."""
+        if self._making is not None:
+            self._making.join()
+        if self._failure is not None:
+            raise self._failure
         return self._copies
 
-    def tasks_for(self, image_id: int, path: str) -> Iterator[ImageTask]:
+    def tasks_after(self, image_id: int, path: str) -> Iterator[ImageTask]:
+        """The training tasks to send after an image's own task: its own, and those of earlier images that waited.
+
+        None while the copies are still being made: the image waits for them, and `waiting_tasks` sends
+        what is still waiting at the end.
+        """
+        self._waiting.append((image_id, path))
+        if self.ready:
+            yield from self.waiting_tasks()
+
+    def waiting_tasks(self) -> Iterator[ImageTask]:
+        waiting, self._waiting = self._waiting, []
+        for image_id, path in waiting:
+            yield from self._tasks_for(image_id, path)
+
+    def _tasks_for(self, image_id: int, path: str) -> Iterator[ImageTask]:
         for copy_index, copy in enumerate(self.copies):
             if image_id not in copy.images:
                 continue  # no corrupted box here: no scene to build
@@ -428,8 +467,17 @@ class _Training:
         copy = self.copies[copy_index]
         if result.kind is None and result.features is not None and result.obj is not None:
             category = copy.dataset.objects_of(image_id)[result.obj]["category_id"]
-            self.vectors.setdefault((result.metric, copy.error), []).append((image_id, category, result.features))
+            described = self._described.setdefault((result.metric, copy.error), [])
+            described.append((result.image_id, result.obj, image_id, category, result.features))
         return True
+
+    def vectors(self, code: int, error: str) -> list[tuple[int, int, tuple[float, ...]]]:
+        """(image id, class id, vector) of each corrupted box `code` described for `error`, in the tasks' order.
+
+        The workers answer in whatever order they finish; the order the classifiers see must not depend on it.
+        """
+        described = sorted(self._described.get((code, error), []), key=lambda row: (-row[0], row[1]))
+        return [(image_id, category, vector) for _, _, image_id, category, vector in described]
 
 
 def _with_training(
@@ -438,6 +486,7 @@ def _with_training(
     """`tasks` (one per image at most, in the dataset's order), each image's training tasks right after its own.
 
     Walks the images rather than the tasks: an image without calls of its own may hold a spurious training box.
+    While the training copies are still being made, images go without theirs (`_Training.tasks_after`).
     """
     pending = iter(tasks)
     upcoming = next(pending, None)
@@ -445,7 +494,8 @@ def _with_training(
         if upcoming is not None and upcoming.image_id == image.id:
             yield upcoming
             upcoming = next(pending, None)
-        yield from training.tasks_for(image.id, paths[image.id])
+        yield from training.tasks_after(image.id, paths[image.id])
+    yield from training.waiting_tasks()
 
 
 def count_calls(dataset: Dataset, specs: list[MetricSpec]) -> int:
@@ -634,8 +684,10 @@ class _Collector:
     ) -> list[list[CallResult]]:
         """Each spec's results for one learned code; the dataset's own vectors are gathered once for all of them."""
         vectors = self._with_vectors(results)
-        found = training.vectors if training is not None else {}
-        corrupted = [[row for error in self.specs[i].learns for row in found.get((code, error), [])] for i in indices]
+        corrupted = [
+            [row for error in self.specs[i].learns for row in (training.vectors(code, error) if training else [])]
+            for i in indices
+        ]
         lengths = {len(result.features or ()) for result in vectors}
         lengths |= {len(vector) for rows in corrupted for _, _, vector in rows}
         problem = self._length_problem(lengths)
@@ -826,7 +878,9 @@ def score_versions(
                     )
                     task_count += 1
             for training in trainings:
-                yield from training.tasks_for(image.id, paths[image.id])
+                yield from training.tasks_after(image.id, paths[image.id])
+        for training in trainings:
+            yield from training.waiting_tasks()
 
     results: dict[tuple[int, int, int | None], CallResult] = {}
 
