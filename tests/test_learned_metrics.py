@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -246,6 +247,53 @@ def test_scores_in_the_sandbox_do_not_change_when_the_corruptions_of_their_image
     assert own and all(before[a] is not None for a in own)
     assert [before[a] for a in own] == [after[a] for a in own]
     assert any(before[a] != after[a] for a in before if a not in own), "the other folds' models did change"
+
+
+def test_training_copies_made_late_give_the_same_scores(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The copies are made on a thread while the workers start; images the engine takes before they are ready
+    # send their training tasks later, and the classifiers see the corrupted boxes in the tasks' order whatever
+    # order they came back in: copies that take long to make change the timing, not the scores.
+    dataset = load_coco(demo)
+    specs = _spec(tmp_path, ["shift", "duplicate"])
+    config = SandboxConfig(workers=2)
+    prompt = [(row.metric, row.annotation_id, row.score) for row in score_dataset(dataset, specs, config).rows]
+    real_copies = learned.training_copies
+    late: list[int] = []
+
+    def slow(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCopy]:
+        time.sleep(1.5)
+        late.append(1)
+        return real_copies(dataset, errors)
+
+    monkeypatch.setattr(scoring, "training_copies", slow)
+    training = scoring._Training(dataset, specs, scoring._Codes.of(specs))
+    tasks = list(
+        scoring._with_training(dataset, scoring.build_tasks(dataset, specs), training, scoring.image_paths(dataset))
+    )
+    own = [task.image_id for task in tasks if task.image_id >= 0]
+    first_training = next(index for index, task in enumerate(tasks) if task.image_id < 0)
+    assert own == [image.id for image in dataset.images] and first_training == len(own), "all waited for the copies"
+    delayed = [(row.metric, row.annotation_id, row.score) for row in score_dataset(dataset, specs, config).rows]
+    assert late == [1, 1] and delayed == prompt
+    assert sum(score is not None for _, _, score in prompt) > len(prompt) // 2
+
+
+def test_a_failure_making_the_training_copies_reaches_the_run(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(dataset: Dataset, errors: Sequence[str]) -> list[TrainingCopy]:
+        raise ValueError("no copies today")
+
+    monkeypatch.setattr(scoring, "training_copies", broken)
+    dataset = load_coco(demo)
+    specs = _spec(tmp_path, ["shift"])
+    training = scoring._Training(dataset, specs, scoring._Codes.of(specs))
+    with pytest.raises(ValueError, match="no copies today"):
+        list(
+            scoring._with_training(dataset, scoring.build_tasks(dataset, specs), training, scoring.image_paths(dataset))
+        )
 
 
 def _image_of(dataset: Dataset, annotation_id: int) -> int:
