@@ -31,6 +31,13 @@ _SIGNAL_NUMBERS = {int(number) for number in signal.Signals}
 _F_SETPIPE_SZ = 1031
 
 
+# glibc serves a large allocation (an image, a plane of it) with a fresh mmap until a large free raises its
+# threshold, and gives freed memory back beyond another: each image-sized temporary then costs its page faults
+# again, a third of a millisecond a demo image for some metrics. Fixed thresholds (glibc's own ceiling for
+# the first) keep such memory in the heap for the next image. `benchmarks/metric_cost.py` runs under them too.
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
+
 def worker_environment(scratch: str) -> dict[str, str]:
     """A fresh minimal environment: never the host's, so no API key can reach metric code."""
     env = {
@@ -42,12 +49,7 @@ def worker_environment(scratch: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
-        # glibc serves a large allocation (an image, a plane of it) with a fresh mmap until a large free raises
-        # its threshold, and gives freed memory back beyond another: each image-sized temporary then costs
-        # its page faults again, a third of a millisecond a demo image for some metrics. Fixed thresholds
-        # (glibc's own ceiling for the first) keep such memory in the heap for the next image.
-        "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-        "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
+        **WORKER_MALLOC,
     }
     env.update({name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ})
     return env
