@@ -33,7 +33,7 @@ _F_SETPIPE_SZ = 1031
 
 # glibc serves a large allocation (an image, a plane of it) with a fresh mmap until a large free raises its
 # threshold, and gives freed memory back beyond another: each image-sized temporary then costs its page faults
-# again, a third of a millisecond a demo image for some metrics. Fixed thresholds (glibc's own ceiling for
+# again, up to a millisecond a demo image for some metrics. Fixed thresholds (glibc's own ceiling for
 # the first) keep such memory in the heap for the next image. `benchmarks/metric_cost.py` runs under them too.
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 
