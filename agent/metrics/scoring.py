@@ -369,12 +369,17 @@ def build_tasks(dataset: Dataset, specs: list[MetricSpec], paths: dict[int, str]
     codes = _Codes.of(specs).codes
     image_metrics = [Call(metric=index, obj=None) for index, spec in enumerate(codes) if spec.level == "image"]
     object_metrics = [index for index, spec in enumerate(codes) if spec.level == "object"]
+    calls_for: dict[int, tuple[Call, ...]] = {}  # by box count: images with as many boxes share their calls
     for image in dataset.images:
         scene = dataset.scene(image.id)
-        objects = range(len(scene["annotations"]))
-        calls = [*image_metrics, *(Call(metric=index, obj=obj) for index in object_metrics for obj in objects)]
+        count = len(scene["annotations"])
+        calls = calls_for.get(count)
+        if calls is None:
+            objects = range(count)
+            calls = calls_for[count] = (*image_metrics, *(Call(i, obj) for i in object_metrics for obj in objects))
         if calls:
-            yield ImageTask(image_id=image.id, path=paths[image.id], scene=scene, calls=tuple(calls))
+            # Built from checked data: validating it again (each call rebuilt) cost more than building it.
+            yield ImageTask.model_construct(image_id=image.id, path=paths[image.id], scene=scene, calls=calls)
 
 
 class _Training:
