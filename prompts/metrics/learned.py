@@ -328,16 +328,22 @@ def _boxes_one_by_one(obj: dict, scene: dict) -> tuple[np.ndarray, np.ndarray, l
     return np.asarray(corners, dtype=np.float64).reshape(-1, 4), np.asarray(other, dtype=bool), annotations
 
 
-def _mark(mask: np.ndarray, corners: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> None:
-    """Sets the cells of `mask` whose centre lies in any of the boxes, [x0, x1) x [y0, y1).
+def _spans(centre_y: np.ndarray, centre_x: np.ndarray, corners: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Per box (`corners`, (n, 4)), the cells whose centre lies in it, [x0, x1) x [y0, y1): [top, bottom) x
+    [left, right), in cells of a grid whose centres are `centre_y` down and `centre_x` across.
 
     The centres ascend, so the cells in a box run together along each axis: from the first centre at or past
-    its low edge to the first at or past its high edge (np.searchsorted, for all boxes at once). Each box is
-    then one slice assignment: the cells that the centre-by-centre comparisons select.
+    its low edge to the first at or past its high edge (np.searchsorted, for all boxes at once): the cells that
+    the centre-by-centre comparisons select.
     """
     rows = centre_y.searchsorted(corners[:, 1::2]).tolist()
     columns = centre_x.searchsorted(corners[:, ::2]).tolist()
-    for (top, bottom), (left, right) in zip(rows, columns, strict=True):
+    return [(top, bottom, left, right) for (top, bottom), (left, right) in zip(rows, columns, strict=True)]
+
+
+def _mark(mask: np.ndarray, corners: np.ndarray, centre_y: np.ndarray, centre_x: np.ndarray) -> None:
+    """Sets the cells of `mask` whose centre lies in any of the boxes (_spans), one slice assignment a box."""
+    for top, bottom, left, right in _spans(centre_y, centre_x, corners):
         if top < bottom and left < right:  # most boxes of a crowded image miss the grid: no need to mark them
             mask[top:bottom, left:right] = True
 
@@ -426,15 +432,9 @@ def _image_cells(image: np.ndarray) -> np.ndarray:
 
 
 def _cell_spans(image: np.ndarray, corners: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Per box, the image cells whose centre lies in it, [x0, x1) x [y0, y1): [top, bottom) x [left, right).
-
-    The centres ascend, so a box's cells run from the first centre at or past its low edge to the first at or
-    past its high edge, on each axis (np.searchsorted, for all boxes at once).
-    """
+    """Per box, the image cells whose centre lies in it (_spans on the image's cells)."""
     height, width = image.shape[:2]
-    rows = (_IMAGE_STEPS * (height / _IMAGE_CELLS)).searchsorted(corners[:, 1::2]).tolist()
-    columns = (_IMAGE_STEPS * (width / _IMAGE_CELLS)).searchsorted(corners[:, ::2]).tolist()
-    return [(top, bottom, left, right) for (top, bottom), (left, right) in zip(rows, columns, strict=True)]
+    return _spans(_IMAGE_STEPS * (height / _IMAGE_CELLS), _IMAGE_STEPS * (width / _IMAGE_CELLS), corners)
 
 
 def _coverage(spans: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -452,6 +452,16 @@ def _mean_of(colours: np.ndarray, mask: np.ndarray, overall: np.ndarray) -> np.n
     return np.divide(_colour_sums(cells.reshape(-1, 1, 3)), len(cells)) if len(cells) else overall
 
 
+def _boxes_on_cells(
+    image: np.ndarray, corners: np.ndarray, colours: np.ndarray, overall: np.ndarray
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]], np.ndarray, np.ndarray]:
+    """For the image's readable boxes (`corners`): their _box_table, the image cells each covers, how many
+    cover each cell, and the mean colour of the cells outside all of them."""
+    spans = _cell_spans(image, corners)
+    coverage = _coverage(spans)
+    return _box_table(corners), spans, coverage, _mean_of(colours, coverage == 0, overall)
+
+
 def prepare(image: np.ndarray, scene: dict) -> dict:
     """What every box of the image shares, worked out once per image: the colours of the image's cells and
     their mean, and, when every bbox is four numbers, the image's readable boxes (their corners, which of the
@@ -466,11 +476,9 @@ def prepare(image: np.ndarray, scene: dict) -> dict:
     boxes = _all_boxes(scene["annotations"])
     if boxes is not None:
         corners, readable = boxes
-        spans = _cell_spans(image, corners)
-        coverage = _coverage(spans)
-        background = _mean_of(colours, coverage == 0, overall)  # outside every box
+        table, spans, coverage, background = _boxes_on_cells(image, corners, colours, overall)
         prepared.update(corners=corners, readable=readable.tolist(), spans=spans, coverage=coverage)
-        prepared.update(background=background, table=_box_table(corners))
+        prepared.update(background=background, table=table)
     return prepared
 
 
@@ -549,10 +557,7 @@ def score(image: np.ndarray, obj: dict, scene: dict, prepared: dict) -> list[flo
         background = prepared["background"]
     else:
         corners, other, other_annotations = _boxes_one_by_one(obj, scene)
-        table = _box_table(corners)
-        spans = _cell_spans(image, corners)
-        coverage = _coverage(spans)
-        background = _mean_of(colours, coverage == 0, overall)
+        table, spans, coverage, background = _boxes_on_cells(image, corners, colours, overall)
     others = corners[other]
     relations = _relations(box, table[other])
     # 1 where a cell lies in another box of the image, else 0.
