@@ -346,19 +346,20 @@ def _read_only(value: Any) -> Any:
 
 
 # OpenCV 4.10 and later decode straight to RGB: the same pixels as BGR then cvtColor, without a pass over them.
-_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
+_DECODES_RGB = hasattr(cv2, "IMREAD_COLOR_RGB")
+_IMREAD_FLAG: int = cv2.IMREAD_COLOR_RGB if _DECODES_RGB else cv2.IMREAD_COLOR
 
 
 def _read(path: str) -> tuple[np.ndarray | None, str | None]:
     """The image as RGB, read-only; or why it can't be read."""
     try:
-        image = cv2.imread(path, _IMREAD_RGB) if _IMREAD_RGB is not None else cv2.imread(path, cv2.IMREAD_COLOR)
+        image = cv2.imread(path, _IMREAD_FLAG)
     except Exception as error:
         return None, f"cannot decode {os.path.basename(path)}: {error}"
     if image is None:
         reason = "file not found" if not os.path.exists(path) else "not a readable image"
         return None, f"cannot decode {os.path.basename(path)}: {reason}"
-    if _IMREAD_RGB is None:
+    if not _DECODES_RGB:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     image.setflags(write=False)
     return image, None
