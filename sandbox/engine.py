@@ -166,7 +166,11 @@ class Engine(Protocol):
     writes_batches: bool
 
     def run(
-        self, metrics: list[MetricCode], tasks: Iterable[ImageTask], sink: Callable[[list[CallResult]], None]
+        self,
+        metrics: list[MetricCode],
+        tasks: Iterable[ImageTask],
+        sink: Callable[[list[CallResult]], None],
+        report: RunReport | None = None,
     ) -> RunReport: ...
 
 
@@ -241,7 +245,7 @@ class ScoringEngine:
             if first is None:
                 return report or RunReport()
             return self._run_once(metrics, itertools.chain([first], pending), sink, report)
-        return self._run_each_metric_alone(metrics, list(tasks), sink)
+        return self._run_each_metric_alone(metrics, list(tasks), sink, report)
 
     def _run_once(
         self,
@@ -261,10 +265,14 @@ class ScoringEngine:
             _set_dumpable(previous)
 
     def _run_each_metric_alone(
-        self, metrics: list[MetricCode], tasks: list[ImageTask], sink: Callable[[list[CallResult]], None]
+        self,
+        metrics: list[MetricCode],
+        tasks: list[ImageTask],
+        sink: Callable[[list[CallResult]], None],
+        report: RunReport | None = None,
     ) -> RunReport:
         """One pass per metric, each in workers of its own: no metric can tamper with another's scores."""
-        combined = RunReport()
+        combined = report if report is not None else RunReport()
         for index, metric in enumerate(metrics):
             own_tasks = [
                 task.model_copy(
@@ -276,11 +284,11 @@ class ScoringEngine:
             def renumbered(results: list[CallResult], index: int = index) -> None:
                 sink([dataclasses.replace(result, metric=index) for result in results])
 
-            report = self._run_once([metric], own_tasks, renumbered)
-            combined.layers = combined.layers or report.layers
-            combined.metric_errors.update(report.metric_errors)
-            combined.calls_done += report.calls_done
-            combined.worker_restarts += report.worker_restarts
+            alone = self._run_once([metric], own_tasks, renumbered)
+            combined.layers = combined.layers or alone.layers
+            combined.metric_errors.update(alone.metric_errors)
+            combined.calls_done += alone.calls_done
+            combined.worker_restarts += alone.worker_restarts
         return combined
 
 

@@ -302,6 +302,13 @@ def test_ctrl_c_kills_workers_and_keeps_what_was_scored(tmp_path: Path) -> None:
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
+    from sandbox.isolation import probe_machine
+
+    machine = probe_machine()
+    sandbox_line = next(line for line in stderr.splitlines() if line.startswith("sandbox: "))
+    active = sandbox_line.removeprefix("sandbox: ").split(" active")[0]
+    for layer in ("landlock", "seccomp", "bwrap"):  # the workers had theirs, interrupted or not
+        assert (layer in active) == machine.get(layer).available, sandbox_line
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(row["image_id"] for row in rows) == [1, 2], "exactly what was scored before the signal"
     assert all(row["score"] == 1.0 for row in rows)

@@ -951,13 +951,16 @@ def _run_engine(
     config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
     metrics = _Codes.of(specs).engine_metrics()
     used = engine(config)
+    # Filled as the run goes: an interrupted run still tells which isolation layers its workers had.
+    report = RunReport()
     try:
         if collector is not None and collector.writer is not None and used.writes_batches:
             writing = cast(WritingEngine, used)
-            return writing.run(metrics, tasks, sink, writer=collector.writer, on_written=collector.written), False, used
-        return used.run(metrics, tasks, sink), False, used
+            run = writing.run(metrics, tasks, sink, report, writer=collector.writer, on_written=collector.written)
+            return run, False, used
+        return used.run(metrics, tasks, sink, report), False, used
     except KeyboardInterrupt:
-        return RunReport(), True, used
+        return report, True, used
 
 
 def _outcome(
