@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import time
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +188,15 @@ def test_with_negatives_capped_a_box_score_still_ignores_its_own_image(monkeypat
     assert [before[k] for k in others] == [moved[k] for k in others], "its fold's models never drew its boxes"
 
 
-def test_fits_side_by_side_give_the_scores_of_fits_one_after_another() -> None:
+@pytest.mark.parametrize("where", ["processes", "threads"])
+def test_fits_side_by_side_give_the_scores_of_fits_one_after_another(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    for name in ("_starting", "_processes"):
+        monkeypatch.setattr(learned, name, None)
+    if where == "processes":
+        learned.prepare_fits_in_background(3)
+        assert learned._fitting_pool() is not None, "this machine starts no fitting processes"
     clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
     problems = []
     for seed in range(3):  # three error types: other corruptions against the same real boxes
@@ -198,6 +209,26 @@ def test_fits_side_by_side_give_the_scores_of_fits_one_after_another() -> None:
     assert each[:-1] == alone, "fitting side by side changed a score"
     assert each[-1] == [None] * len(clean), "nothing corrupted to learn from: no scores"
     assert len({tuple(scores) for scores in alone}) == 3, "three different problems, three different rankings"
+    if where == "processes":
+        learned._fitting_pool().shutdown()  # type: ignore[union-attr]
+
+
+def test_a_fitting_process_killed_leaves_its_fits_to_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("_starting", "_processes"):
+        monkeypatch.setattr(learned, name, None)
+    learned.prepare_fits_in_background(2)
+    pool = learned._fitting_pool()
+    assert pool is not None
+    os.kill(pool.submit(os.getpid).result(), signal.SIGKILL)
+    with pytest.raises(BrokenProcessPool):  # once the pool has seen the death (within milliseconds)
+        for _ in range(100):
+            pool.submit(os.getpid).result()
+            time.sleep(0.05)
+    clean, clean_images, corrupted, corrupted_images, folds = _synthetic()
+    problems = [(corrupted, corrupted_images), (corrupted[::-1].copy(), corrupted_images[::-1])]
+    each = cross_fitted_scores_each(clean, clean_images, problems, folds, threads=2)
+    assert each == [cross_fitted_scores(clean, clean_images, rows, images, folds) for rows, images in problems]
+    assert learned._fitting_pool() is None, "a broken pool is not used again"
 
 
 def test_too_little_to_train_on_leaves_the_scores_none() -> None:
@@ -268,7 +299,7 @@ def test_training_copies_made_late_give_the_same_scores(
         return real_copies(dataset, errors)
 
     monkeypatch.setattr(scoring, "training_copies", slow)
-    training = scoring._Training(dataset, specs, scoring._Codes.of(specs))
+    training = scoring._Training(dataset, specs, scoring._Codes.of(specs), 1)
     tasks = list(
         scoring._with_training(dataset, scoring.build_tasks(dataset, specs), training, scoring.image_paths(dataset))
     )
@@ -289,7 +320,7 @@ def test_a_failure_making_the_training_copies_reaches_the_run(
     monkeypatch.setattr(scoring, "training_copies", broken)
     dataset = load_coco(demo)
     specs = _spec(tmp_path, ["shift"])
-    training = scoring._Training(dataset, specs, scoring._Codes.of(specs))
+    training = scoring._Training(dataset, specs, scoring._Codes.of(specs), 1)
     with pytest.raises(ValueError, match="no copies today"):
         list(
             scoring._with_training(dataset, scoring.build_tasks(dataset, specs), training, scoring.image_paths(dataset))
@@ -350,8 +381,9 @@ def test_the_builtin_detectors_find_their_type_on_the_demo(demo: Path) -> None:
         assert found is not None and random is not None and found > 3 * random, (error, found, random)
 
 
-def test_scikit_learn_is_imported_on_one_thread_however_many_trainings_start_it(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_fits_are_prepared_on_one_thread_however_many_trainings_start_them(
+    monkeypatch: pytest.MonkeyPatch, processes: int
 ) -> None:
     import threading
 
@@ -362,9 +394,19 @@ def test_scikit_learn_is_imported_on_one_thread_however_many_trainings_start_it(
             started.append(self)
             super().start()
 
-    monkeypatch.setattr(learned, "_importing", None)
+    for name in ("_importing", "_starting", "_processes"):
+        monkeypatch.setattr(learned, name, None)
     monkeypatch.setattr(learned.threading, "Thread", Counted)
     for _ in range(3):  # selftest starts a training per copy
-        learned.import_classifier_in_background()
+        learned.prepare_fits_in_background(processes)
     assert len(started) == 1
+    assert started[0].name == ("import-scikit-learn" if processes == 1 else "fitting-processes")
     started[0].join(timeout=60)
+    pool = learned._fitting_pool()
+    if processes == 1:
+        assert pool is None, "one worker: the fits run in this process"
+    else:
+        assert pool is not None, "two workers: the fits run in processes of their own"
+        pids = {future.result() for future in [pool.submit(os.getpid) for _ in range(8)]}
+        assert os.getpid() not in pids
+        pool.shutdown()

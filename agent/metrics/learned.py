@@ -18,9 +18,10 @@ gives that box. The training data comes from the dataset itself, so the metric n
 
 The classifier is scikit-learn's HistGradientBoostingClassifier, with the box's class as one
 categorical feature beside the vector (a swapped box looks unlike its class, not unlike boxes in
-general). Its fit runs on one thread, so the scores are the same at any thread count. 50 rounds at a
-learning rate of 0.1 over 63 bins per column (2026-12-06; before, 100 rounds at 0.05 over 255 bins)
-cost a third of the time; the README's tables moved within a few hundredths either way.
+general). Each fit runs on one thread, in one of a pool of processes when the run has two workers
+or more (`prepare_fits_in_background`), so the scores are the same however the fits are spread. 50
+rounds at a learning rate of 0.1 over 63 bins per column (2026-12-06; before, 100 rounds at 0.05
+over 255 bins) cost a third of the time; the README's tables moved within a few hundredths either way.
 
 The negatives are the dataset as it is, with whatever real errors it holds: the classifier learns
 how the boxes look when made wrong in these ways, against how they look as given.
@@ -30,12 +31,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import math
+import multiprocessing
+import os
+import re
+import signal
+import sys
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +55,8 @@ from agent.data.inject import Injection, Injector
 
 __all__ = [
     "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy",
-    "cross_fitted_scores", "cross_fitted_scores_each", "fold_of", "import_classifier_in_background", "training_copies",
+    "cross_fitted_scores", "cross_fitted_scores_each", "fold_of", "prepare_fits_in_background",
+    "training_copies",
 ]  # fmt: skip
 
 STREAM = "learned-metrics"
@@ -146,26 +156,99 @@ def fold_of(image_ids: Sequence[int], folds: int = FOLDS) -> dict[int, int]:
 
 
 _importing: threading.Thread | None = None  # the one import thread of this process, once started
+_starting: threading.Thread | None = None  # the one thread that starts the fitting processes, once started
+_processes: ProcessPoolExecutor | None = None  # the fitting processes, once started (None: fit on threads)
 
 
-def import_classifier_in_background() -> None:
-    """Start importing scikit-learn's classifier on a thread of its own, and return at once.
+def prepare_fits_in_background(processes: int = 1) -> None:
+    """Start what the fits need on a thread of its own, and return at once.
 
-    It takes most of a second, and the fits need it only after the sandbox workers are done: a run
-    with learned metrics starts it before them, so the import happens while the host waits on the
-    workers, not after. A fit that comes first waits for it on Python's import lock. One thread per
-    process: selftest trains a set of detectors per copy, and the later ones have nothing to start.
+    With `processes` of 2 or more (a run's worker count), that is a pool of processes to fit in:
+    the fits hold the GIL for a good part of their time, so threads ran them on about 1.6 of 2
+    cores, processes on 2. The processes are forked from multiprocessing's fork server, a fresh
+    interpreter started for it, never from this process (its threads, or a Ray driver's gRPC, must
+    not be forked); the server imports scikit-learn once, while the sandbox workers score, and each
+    fitting process starts with it imported. Where no fork server can start, the fits run on
+    threads, with the same scores. With one process, scikit-learn is imported here, on a thread.
+    Once per process: selftest trains a set of detectors per copy, and the later ones find it started.
     """
-    global _importing
-    if _importing is None:
+    global _importing, _starting
+    if processes >= 2 and "forkserver" in multiprocessing.get_all_start_methods() and _main_module_runs_nothing():
+        if _starting is None:
+            _starting = threading.Thread(
+                target=_start_processes, args=(processes,), name="fitting-processes", daemon=True
+            )
+            _starting.start()
+    elif _importing is None:
         _importing = threading.Thread(target=_import_classifier, name="import-scikit-learn", daemon=True)
         _importing.start()
+
+
+def _main_module_runs_nothing() -> bool:
+    """Whether a process multiprocessing starts here can import the main module without running its work.
+
+    Such a process imports it first, as `__mp_main__`: harmless for `python -m package` (skipped), an
+    interactive session (nothing to import) and a script whose work sits under `if __name__ ==
+    "__main__":` (console scripts' does), but a script that scores at its top level would score again
+    in every fitting process. Its fits run on threads instead.
+    """
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    path = getattr(main, "__file__", None)
+    if (name is not None and name.endswith("__main__")) or path is None:
+        return True
+    try:
+        source = Path(path).read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", source, re.MULTILINE) is not None
 
 
 def _import_classifier() -> None:
     # A broken install must not print a thread's traceback: the fit imports it again and fails in its own words.
     with contextlib.suppress(ImportError):
         import sklearn.ensemble  # noqa: F401
+
+
+def _start_processes(count: int) -> None:
+    global _processes
+    pool = None
+    try:
+        context = multiprocessing.get_context("forkserver")
+        # Imported once, in the server; an import that fails there is tried again, and reported, by the fit.
+        # The main module too: a console script's imports then happen once there, not in each process.
+        context.set_forkserver_preload(["__main__", __name__, "sklearn.ensemble", "threadpoolctl"])
+        pool = ProcessPoolExecutor(count, mp_context=context, initializer=_fitting_process_setup)
+        for started in [pool.submit(os.getpid) for _ in range(count)]:  # one call each starts all of them now
+            started.result()
+    except Exception:  # no processes here (no process slots, a server that failed to start): fit on threads
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return
+    _processes = pool
+
+
+def _fitting_process_setup() -> None:
+    # Ctrl-C reaches the whole process group: the host stops the fits, and these must not print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)  # for the process's life: BLAS and OpenMP on one thread, as on the host
+
+
+def _fitting_pool() -> ProcessPoolExecutor | None:
+    """The fitting processes, once started (waits for them), or None where the fits run on threads."""
+    if _starting is not None:
+        _starting.join()
+    return _processes
+
+
+def _forget_pool(pool: ProcessPoolExecutor) -> None:
+    """Shut a pool down without waiting for it; the next fits start no other and run on threads."""
+    global _processes
+    if _processes is pool:
+        _processes = None
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _classifier(columns: int) -> Any:
@@ -232,16 +315,60 @@ def cross_fitted_scores_each(
     """`cross_fitted_scores` of the same clean rows against each (corrupted rows, their images), `threads` at once.
 
     None in `problems` (nothing corrupted to learn from) gives every clean row None. Each fit runs on one
-    thread of its own, so the scores are the same whatever `threads` is; the fits spend their time in
-    scikit-learn's compiled code, outside the GIL, so threads do run them side by side.
+    thread of its own, so the scores are the same however they are spread: over the fitting processes
+    of `prepare_fits_in_background` when they run, else over `threads` threads of this process.
     """
-    from threadpoolctl import threadpool_limits
+    scores: list[list[float | None]] = [[None] * len(clean) for _ in problems]
+    work = [k for k, problem in enumerate(problems) if problem is not None]
+    pool = _fitting_pool() if threads >= 2 and len(work) >= 2 else None
+    fitted = _in_processes(pool, clean, clean_images, [problems[k] for k in work], folds) if pool else None
+    if fitted is None:
+        fitted = _in_threads(clean, clean_images, [problems[k] for k in work], folds, threads)
+    for k, problem_scores in zip(work, fitted, strict=True):
+        scores[k] = problem_scores
+    return scores
 
-    def one(problem: tuple[NDArray[np.float64], Sequence[int]] | None) -> list[float | None]:
-        if problem is None:
-            return [None] * len(clean)
-        return cross_fitted_scores(clean, clean_images, problem[0], problem[1], folds)
+
+def _in_processes(
+    pool: ProcessPoolExecutor,
+    clean: NDArray[np.float64],
+    clean_images: Sequence[int],
+    problems: Sequence[tuple[NDArray[np.float64], Sequence[int]]],
+    folds: dict[int, int],
+) -> list[list[float | None]] | None:
+    """Each problem's scores from the fitting processes; None if one of them died (the fits then run here)."""
+    futures = []
+    try:
+        futures = [pool.submit(_fit_one, clean, clean_images, problem, folds=folds) for problem in problems]
+        return [future.result() for future in futures]
+    except BrokenProcessPool:  # killed (the OOM killer, a signal): this process fits instead, the same way
+        _forget_pool(pool)
+        return None
+    except KeyboardInterrupt:
+        for future in futures:
+            future.cancel()
+        _forget_pool(pool)
+        raise
+
+
+def _fit_one(
+    clean: NDArray[np.float64],
+    clean_images: Sequence[int],
+    problem: tuple[NDArray[np.float64], Sequence[int]],
+    folds: dict[int, int],
+) -> list[float | None]:
+    return cross_fitted_scores(clean, clean_images, problem[0], problem[1], folds)
+
+
+def _in_threads(
+    clean: NDArray[np.float64],
+    clean_images: Sequence[int],
+    problems: Sequence[tuple[NDArray[np.float64], Sequence[int]]],
+    folds: dict[int, int],
+    threads: int,
+) -> list[list[float | None]]:
+    from threadpoolctl import threadpool_limits
 
     # BLAS's thread count is the process's, not a thread's: set once here, around every fit.
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(one, problems))
+        return list(pool.map(functools.partial(_fit_one, clean, clean_images, folds=folds), problems))

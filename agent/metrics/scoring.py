@@ -37,7 +37,7 @@ from agent.metrics.learned import (
     TrainingCopy,
     cross_fitted_scores_each,
     fold_of,
-    import_classifier_in_background,
+    prepare_fits_in_background,
     training_copies,
 )
 from agent.metrics.neighbours import RowMapper, class_disagreement, in_threads
@@ -389,6 +389,7 @@ class _Training:
     their copy's scene. Those calls go to the workers as tasks of their own, with negative numbers (no
     image id is negative), each right after its image's own task so a worker decodes the image once.
     `numbers` deals the task numbers: -1, -2, ..., shared when several datasets train in one engine run.
+    `processes`, the run's worker count, is how many the fits may use (`prepare_fits_in_background`).
 
     The copies are made on a thread of their own, started here, so the engine's workers need not wait
     for them: until they are ready, `_with_training` sends images without their training tasks and
@@ -396,7 +397,12 @@ class _Training:
     """
 
     def __init__(
-        self, dataset: Dataset, specs: Sequence[MetricSpec], codes: _Codes, numbers: Iterator[int] | None = None
+        self,
+        dataset: Dataset,
+        specs: Sequence[MetricSpec],
+        codes: _Codes,
+        processes: int,
+        numbers: Iterator[int] | None = None,
     ) -> None:
         self.learned = [code for code, spec in enumerate(codes.codes) if spec.combine == "learned"]
         errors = list(dict.fromkeys(e for code in self.learned for i in codes.specs_of[code] for e in specs[i].learns))
@@ -404,7 +410,7 @@ class _Training:
         self._failure: BaseException | None = None
         self._making: threading.Thread | None = None
         if self.learned:
-            import_classifier_in_background()
+            prepare_fits_in_background(processes)
             self._making = threading.Thread(
                 target=self._make_copies, args=(dataset, errors), name="training-copies", daemon=True
             )
@@ -793,7 +799,7 @@ def score_dataset(
     """
     paths = image_paths(dataset)
     collector = _Collector(dataset, specs, on_rows, config.workers, writer, on_written)
-    training = _Training(dataset, specs, collector.codes)
+    training = _Training(dataset, specs, collector.codes, config.workers)
     tasks = _with_training(dataset, build_tasks(dataset, specs, paths), training, paths)
 
     def sink(results: list[CallResult]) -> None:
@@ -846,7 +852,7 @@ def score_versions(
     task_count = 0
     # Each version's learned metrics train on copies of that version; their task numbers are negative, shared.
     training_numbers = itertools.count(-1, -1)
-    trainings = [_Training(version, specs, codes, training_numbers) for version in versions]
+    trainings = [_Training(version, specs, codes, config.workers, training_numbers) for version in versions]
 
     def distinct_tasks() -> Iterator[ImageTask]:
         nonlocal task_count
