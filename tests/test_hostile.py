@@ -1295,3 +1295,28 @@ def test_a_metric_that_takes_over_stdout_catches_nothing_another_call_prints(tmp
     assert [result.score for result in spy] == [0.0, 0.0, 0.0], spy
     assert len(talker) == 3
     assert all(result.kind == "exception" and "TALKER-OUTPUT" in (result.error or "") for result in talker), talker
+
+
+SURROGATE_SOURCE = """
+def score(image, scene):
+    print("printed \\ud800 here")
+    raise ValueError("bad \\udc80 value")
+"""
+
+
+def test_a_lone_surrogate_in_an_error_or_a_print_still_reaches_the_host_as_that_error(tmp_path: Path) -> None:
+    # UTF-8 can't hold a lone surrogate: sent as it is, it made the frame invalid and every call a protocol failure.
+    items = make_dataset(tmp_path / "dataset", 2)
+    metric = MetricCode(name="surrogate", level="image", source=SURROGATE_SOURCE, filename="surrogate.py")
+    tasks = [
+        ImageTask(image_id=index, path=path, scene=scene, calls=(Call(metric=0, obj=None),))
+        for index, (path, scene) in enumerate(items)
+    ]
+    results: list[CallResult] = []
+    config = SandboxConfig(workers=1, read_only_paths=(str(tmp_path / "dataset"),))
+    report = ScoringEngine(config).run([metric], tasks, results.extend)
+    assert len(results) == 2 and report.worker_restarts == 0
+    for result in results:
+        error = result.error or ""
+        assert result.kind == "exception", result
+        assert "ValueError: bad \\udc80 value" in error and "printed \\ud800 here" in error, error
