@@ -273,6 +273,33 @@ def test_json_error_context_never_carries_a_lone_surrogate(tmp_path: Path) -> No
     message.encode("utf-8")  # strict: a lone surrogate here would crash the terminal output
 
 
+@pytest.mark.parametrize(
+    ("written", "where"),
+    [
+        (b'"name": "pan\\ud800da"', "categories[0].name"),  # an escape without its pair
+        (b'"name": "pan\xed\xa0\x80da"', "categories[0].name"),  # the surrogate's own UTF-8 bytes
+        (b'"pan\\udc80da": 1, "name": "panda"', "a key in categories[0]"),
+    ],
+)
+def test_a_lone_surrogate_is_one_line_naming_where_it_is(tmp_path: Path, written: bytes, where: str) -> None:
+    # Not text: it broke the frames to the workers later, as an internal error.
+    path = tmp_path / "annotations.json"
+    document = b'{"images": [], "annotations": [], "categories": [{"id": 1, ' + written + b"}]}"
+    path.write_bytes(document)
+    with pytest.raises(UserError) as info:
+        load_coco(path)
+    assert str(info.value) == (
+        f"{path}: {where} holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair), which is "
+        "not text; fix or remove that character"
+    )
+
+
+def test_a_surrogate_pair_is_text(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.json"
+    path.write_bytes(b'{"images": [], "annotations": [], "categories": [{"id": 1, "name": "\\ud83d\\udc3c"}]}')
+    assert load_coco(path).categories[0].name == "\N{PANDA FACE}"
+
+
 def test_binary_file_is_a_user_error(tmp_path: Path) -> None:
     message = _json_error(tmp_path, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     assert "is not readable text (utf-8 decoding failed at byte 0" in message

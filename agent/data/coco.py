@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import re
 from collections.abc import Container, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -409,7 +410,7 @@ def read_coco_json(path: Path) -> Any:
     try:
         # NaN and Infinity literals become non-finite floats on purpose: the field checks then
         # report them with the record and field they sit in, which a parse error could not do.
-        return json.loads(data, parse_constant=float)
+        document = json.loads(data, parse_constant=float)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON: {describe_json_error(exc)}") from None
     except UnicodeDecodeError as exc:
@@ -418,6 +419,44 @@ def read_coco_json(path: Path) -> Any:
         ) from None
     except RecursionError:
         raise UserError(f"{path} is nested too deeply to be a COCO annotations file") from None
+    # A surrogate can only come from a \uD800-\uDFFF escape or from its UTF-8 bytes (ED A0-BF ..): when neither
+    # is in the file, no string in it needs the walk.
+    if _SURROGATE_ESCAPE.search(data) or _SURROGATE_BYTES.search(data):
+        where = _lone_surrogate_at(document)
+        if where is not None:
+            raise UserError(
+                f"{path}: {where} holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair), "
+                "which is not text; fix or remove that character"
+            )
+    return document
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_BYTES = re.compile(rb"\xed[\xa0-\xbf]")
+
+
+def _lone_surrogate_at(value: Any, where: str = "") -> str | None:
+    """Where the first string (or key) holding a lone surrogate sits, as `categories[0].name`; None if nowhere.
+
+    A surrogate pair written as two escapes decodes to one character outside the range: only a lone one is left.
+    """
+    if isinstance(value, str):
+        return (where or "the top level") if any("\ud800" <= char <= "\udfff" for char in value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if any("\ud800" <= char <= "\udfff" for char in key):
+                return f"a key in {where or 'the top level'}"
+            found = _lone_surrogate_at(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, str | dict | list):
+                found = _lone_surrogate_at(item, f"{where}[{index}]")
+                if found is not None:
+                    return found
+    return None
 
 
 def describe_json_error(exc: json.JSONDecodeError) -> str:
