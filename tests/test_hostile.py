@@ -1306,17 +1306,9 @@ def score(image, scene):
 
 def test_a_lone_surrogate_in_an_error_or_a_print_still_reaches_the_host_as_that_error(tmp_path: Path) -> None:
     # UTF-8 can't hold a lone surrogate: sent as it is, it made the frame invalid and every call a protocol failure.
-    items = make_dataset(tmp_path / "dataset", 2)
-    metric = MetricCode(name="surrogate", level="image", source=SURROGATE_SOURCE, filename="surrogate.py")
-    tasks = [
-        ImageTask(image_id=index, path=path, scene=scene, calls=(Call(metric=0, obj=None),))
-        for index, (path, scene) in enumerate(items)
-    ]
-    results: list[CallResult] = []
-    config = SandboxConfig(workers=1, read_only_paths=(str(tmp_path / "dataset"),))
-    report = ScoringEngine(config).run([metric], tasks, results.extend)
-    assert len(results) == 2 and report.worker_restarts == 0
-    for result in results:
+    outcome = run_hostile(tmp_path, SURROGATE_SOURCE, images=2)
+    assert outcome.report.worker_restarts == 0
+    assert_all_failed(outcome, {"exception"})
+    for result in outcome.hostile:
         error = result.error or ""
-        assert result.kind == "exception", result
         assert "ValueError: bad \\udc80 value" in error and "printed \\ud800 here" in error, error
