@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.data.coco import DatasetInvalid, Problem, default_image_root, load_coco
+from agent.data.coco import DatasetInvalid, Problem, coco_from_document, default_image_root, load_coco
 from agent.errors import UserError
 
 
@@ -579,3 +579,19 @@ def test_hundred_thousand_annotations_load_and_index(tmp_path: Path) -> None:
     assert len(dataset.annotations) == 100_000
     assert len(dataset.objects_of(1)) == 10
     assert [obj["id"] for obj in dataset.objects_of(10_000)] == list(range(10_000, 100_001, 10_000))
+
+
+def test_an_images_folder_that_is_a_symlink_gives_the_root_a_root_given_explicitly_gives(tmp_path: Path) -> None:
+    # `inject` writes images/ as a symlink; triage and selftest rebuild the dataset with its root given,
+    # and scoring both together needs both to name the same root (it was an internal error in triage).
+    real = tmp_path / "real-images"
+    _write_image(real / "a.jpg", 64, 48)
+    _write_image(real / "b.jpg", 32, 32)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "images").symlink_to(real)
+    document = _valid_document()
+    dataset = load_coco(_write_json(copy / "annotations.json", document))
+    assert dataset.image_root == real.resolve()
+    assert coco_from_document(document, dataset.annotations_path, dataset.image_root).image_root == dataset.image_root
+    assert coco_from_document(document, dataset.annotations_path).image_root == dataset.image_root

@@ -309,7 +309,9 @@ def _choose_image_root(json_dir: Path, first_file_name: str | None) -> Path:
         return json_dir
     if first_file_name and (json_dir / first_file_name).is_file():
         return json_dir
-    return images_dir
+    # Resolved like a root given explicitly: `inject` writes `images` as a symlink, and a dataset read back
+    # with this root must name the same root as one made from it (triage, selftest) with the root given.
+    return images_dir.resolve()
 
 
 def load_coco(annotations_path: Path, image_root: Path | None = None) -> Dataset:
