@@ -595,3 +595,24 @@ def test_an_images_folder_that_is_a_symlink_gives_the_root_a_root_given_explicit
     assert dataset.image_root == real.resolve()
     assert coco_from_document(document, dataset.annotations_path, dataset.image_root).image_root == dataset.image_root
     assert coco_from_document(document, dataset.annotations_path).image_root == dataset.image_root
+
+
+@pytest.mark.parametrize(
+    ("file_name", "message"),
+    [
+        ("a\x00b.jpg", "file_name holds a NUL character, which no file name can"),
+        ("x" * 300 + ".jpg", "file_name has a part of 304 bytes; a file or folder name holds at most 255"),
+        ("d/" * 2100 + "a.jpg", "file_name is 4205 bytes long; a path holds at most 4096"),
+    ],
+)
+def test_a_file_name_no_path_can_hold_is_a_problem_of_that_image(
+    tmp_path: Path, file_name: str, message: str
+) -> None:
+    # Such a name was an internal error (a NUL) or a page-long line about a missing file.
+    document = _valid_document()
+    document["images"][1]["file_name"] = file_name
+    with pytest.raises(DatasetInvalid) as info:
+        load_coco(_write_json(tmp_path / "annotations.json", document))
+    (problem,) = info.value.problems
+    assert str(problem).startswith("images[1] (id 2, ") and str(problem).endswith(message), str(problem)
+    assert len(str(info.value)) < 400

@@ -101,13 +101,32 @@ _PositiveInt = Annotated[int, BeforeValidator(_whole_number), Field(strict=True,
 _FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
+def _usable_file_name(name: str) -> str:
+    """A file name that a path can hold: no NUL, at most 4096 bytes, no part over 255 (Linux's limits).
+
+    Refused here, where the message names the image; at the file system it was an error about no image.
+    """
+    if "\x00" in name:
+        raise ValueError("holds a NUL character, which no file name can")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > _PATH_BYTES:
+        raise ValueError(f"is {size} bytes long; a path holds at most {_PATH_BYTES}")
+    longest = max(len(part.encode("utf-8", "surrogatepass")) for part in name.split("/"))
+    if longest > _NAME_BYTES:
+        raise ValueError(f"has a part of {longest} bytes; a file or folder name holds at most {_NAME_BYTES}")
+    return name
+
+
+_PATH_BYTES, _NAME_BYTES = 4096, 255
+
+
 class ImageInfo(BaseModel):
     """One entry of `images`. Fields beyond the four used here (license, coco_url, ...) are kept."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
     id: _PositiveInt
-    file_name: str = Field(min_length=1)
+    file_name: Annotated[str, Field(min_length=1), AfterValidator(_usable_file_name)]
     width: _PositiveInt
     height: _PositiveInt
 
@@ -683,7 +702,7 @@ def _where(section: str, index: int, record: Any) -> str:
     label = f"id {_show(record['id'])}"
     name = record.get({"images": "file_name", "categories": "name"}.get(section, ""))
     if isinstance(name, str):
-        label += f", {name!r}"
+        label += f", {name if len(name) <= 80 else name[:50] + '...' + name[-20:]!r}"  # a line, not a page
     return f"{section}[{index}] ({label})"
 
 
@@ -722,6 +741,8 @@ def _schema_messages(exc: ValidationError) -> list[str]:
             messages.append(f"{field_name} must be a string, got {_show(value)}")
         elif kind == "string_too_short":
             messages.append(f"{field_name} must not be empty")
+        elif kind == "value_error":  # our own validators' messages, whole sentences about the value
+            messages.append(f"{field_name} {error['ctx']['error']}")
         else:
             messages.append(f"{field_name}: {error['msg']} (got {_show(value)})")
     return messages
