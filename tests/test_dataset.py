@@ -605,9 +605,7 @@ def test_an_images_folder_that_is_a_symlink_gives_the_root_a_root_given_explicit
         ("d/" * 2100 + "a.jpg", "file_name is 4205 bytes long; a path holds at most 4096"),
     ],
 )
-def test_a_file_name_no_path_can_hold_is_a_problem_of_that_image(
-    tmp_path: Path, file_name: str, message: str
-) -> None:
+def test_a_file_name_no_path_can_hold_is_a_problem_of_that_image(tmp_path: Path, file_name: str, message: str) -> None:
     # Such a name was an internal error (a NUL) or a page-long line about a missing file.
     document = _valid_document()
     document["images"][1]["file_name"] = file_name
