@@ -4,6 +4,7 @@ only when that command runs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,26 @@ def test_an_import_against_the_layers_breaks_the_contracts(tmp_path: Path) -> No
     assert broken.returncode != 0
     assert "agent's layers import only downwards BROKEN" in broken.stdout
     assert "agent.data.coco -> agent.cli.console" in broken.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["score", "--timeout", "inf"], "argument --timeout: must be a finite number, got inf"),
+        (["score", "--timeout", "1e300"], "argument --timeout: must be at most 86400 seconds (a day), got 1e300"),
+        (["score", "--memory", "1"], "argument --memory: must be between 64 and 1048576 MB, got 1"),
+        (["score", "--memory", "99999999999999"], "argument --memory: must be between 64 and 1048576 MB"),
+        (["score", "--workers", "100000"], "argument --workers: must be at most "),
+        (["selftest", "--seeds", "100000000"], "argument --seeds: must be at most 100"),
+        (["triage", "--seeds", "1000"], "argument --seeds: must be at most 100"),
+        (["inject", "--seed", "-5"], "argument --seed: must be 0 or more, got -5"),
+        (["demo-data", "d", "--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
+        (["author", "--max-repairs", "-1"], "argument --max-repairs: must be 0 or more, got -1"),
+    ],
+)
+def test_a_number_no_run_can_use_is_refused_while_parsing(argv: list[str], message: str) -> None:
+    # These went on to a worker's traceback, an internal error or a run that never ends.
+    from agent.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_parser(argv[0]).parse_args(argv)

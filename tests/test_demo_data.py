@@ -217,3 +217,15 @@ def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, float]) -> None
     with pytest.raises(UserError):
         generate_demo_dataset(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_set_larger_than_the_free_space_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli.main import main
+
+    out = tmp_path / "demo"
+    assert main(["demo-data", str(out), "--images", str(10**12)]) == 2
+    error = capsys.readouterr().err
+    assert f"{10**12} demo images need about 65536000.0 GB" in error and "GB free" in error, error
+    assert not out.exists()

@@ -21,7 +21,17 @@ from agent.authoring.job import (
 )
 from agent.authoring.loop import AuthoringOutcome, AuthoringSettings, idea_from_text, model_defaults
 from agent.authoring.usefulness_check import Usefulness
-from agent.cli.console import EXIT_OK, EXIT_SOME_FAILED, new_run_dir, positive_float, positive_int, stderr, stdout
+from agent.cli.console import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    new_run_dir,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    stderr,
+    stdout,
+    worker_count,
+)
 from agent.errors import UserError
 from agent.evaluation.usefulness import parse_targets
 from agent.llm.backends.replay import ReplayBackend
@@ -58,7 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     author.add_argument(
         "--max-improvements",
-        type=int,
+        type=non_negative_int,
         default=AuthoringSettings().max_improvements,
         help="rounds for a draft that runs but misses its target (with --target; default 2)",
     )
@@ -67,12 +77,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="when no draft clears its target, leave the best as a candidate marked 'runs, not shown useful'",
     )
-    author.add_argument("--max-repairs", type=int, default=3, help="repair rounds per draft (default 3)")
+    author.add_argument("--max-repairs", type=non_negative_int, default=3, help="repair rounds per draft (default 3)")
     author.add_argument("--max-drafts", type=positive_int, default=2, help="fresh drafts (default 2)")
     author.add_argument("--max-tokens-per-idea", type=positive_int, default=AuthoringSettings().token_cap)
     author.add_argument("--temperature", type=float, default=AuthoringSettings().temperature)
     author.add_argument("--max-tokens", type=positive_int, help="reply budget per exchange (default 1500; local 512)")
-    author.add_argument("--workers", type=positive_int, help="sandbox worker processes")
+    author.add_argument("--workers", type=worker_count, help="sandbox worker processes")
     author.add_argument("--library", type=Path, help="library folder (default: $METRICSMITH_LIBRARY)")
     author.add_argument("--out", type=Path, help="run directory (default: runs/IDEA-NAME-N)")
     author.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -88,7 +98,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="where the library versions the recording pins are (default: $METRICSMITH_LIBRARY or "
         "./metricsmith-library); a recording that pins none needs no library",
     )
-    replay.add_argument("--workers", type=positive_int, help="sandbox worker processes")
+    replay.add_argument("--workers", type=worker_count, help="sandbox worker processes")
     replay.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     replay.set_defaults(handler=cmd_replay)
 

@@ -19,6 +19,7 @@ from agent.cli.console import (
     positive_int,
     stderr,
     stdout,
+    worker_count,
 )
 from agent.errors import UserError
 from agent.metrics.library import default_library_dir
@@ -44,7 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--request-timeout", type=positive_float, metavar="SECONDS", help="overrides [model] request_timeout"
     )
     batch.add_argument("--library", type=Path, help="overrides library")
-    batch.add_argument("--workers", type=positive_int, help="sandbox worker processes per validation")
+    batch.add_argument("--workers", type=worker_count, help="sandbox worker processes per validation")
     batch.add_argument(
         "--approve-passing",
         action="store_true",

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from agent.authoring.loop import AuthoringSettings, model_defaults
 from agent.cli.author import add_model_options, backend_from_args
-from agent.cli.console import EXIT_OK, new_run_dir, positive_int, stdout
+from agent.cli.console import EXIT_OK, new_run_dir, stdout, worker_count
 from agent.llm.backends.replay import ReplayBackend, ReplayMismatch
 from agent.sessions.chat import COMMANDS, HISTORY_NAME, ChatSession, ChatSetup
 from agent.sessions.chat_replay import InterruptibleReplay
@@ -36,7 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     chat.add_argument("--errors", type=Path, help="errors.json of known label errors: adds eval figures")
     add_model_options(chat)
     chat.add_argument("--library", type=Path, help="library folder (default: $METRICSMITH_LIBRARY)")
-    chat.add_argument("--workers", type=positive_int, help="sandbox worker processes")
+    chat.add_argument("--workers", type=worker_count, help="sandbox worker processes")
     chat.add_argument("--out", type=Path, help="run directory (default: runs/chat-N)")
     chat.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     chat.set_defaults(handler=cmd_chat)

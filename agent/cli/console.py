@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -65,4 +68,51 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def at_most(limit: int, why: str) -> Callable[[str], int]:
+    """A positive whole number up to `limit`; `why` says where the limit comes from, in the error."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit} ({why}), got {value}")
+        return value
+
+    return parse
+
+
+# Sandboxed worker processes: past a few per CPU they only cost their start (a second each on a small machine).
+MOST_WORKERS = max(64, 4 * (os.cpu_count() or 1))
+worker_count = at_most(MOST_WORKERS, "4 per CPU of this machine, or 64")
+seed_count = at_most(100, "each seed is a whole noisy copy to score")
+
+
+def seconds(text: str) -> float:
+    """A time limit: positive, finite, at most a day (the timers that enforce it take no more)."""
+    value = positive_float(text)
+    if value > _DAY_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {_DAY_SECONDS} seconds (a day), got {text}")
+    return value
+
+
+def megabytes(text: str) -> int:
+    """A worker's memory limit in MB: at least 64 (Python, numpy and OpenCV need that much), at most 1 TB."""
+    value = positive_int(text)
+    if not 64 <= value <= _MOST_MEGABYTES:
+        raise argparse.ArgumentTypeError(f"must be between 64 and {_MOST_MEGABYTES} MB, got {value}")
+    return value
+
+
+_DAY_SECONDS = 86_400
+_MOST_MEGABYTES = 1 << 20

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
-from agent.cli.console import EXIT_OK, positive_int, stderr
+from agent.cli.console import EXIT_OK, non_negative_int, positive_int, stderr
 from agent.data.demo import generate_demo_dataset
+from agent.errors import UserError
 
 __all__ = ["cmd_demo_data", "register"]
 
@@ -15,7 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo-data", help=cmd_demo_data.__doc__, description=cmd_demo_data.__doc__)
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--images", type=positive_int, default=64)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument(
         "--error-rate",
         type=float,
@@ -28,6 +30,27 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     """Generate a small procedural COCO dataset (pandas, bears, foxes) to try metricsmith on."""
+    _check_room(args.out_dir, args.images)
     path = generate_demo_dataset(args.out_dir, n_images=args.images, seed=args.seed, error_rate=args.error_rate)
     stderr.print(f"wrote {args.images} images and {path}")
     return EXIT_OK
+
+
+# A demo image is a 640x480 JPEG of about 55 KB; a little more, so that a set that fits is never refused.
+_BYTES_PER_IMAGE = 64 * 1024
+
+
+def _check_room(out_dir: Path, images: int) -> None:
+    """Refuse, before writing anything, a set larger than the free space where it would go."""
+    existing = out_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return  # nothing to measure: the writes will say what is wrong
+    needed = images * _BYTES_PER_IMAGE
+    if needed > free:
+        raise UserError(
+            f"{images} demo images need about {needed / 1e9:.1f} GB, and {existing} has {free / 1e9:.1f} GB free"
+        )

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, stderr, stdout
+from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, stderr, stdout, worker_count
 from agent.cli.metric_options import add_library_option, load_metrics, score_in_sandbox
 from agent.data.coco import Dataset, load_coco
 from agent.errors import UserError
@@ -92,7 +92,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluation.add_argument("--images", type=Path, help="image folder for --metric (default: as for score)")
-    evaluation.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    evaluation.add_argument("--workers", type=worker_count, default=os.cpu_count() or 1, help="worker processes")
     add_library_option(evaluation)
     evaluation.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     evaluation.set_defaults(handler=cmd_eval)
@@ -138,7 +138,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     report.add_argument("--top", type=positive_int, default=8, help="items shown at each end per metric (default 8)")
     report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
-    report.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    report.add_argument("--workers", type=worker_count, default=os.cpu_count() or 1, help="worker processes")
     report.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     report.set_defaults(handler=cmd_report)
 

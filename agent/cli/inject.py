@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from agent.cli.console import EXIT_OK, stderr
+from agent.cli.console import EXIT_OK, non_negative_int, stderr
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES, inject_errors
 from agent.errors import UserError
@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     inject.add_argument("--images", type=Path, help="image folder (default: the JSON's folder or its images/)")
     inject.add_argument("--out", required=True, type=Path, help="a new folder for the noisy copy")
     inject.add_argument("--rate", type=float, default=0.2, help="share of boxes given an error (default 0.2)")
-    inject.add_argument("--seed", type=int, default=0)
+    inject.add_argument("--seed", type=non_negative_int, default=0)
     inject.add_argument(
         "--types", type=_types, default=list(INJECT_TYPES), help=f"comma-separated (default: {','.join(INJECT_TYPES)})"
     )

@@ -13,7 +13,16 @@ from pathlib import Path
 
 from rich.table import Table
 
-from agent.cli.console import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, positive_float, positive_int, stderr
+from agent.cli.console import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    megabytes,
+    positive_int,
+    seconds,
+    stderr,
+    worker_count,
+)
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import Dataset, load_coco
 from agent.errors import EnvironmentProblem, UserError
@@ -46,10 +55,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "themselves, so the rows never gather on this machine",
     )
     score.add_argument(
-        "--workers", type=positive_int, default=None, help="worker processes (default: one per CPU; --engine local)"
+        "--workers", type=worker_count, default=None, help="worker processes (default: one per CPU; --engine local)"
     )
-    score.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per score() call")
-    score.add_argument("--memory", type=positive_int, default=2048, help="MB each worker may allocate")
+    score.add_argument("--timeout", type=seconds, default=10.0, help="seconds per score() call")
+    score.add_argument("--memory", type=megabytes, default=2048, help="MB each worker may allocate")
     score.add_argument(
         "--require-isolation", action="store_true", help="refuse to run unless Landlock, seccomp and bwrap all hold"
     )

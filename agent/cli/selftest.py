@@ -9,7 +9,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, stderr, stdout
+from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, seed_count, stderr, stdout, worker_count
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES
@@ -39,11 +39,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         dest="metrics",
         help="metric file, builtin:NAME or lib:NAME (repeatable; default: the built-ins and the promoted library)",
     )
-    selftest.add_argument("--seeds", type=positive_int, default=3, help="injections to average over (default 3)")
+    selftest.add_argument("--seeds", type=seed_count, default=3, help="injections to average over (default 3)")
     selftest.add_argument("--rate", type=float, default=0.2, help="share of boxes given an error (default 0.2)")
     selftest.add_argument("--sample-images", type=positive_int, help="use this many images drawn at random, for speed")
     selftest.add_argument("--json", action="store_true", help="print the report as JSON (agent/evaluation/selftest.py)")
-    selftest.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    selftest.add_argument("--workers", type=worker_count, default=os.cpu_count() or 1, help="worker processes")
     add_library_option(selftest)
     selftest.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     selftest.set_defaults(handler=cmd_selftest)

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from agent.cli.console import EXIT_OK, positive_int, stderr, stdout
+from agent.cli.console import EXIT_OK, positive_int, seed_count, stderr, stdout, worker_count
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.errors import UserError
@@ -50,7 +50,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--learn", choices=list(LEARN),
         help="how to combine the metrics (default: known-errors with --errors, else injected)",
     )  # fmt: skip
-    triage.add_argument("--seeds", type=positive_int, default=2, help="injected copies to learn on (default 2)")
+    triage.add_argument("--seeds", type=seed_count, default=2, help="injected copies to learn on (default 2)")
     triage.add_argument("--rate", type=float, default=0.2, help="share of boxes given an error per copy (default 0.2)")
     triage.add_argument("--out", required=True, type=Path, help="new folder for triage.jsonl and the exports")
     triage.add_argument("--export", default="", help="comma-separated: label-studio, cvat, coco, splits")
@@ -68,7 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     triage.add_argument("--split-shares", type=_shares, default="0.8,0.1,0.1", help="splits: train,val,test shares")
     triage.add_argument("--image-url", help="label-studio: prefix of each image's URL (default /data/local-files/?d=)")
-    triage.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="worker processes")
+    triage.add_argument("--workers", type=worker_count, default=os.cpu_count() or 1, help="worker processes")
     add_library_option(triage)
     triage.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     triage.set_defaults(handler=cmd_triage)

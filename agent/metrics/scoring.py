@@ -954,7 +954,9 @@ def _run_engine(
     the local engine, the collector writes the rows itself as they come back.
     """
     roots = data_roots(dataset, paths.values())
-    config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots)})
+    # No more workers than images: the tasks go an image (or its versions) at a time, and a worker costs its start.
+    workers = min(config.workers, max(1, len(dataset.images)))
+    config = config.model_copy(update={"read_only_paths": (*config.read_only_paths, *roots), "workers": workers})
     metrics = _Codes.of(specs).engine_metrics()
     used = engine(config)
     # Filled as the run goes: an interrupted run still tells which isolation layers its workers had.
