@@ -426,3 +426,22 @@ def test_a_jsonl_line_reads_back_as_its_row_and_a_score_that_is_not_finite_is_re
     for score in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(ValueError, match="not a finite number"):
             json_line(ScoreRow(metric="m", level="object", image_id=1, annotation_id=1, score=score))
+
+
+def test_a_dataset_none_of_whose_images_is_found_is_one_error_not_a_run_of_failures(tmp_path: Path) -> None:
+    # The usual cause is a wrong image folder: the run wrote a file of image_unreadable rows and exited 1.
+    annotations = make_dataset(tmp_path / "data", n_images=6)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "annotations.json").write_bytes(annotations.read_bytes())
+    result = run_cli("score", "--annotations", str(elsewhere / "annotations.json"), "--metric", "builtin:brightness",
+                     "--out", str(tmp_path / "o.jsonl"))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"warning: {elsewhere / 'annotations.json'}: images: none of the 6 image files is in {elsewhere} "
+        f"(the first would be {elsewhere / '1.png'})",
+        f"error: none of the 6 images of {elsewhere / 'annotations.json'} is in {elsewhere} (the first would be "
+        f"{elsewhere / '1.png'}); give the folder that holds them with --images",
+    ], result.stderr
+    assert not (tmp_path / "o.jsonl").exists()

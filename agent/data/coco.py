@@ -678,13 +678,20 @@ def _check_image_files(
     records: list[Any], images: list[tuple[int, ImageInfo]], root: Path, problems: list[Problem]
 ) -> None:
     checked: set[str] = set()
+    missing: list[Problem] = []
     for index, image in images:
         if image.file_name in checked:
             continue
         checked.add(image.file_name)
         path = root / image.file_name
         if not path.is_file():
-            problems.append(_warning(_where("images", index, records[index]), f"image file not found: {path}"))
+            missing.append(_warning(_where("images", index, records[index]), f"image file not found: {path}"))
+    if len(checked) > 1 and len(missing) == len(checked):  # one line for a wrong folder, not one per image
+        first = root / images[0][1].file_name
+        missing = [
+            _warning("images", f"none of the {len(checked)} image files is in {root} (the first would be {first})")
+        ]
+    problems.extend(missing)
 
 
 def _error(where: str, message: str) -> Problem:

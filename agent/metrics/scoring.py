@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from agent.data.coco import Dataset
+from agent.errors import UserError
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
 from agent.metrics.learned import (
@@ -325,6 +326,19 @@ def failure_lines(summary: MetricSummary, width: int) -> list[str]:
 def image_paths(dataset: Dataset) -> dict[int, str]:
     """Each image's real path (symlinks resolved): what the workers open, and must be allowed to read."""
     return {image.id: os.path.realpath(dataset.image_path(image.id)) for image in dataset.images}
+
+
+def _require_an_image(dataset: Dataset, paths: dict[int, str]) -> None:
+    """Refuse a run in which no image is where the dataset says: a wrong image folder, not a run of failures.
+
+    Stops at the first image found (one look on a dataset that has its images).
+    """
+    if paths and not any(os.path.isfile(path) for path in paths.values()):
+        first = dataset.image_path(dataset.images[0].id)
+        raise UserError(
+            f"none of the {len(paths)} images of {dataset.annotations_path} is in {dataset.image_root} "
+            f"(the first would be {first}); give the folder that holds them with --images"
+        )
 
 
 @dataclass(frozen=True)
@@ -798,6 +812,7 @@ def score_dataset(
     `on_written` counts the rows written so far.
     """
     paths = image_paths(dataset)
+    _require_an_image(dataset, paths)
     collector = _Collector(dataset, specs, on_rows, config.workers, writer, on_written)
     training = _Training(dataset, specs, collector.codes, config.workers)
     tasks = _with_training(dataset, build_tasks(dataset, specs, paths), training, paths)
@@ -845,6 +860,7 @@ def score_versions(
         plans.append((index, spec.level, reads.depends_on(spec.level), tuple(sorted(reads.obj_keys or ()))))
     reads_scene = any(kind == "scene" for _, _, kind, _ in plans)
     paths = image_paths(first)
+    _require_an_image(first, paths)
     # Per distinct key, its one real call: (task number, metric, object), as its result comes back.
     # Per version, each of its calls (metric, image id, object) with the real call that answers it.
     where: dict[Hashable, tuple[int, int, int | None]] = {}
