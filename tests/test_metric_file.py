@@ -141,6 +141,13 @@ ERROR_CASES = [
     pytest.param({"replace": {6: 'NAME = "9box"'}}, 6, "got '9box'", id="name-digit"),
     pytest.param({"replace": {6: f'NAME = "{"a" * 65}"'}}, 6, "at most 64 characters, got 65", id="name-long"),
     pytest.param({"replace": {6: "NAME = 3"}}, 6, "NAME must be a string, got 3", id="name-type"),
+    pytest.param(
+        {"replace": {6: 'NAME = "random"'}},
+        6,
+        "NAME 'random' is a baseline's, which every evaluation shows",
+        id="name-baseline",
+    ),
+    pytest.param({"replace": {6: 'NAME = "combined"'}}, 6, "NAME 'combined' is a baseline's", id="name-combined"),
     pytest.param({"replace": {6: 'NAME = "box" + "_area"'}}, 6, "NAME must be a literal value", id="name-computed"),
     pytest.param({"replace": {6: 'NAME = f"box_area"'}}, 6, "NAME must be a literal value", id="name-fstr"),
     pytest.param(

@@ -25,6 +25,8 @@ from agent.errors import UserError
 BUILTIN_PREFIX = "builtin:"
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 NAME_MAX_LENGTH = 64
+# The rows an evaluation adds beside the metrics' own: a metric of the same name would be shown as one of them.
+BASELINE_NAMES = frozenset({"random", "combined", "rank_average"})
 # Besides the standard library, only what the sandbox image ships; anything else would fail at
 # import time inside the sandbox, far from the line that caused it.
 ALLOWED_THIRD_PARTY: frozenset[str] = frozenset({"numpy", "cv2", "math"})
@@ -354,6 +356,8 @@ def _constant_error(name: str, value: Any) -> str | None:
                 "NAME must be snake_case (lowercase letters, digits and underscores, "
                 f"starting with a letter), got {value!r}"
             )
+        if value in BASELINE_NAMES:
+            return f"NAME {value!r} is a baseline's, which every evaluation shows beside the metrics; choose another"
     elif name == "LEVEL":
         if not isinstance(value, str) or value not in ("image", "object"):
             return f"LEVEL must be 'image' or 'object', got {value!r}"
