@@ -267,3 +267,23 @@ def test_unreadable_images_are_said_since_their_boxes_have_no_scores(tmp_path: P
     assert any(
         note.startswith("1 of 8 images could not be read") and f"({image['file_name']})" in note for note in notes
     ), notes
+
+
+def test_label_studio_tasks_quote_the_file_name_into_the_url(tmp_path: Path) -> None:
+    # Unquoted, `&` or `#` in a name ended Label Studio's ?d= value early, and `<`/`>` went into the page as they were.
+    from types import SimpleNamespace
+
+    from agent.data.coco import coco_from_document
+    from agent.evaluation.exports.label_studio import tasks
+
+    name = "a b&c#d?<img src=x onerror=alert(1)>.jpg"
+    document = {"images": [{"id": 1, "file_name": f"sub/{name}", "width": 8, "height": 8}], "annotations": [],
+                "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    dataset = coco_from_document(document, tmp_path / "annotations.json", tmp_path)
+    item = SimpleNamespace(image_id=1, boxes=[], rank=1, suspicion=0.5)
+    (task,) = tasks(dataset, SimpleNamespace(images=[item], boxes=[]))  # type: ignore[arg-type]
+    assert (
+        task["data"]["image"]
+        == "/data/local-files/?d=sub/a%20b%26c%23d%3F%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.jpg"
+    )
+    assert task["data"]["file_name"] == f"sub/{name}"

@@ -13,6 +13,7 @@ Region ids are `a<annotation id>`, so a reviewed export names the boxes of the o
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def labelling_config(category_names: Sequence[str]) -> str:
 
 
 def tasks(dataset: Dataset, result: TriageResult, image_url: str = DEFAULT_IMAGE_URL) -> list[dict[str, Any]]:
-    """One task per image, most suspicious first; `image_url` + the image's file name is its `data.image`."""
+    """One task per image, most suspicious first; `data.image` is `image_url` + the URL-quoted file name."""
     images = {image.id: image for image in dataset.images}
     boxes = {box.annotation_id: box for box in result.boxes}
     out = []
@@ -78,7 +79,8 @@ def tasks(dataset: Dataset, result: TriageResult, image_url: str = DEFAULT_IMAGE
         out.append(
             {
                 "data": {
-                    "image": image_url + image.file_name,
+                    # Quoted: a name with a space, &, # or ? would end or break the URL (the prefix is the user's).
+                    "image": image_url + urllib.parse.quote(image.file_name, safe="/"),
                     "image_id": image.id,
                     "file_name": image.file_name,
                     "rank": item.rank,
