@@ -152,6 +152,29 @@ def test_jsonl_and_parquet_outputs_hold_the_same_rows(tmp_path: Path, metrics: t
     assert as_jsonl == as_parquet
 
 
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_a_score_file_gets_the_mode_the_umask_gives_new_files(tmp_path: Path, suffix: str) -> None:
+    # It was 0600 (mkstemp's), unlike every other file a run writes: nobody else could read the scores.
+    if suffix == "parquet":
+        pytest.importorskip("pyarrow", reason="pyarrow is needed for .parquet output")
+    from agent.metrics.results import read_rows, write_rows
+
+    source = tmp_path / "one.jsonl"
+    source.write_text(
+        '{"metric": "m", "level": "image", "image_id": 1, "annotation_id": null, "score": 1.0, "error_kind": null, '
+        '"error": null, "suspicious": "high", "code_sha256": null, "origin": null}\n'
+    )
+    rows = read_rows(source)
+    out = tmp_path / f"scores.{suffix}"
+    previous = os.umask(0o027)
+    try:
+        write_rows(out, rows)
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o640
+    assert read_rows(out) == rows
+
+
 def test_every_format_records_each_metrics_direction_code_and_origin(
     tmp_path: Path, metrics: tuple[Path, Path]
 ) -> None:

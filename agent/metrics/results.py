@@ -24,7 +24,7 @@ import importlib.util
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -82,8 +82,7 @@ def write_rows(path: Path, rows: list[ScoreRow]) -> None:
     """Write all rows to `path` atomically, in the format its extension names."""
     fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(descriptor)
+    temporary = _new_file_beside(path)
     try:
         if fmt == "csv":
             _write_csv(Path(temporary), rows)
@@ -95,6 +94,22 @@ def write_rows(path: Path, rows: list[ScoreRow]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _new_file_beside(path: Path) -> str:
+    """A new, empty, hidden file in `path`'s folder, to be renamed over it once written.
+
+    Made with mode 0666 less the umask, as `open()` makes files: mkstemp's 0600 made a score file that
+    nobody else could read, unlike every other file a run writes.
+    """
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def _write_csv(path: Path, rows: list[ScoreRow]) -> None:
