@@ -468,3 +468,22 @@ def test_a_dataset_none_of_whose_images_is_found_is_one_error_not_a_run_of_failu
         f"{elsewhere / '1.png'}); give the folder that holds them with --images",
     ], result.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_journal_left_by_a_run_that_stopped_is_kept_and_readable(tmp_path: Path, metrics: tuple[Path, Path]) -> None:
+    # A rerun into the same file overwrote the journal of the run that was killed, and with it what it had scored.
+    annotations = make_dataset(tmp_path / "data")
+    out = tmp_path / "scores.jsonl"
+    first = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[1]), "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    left = out.read_bytes()
+    (tmp_path / "scores.jsonl.partial").write_bytes(left[: left.index(b"\n") + 1])  # as a SIGKILL leaves it
+    second = run_cli("score", "--annotations", str(annotations), "--metric", str(metrics[1]), "--out", str(out))
+    assert second.returncode == 0, second.stderr
+    kept = tmp_path / "scores.jsonl.partial.1"
+    assert f"its rows are kept in {kept}" in second.stderr.replace("\n", " ")
+    assert kept.read_bytes() == left[: left.index(b"\n") + 1]
+    assert not (tmp_path / "scores.jsonl.partial").exists()
+    from agent.metrics.results import read_rows
+
+    assert len(read_rows(kept)) == 1

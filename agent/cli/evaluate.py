@@ -33,7 +33,7 @@ from agent.evaluation.ranking import (
 from agent.evaluation.selftest import load_selftest
 from agent.evaluation.triage import load_jsonl
 from agent.metrics.contract import BUILTIN_PREFIX, MetricSpec, builtin_metric_names, load_metric_file
-from agent.metrics.results import RecordedMetric, combine_recorded, output_format, read_rows, recorded_metrics
+from agent.metrics.results import RecordedMetric, combine_recorded, read_rows, readable_format, recorded_metrics
 from agent.metrics.scoring import ScoreRow
 
 __all__ = ["cmd_eval", "cmd_report", "register"]
@@ -149,7 +149,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("metricsmith eval: give at least one --metric FILE or --scores FILE")
     for path in args.scores:
         if not path.is_dir():  # a directory of Parquet parts (`score --out DIR/`) reads as one file
-            output_format(path)
+            readable_format(path)
     specs = load_metrics(args.metrics, args.library)
     errors = load_error_labels(args.errors)
     dataset = load_coco(args.annotations, args.images)
@@ -176,7 +176,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out}: the report is HTML; name it with .html")
     for path in args.scores:
         if not path.is_dir():  # a directory of Parquet parts (`score --out DIR/`) reads as one file
-            output_format(path)
+            readable_format(path)
     specs = load_metrics(args.metrics, args.library)
     errors = load_error_labels(args.errors) if args.errors is not None else None
     selftest = load_selftest(args.selftest, args.annotations) if args.selftest is not None else None

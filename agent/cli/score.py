@@ -118,6 +118,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         outcome = _score_to_parts(out, dataset, specs, config, engine, session)
     else:
         journal = Journal(out)
+        if journal.kept is not None:
+            stderr.print(
+                f"note: an earlier run into {out} stopped before it finished; its rows are kept in {journal.kept}",
+                markup=False,
+            )
         with session, ProgressBar() as (progress, advance):
             outcome = score_dataset(
                 dataset, specs, config, on_rows=lambda rows: (journal.append(rows), advance(len(rows))), engine=engine

@@ -61,12 +61,31 @@ def journal_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def readable_format(path: Path) -> OutputFormat:
+    """The format of a score file to read: as `output_format`, and JSON Lines for a journal (`OUT.partial`,
+    or `OUT.partial.N`, one kept from a run that stopped)."""
+    if path.suffix == ".partial" or (path.suffix[1:].isdigit() and Path(path.stem).suffix == ".partial"):
+        return "jsonl"
+    return output_format(path)
+
+
 class Journal:
-    """Append-only JSON Lines record of rows as they arrive."""
+    """Append-only JSON Lines record of rows as they arrive.
+
+    A journal already there is an earlier run's that stopped before it finished (killed, or the machine
+    went down): it is kept, renamed `OUT.partial.N` (`kept`), not overwritten; `eval` and `report` read it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = journal_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.kept: Path | None = None
+        if self.path.exists():
+            number = 1
+            while self.path.with_name(f"{self.path.name}.{number}").exists():
+                number += 1
+            self.kept = self.path.with_name(f"{self.path.name}.{number}")
+            self.path.rename(self.kept)
         self._file: IO[bytes] = self.path.open("wb")
 
     def append(self, rows: list[ScoreRow]) -> None:
@@ -180,7 +199,7 @@ def _parquet_schema(pa):  # type: ignore[no-untyped-def]
 def read_rows(path: Path) -> list[ScoreRow]:
     """Read rows back from a file written by `write_rows`, a journal, or a directory of Parquet parts
     (`agent.metrics.parts`); a bad row is a UserError naming it."""
-    fmt = "parquet" if path.is_dir() else output_format(path) if path.suffix != ".partial" else "jsonl"
+    fmt = "parquet" if path.is_dir() else readable_format(path)
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as handle:
             return _validated(path, _json_records(path, handle))
