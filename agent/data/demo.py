@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -576,6 +577,8 @@ def _write_scene(task: tuple[str, int, int, int, int]) -> list[dict[str, object]
 def _init_worker() -> None:
     # Parallelism comes from the pool; OpenCV's own threads would only oversubscribe the cores.
     cv2.setNumThreads(1)
+    # Ctrl-C reaches the whole process group: the parent stops the pool, and a worker must not print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _is_previous_demo(out_dir: Path) -> bool:
