@@ -229,3 +229,12 @@ def test_a_set_larger_than_the_free_space_is_refused_before_anything_is_written(
     error = capsys.readouterr().err
     assert f"{10**12} demo images need about 65536000.0 GB" in error and "GB free" in error, error
     assert not out.exists()
+
+
+def test_render_processes_leave_ctrl_c_to_the_parent() -> None:
+    # Ctrl-C reaches every process of the group; a render process that took it printed its traceback.
+    import multiprocessing
+    import signal
+
+    with multiprocessing.get_context("spawn").Pool(1, initializer=demo_data._init_worker) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
