@@ -217,6 +217,44 @@ def test_bad_input_is_one_line_and_exit_2(run: dict[str, Any], capsys: pytest.Ca
         assert len(lines) == 1 and lines[0].startswith("error: ")
 
 
+def test_options_that_would_be_ignored_or_mix_rows_are_refused(
+    run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    annotations, root = str(run["annotations"]), run["root"]
+    scores = root / "brightness.jsonl"
+    assert main(["score", "--annotations", annotations, "--metric", "builtin:brightness", "--out", str(scores),
+                 "--workers", "1"]) == 0  # fmt: skip
+    learned = ["--learn", "rank-average"]
+    cases = [
+        (["--drop-top", "3"], "--drop-top goes with --export coco (the cleaned copy), which is not asked for"),
+        (["--drop-images"], "--drop-images goes with --export coco"),
+        (["--export", "coco", "--drop-top", "40000"], "--drop-top 40000 would drop every one of the"),
+        (["--flag-share", "0"], "--flag-share must be above 0 and at most 1, got 0.0"),
+        (["--budget", "1.5"], "--budget must be above 0 and at most 1, got 1.5"),
+        (["--export", "fiftyX"], "the exports are label-studio, cvat, coco, splits"),
+        ([*learned, "--scores", str(scores), "--scores", str(scores)], f"--scores {scores} is given twice"),
+        ([*learned, "--scores", str(scores), "--metric", "builtin:brightness"], "metric brightness is read from"),
+    ]
+    for index, (extra, message) in enumerate(cases):
+        capsys.readouterr()
+        assert main(["triage", "--annotations", annotations, "--out", str(root / f"refused-{index}"), *extra]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (extra, lines)
+        assert not (root / f"refused-{index}").exists()
+
+
+def test_a_rerun_into_an_earlier_runs_folder_removes_the_exports_it_does_not_write(tmp_path: Path) -> None:
+    from agent.evaluation.exports.writer import remove_stale_exports
+
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "annotations.json").write_text("{}")
+    (tmp_path / "splits").mkdir()
+    assert remove_stale_exports(tmp_path, ["coco"]) == [], "not an earlier triage run's folder: nothing removed"
+    (tmp_path / "triage.jsonl").write_text("")
+    assert remove_stale_exports(tmp_path, ["splits"]) == [tmp_path / "coco"]
+    assert not (tmp_path / "coco").exists() and (tmp_path / "splits").is_dir()
+
+
 def test_the_report_shows_the_top_of_the_queue_with_reasons(run: dict[str, Any]) -> None:
     scores = run["root"] / "scores.jsonl"
     annotations = str(run["annotations"])

@@ -33,7 +33,15 @@ from agent.evaluation.ranking import (
 from agent.evaluation.selftest import load_selftest
 from agent.evaluation.triage import load_jsonl
 from agent.metrics.contract import BUILTIN_PREFIX, MetricSpec, builtin_metric_names, load_metric_file
-from agent.metrics.results import RecordedMetric, combine_recorded, read_rows, readable_format, recorded_metrics
+from agent.metrics.results import (
+    RecordedMetric,
+    combine_recorded,
+    distinct_score_files,
+    read_rows,
+    readable_format,
+    recorded_metrics,
+    scored_twice,
+)
 from agent.metrics.scoring import ScoreRow
 
 __all__ = ["cmd_eval", "cmd_report", "register"]
@@ -147,6 +155,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Measure how well metrics rank the known label errors of errors.json first (AP, AUROC, P@K, recall)."""
     if not args.metrics and not args.scores:
         raise UserError("metricsmith eval: give at least one --metric FILE or --scores FILE")
+    distinct_score_files(args.scores)
     for path in args.scores:
         if not path.is_dir():  # a directory of Parquet parts (`score --out DIR/`) reads as one file
             readable_format(path)
@@ -174,6 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError("metricsmith report: give at least one --scores FILE or --metric FILE")
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{args.out}: the report is HTML; name it with .html")
+    distinct_score_files(args.scores)
     for path in args.scores:
         if not path.is_dir():  # a directory of Parquet parts (`score --out DIR/`) reads as one file
             readable_format(path)
@@ -215,7 +225,7 @@ def _gather_scores(
     recorded = combine_recorded(*tables)
     for spec in specs:
         if spec.name in recorded:
-            raise UserError(_scored_twice(spec, recorded[spec.name]))
+            raise UserError(scored_twice(spec, recorded[spec.name]))
     directions, known = _directions(recorded, specs, dict(args.direction))
     if specs:
         rows.extend(score_in_sandbox(dataset, specs, args.workers))
@@ -251,21 +261,6 @@ def _directions(
         elif record.suspicious is not None:
             directions[name] = record.suspicious
     return directions | overrides, known
-
-
-def _scored_twice(spec: MetricSpec, record: RecordedMetric) -> str:
-    """Why a metric may not be both read from a score file and scored with --metric: its rows would mix."""
-    if record.code_sha256 is None:
-        return f"metric {spec.name} is both scored with --metric {spec.path} and read from --scores {record.where}"
-    if record.code_sha256 == spec.code_sha256:
-        return (
-            f"metric {spec.name} is read from {record.where} and would be scored again with --metric {spec.path} "
-            f"(the same code, sha256 {spec.code_sha256[:12]}); drop one of the two"
-        )
-    return (
-        f"metric {spec.name}: {record.where} holds scores of other code ({record.code()}) "
-        f"than --metric {spec.path} (sha256 {spec.code_sha256[:12]}); evaluate them separately"
-    )
 
 
 def _print_evaluation(report: EvaluationReport) -> None:

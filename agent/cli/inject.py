@@ -17,7 +17,10 @@ __all__ = ["cmd_inject", "register"]
 
 
 def _types(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    types = [part.strip() for part in text.split(",") if part.strip()]
+    if not types:  # an empty list wrote a copy with no error in it
+        raise argparse.ArgumentTypeError(f"name at least one error type, like {','.join(INJECT_TYPES[:2])}")
+    return types
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -13,11 +13,23 @@ from agent.cli.console import EXIT_OK, positive_int, seed_count, stderr, stdout,
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.errors import UserError
-from agent.evaluation.exports.writer import ExportOptions, check_out_folder, parse_exports, write_all
+from agent.evaluation.exports.writer import (
+    ExportOptions,
+    check_out_folder,
+    parse_exports,
+    remove_stale_exports,
+    write_all,
+)
 from agent.evaluation.ranking import check_files, ground_truth, load_error_labels
 from agent.evaluation.triage import TriageResult, run_triage, scores_of_rows, triage_from_scores
 from agent.metrics.library import library_metrics
-from agent.metrics.results import read_rows
+from agent.metrics.results import (
+    combine_recorded,
+    distinct_score_files,
+    read_rows,
+    recorded_metrics,
+    scored_twice,
+)
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["cmd_triage", "register"]
@@ -26,9 +38,13 @@ LEARN = {"injected": "injected", "known-errors": "known_errors", "rank-average":
 
 
 def _shares(text: str) -> dict[str, float]:
-    parts = [float(part) for part in text.split(",")]
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"three shares that add up to 1, like 0.8,0.1,0.1; got {text!r}")
+    wanted = f"three shares that add up to 1, like 0.8,0.1,0.1; got {text!r}"
+    try:
+        parts = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(wanted) from None
+    if len(parts) != 3 or any(not 0 <= p <= 1 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(wanted)
     return dict(zip(("train", "val", "test"), parts, strict=True))
 
 
@@ -87,8 +103,11 @@ def cmd_triage(args: argparse.Namespace) -> int:
         raise UserError("--learn known-errors needs --errors FILE")
     if args.scores and learn == "injected":
         raise UserError("score files can't be scored on injected copies: pass --errors FILE or --learn rank-average")
-    if not 0 < args.rate < 1 or not 0 < args.budget <= 1 or not 0 < args.flag_share <= 1:
-        raise UserError("--rate and --flag-share must be above 0 and below 1, --budget in (0, 1]")
+    if not 0 < args.rate < 1:
+        raise UserError(f"--rate must be above 0 and below 1, got {args.rate}")
+    for flag, value in (("--budget", args.budget), ("--flag-share", args.flag_share)):
+        if not 0 < value <= 1:
+            raise UserError(f"{flag} must be above 0 and at most 1, got {value}")
     options = ExportOptions(
         exports=parse_exports(args.export), flag_share=args.flag_share, drop_top=args.drop_top,
         drop_share=args.drop_share, drop_images=args.drop_images, split_metrics=args.split_metrics or ["triage"],
@@ -97,19 +116,29 @@ def cmd_triage(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if "coco" in options.exports and (args.drop_top is None) == (args.drop_share is None):
         raise UserError("--export coco needs exactly one of --drop-top K and --drop-share P")
+    given = [flag for flag, value in (("--drop-top", args.drop_top), ("--drop-share", args.drop_share),
+                                      ("--drop-images", args.drop_images or None)) if value is not None]  # fmt: skip
+    if given and "coco" not in options.exports:  # silently ignored, it would look like boxes were dropped
+        raise UserError(f"{given[0]} goes with --export coco (the cleaned copy), which is not asked for")
     check_out_folder(args.out, [p for p in (args.annotations, args.errors, *args.scores) if p is not None])
     document = read_coco_json(args.annotations)
     dataset = coco_from_document(document, args.annotations, args.images)
     truth = ground_truth(dataset, load_error_labels(args.errors) if args.errors else ())
     check_files(truth, errors_name=str(args.errors))
     known = list(truth.errors) if args.errors else None
-    rows = []
+    distinct_score_files(args.scores)
+    rows, tables = [], []
     for path in args.scores:
         read = read_rows(path)
         check_files(ground_truth(dataset), read, scores_name=str(path))
+        tables.append(recorded_metrics(read, str(path)))
         rows.extend(read)
+    recorded_by_name = combine_recorded(*tables)
     if args.metrics:
         specs = load_metrics(args.metrics, args.library)
+        for spec in specs:  # its rows would be mixed with the file's
+            if spec.name in recorded_by_name:
+                raise UserError(scored_twice(spec, recorded_by_name[spec.name]))
     elif args.scores:
         specs = []
     else:
@@ -126,8 +155,11 @@ def cmd_triage(args: argparse.Namespace) -> int:
         ) if specs else triage_from_scores(dataset, recorded, (), known if learn == "known_errors" else None,
                                            budget=args.budget)  # fmt: skip
         progress.stop()
+    removed = remove_stale_exports(args.out, options.exports)
     written = write_all(args.out, dataset, document, result, result.metrics, options)
     _print(result, args.top)
+    for path in removed:
+        stderr.print(f"removed {path}/: the earlier run's export, which this run does not write", markup=False)
     for path in written:
         stderr.print(f"wrote {path}", markup=False)
     return EXIT_OK

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -34,6 +34,7 @@ import orjson
 from pydantic import ValidationError
 
 from agent.errors import UserError
+from agent.metrics.contract import MetricSpec
 from agent.metrics.scoring import ROW_COLUMNS, ROW_SCHEMA, ScoreRow
 
 OutputFormat = Literal["csv", "jsonl", "parquet"]
@@ -307,6 +308,30 @@ def combine_recorded(*tables: Mapping[str, RecordedMetric]) -> dict[str, Recorde
             known = combined.get(name)
             combined[name] = record if known is None else _combined(known, record)
     return combined
+
+
+def scored_twice(spec: MetricSpec, record: RecordedMetric) -> str:
+    """Why a metric may not be both read from a score file and scored with --metric: its rows would mix."""
+    if record.code_sha256 is None:
+        return f"metric {spec.name} is both scored with --metric {spec.path} and read from --scores {record.where}"
+    if record.code_sha256 == spec.code_sha256:
+        return (
+            f"metric {spec.name} is read from {record.where} and would be scored again with --metric {spec.path} "
+            f"(the same code, sha256 {spec.code_sha256[:12]}); drop one of the two"
+        )
+    return (
+        f"metric {spec.name}: {record.where} holds scores of other code ({record.code()}) "
+        f"than --metric {spec.path} (sha256 {spec.code_sha256[:12]}); evaluate them separately"
+    )
+
+
+def distinct_score_files(paths: Sequence[Path]) -> None:
+    """Refuse one score file given twice: its rows would count twice, and be refused as two rows for one item."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        first = seen.setdefault(path.resolve(), path)
+        if first is not path:
+            raise UserError(f"--scores {path} is given twice" + (f" (as {first})" if str(first) != str(path) else ""))
 
 
 def _combined(known: RecordedMetric, other: RecordedMetric) -> RecordedMetric:

@@ -26,6 +26,8 @@ def dropped_boxes(result: TriageResult, top: int | None, share: float | None) ->
         raise UserError(f"--drop-share must be above 0 and below 1, got {share}")
     if top is not None and top < 1:
         raise UserError(f"--drop-top must be at least 1, got {top}")
+    if top is not None and top >= len(result.boxes):  # as --drop-share 1 is refused: nothing would be left
+        raise UserError(f"--drop-top {top} would drop every one of the {len(result.boxes)} boxes; give fewer")
     count = top if top is not None else budget_items(len(result.boxes), share)  # type: ignore[arg-type]
     return result.boxes[:count]
 

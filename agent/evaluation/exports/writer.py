@@ -7,6 +7,7 @@ holds a triage.jsonl), and no file written may be one of the inputs.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from agent.evaluation.exports.splits import DEFAULT_SHARES, assign_splits, image
 from agent.evaluation.ranking import MetricScores
 from agent.evaluation.triage import TriageResult, write_jsonl
 
-__all__ = ["EXPORTS", "ExportOptions", "check_out_folder", "parse_exports", "write_all"]
+__all__ = ["EXPORTS", "ExportOptions", "check_out_folder", "parse_exports", "remove_stale_exports", "write_all"]
 
 Export = Literal["label-studio", "cvat", "coco", "splits", "fiftyone"]
 EXPORTS: tuple[Export, ...] = ("label-studio", "cvat", "coco", "splits", "fiftyone")
@@ -47,7 +48,8 @@ def parse_exports(text: str) -> list[Export]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in EXPORTS]
     if unknown:
-        raise UserError(f"--export {unknown[0]}: unknown; the exports are {', '.join(EXPORTS)}")
+        available = ", ".join(name for name in EXPORTS if name != "fiftyone")
+        raise UserError(f"--export {unknown[0]}: unknown; the exports are {available}")
     if "fiftyone" in names:
         raise UserError("--export fiftyone: not available in this version (see the README's triage section)")
     return list(dict.fromkeys(names))  # type: ignore[arg-type]
@@ -63,6 +65,21 @@ def check_out_folder(out: Path, inputs: Sequence[Path]) -> None:
     for path in inputs:
         if resolved in Path(path).resolve().parents:
             raise UserError(f"--out {out}: holds the input {path}; choose a folder outside the inputs")
+
+
+def remove_stale_exports(out: Path, exports: Sequence[Export]) -> list[Path]:
+    """Remove the export folders an earlier triage run left in `out` that this run does not write; those removed.
+
+    They would no longer match this run's triage.jsonl. `check_out_folder` has made sure `out` is new, empty or
+    an earlier triage run's, so a folder of an export's name in it is that run's export.
+    """
+    removed = []
+    for name in EXPORTS:
+        folder = out / name
+        if name not in exports and folder.is_dir() and (out / "triage.jsonl").is_file():
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 def write_all(
