@@ -359,10 +359,45 @@ def _read(path: str) -> tuple[np.ndarray | None, str | None]:
     if image is None:
         reason = "file not found" if not os.path.exists(path) else "not a readable image"
         return None, f"cannot decode {os.path.basename(path)}: {reason}"
+    if _cut_short_jpeg(path):
+        return None, f"cannot decode {os.path.basename(path)}: the JPEG file ends before its image does (truncated)"
     if not _DECODES_RGB:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     image.setflags(write=False)
     return image, None
+
+
+def _cut_short_jpeg(path: str) -> bool:
+    """Whether the file, which decoded, is a JPEG cut short: libjpeg then fills the missing rows with grey and
+    only warns, so a truncated photo would be scored as a greyed-out one.
+
+    A whole JPEG has its end-of-image marker FF D9 after its first scan: scan data cannot hold one (an FF
+    there is followed by 00 or a restart marker), and between the scans of a progressive JPEG come only
+    table and scan markers. So the marker segments are walked to the first scan, and FF D9 looked for
+    after it; whatever follows the marker (a phone's appended video, a maker's trailer) changes nothing.
+    A file whose segments can't be walked is left to the decoder's verdict.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return False  # not a marker where one must be: not ours to judge
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == 0xDA:  # start of the first scan
+            return data.find(b"\xff\xd9", at) < 0
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            at += 2
+        else:
+            at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return True  # the segments run to the end of the file without reaching a scan
 
 
 def _check_size(path: str, image: np.ndarray, scene: dict) -> str | None:

@@ -487,3 +487,24 @@ def test_a_journal_left_by_a_run_that_stopped_is_kept_and_readable(tmp_path: Pat
     from agent.metrics.results import read_rows
 
     assert len(read_rows(kept)) == 1
+
+
+def test_a_jpeg_cut_short_is_unreadable_and_a_whole_one_with_a_trailer_is_not(tmp_path: Path) -> None:
+    # libjpeg fills a truncated file's missing rows with grey and only warns: it was scored as a greyed-out photo.
+    from sandbox.worker import _read
+
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 128, 3)).astype(np.uint8)
+    for name, options in (("baseline", []), ("progressive", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+                          ("restarts", [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])):  # fmt: skip
+        whole = tmp_path / f"{name}.jpg"
+        assert cv2.imwrite(str(whole), pixels, options)
+        data = whole.read_bytes()
+        (tmp_path / f"{name}-trailer.jpg").write_bytes(data + bytes(range(256)) * 400)  # a phone's appended video
+        (tmp_path / f"{name}-cut.jpg").write_bytes(data[: len(data) // 2])
+        assert _read(str(whole))[1] is None
+        assert _read(str(tmp_path / f"{name}-trailer.jpg"))[1] is None
+        image, error = _read(str(tmp_path / f"{name}-cut.jpg"))
+        assert (
+            image is None
+            and error == f"cannot decode {name}-cut.jpg: the JPEG file ends before its image does (truncated)"
+        )
