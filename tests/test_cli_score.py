@@ -508,3 +508,23 @@ def test_a_jpeg_cut_short_is_unreadable_and_a_whole_one_with_a_trailer_is_not(tm
             image is None
             and error == f"cannot decode {name}-cut.jpg: the JPEG file ends before its image does (truncated)"
         )
+
+
+def test_text_from_files_and_metrics_is_shown_as_written_not_as_rich_markup(tmp_path: Path) -> None:
+    # A `[/i]` in a metric's error made rich raise (an internal error, exit 70), and a `[b]` in a name vanished.
+    annotations = make_dataset(tmp_path / "data")
+    document = json.loads(annotations.read_text())
+    document["images"][0]["file_name"] = "[b]missing[/i].png"
+    annotations.write_text(json.dumps(document))
+    metric = tmp_path / "markup.py"
+    metric.write_text(
+        '"""Fails to load, with markup in its message."""\n'
+        'NAME = "markup"\nLEVEL = "image"\nSUSPICIOUS = "high"\n'
+        'raise ValueError("bad [/i] box [bold]")\n\n\ndef score(image, scene):\n    return 1.0\n'
+    )
+    result = run_cli(
+        "score", "--annotations", str(annotations), "--metric", str(metric), "--out", str(tmp_path / "o.jsonl")
+    )
+    assert result.returncode == 1, result.stderr
+    assert "ValueError: bad [/i] box [bold]" in result.stderr
+    assert "[b]missing[/i].png" in result.stderr and "internal error" not in result.stderr

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from agent.authoring.job import (
     AuthorJob,
     authoring_settings,
@@ -145,8 +147,8 @@ def backend_from_args(args: argparse.Namespace) -> ModelBackend:
 def _progress(event: str, data: dict[str, Any]) -> None:
     """One line on stderr per step of the loop, so a slow local model never looks stuck."""
     line = describe_event(event, data)
-    if line is not None:
-        stderr.print(line)
+    if line is not None:  # describe_event's markup, its values escaped
+        stderr.print(line, markup=True)
 
 
 def _report(outcome: AuthoringOutcome, run_dir: Path) -> None:
@@ -157,7 +159,8 @@ def _report(outcome: AuthoringOutcome, run_dir: Path) -> None:
         stdout.print(f"tokens: {outcome.tokens}{estimated}")
     if outcome.candidate is not None:
         candidate = outcome.candidate
-        stdout.print(f"[green]candidate {candidate.id}[/] is pending review in {run_dir}/candidates/{candidate.id}")
+        where = escape(f"{run_dir}/candidates/{candidate.id}")
+        stdout.print(f"[green]candidate {escape(candidate.id)}[/] is pending review in {where}", markup=True)
         if candidate.evaluation:
             figures = candidate.evaluation["evaluation"]
             by_type = ", ".join(f"{t} {v:.3f}" for t, v in figures["ap_by_type"].items() if v is not None)
@@ -168,7 +171,7 @@ def _report(outcome: AuthoringOutcome, run_dir: Path) -> None:
                          markup=False)  # fmt: skip
         stdout.print(f"review it: metricsmith review {run_dir}   (or: metricsmith approve {run_dir} {candidate.id})")
     else:
-        stdout.print(f"[red]gave up[/]: {outcome.reason}", markup=True)
+        stdout.print(f"[red]gave up[/]: {escape(outcome.reason)}", markup=True)
         stdout.print(f"the attempts and the transcript are in {run_dir}")
 
 
@@ -278,7 +281,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_SOME_FAILED
     expected = {"verdict": recorded.get("verdict"), "code_sha256": recorded.get("code_sha256")}
     if replayed != expected:
-        stdout.print(f"[red]different outcome[/]: recorded {expected}, replayed {replayed}")
+        stdout.print(
+            f"[red]different outcome[/]: recorded {escape(str(expected))}, replayed {escape(str(replayed))}",
+            markup=True,
+        )
         return EXIT_SOME_FAILED
     stdout.print(f"same outcome as recorded: {outcome.verdict} after {outcome.exchanges} exchanges")
     return EXIT_OK

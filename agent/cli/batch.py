@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from agent.authoring.candidates import CandidateRecord, author_runs, list_candidates, twins
 from agent.cli.console import (
     EXIT_INFRASTRUCTURE,
@@ -67,8 +69,11 @@ def _batch_progress(event: str, data: dict[str, Any]) -> None:
     if event == "start":
         stderr.print(f"{data['ideas']} ideas: {data['done']} done earlier, {data['todo']} to author")
     elif event == "idea":
-        verdict = {"passed": "[green]passed[/]", "gave_up": "[red]gave up[/]"}.get(data["verdict"], data["verdict"])
-        stderr.print(f"  {data['idea_id']}: {verdict} ({data['exchanges']} exchanges) {data['reason'][:150]}")
+        verdict = {"passed": "[green]passed[/]", "gave_up": "[red]gave up[/]"}.get(
+            data["verdict"], escape(data["verdict"])
+        )
+        said = f"({data['exchanges']} exchanges) {data['reason'][:150]}"
+        stderr.print(f"  {escape(data['idea_id'])}: {verdict} {escape(said)}", markup=True)
         if data.get("usefulness"):
             stderr.print(f"    usefulness on injected errors: {data['usefulness']}", markup=False)
     elif event == "ceiling":

@@ -84,7 +84,8 @@ def run_repl(
     console = session.console
     console.print(
         f"[bold]metricsmith chat[/] on {len(session.dataset.images)} images, with {session.backend.name} "
-        f"({escape(session.backend.model)}, {session.backend.mode} mode); recording to {escape(str(session.run_dir))}"
+        f"({escape(session.backend.model)}, {session.backend.mode} mode); recording to {escape(str(session.run_dir))}",
+        markup=True,
     )
     console.print("/help lists the commands; anything else is a message to the model. Ctrl-D or /exit leaves.")
     while True:
@@ -99,9 +100,9 @@ def run_repl(
             if not session.dispatch(line):
                 break
         except KeyboardInterrupt:  # the dispatcher catches it too; this covers the moment around it
-            console.print("[yellow]cancelled[/]")
+            console.print("[yellow]cancelled[/]", markup=True)
         except ReplayMismatch as error:
-            console.print(f"[red]replay mismatch[/]: {escape(str(error))}")
+            console.print(f"[red]replay mismatch[/]: {escape(str(error))}", markup=True)
     return EXIT_OK
 
 

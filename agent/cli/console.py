@@ -36,9 +36,11 @@ EXIT_INFRASTRUCTURE = 3
 # Error types' column headers in the eval and selftest tables, short enough for 120 piped columns.
 SHORT_TYPE_NAMES = {"spurious": "spur.", "duplicate": "dupl."}
 
-# Piped output has no terminal width; 120 columns keep the tables readable in logs.
-stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
-stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+# Piped output has no terminal width; 120 columns keep the tables readable in logs. Markup is off unless a print
+# asks for it (`markup=True`, its values escaped): most of what is shown is text from files, metrics and models,
+# where a `[/i]` made rich raise and end the command, and a `[b]` vanished.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, width=None if sys.stderr.isatty() else 120)
+stdout = Console(highlight=False, soft_wrap=True, markup=False, width=None if sys.stdout.isatty() else 120)
 
 
 class ArgumentParser(argparse.ArgumentParser):

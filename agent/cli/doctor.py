@@ -19,7 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydantic import BaseModel
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agent.cli.console import EXIT_OK, EXIT_USAGE, stdout
 from agent.llm.backends.local import cpu_has_amx
@@ -165,18 +167,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _print_doctor(report: DoctorReport) -> None:
     table = Table("layer", "state", "what it does here", title="metricsmith sandbox layers")
     for item in report.always_on:
-        table.add_row("always", "[green]active[/]", item)
+        table.add_row("always", Text("active", style="green"), item)
     for layer in report.layers:
-        state = "[green]active[/]" if layer.active else "[red]missing[/]"
+        state = Text("active", style="green") if layer.active else Text("missing", style="red")
         table.add_row(layer.name, state, layer.detail)
     stdout.print(table)
     for line in report.missing_protections:
-        stdout.print(f"[red]missing protection[/]: {line}")
+        stdout.print(f"[red]missing protection[/]: {escape(line)}", markup=True)
     for line in report.models:
         stdout.print(f"model backend: {line}", markup=False)
     for note in report.notes:
-        stdout.print(f"[yellow]note[/]: {note}")
+        stdout.print(f"[yellow]note[/]: {escape(note)}", markup=True)
     if report.worker_error:
-        stdout.print(f"[red]error[/]: {report.worker_error}")
+        stdout.print(f"[red]error[/]: {escape(report.worker_error)}", markup=True)
     verdict = "fully isolated" if report.fully_isolated else "partly isolated: see above"
     stdout.print(f"verdict: {verdict}")

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from agent.cli.console import stderr
@@ -45,7 +46,7 @@ def score_in_sandbox(dataset: Dataset, specs: list[MetricSpec], workers: int) ->
         outcome = score_dataset(dataset, specs, SandboxConfig(workers=workers), on_rows=lambda rows: advance(len(rows)))
         progress.stop()
     for name, error in outcome.metric_errors.items():
-        stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
+        stderr.print(f"[red]metric {escape(name)} failed to load[/]:\n{escape(error)}", markup=True)
     if outcome.interrupted:
         raise KeyboardInterrupt
     return outcome.rows

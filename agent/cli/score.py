@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from agent.cli.console import (
@@ -104,9 +105,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UserError("no metrics given and no built-in metrics installed; pass --metric FILE")
     dataset = load_coco(args.annotations, args.images)
     for warning in dataset.warnings[:10]:
-        stderr.print(f"[yellow]warning[/]: {args.annotations}: {warning}")
+        stderr.print(f"[yellow]warning[/]: {escape(f'{args.annotations}: {warning}')}", markup=True)
     if len(dataset.warnings) > 10:
-        stderr.print(f"[yellow]warning[/]: ... and {len(dataset.warnings) - 10} more warnings")
+        stderr.print(f"[yellow]warning[/]: ... and {len(dataset.warnings) - 10} more warnings", markup=True)
     config = SandboxConfig(
         workers=args.workers or os.cpu_count() or 1,
         timeout_s=args.timeout,
@@ -201,7 +202,7 @@ def _print_summary(outcome: ScoreOutcome, out: str) -> None:
         if summary.note is not None:
             stderr.print(f"{summary.name}: {summary.note}", markup=False)
     for name, error in outcome.metric_errors.items():
-        stderr.print(f"[red]metric {name} failed to load[/]:\n{error}")
+        stderr.print(f"[red]metric {escape(name)} failed to load[/]:\n{escape(error)}", markup=True)
     active = [layer.name for layer in outcome.layers if layer.active]
     inactive = [layer.name for layer in outcome.layers if not layer.active]
     line = f"sandbox: {', '.join(active) or 'no kernel layers'} active"

@@ -86,5 +86,6 @@ def show_candidate(console: Console, run: Path, record: CandidateRecord) -> None
     if record.unproven:
         console.print(
             "[yellow]runs, not shown useful[/]: no draft of this idea cleared its target on the selection half; "
-            "it was kept because --keep-unproven asked for it"
+            "it was kept because --keep-unproven asked for it",
+            markup=True,
         )

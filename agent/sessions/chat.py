@@ -218,11 +218,11 @@ class ChatSession:
             return command.handler(self, argument) is not False
         except KeyboardInterrupt:
             self.writer.event("cancelled", {"line": line})
-            self.console.print("[yellow]cancelled[/] (the session goes on)")
+            self.console.print("[yellow]cancelled[/] (the session goes on)", markup=True)
         except ReplayMismatch:
             raise
         except (MetricsmithError, IsolationUnavailable, WorkerStartFailed) as error:
-            self.console.print(f"[red]error[/]: {escape(str(error))}")
+            self.console.print(f"[red]error[/]: {escape(str(error))}", markup=True)
         return True
 
     def _unknown(self, name: str) -> None:
@@ -239,7 +239,7 @@ class ChatSession:
             self._unknown(wanted)
             return
         for command in [COMMANDS[wanted]] if wanted else COMMANDS.values():
-            self.console.print(f"[bold cyan]{escape(command.usage)}[/]")
+            self.console.print(f"[bold cyan]{escape(command.usage)}[/]", markup=True)
             for doc_line in command.help.splitlines():
                 self.console.print(f"    {doc_line}", markup=False)
         if not wanted:
@@ -371,7 +371,8 @@ class ChatSession:
         self._decided("promote", record.id, entry.manifest.code_sha256, version=entry.manifest.version)
         self.library_pins.append(LibraryRef.of(entry.manifest))
         where = escape(str(self.library_dir))
-        self.console.print(f"[green]promoted[/] as lib:{entry.manifest.name}@{entry.manifest.version} in {where}")
+        promoted = f"lib:{entry.manifest.name}@{entry.manifest.version} in {where}"
+        self.console.print(f"[green]promoted[/] as {escape(promoted)}", markup=True)
 
     def cmd_reject(self, argument: str) -> None:
         """Reject the current candidate; a reason is required: /reject scores every box the same."""
@@ -395,7 +396,7 @@ class ChatSession:
             return
         self._decided("edit", edited.id, edited.code_sha256)
         verdict = "[green]passed[/]" if edited.validation_passed else "[red]failed[/] (it stays pending; /show)"
-        self.console.print(f"edited code {edited.code_sha256[:8]}: validation {verdict}")
+        self.console.print(f"edited code {edited.code_sha256[:8]}: validation {verdict}", markup=True)
 
     def cmd_library(self, argument: str) -> None:
         """List the built-in metrics and the metrics promoted into the library."""
@@ -519,8 +520,8 @@ class ChatSession:
         line = describe_event(event, data)
         if event == "scoring":
             line = f"  scoring all {data['images']} images for the contact sheet"
-        if line is not None:
-            self.console.print(line)
+        if line is not None:  # describe_event's markup, its values escaped
+            self.console.print(line, markup=True)
 
     def _report(self, idea: Idea, outcome: AuthoringOutcome) -> None:
         candidate = outcome.candidate
@@ -535,13 +536,14 @@ class ChatSession:
             )
         )
         if candidate is None:
-            self.console.print(f"[red]gave up[/]: {escape(outcome.reason)}")
+            self.console.print(f"[red]gave up[/]: {escape(outcome.reason)}", markup=True)
             self.console.print(f"the attempts are in {self.run_dir / 'attempts'}", markup=False)
             return
         self.current = candidate.id
         self.console.print(
-            f"[green]candidate {candidate.id}[/] passed after {_count(outcome.exchanges, 'exchange')} and is pending: "
-            "/show it, then /approve or /reject REASON"
+            f"[green]candidate {escape(candidate.id)}[/] passed after {_count(outcome.exchanges, 'exchange')} and is "
+            "pending: /show it, then /approve or /reject REASON",
+            markup=True,
         )
 
     def _show_validation(self, report: ValidationReport) -> None:
@@ -550,7 +552,7 @@ class ChatSession:
             table.add_row(check.name, check.status, check.detail or "")
         self.console.print(table)
         verdict = "[green]passed[/]" if report.passed else "[red]failed[/]"
-        self.console.print(f"validation {verdict}")
+        self.console.print(f"validation {verdict}", markup=True)
 
     def _edit_and_record(self, path: Path) -> None:
         """The editor, with what it did on the record: a replay writes the same code back."""

@@ -129,13 +129,16 @@ def replay_chat(
         # After the session claimed the (empty) run directory: the pinned versions, checked, go into its library.
         copy_pinned_versions(settings.library, default_library_dir(library), run_dir / "library")
         for line in lines:
-            console.print(f"[bold]chat>[/] {escape(line)}")
+            console.print(f"[bold]chat>[/] {escape(line)}", markup=True)
             if not session.dispatch(line):
                 break
     backend.finish()
     recorded, replayed = session_outcome(transcript), session_outcome(read_transcript(run_dir / TRANSCRIPT_NAME))
     if recorded != replayed:
-        console.print(f"[red]different outcome[/]: recorded {recorded}, replayed {replayed}", markup=True)
+        console.print(
+            f"[red]different outcome[/]: recorded {escape(str(recorded))}, replayed {escape(str(replayed))}",
+            markup=True,
+        )
         return False
     console.print(
         f"same outcome as recorded: candidates {len(recorded['candidates'])}, decisions {len(recorded['decisions'])} "
