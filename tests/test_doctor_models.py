@@ -35,3 +35,10 @@ def test_the_amx_workaround_is_named_only_where_it_applies(monkeypatch: pytest.M
         monkeypatch.setattr(doctor, "cpu_has_amx", lambda has_amx=has_amx: has_amx)
         local = next(line for line in model_backends({}) if line.startswith("local:"))
         assert ("without llama.cpp's AMX kernels" in local) is has_amx
+
+
+def test_a_password_or_key_in_the_endpoints_url_is_never_shown() -> None:
+    environ = {"OPENAI_BASE_URL": "http://admin:pw-S3cret@127.0.0.1:8000/v1?api_key=Q5ecret"}
+    (line,) = [line for line in model_backends(environ) if line.startswith("openai:")]
+    assert "S3cret" not in line and "Q5ecret" not in line
+    assert line.startswith("openai: http://[REDACTED]@127.0.0.1:8000/v1?api_key=[REDACTED]")

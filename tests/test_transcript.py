@@ -197,7 +197,13 @@ def test_no_secret_reaches_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         (f"token Bearer {BEARER} end", f"token Bearer {REDACTED} end"),
         ("x-api-key: abcdefgh12345678", f"x-api-key: {REDACTED}"),
         ("hf_" + "a1" * 17, REDACTED),
-        # Not secrets: a short env value, ordinary words and code, sk-learn.
+        # Credentials in a URL (a --base-url in an error message): the user info, and secret-named parameters.
+        ("at http://admin:pw-S3cret@127.0.0.1:9/v1 down", f"at http://{REDACTED}@127.0.0.1:9/v1 down"),
+        ("https://tok3n@host/x", f"https://{REDACTED}@host/x"),
+        ("http://h/v1?api_key=Q5ecret&model=m#f", f"http://h/v1?api_key={REDACTED}&model=m#f"),
+        ("http://h/v1?model=m&token=abc", f"http://h/v1?model=m&token={REDACTED}"),
+        # Not secrets: a short env value, ordinary words and code, sk-learn, an @ in a URL's path or an address.
+        ("see https://example.com/a@b or a@b.com", "see https://example.com/a@b or a@b.com"),
         ("value short1", "value short1"),
         ("import sklearn  # sk-learn, ask-me-anything-please", "import sklearn  # sk-learn, ask-me-anything-please"),
         ("the bearer of bad news", "the bearer of bad news"),

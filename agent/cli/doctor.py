@@ -25,6 +25,7 @@ from rich.text import Text
 
 from agent.cli.console import EXIT_OK, EXIT_USAGE, stdout
 from agent.llm.backends.local import cpu_has_amx
+from agent.llm.transcript import scrub_text
 from sandbox.engine import CallResult, ScoringEngine, WorkerStartFailed
 from sandbox.isolation import KERNEL_LAYERS, PROTECTS, SandboxConfig, probe_machine
 from sandbox.protocol import Call, ImageTask, LayerStatus, MetricCode
@@ -118,7 +119,7 @@ def model_backends(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
         )
     base_url, key = environ.get("OPENAI_BASE_URL"), environ.get("OPENAI_API_KEY")
     if base_url or key:
-        where = base_url or "api.openai.com"
+        where = scrub_text(base_url, environ) if base_url else "api.openai.com"  # a password in the URL stays out
         lines.append(f"openai: {where}{' (API key set)' if key else ''}; author, batch and chat use it by default")
     else:
         lines.append("openai: no OPENAI_BASE_URL or OPENAI_API_KEY; the local model is the default")

@@ -30,6 +30,7 @@ from agent.cli.console import (
 from agent.data.coco import DatasetInvalid
 from agent.errors import MetricsmithError
 from agent.llm.model import ModelUnreachable
+from agent.llm.transcript import scrub_text
 from sandbox.engine import ClusterUnreachable, OutputUnwritable, WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable
 
@@ -134,19 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(_command_named(argv)).parse_args(argv)
         return run_command(args)
     except DatasetInvalid as error:
-        stderr.print(f"error: {error}", markup=False)
+        stderr.print(f"error: {scrub_text(str(error))}", markup=False)
         for line in error.details()[1:]:
-            stderr.print(f"  {line}", markup=False)
+            stderr.print(f"  {scrub_text(line)}", markup=False)
         return EXIT_USAGE
     except (ModelUnreachable, ClusterUnreachable) as error:  # the environment's, not the user's input: own exit code
         if debug:
             traceback.print_exc()
-        stderr.print(f"error: {error}", markup=False)
+        stderr.print(f"error: {scrub_text(str(error))}", markup=False)
         return EXIT_INFRASTRUCTURE
     except (MetricsmithError, IsolationUnavailable, WorkerStartFailed, OutputUnwritable) as error:
         if debug:
             traceback.print_exc()
-        stderr.print(f"error: {error}", markup=False)
+        stderr.print(f"error: {scrub_text(str(error))}", markup=False)
         return EXIT_USAGE
     except KeyboardInterrupt:
         stderr.print("interrupted")
@@ -155,13 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         where = f"{error.filename}: " if error.filename else ""
-        stderr.print(f"error: {where}{error.strerror or error}", markup=False)
+        stderr.print(f"error: {scrub_text(f'{where}{error.strerror or error}')}", markup=False)
         return EXIT_USAGE
     except Exception as error:  # a bug in metricsmith: say so in one line, keep the traceback for --debug
         if debug:
             traceback.print_exc()
         stderr.print(
-            f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback, and report it)",
+            f"internal error: {type(error).__name__}: {scrub_text(str(error))} (rerun with --debug for the traceback, "
+            "and report it)",
             markup=False,
         )
         return EXIT_INTERNAL

@@ -100,6 +100,7 @@ __all__ = [
     "append_event",
     "read_transcript",
     "scrub_secrets",
+    "scrub_text",
 ]
 
 SCHEMA_VERSION = 1
@@ -213,6 +214,16 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"), REDACTED),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
     (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), REDACTED),
+    # Credentials in a URL: `https://user:password@host` (or a token as the user name), and secret-named query
+    # parameters (`?api_key=...`), which a --base-url may carry into an error message.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@\"'<>]+@"), r"\1" + REDACTED + "@"),
+    (
+        re.compile(
+            r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|secret|password|passwd|auth|sig|signature)=)"
+            r"[^&#\s\"'<>]+"
+        ),
+        r"\1" + REDACTED,
+    ),
 )
 
 
@@ -234,6 +245,11 @@ def _scrub_text(text: str, environment: re.Pattern[str] | None) -> str:
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def scrub_text(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """`text` with every secret replaced by REDACTED, as `scrub_secrets` does in each string."""
+    return _scrub_text(text, _environment_secrets(os.environ if environ is None else environ))
 
 
 def scrub_secrets(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
