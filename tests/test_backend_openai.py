@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -512,3 +513,25 @@ def test_author_with_a_target_over_http_samples_improves_and_replays(server: Fak
     assert again.returncode == 0 and "same outcome as recorded: passed after 4 exchanges" in again.stdout, (
         again.stdout + again.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://[::1/v1", "Invalid IPv6 URL"),
+        ("ftp://host/v1", "it must start with http:// or https://"),
+        ("not a url", "it must start with http:// or https://"),
+        ("http://host:99999/v1", "Port out of range 0-65535"),
+        ("http:///v1", "it names no host"),
+    ],
+)
+def test_a_url_no_request_can_go_to_is_refused_before_any_request(
+    url: str, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Retried five times as a dead server, or raised inside the HTTP client as an internal error.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    with pytest.raises(UserError, match=re.escape(f"--base-url {url!r} is not a server URL: {problem}")):
+        OpenAIBackend("m", base_url=url)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(UserError, match=re.escape(f"OPENAI_BASE_URL {url!r} is not a server URL")):
+        OpenAIBackend("m")

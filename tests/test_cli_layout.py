@@ -119,6 +119,10 @@ def test_an_import_against_the_layers_breaks_the_contracts(tmp_path: Path) -> No
         (["inject", "--seed", "-5"], "argument --seed: must be 0 or more, got -5"),
         (["demo-data", "d", "--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
         (["author", "--max-repairs", "-1"], "argument --max-repairs: must be 0 or more, got -1"),
+        (["author", "--temperature", "nan"], "argument --temperature: must be a number from 0 to 2, got nan"),
+        (["author", "--temperature", "3"], "argument --temperature: must be a number from 0 to 2, got 3"),
+        (["author", "--request-timeout", "inf"], "argument --request-timeout: must be a finite number, got inf"),
+        (["batch", "c.toml", "--request-timeout", "1e300"], "argument --request-timeout: must be at most 86400"),
     ],
 )
 def test_a_number_no_run_can_use_is_refused_while_parsing(argv: list[str], message: str) -> None:

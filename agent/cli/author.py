@@ -28,10 +28,11 @@ from agent.cli.console import (
     EXIT_SOME_FAILED,
     new_run_dir,
     non_negative_int,
-    positive_float,
     positive_int,
+    seconds,
     stderr,
     stdout,
+    temperature,
     worker_count,
 )
 from agent.errors import UserError
@@ -82,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     author.add_argument("--max-repairs", type=non_negative_int, default=3, help="repair rounds per draft (default 3)")
     author.add_argument("--max-drafts", type=positive_int, default=2, help="fresh drafts (default 2)")
     author.add_argument("--max-tokens-per-idea", type=positive_int, default=AuthoringSettings().token_cap)
-    author.add_argument("--temperature", type=float, default=AuthoringSettings().temperature)
+    author.add_argument("--temperature", type=temperature, default=AuthoringSettings().temperature)
     author.add_argument("--max-tokens", type=positive_int, help="reply budget per exchange (default 1500; local 512)")
     author.add_argument("--workers", type=worker_count, help="sandbox worker processes")
     author.add_argument("--library", type=Path, help="library folder (default: $METRICSMITH_LIBRARY)")
@@ -118,7 +119,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--completion", action="store_true", help="openai: use the completions endpoint (base models)")
     parser.add_argument(
         "--request-timeout",
-        type=positive_float,
+        type=seconds,
         metavar="SECONDS",
         help="openai: seconds to wait for one reply (default 60 against OpenAI, 300 against other servers)",
     )

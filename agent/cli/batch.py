@@ -17,8 +17,8 @@ from agent.cli.console import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     new_run_dir,
-    positive_float,
     positive_int,
+    seconds,
     stderr,
     stdout,
     worker_count,
@@ -43,9 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--backend", choices=["openai", "local", "replay"], help="overrides [model] backend")
     batch.add_argument("--model", help="overrides [model] model")
     batch.add_argument("--base-url", help="overrides [model] base_url")
-    batch.add_argument(
-        "--request-timeout", type=positive_float, metavar="SECONDS", help="overrides [model] request_timeout"
-    )
+    batch.add_argument("--request-timeout", type=seconds, metavar="SECONDS", help="overrides [model] request_timeout")
     batch.add_argument("--library", type=Path, help="overrides library")
     batch.add_argument("--workers", type=worker_count, help="sandbox worker processes per validation")
     batch.add_argument(

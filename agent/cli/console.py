@@ -108,6 +108,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def temperature(text: str) -> float:
+    """A sampling temperature: a finite number from 0 to 2, the range the OpenAI API takes."""
+    value = float(text)
+    if not 0.0 <= value <= 2.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 2, got {text}")
+    return value
+
+
 def megabytes(text: str) -> int:
     """A worker's memory limit in MB: at least 64 (Python, numpy and OpenCV need that much), at most 1 TB."""
     value = positive_int(text)

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -64,6 +65,24 @@ class _BrokenStream(Exception):
 _UNREADABLE = (_UnreadableReply, json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError)
 
 
+def _check_url(url: str, given_as: str) -> None:
+    """Refuse a server URL no request can go to, before any request: it was retried as a dead server, or
+    raised inside the HTTP client."""
+    problem = None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            problem = "it must start with http:// or https://"
+        elif not parts.hostname:
+            problem = "it names no host"
+        else:
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as error:
+        problem = str(error)
+    if problem is not None:
+        raise UserError(f"{given_as} {url!r} is not a server URL: {problem}")
+
+
 class OpenAIBackend:
     """A model behind the OpenAI HTTP API. See the module docstring for the retry policy."""
 
@@ -83,6 +102,8 @@ class OpenAIBackend:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         resolved_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        if resolved_url is not None:
+            _check_url(resolved_url, "--base-url" if base_url else "OPENAI_BASE_URL")
         api_key = os.environ.get("OPENAI_API_KEY") or None
         if api_key is None:
             if resolved_url is None:
