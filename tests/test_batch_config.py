@@ -90,6 +90,29 @@ def test_unreadable_files_are_one_line(tmp_path: Path) -> None:
         load_batch_config(tmp_path / "missing.toml")
     with pytest.raises(UserError, match="not valid TOML"):
         load_batch_config(write(tmp_path, "ideas = [\n"))
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe bad")  # an internal error (UnicodeDecodeError) before
+    with pytest.raises(UserError, match=r"binary.toml: not UTF-8 text \(byte 0 can't be decoded\), so not a TOML file"):
+        load_batch_config(binary)
+
+
+def test_a_table_written_as_a_value_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # `model = "gpt"` where [model] belongs: setting a key in it from the environment or a flag raised TypeError.
+    path = write(tmp_path, 'model = "gpt"\n')
+    with pytest.raises(ConfigInvalid, match=r"model: must be a table \(\[model\]\), got 'gpt'"):
+        load_batch_config(path, overrides={("model", "backend"): "openai"}, environ={})
+    with pytest.raises(ConfigInvalid, match="model: must be a table"):
+        load_batch_config(path, environ={"METRICSMITH_MODEL": "m"})
+
+
+def test_a_description_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "d.md").write_bytes(b"\xff\xfe")
+    config = load_batch_config(
+        write(tmp_path, GOOD.replace('description = "Pandas, bears and foxes"', 'description_file = "d.md"')),
+        environ={},
+    )
+    with pytest.raises(UserError, match="cannot read the \\[dataset\\] description_file: not UTF-8 text"):
+        config.description_text()
 
 
 def test_a_base_model_on_a_llama_cpp_server_gets_completion_mode_and_the_grammar(

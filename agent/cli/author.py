@@ -35,6 +35,7 @@ from agent.cli.console import (
     temperature,
     worker_count,
 )
+from agent.data.json_files import read_text_file
 from agent.errors import UserError
 from agent.evaluation.usefulness import parse_targets
 from agent.llm.backends.replay import ReplayBackend
@@ -192,7 +193,9 @@ def cmd_author(args: argparse.Namespace) -> int:
         raise UserError("--max-repairs must be 0 or more")
     if args.max_improvements < 0:
         raise UserError("--max-improvements must be 0 or more")
-    description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
+    description = (
+        read_text_file(args.description_file, "the --description-file") if args.description_file else args.description
+    )
     backend = backend_from_args(args)
     settings = AuthoringSettings(
         **model_defaults(backend, grammar=args.grammar, max_tokens=args.max_tokens, samples=args.samples),

@@ -19,6 +19,7 @@ from rich.markup import escape
 from agent.authoring.loop import AuthoringSettings, model_defaults
 from agent.cli.author import add_model_options, backend_from_args
 from agent.cli.console import EXIT_OK, new_run_dir, stdout, worker_count
+from agent.data.json_files import read_text_file
 from agent.llm.backends.replay import ReplayBackend, ReplayMismatch
 from agent.sessions.chat import COMMANDS, HISTORY_NAME, ChatSession, ChatSetup
 from agent.sessions.chat_replay import InterruptibleReplay
@@ -113,7 +114,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     /library, /cost, /save, /exit. The session is recorded in RUN_DIR/transcript.jsonl, and
     `metricsmith replay` re-runs it offline.
     """
-    description = args.description_file.read_text(encoding="utf-8") if args.description_file else args.description
+    description = (
+        read_text_file(args.description_file, "the --description-file") if args.description_file else args.description
+    )
     backend = backend_from_args(args)
     replay = backend if isinstance(backend, ReplayBackend) else None
     settings = AuthoringSettings(**model_defaults(backend, grammar=args.grammar))

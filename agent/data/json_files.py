@@ -11,19 +11,26 @@ from pydantic import BaseModel, ValidationError
 from agent.data.coco import describe_json_error
 from agent.errors import UserError
 
-__all__ = ["load_json_model"]
+__all__ = ["load_json_model", "read_text_file"]
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of `path`; a UserError saying `what` file it is (`this errors file`) and why it can't be read."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: cannot read {what}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
 
 
 def load_json_model(path: Path, model: type[Model], kind: str) -> Model:
     """`path` read and checked as `model`; a UserError saying which `kind` of file is unusable, and why."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"{path}: cannot read this {kind} file: {reason}") from exc
+    text = read_text_file(path, f"this {kind} file")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:

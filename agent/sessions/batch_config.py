@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.data.json_files import read_text_file
 from agent.errors import UserError
 from agent.evaluation.usefulness import parse_targets
 
@@ -141,7 +142,7 @@ class BatchConfig(_Section):
 
     def description_text(self) -> str:
         if self.dataset.description_file is not None:
-            return self.dataset.description_file.read_text(encoding="utf-8")
+            return read_text_file(self.dataset.description_file, "the [dataset] description_file")
         return self.dataset.description or ""
 
 
@@ -201,6 +202,12 @@ def load_batch_config(
         raise UserError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start} can't be decoded), so not a TOML file") from None
+    # A table named in the file as something else (`model = "gpt"`) can't take the environment's or the flags' keys.
+    for keys in {keys[:-1] for keys in (*_ENVIRONMENT.values(), *(overrides or {}))}:
+        if keys and keys[0] in data and not isinstance(data[keys[0]], dict):
+            raise ConfigInvalid(path, [f"{keys[0]}: must be a table ([{keys[0]}]), got {data[keys[0]]!r}"])
     environ = os.environ if environ is None else environ
     for variable, keys in _ENVIRONMENT.items():
         if environ.get(variable):
