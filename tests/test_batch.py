@@ -198,3 +198,20 @@ def test_a_missing_dataset_is_one_line_before_any_model_loads(tmp_path: Path) ->
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"error: COCO annotations file not found: {tmp_path / 'nope.json'}"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_result_line_torn_by_a_kill_does_not_take_the_next_result_with_it(tmp_path: Path) -> None:
+    # The next result was appended to the torn line, and the two were lost together on the next resume.
+    from agent.sessions.batch import BatchResult, _read_results, _ResultLog
+
+    def result(number: int) -> BatchResult:
+        return BatchResult(idea_id=f"0{number}-idea", idea=f"idea {number}", verdict="passed", reason="ok",
+                           finished_at="2026-12-07T00:00:00Z")  # fmt: skip
+
+    path = tmp_path / "results.jsonl"
+    whole = result(1).model_dump_json() + "\n"
+    path.write_text(whole + result(2).model_dump_json()[:50])  # as a SIGKILL mid-write leaves it
+    assert list(_read_results(tmp_path)) == ["01-idea"], "a torn line is an idea not finished"
+    _ResultLog(path).append(result(3))
+    assert list(_read_results(tmp_path)) == ["01-idea", "03-idea"]
+    assert path.read_text().startswith(whole)

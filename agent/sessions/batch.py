@@ -146,6 +146,13 @@ class _ResultLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
+        data = path.read_bytes() if path.exists() else b""
+        if data and not data.endswith(b"\n"):
+            # A kill mid-write left part of a line, whose idea is not finished (`_read_results` skips it). Cut off,
+            # or the next result would be appended to it and be lost with it on the next resume.
+            with open(path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+                os.fsync(handle.fileno())
 
     def append(self, result: BatchResult) -> None:
         with self.lock, open(self.path, "a", encoding="utf-8") as handle:
