@@ -143,3 +143,49 @@ def test_approve_and_reject_commands(tmp_path: Path) -> None:
     rejected = _cli("reject", str(run_dir), other, "--reason", "adds nothing")
     assert rejected.returncode == 0 and rejected.stderr.strip() == f"rejected {other}: adds nothing"
     assert [d["action"] for d in decisions(run_dir)] == ["approve", "promote", "reject"]
+
+
+def test_an_unusable_library_is_refused_before_the_approval_and_an_approved_candidate_can_be_promoted_later(
+    tmp_path: Path,
+) -> None:
+    # A library that was a file failed the promotion after the approval, and the candidate was stuck at approved.
+    run_dir = tmp_path / "run"
+    candidate = make_candidate(run_dir)
+    not_a_folder = tmp_path / "libfile"
+    not_a_folder.write_text("")
+    refused = _cli("approve", str(run_dir), candidate, "--library", str(not_a_folder))
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        == f"error: {not_a_folder}: the library is a folder, and this is a file; give another --library"
+    )
+    assert load_candidate(run_dir, candidate).status == "pending" and not (run_dir / "decisions.jsonl").exists()
+    assert _cli("approve", str(run_dir), candidate, "--no-promote").returncode == 0
+    library = tmp_path / "library"
+    later = _cli("approve", str(run_dir), candidate, "--library", str(library))
+    assert later.returncode == 0, later.stderr
+    assert later.stderr.strip() == (
+        f"{candidate} was approved (code {code_sha256(CODE)[:12]}), promoted as lib:box_area@1 in {library}"
+    )
+    assert [d["action"] for d in decisions(run_dir)] == ["approve", "promote"]
+
+
+def test_a_library_locked_by_another_process_is_an_error_not_a_silent_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    from agent.errors import UserError
+    from agent.metrics import library as library_module
+
+    run_dir = tmp_path / "run"
+    candidate = make_candidate(run_dir)
+    approve(run_dir, candidate)
+    library = tmp_path / "library"
+    library.mkdir()
+    monkeypatch.setattr(library_module, "LOCK_WAIT_S", 0.3)
+    with open(library / ".lock", "a+b") as holder:  # another process's hold: flock locks are per open file
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match=r"another process has held the library's lock .* for 0.3 s"):
+            promote_candidate(run_dir, candidate, library)
+    assert promote_candidate(run_dir, candidate, library).manifest.version == 1

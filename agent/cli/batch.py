@@ -24,7 +24,7 @@ from agent.cli.console import (
     worker_count,
 )
 from agent.errors import UserError
-from agent.metrics.library import default_library_dir
+from agent.metrics.library import check_library_folder, default_library_dir
 from agent.review.editing import edit_candidate
 from agent.review.gate import approve, promote_candidate, reject
 from agent.review.view import show_candidate
@@ -210,6 +210,7 @@ def _review_candidate(
                 stderr.print("this code did not pass validation, so it cannot be approved: edit, reject or skip it")
                 continue
             note = _ask("note (optional): ").strip() or None
+            check_library_folder(library)  # before the approval, which a failed promotion would leave behind
             approve(run, record.id, note=note)
             tally.approved.append(record.id)  # should promotion fail, the summary still names the approval
             entry = promote_candidate(run, record.id, library)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agent.authoring.candidates import locate_candidate
+from agent.authoring.candidates import load_candidate, locate_candidate
 from agent.cli.console import EXIT_OK, stderr
-from agent.metrics.library import default_library_dir
+from agent.metrics.library import check_library_folder, default_library_dir
 from agent.review.gate import approve, promote_candidate, reject
 
 __all__ = ["cmd_approve", "cmd_reject", "register"]
@@ -36,15 +36,25 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    """Approve a pending candidate's current code (bound to its sha256) and promote it into the library."""
+    """Approve a pending candidate's current code (bound to its sha256) and promote it into the library.
+
+    A candidate approved earlier without being promoted (--no-promote) is promoted.
+    """
     run_dir = locate_candidate(args.run_dir, args.candidate)
-    record = approve(run_dir, args.candidate, by=args.by, note=args.note)
-    assert record.approval is not None
-    line = f"approved {record.id} (code {record.approval.code_sha256[:12]})"
+    library = default_library_dir(args.library)
+    if not args.no_promote:
+        check_library_folder(library)  # before the approval, which a failed promotion would leave behind
+    if load_candidate(run_dir, args.candidate).status == "approved" and not args.no_promote:
+        record = load_candidate(run_dir, args.candidate)
+        assert record.approval is not None
+        line = f"{record.id} was approved (code {record.approval.code_sha256[:12]})"
+    else:
+        record = approve(run_dir, args.candidate, by=args.by, note=args.note)
+        assert record.approval is not None
+        line = f"approved {record.id} (code {record.approval.code_sha256[:12]})"
     if args.no_promote:
         stderr.print(line)
         return EXIT_OK
-    library = default_library_dir(args.library)
     entry = promote_candidate(run_dir, args.candidate, library, by=args.by)
     stderr.print(f"{line}, promoted as lib:{entry.manifest.name}@{entry.manifest.version} in {library}")
     return EXIT_OK

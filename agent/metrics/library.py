@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,11 +147,41 @@ def default_library_dir(given: Path | None = None) -> Path:
     return Path(os.environ.get("METRICSMITH_LIBRARY") or "metricsmith-library")
 
 
+def check_library_folder(library: Path) -> None:
+    """Refuse a library that can't take a new version: checked before an approval, which a failed promotion
+    would otherwise leave approved and not promoted."""
+    if library.exists():
+        if not library.is_dir():
+            raise UserError(f"{library}: the library is a folder, and this is a file; give another --library")
+        if not os.access(library, os.W_OK | os.X_OK):
+            raise UserError(f"{library}: the library folder is not writable")
+        return
+    parent = library.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{library}: the library folder can't be made in {parent}")
+
+
+LOCK_WAIT_S = 30.0  # how long a promotion waits for another process's hold on the library
+
+
 @contextlib.contextmanager
 def _locked(library: Path) -> Iterator[None]:
     library.mkdir(parents=True, exist_ok=True)
     with open(library / ".lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:  # not a blocking flock: a process that holds the lock forever must not hang this one silently
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"{library}: another process has held the library's lock ({library / '.lock'}) for "
+                        f"{LOCK_WAIT_S:g} s; try again when it is done"
+                    ) from None
+                time.sleep(0.1)
         try:
             yield
         finally:

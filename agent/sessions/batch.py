@@ -45,6 +45,7 @@ from agent.llm.model import ModelBackend, ModelUnreachable
 from agent.llm.pricing import cost_usd
 from agent.llm.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
 from agent.metrics.contract import MetricSpec, parse_metric_source
+from agent.metrics.library import check_library_folder
 from agent.metrics.scoring import score_dataset
 from agent.review.gate import approve, promote_candidate
 from agent.sessions.batch_config import BatchConfig
@@ -370,6 +371,8 @@ def run_batch(
     load_coco(config.dataset.annotations, config.dataset.images)
     if config.dataset.errors is not None and not config.dataset.errors.exists():
         raise UserError(f"{config.dataset.errors}: no such errors file (dataset.errors in the config)")
+    if options.approve_passing:  # before the model is paid, not at the first promotion
+        check_library_folder(config.library)
     backend = backend_for(config)
     manifest = load_manifest(run_dir) if resume else _start(config, run_dir, backend)
     done = _read_results(run_dir)

@@ -63,7 +63,14 @@ from agent.llm.model import ForwardingBackend, Message, ModelBackend, ModelReply
 from agent.llm.pricing import cost_usd
 from agent.llm.transcript import RecordingBackend, TranscriptMeta, TranscriptWriter
 from agent.metrics.contract import MetricSpec, list_builtin_metrics
-from agent.metrics.library import LibraryRef, default_library_dir, latest_library_refs, library_metrics, list_library
+from agent.metrics.library import (
+    LibraryRef,
+    check_library_folder,
+    default_library_dir,
+    latest_library_refs,
+    library_metrics,
+    list_library,
+)
 from agent.review.editing import Editor, edit_candidate, open_in_editor, revalidate_candidate
 from agent.review.gate import approve, promote_candidate, reject
 from agent.review.view import show_candidate
@@ -365,13 +372,13 @@ class ChatSession:
     def cmd_approve(self, argument: str) -> None:
         """Approve the current candidate (with an optional note) and promote it into the library."""
         record = self._current()
+        check_library_folder(self.library_dir)  # before the approval, which a failed promotion would leave behind
         approved = approve(self.run_dir, record.id, note=argument or None)
         self._decided("approve", approved.id, approved.code_sha256, note=argument or None)
         entry = promote_candidate(self.run_dir, record.id, self.library_dir)
         self._decided("promote", record.id, entry.manifest.code_sha256, version=entry.manifest.version)
         self.library_pins.append(LibraryRef.of(entry.manifest))
-        where = escape(str(self.library_dir))
-        promoted = f"lib:{entry.manifest.name}@{entry.manifest.version} in {where}"
+        promoted = f"lib:{entry.manifest.name}@{entry.manifest.version} in {self.library_dir}"
         self.console.print(f"[green]promoted[/] as {escape(promoted)}", markup=True)
 
     def cmd_reject(self, argument: str) -> None:
