@@ -215,3 +215,35 @@ def test_a_result_line_torn_by_a_kill_does_not_take_the_next_result_with_it(tmp_
     _ResultLog(path).append(result(3))
     assert list(_read_results(tmp_path)) == ["01-idea", "03-idea"]
     assert path.read_text().startswith(whole)
+
+
+def test_ctrl_c_while_model_requests_hang_exits_at_once_and_starts_no_queued_idea(demo: Path, tmp_path: Path) -> None:
+    # It waited for the hanging requests' whole timeout, and meanwhile started the queued ideas.
+    import signal
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts connections and never answers
+    config = write_config(tmp_path, demo, f"http://127.0.0.1:{listener.getsockname()[1]}/v1", IDEAS[:3])
+    config.write_text(config.read_text() + "request_timeout = 100\n")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "agent.cli", "batch", str(config), "--out", str(run_dir), "--concurrency", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list((run_dir / "ideas").glob("*/transcript.jsonl"))) < 2:
+            time.sleep(0.1)
+        time.sleep(1.0)  # both requests sent and waiting
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        listener.close()
+    assert process.returncode == 130, stderr
+    assert time.monotonic() - started < 10, "it waited on the hanging requests"
+    assert "interrupted: the finished ideas are kept" in stderr and "Traceback" not in stderr
+    started_ideas = sorted(path.name for path in (run_dir / "ideas").iterdir())
+    assert started_ideas == ["01-boxes-with-almost-no-edges", "02-boxes-that-are-not-on-a-panda"]

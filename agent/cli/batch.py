@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import webbrowser
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from rich.markup import escape
 from agent.authoring.candidates import CandidateRecord, author_runs, list_candidates, twins
 from agent.cli.console import (
     EXIT_INFRASTRUCTURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     new_run_dir,
@@ -94,13 +96,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
     config = load_batch_config(args.config, overrides=overrides)
     run_dir = args.resume or args.out or new_run_dir("batch")
     stderr.print(f"batch run in {run_dir} with the {config.model.backend} backend")
-    summary = run_batch(
-        config,
-        run_dir,
-        resume=args.resume is not None,
-        options=BatchOptions(concurrency=args.concurrency, approve_passing=args.approve_passing, workers=args.workers),
-        progress=_batch_progress,
-    )
+    try:
+        summary = run_batch(
+            config,
+            run_dir,
+            resume=args.resume is not None,
+            options=BatchOptions(
+                concurrency=args.concurrency, approve_passing=args.approve_passing, workers=args.workers
+            ),
+            progress=_batch_progress,
+        )
+    except KeyboardInterrupt:
+        # The ideas under way wait on model requests in threads that Python would join at exit, up to their
+        # whole timeout: leave now. Each finished idea is in results.jsonl (fsync'ed) and each exchange in its
+        # transcript; `--resume` authors the unfinished ones again.
+        stderr.print(f"interrupted: the finished ideas are kept; metricsmith batch CONFIG --resume {run_dir} goes on")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     if args.json:
         stdout.print_json(summary.model_dump_json())
     else:

@@ -383,7 +383,8 @@ def run_batch(
     log = _ResultLog(run_dir / "results.jsonl")
     spent = sum(result.cost_usd or 0.0 for result in done.values())
     ceiling = config.budgets.cost_ceiling_usd
-    with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
+    try:
         futures = {}
         for idea in todo:
             futures[pool.submit(_author_one, idea, config, backend, run_dir, options)] = idea
@@ -397,6 +398,12 @@ def run_batch(
                 progress("ceiling", {"spent": spent, "ceiling": ceiling})
                 for pending in futures:
                     pending.cancel()
+    except BaseException:
+        # Ctrl-C (or a failure): no queued idea starts. The ones under way are left to the caller, which
+        # need not wait for their model requests: their finished work is on disk, and --resume redoes them.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     report = _candidate_report(run_dir, config, manifest, options.workers)
     summary = summarise(run_dir, manifest, report)
     write_json_atomic(run_dir / "summary.json", summary)
