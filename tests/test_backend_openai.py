@@ -40,6 +40,8 @@ class Answer:
     content_type: str = "application/json"
     # Close the connection after this many bytes of the body (a server dying mid-reply).
     cut_after: int | None = None
+    # Send the body a byte at a time, this long apart (a server that never trips a per-read timeout).
+    drip_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,12 @@ class FakeOpenAI:
                     for name, value in answer.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    if answer.cut_after is None:
+                    if answer.drip_s is not None:
+                        for at in range(len(data)):
+                            self.wfile.write(data[at : at + 1])
+                            self.wfile.flush()
+                            time.sleep(answer.drip_s)
+                    elif answer.cut_after is None:
                         self.wfile.write(data)
                     else:
                         self.wfile.write(data[: answer.cut_after])
@@ -275,6 +282,15 @@ def test_a_server_too_slow_on_every_attempt_names_the_option_that_waits_longer(s
         backend(server, timeout_s=0.3, max_attempts=2).complete(chat_request())
     message = str(caught.value)
     assert "did not answer in time" in message and "0.3 s each" in message and "--request-timeout" in message
+
+
+def test_a_reply_that_drips_in_past_the_timeout_is_a_timeout(server: FakeOpenAI) -> None:
+    # Each byte came within the HTTP client's per-read timeout, so the request went on for as long as the server liked.
+    server.script(Answer(body=chat_body("slow"), drip_s=0.01), Answer(body=chat_body("ok")))
+    started = time.monotonic()
+    reply = backend(server, timeout_s=0.5).complete(chat_request())
+    assert reply.text == "ok" and len(server.received) == 2
+    assert time.monotonic() - started < 1.5, "it waited for the dripping reply"
 
 
 def test_a_local_server_is_given_longer_than_openai_to_answer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,11 +26,12 @@ import json
 import os
 import random
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
@@ -53,6 +54,10 @@ class _UnreadableReply(Exception):
     """The server answered 2xx with a body that is not a completion (bad JSON, HTML, no choices)."""
 
 
+class _TotalTimeout(Exception):
+    """The reply did not arrive whole within the request's timeout, though bytes kept coming (`_within`)."""
+
+
 class _BrokenStream(Exception):
     """A streamed reply failed after some of it was shown: not retried (see `complete`)."""
 
@@ -63,6 +68,7 @@ class _BrokenStream(Exception):
 
 # What an unreadable body raises, on its way through the SDK or through _first_choice.
 _UNREADABLE = (_UnreadableReply, json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError)
+_TIMEOUTS = (openai.APITimeoutError, _TotalTimeout)
 
 
 def _check_url(url: str, given_as: str) -> None:
@@ -183,7 +189,7 @@ class OpenAIBackend:
         except _BrokenStream as broken:
             explained = self._explain(broken.cause, attempts, time.monotonic() - start)
             raise ModelUnreachable(f"{explained} (the reply broke off while streaming)") from broken.cause
-        except (openai.OpenAIError, *_UNREADABLE) as exc:  # a bug of ours stays a traceback
+        except (openai.OpenAIError, _TotalTimeout, *_UNREADABLE) as exc:  # a bug of ours stays a traceback
             raise ModelUnreachable(self._explain(exc, attempts, time.monotonic() - start)) from exc
 
     def _wait(self, state: RetryCallState) -> float:
@@ -207,9 +213,35 @@ class OpenAIBackend:
         messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
         return self._client.chat.completions.create(model=self._model, messages=messages, timeout=timeout, **params)
 
+    def _within(self, timeout: float, call: Callable[[], T]) -> T:
+        """`call()`, or a timeout once `timeout` seconds have passed in all.
+
+        The HTTP client's timeout is per read: a server that sends a byte every second never trips it, and
+        the request went on for as long as the server liked. The call runs on a daemon thread, left behind
+        when the time is up (it ends when the server closes the connection, or with the process).
+        """
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as error:  # handed to the waiting thread as it is
+                outcome.append((False, error))
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="model-request", daemon=True).start()
+        if not done.wait(timeout):
+            raise _TotalTimeout(f"no whole reply in {timeout:g} s")
+        succeeded, value = outcome[0]
+        if not succeeded:
+            raise value
+        return cast(T, value)
+
     def _send_chat(self, request: ModelRequest, timeout: float) -> ModelReply:
         started = time.perf_counter()
-        response = self._create(request, timeout)
+        response = self._within(timeout, lambda: self._create(request, timeout))
         latency = time.perf_counter() - started
         choice = _first_choice(response)
         message = getattr(choice, "message", None)
@@ -218,7 +250,7 @@ class OpenAIBackend:
 
     def _send_completion(self, request: ModelRequest, timeout: float) -> ModelReply:
         started = time.perf_counter()
-        response = self._create(request, timeout)
+        response = self._within(timeout, lambda: self._create(request, timeout))
         latency = time.perf_counter() - started
         choice = _first_choice(response)
         completion = getattr(choice, "text", None) or ""
@@ -288,7 +320,7 @@ class OpenAIBackend:
     def _explain(self, exc: BaseException, attempts: int, elapsed: float) -> str:
         where = f"the model server at {self.base_url}"
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f} s"
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, _TIMEOUTS):
             return (
                 f"{where} did not answer in time ({tries}, {self._timeout_s:g} s each); is it overloaded? "
                 "raise --request-timeout (request_timeout in a batch config's [model]) or try again"
@@ -400,7 +432,7 @@ def _first_choice(response: Any) -> Any:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIConnectionError):  # timeouts included
+    if isinstance(exc, openai.APIConnectionError | _TotalTimeout):  # timeouts included
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 429) or exc.status_code >= 500
