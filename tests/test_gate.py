@@ -189,3 +189,27 @@ def test_a_library_locked_by_another_process_is_an_error_not_a_silent_wait(
         with pytest.raises(UserError, match=r"another process has held the library's lock .* for 0.3 s"):
             promote_candidate(run_dir, candidate, library)
     assert promote_candidate(run_dir, candidate, library).manifest.version == 1
+
+
+def test_twin_candidates_of_two_ideas_are_named_by_their_idea_not_picked_silently(tmp_path: Path) -> None:
+    # Two ideas that wrote the same code share an id: `approve RUN ID` acted on the first, whatever was meant.
+    from agent.authoring.candidates import locate_candidate
+    from agent.errors import UserError
+
+    run = tmp_path / "batch"
+    first, second = run / "ideas" / "01-one", run / "ideas" / "02-two"
+    twin = make_candidate(first)
+    assert make_candidate(second) == twin
+    with pytest.raises(UserError, match=f"{twin} is a candidate of 2 ideas .*give the idea's folder"):
+        locate_candidate(run, twin)
+    assert locate_candidate(second, twin) == second
+    result = _cli("approve", str(second), twin, "--no-promote")
+    assert result.returncode == 0, result.stderr
+    assert load_candidate(second, twin).status == "approved" and load_candidate(first, twin).status == "pending"
+
+
+@pytest.mark.parametrize("given", ["missing", "file.toml"])
+def test_review_of_a_folder_that_is_no_run_is_an_error_not_nothing_pending(tmp_path: Path, given: str) -> None:
+    (tmp_path / "file.toml").write_text("ideas = []\n")
+    result = _cli("review", str(tmp_path / given))
+    assert result.returncode == 2 and "give the run folder that `metricsmith author` or `batch` wrote" in result.stderr

@@ -142,7 +142,14 @@ def load_candidate(run_dir: Path, candidate_id: str) -> CandidateRecord:
 
 
 def author_runs(run_dir: Path) -> list[Path]:
-    """The authoring run directories inside `run_dir`: itself (`author`), or each idea's (`batch`)."""
+    """The authoring run directories inside `run_dir`: itself (`author`), or each idea's (`batch`).
+
+    A `run_dir` that is no folder is the user's mistake (a typo, a config file given instead of its run):
+    a UserError, not "nothing pending".
+    """
+    if not run_dir.is_dir():
+        what = "no such folder" if not run_dir.exists() else "a file, not a run folder"
+        raise UserError(f"{run_dir}: {what}; give the run folder that `metricsmith author` or `batch` wrote")
     runs = [run_dir] if (run_dir / "candidates").is_dir() else []
     ideas = run_dir / "ideas"
     if ideas.is_dir():
@@ -153,9 +160,14 @@ def author_runs(run_dir: Path) -> list[Path]:
 def locate_candidate(run_dir: Path, candidate_id: str) -> Path:
     """The authoring run directory holding the candidate (`run_dir` itself, or one idea's in a batch run)."""
     candidate_dir(run_dir, candidate_id)  # checks the id's shape
-    for run in author_runs(run_dir):
-        if (run / "candidates" / candidate_id / "candidate.json").is_file():
-            return run
+    holders = [run for run in author_runs(run_dir) if (run / "candidates" / candidate_id / "candidate.json").is_file()]
+    if len(holders) > 1:  # two ideas of a batch wrote the same code: the id alone can't say which is meant
+        raise UserError(
+            f"{candidate_id} is a candidate of {len(holders)} ideas ({', '.join(str(run) for run in holders)}); "
+            "give the idea's folder instead of the run's"
+        )
+    if holders:
+        return holders[0]
     known = ", ".join(record.id for run in author_runs(run_dir) for record in list_candidates(run)) or "none"
     raise UserError(f"no candidate {candidate_id} in {run_dir} (candidates: {known})")
 
