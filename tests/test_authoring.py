@@ -382,3 +382,27 @@ def test_model_defaults_choose_the_grammar(name: str, mode: str, asked: bool | N
     # Best-of-N: a grammar-held model's one-line samples are cheap, so 8 of them; otherwise one.
     assert defaults["samples"] == (8 if expected else 1)
     assert model_defaults(_Named(name, mode), samples=3)["samples"] == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("problem", ["empty idea", "bad errors file"])
+def test_an_empty_idea_or_a_bad_errors_file_is_refused_before_the_model_is_asked(
+    demo: Path, tmp_path: Path, problem: str
+) -> None:
+    # The errors file was read only after a draft had been paid for and validated; an empty idea went to the model.
+    from agent.errors import UserError
+
+    bad = tmp_path / "errors.json"
+    bad.write_text("{not json")
+    model = ScriptedModel([])  # any request would fail: nothing may be asked
+    job = AuthorJob(
+        idea="  " if problem == "empty idea" else fixtures.IDEA,
+        annotations=demo,
+        run_dir=tmp_path / "run",
+        backend=model,
+        errors=bad if problem == "bad errors file" else None,
+        settings=AuthoringSettings(max_repairs=0, max_drafts=1),
+        workers=1,
+    )
+    with pytest.raises(UserError, match="the idea is empty" if problem == "empty idea" else "not valid JSON"):
+        run_author_job(job)
+    assert not (tmp_path / "run").exists()

@@ -32,6 +32,7 @@ from agent.authoring.prompting import Prompts
 from agent.authoring.validation_set import ValidationSet, build_validation_set, load_validation_set
 from agent.data.coco import Dataset, load_coco
 from agent.data.demo import generate_demo_dataset
+from agent.data.label_errors import load_errors
 from agent.errors import UserError
 from agent.llm.backends.local import LocalBackend
 from agent.llm.backends.openai import OpenAIBackend
@@ -220,9 +221,13 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 def run_author_job(job: AuthorJob, listener: Listener = lambda event, data: None) -> AuthoringOutcome:
     """Run the loop for one idea; the run directory ends up with the transcript and any candidate."""
+    if not job.idea.strip():  # the model would be asked to write a metric for nothing
+        raise UserError('the idea is empty: say what the metric should flag, e.g. "boxes on a blurry background"')
     dataset: Dataset = load_coco(job.annotations, job.images)
-    if job.errors is not None and not job.errors.exists():
-        raise UserError(f"{job.errors}: no such errors file")
+    if job.errors is not None:  # read now, not after the model has been paid for a draft
+        if not job.errors.exists():
+            raise UserError(f"{job.errors}: no such errors file")
+        load_errors(job.errors)
     pins, library = library_metrics(job.library, job.pinned_library)
     _prepare_run_dir(job.run_dir)
     sandbox = SandboxConfig(workers=job.workers) if job.workers else SandboxConfig()
