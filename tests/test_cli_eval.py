@@ -306,3 +306,25 @@ def test_bad_recorded_fields_and_unknown_overrides_are_one_line(scored: dict[str
     assert result.stderr.strip().splitlines() == [
         "error: --direction box_aera=high: no metric box_aera to evaluate (box_area)"
     ]
+
+
+@pytest.mark.parametrize("content", [None, b"", b"a,b\n"])
+def test_a_score_file_with_no_rows_is_refused_not_measured(
+    tmp_path: Path, content: bytes | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An empty table came out with exit 0, as if nothing had been measured on purpose.
+    from agent.cli.main import main
+
+    annotations, errors = tmp_path / "annotations.json", tmp_path / "errors.json"
+    annotations.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 4}],
+                                       "annotations": [], "categories": [{"id": 1, "name": "thing"}]}))  # fmt: skip
+    errors.write_text(json.dumps({"seed": 0, "error_rate": 0.0, "errors": []}))
+    scores = tmp_path / "scores"
+    if content is None:
+        scores.mkdir()
+    else:
+        scores = tmp_path / "scores.csv"
+        scores.write_bytes(content)
+    code = main(["eval", "--annotations", str(annotations), "--errors", str(errors), "--scores", str(scores)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith(f"--scores {scores}: holds no score rows")

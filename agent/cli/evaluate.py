@@ -219,6 +219,8 @@ def _gather_scores(
     tables = []
     for path in args.scores:
         read = read_rows(path)
+        if not read:  # an empty table would look like a measurement of nothing
+            raise UserError(f"--scores {path}: holds no score rows")
         check_files(dataclasses.replace(truth, errors=()), read, scores_name=str(path))
         tables.append(recorded_metrics(read, str(path)))
         rows.extend(read)

@@ -333,7 +333,9 @@ def _require_an_image(dataset: Dataset, paths: dict[int, str]) -> None:
 
     Stops at the first image found (one look on a dataset that has its images).
     """
-    if paths and not any(os.path.isfile(path) for path in paths.values()):
+    if not paths:
+        raise UserError(f"{dataset.annotations_path} lists no images: there is nothing to score")
+    if not any(os.path.isfile(path) for path in paths.values()):
         first = dataset.image_path(dataset.images[0].id)
         raise UserError(
             f"none of the {len(paths)} images of {dataset.annotations_path} is in {dataset.image_root} "
