@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,32 @@ def test_a_request_holding_a_secret_still_matches_its_scrubbed_recording(
     backend = ReplayBackend(path)
     assert backend.complete(leaky) == reply("ok")
     backend.finish()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (("authoring", "max_repairs", "abc"), "settings.authoring.max_repairs: Input should be a valid integer"),
+        (("authoring", "temperature", "hot"), "settings.authoring.temperature: Input should be a valid number"),
+        ((None, "extra_key", 1), "settings.extra_key: Extra inputs are not permitted"),
+    ],
+)
+def test_a_meta_line_whose_settings_cannot_rebuild_the_job_is_one_line(
+    tmp_path: Path, change: tuple[str | None, str, object], problem: str
+) -> None:
+    # A wrong type was an internal error (TypeError) later in the loop; a pydantic error a six-line dump.
+    from agent.authoring.job import job_settings_from_transcript
+    from agent.errors import UserError
+    from agent.llm.transcript import read_transcript
+
+    source = Path(__file__).resolve().parents[1] / "transcripts" / "fixture-success-after-two-repairs.jsonl"
+    lines = source.read_text().splitlines()
+    meta = json.loads(lines[0])
+    section, key, value = change
+    (meta["settings"][section] if section else meta["settings"])[key] = value
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\n".join([json.dumps(meta), *lines[1:]]) + "\n")
+    with pytest.raises(UserError) as caught:
+        job_settings_from_transcript(read_transcript(edited))
+    message = str(caught.value)
+    assert "\n" not in message and f"the meta line's settings cannot rebuild the job: {problem}" in message

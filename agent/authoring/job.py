@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from rich.markup import escape
 
 from agent.authoring.extract import Idea
@@ -277,10 +277,17 @@ def validation_set(dataset: Dataset, folder: Path, size: int) -> ValidationSet:
 
 
 def job_settings_from_transcript(transcript: Transcript) -> JobSettings:
+    """The job a transcript's meta line recorded, its authoring settings checked too; a UserError in one line."""
     try:
-        return JobSettings.model_validate(transcript.meta.settings)
-    except ValueError as error:
-        raise UserError(f"{transcript.path}: the meta line's settings cannot rebuild the job: {error}") from None
+        settings = JobSettings.model_validate(transcript.meta.settings)
+        authoring_settings(settings.authoring)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        problem = f"settings.{where}: {first['msg']}{more}"
+        raise UserError(f"{transcript.path}: the meta line's settings cannot rebuild the job: {problem}") from None
+    return settings
 
 
 def recorded_outcome(transcript: Transcript) -> dict[str, Any] | None:
@@ -290,11 +297,16 @@ def recorded_outcome(transcript: Transcript) -> dict[str, Any] | None:
 
 
 def authoring_settings(values: dict[str, Any]) -> AuthoringSettings:
+    """The recorded authoring settings, each checked against its field's type (a transcript is a file: edited by hand,
+    or torn). Raises ValidationError, located under `authoring`."""
     known = set(AuthoringSettings.__dataclass_fields__)
     chosen = {key: value for key, value in values.items() if key in known}
-    if "targets" in chosen:
+    if isinstance(chosen.get("targets"), list):
         chosen["targets"] = tuple(chosen["targets"])
-    return AuthoringSettings(**chosen)
+    return _AUTHORING_SETTINGS.validate_python({"authoring": chosen})["authoring"]
+
+
+_AUTHORING_SETTINGS = TypeAdapter(dict[Literal["authoring"], AuthoringSettings])
 
 
 def describe_rounds(outcome: AuthoringOutcome) -> Sequence[str]:
