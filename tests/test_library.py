@@ -140,7 +140,7 @@ def test_cli_lists_shows_scores_with_and_removes_library_metrics(tmp_path: Path)
     mine = [row for row in listed if row["source"] == "library"]
     assert mine == [
         {"name": "box_area", "level": "object", "suspicious": "low", "description": mine[0]["description"],
-         "source": "library", "version": 2}
+         "source": "library", "version": 2, "changed_since_approval": False}
     ]  # fmt: skip
     assert any(row["source"] == "builtin" and row["name"] == "box_tightness" for row in listed)
     shown = _cli("library", "show", "box_area", "--library", str(library), cwd=tmp_path)
@@ -173,3 +173,22 @@ def test_cli_lists_shows_scores_with_and_removes_library_metrics(tmp_path: Path)
                    "--out", str(out), cwd=tmp_path)  # fmt: skip
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"error: lib:box_area: no metric named box_area in the library {library}"
+
+
+def test_list_and_show_say_when_a_promoted_file_was_changed_after_its_approval(tmp_path: Path) -> None:
+    # show printed the edited code under the approved sha256 and approver, as if it were what was approved.
+    import subprocess
+    import sys
+
+    library = tmp_path / "library"
+    code = source()
+    entry = promote(library, code, approval_for(code), Provenance(backend="scripted", model="m"))
+    entry.path.write_text(code + "# changed by hand\n")
+    run = [sys.executable, "-m", "agent.cli", "library"]
+    shown = subprocess.run([*run, "show", entry.manifest.name, "--library", str(library)], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0 and f"warning: {entry.path} was changed after it was approved" in shown.stderr
+    listed = subprocess.run([*run, "list", "--library", str(library), "--json"], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    (row,) = [row for row in json.loads(listed.stdout) if row["source"] == "library"]
+    assert row["changed_since_approval"] is True

@@ -15,10 +15,11 @@ from agent.metrics.contract import (
     BUILTIN_PREFIX,
     MetricSpec,
     builtin_metric_names,
+    code_sha256,
     list_builtin_metrics,
     load_metric_file,
 )
-from agent.metrics.library import default_library_dir, library_versions, list_library, remove_metric
+from agent.metrics.library import LibraryEntry, default_library_dir, library_versions, list_library, remove_metric
 
 __all__ = ["cmd_library", "register"]
 
@@ -70,7 +71,15 @@ def cmd_library(args: argparse.Namespace) -> int:
                 f"v{manifest.version}", manifest.code_sha256[:12], manifest.promoted_at, approver, approval.note or ""
             )
         stdout.print(table)
-        stdout.print(_syntax(entries[-1].path.read_text(encoding="utf-8"), "python", line_numbers=True))
+        latest = entries[-1]
+        source = latest.path.read_text(encoding="utf-8")
+        stdout.print(_syntax(source, "python", line_numbers=True))
+        shown = code_sha256(source)
+        if shown != latest.manifest.code_sha256:  # the code above is not what was approved: say so, under it
+            stderr.print(
+                f"warning: {latest.path} was changed after it was approved (sha256 {shown[:12]}, approved "
+                f"{latest.manifest.code_sha256[:12]}): the code shown is not the approved code, and score refuses it"
+            )
         return EXIT_OK
     builtins = list_builtin_metrics()
     promoted = list_library(library)
@@ -84,6 +93,7 @@ def cmd_library(args: argparse.Namespace) -> int:
                 "description": entry.manifest.description,
                 "source": "library",
                 "version": entry.manifest.version,
+                "changed_since_approval": _changed(entry),
             }
             for entry in promoted
         ]
@@ -96,13 +106,19 @@ def cmd_library(args: argparse.Namespace) -> int:
         manifest = entry.manifest
         table.add_row(
             manifest.name,
-            f"lib v{manifest.version}",
+            # A file changed since its approval is refused by score: the list says so rather than offer it.
+            f"lib v{manifest.version}" + (" (changed since approval: refused)" if _changed(entry) else ""),
             manifest.level,
             manifest.suspicious,
             manifest.description.strip().splitlines()[0],
         )
     stdout.print(table)
     return EXIT_OK
+
+
+def _changed(entry: LibraryEntry) -> bool:
+    """Whether the entry's metric.py is no longer the code its approval is bound to."""
+    return code_sha256(entry.path.read_text(encoding="utf-8")) != entry.manifest.code_sha256
 
 
 def _syntax(code: str, lexer: str, **options: Any) -> Any:
