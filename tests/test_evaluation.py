@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,15 @@ def test_mismatched_files_name_the_first_and_count() -> None:
         check_files(truth, [ScoreRow("m", "image", 9, None, 0.5)])
     with pytest.raises(MismatchedFiles, match="annotation_id 20, of another image"):
         check_files(truth, [ScoreRow("m", "object", 1, 20, 0.5)])
+
+
+def test_a_mismatch_names_the_annotations_file_it_was_checked_against(tmp_path: Path) -> None:
+    # It always said "not in annotations.json", whatever the file was called.
+    from agent.data.coco import coco_from_document
+    from agent.evaluation.ranking import ground_truth
+
+    document = {"images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 4}], "annotations": [],
+                "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    truth = ground_truth(coco_from_document(document, tmp_path / "half.json", tmp_path))
+    with pytest.raises(MismatchedFiles, match=r"row 1 has image_id 7, not in half.json"):
+        check_files(truth, [ScoreRow("m", "image", 7, None, 0.5)])

@@ -331,6 +331,7 @@ class GroundTruth:
     annotation_image: Mapping[int, int]  # annotation id -> image id
     image_ids: Sequence[int]
     errors: Sequence[ErrorLabel]
+    source: str = "annotations.json"  # the annotations file's name, for messages
 
 
 def ground_truth(dataset: Dataset, errors: Sequence[ErrorLabel] = ()) -> GroundTruth:
@@ -339,6 +340,7 @@ def ground_truth(dataset: Dataset, errors: Sequence[ErrorLabel] = ()) -> GroundT
         annotation_image={annotation.id: annotation.image_id for annotation in dataset.annotations},
         image_ids=[image.id for image in dataset.images],
         errors=tuple(errors),
+        source=dataset.annotations_path.name,
     )
 
 
@@ -403,22 +405,21 @@ def failure_notes(rows: Iterable[ScoreRow], file_names: Mapping[int, str], *, ov
 def check_files(
     truth: GroundTruth, rows: Iterable[ScoreRow] = (), errors_name: str = "errors.json", scores_name: str = "scores"
 ) -> None:
-    """Raise MismatchedFiles naming the first id that annotations.json lacks, with the total count."""
+    """Raise MismatchedFiles naming the first id that the annotations file lacks, with the total count."""
     images = set(truth.image_ids)
     problems: list[str] = []
     for index, error in enumerate(truth.errors):
         if error.image_id not in images:
-            problems.append(f"{errors_name}: error {index} names image_id {error.image_id}, not in annotations.json")
+            problems.append(f"{errors_name}: error {index} names image_id {error.image_id}, not in {truth.source}")
         elif error.annotation_id is not None and truth.annotation_image.get(error.annotation_id) != error.image_id:
-            where = (
-                "not in annotations.json" if error.annotation_id not in truth.annotation_image else "of another image"
-            )
+            elsewhere = error.annotation_id in truth.annotation_image
+            where = "of another image" if elsewhere else f"not in {truth.source}"
             problems.append(f"{errors_name}: error {index} names annotation_id {error.annotation_id}, {where}")
     for index, row in enumerate(rows):
         if row.image_id not in images:
-            problems.append(f"{scores_name}: row {index + 1} has image_id {row.image_id}, not in annotations.json")
+            problems.append(f"{scores_name}: row {index + 1} has image_id {row.image_id}, not in {truth.source}")
         elif row.annotation_id is not None and truth.annotation_image.get(row.annotation_id) != row.image_id:
-            where = "not in annotations.json" if row.annotation_id not in truth.annotation_image else "of another image"
+            where = f"not in {truth.source}" if row.annotation_id not in truth.annotation_image else "of another image"
             problems.append(f"{scores_name}: row {index + 1} has annotation_id {row.annotation_id}, {where}")
     if problems:
         more = f" ({len(problems)} mismatched ids in all; are these files of the same dataset?)"
