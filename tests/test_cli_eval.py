@@ -328,3 +328,18 @@ def test_a_score_file_with_no_rows_is_refused_not_measured(
     code = main(["eval", "--annotations", str(annotations), "--errors", str(errors), "--scores", str(scores)])
     assert code == 2
     assert capsys.readouterr().err.strip().endswith(f"--scores {scores}: holds no score rows")
+
+
+def test_a_score_file_named_like_no_score_file_is_refused_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli.main import main
+
+    scores = tmp_path / "x.json"
+    scores.write_text("{}")
+    code = main(["eval", "--annotations", str(tmp_path / "a.json"), "--errors", str(tmp_path / "e.json"),
+                 "--scores", str(scores)])  # fmt: skip
+    assert code == 2
+    assert (
+        f"{scores}: not a score file by its name; score files are .csv, .jsonl or .parquet" in capsys.readouterr().err
+    )

@@ -528,3 +528,15 @@ def test_text_from_files_and_metrics_is_shown_as_written_not_as_rich_markup(tmp_
     assert result.returncode == 1, result.stderr
     assert "ValueError: bad [/i] box [bold]" in result.stderr
     assert "[b]missing[/i].png" in result.stderr and "internal error" not in result.stderr
+
+
+def test_an_output_whose_folder_cannot_be_made_is_refused_before_scoring(tmp_path: Path) -> None:
+    # It failed after the run, naming the journal (OUT.partial) the user never gave: "afile: File exists".
+    annotations = make_dataset(tmp_path / "data")
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "o.csv"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", str(out))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"error: --out {out}: {tmp_path / 'afile'} is a file, so no folder can be made in it"
+    )

@@ -192,3 +192,11 @@ def test_list_and_show_say_when_a_promoted_file_was_changed_after_its_approval(t
                             timeout=60)  # fmt: skip
     (row,) = [row for row in json.loads(listed.stdout) if row["source"] == "library"]
     assert row["changed_since_approval"] is True
+
+
+def test_a_library_folder_that_does_not_exist_is_named_as_such(tmp_path: Path) -> None:
+    from agent.errors import UserError
+    from agent.metrics.library import load_library_metric
+
+    with pytest.raises(UserError, match="the library .*nowhere does not exist"):
+        load_library_metric("lib:foo", tmp_path / "nowhere")

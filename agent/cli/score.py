@@ -29,7 +29,7 @@ from agent.data.coco import Dataset, load_coco
 from agent.errors import EnvironmentProblem, UserError
 from agent.metrics.contract import MetricSpec, list_builtin_metrics
 from agent.metrics.parts import PartWriter, check_directory, is_parts_directory
-from agent.metrics.results import Journal, output_format, write_rows
+from agent.metrics.results import Journal, check_output_folder, output_format, write_rows
 from agent.metrics.scoring import ScoreOutcome, failure_lines, score_dataset
 from sandbox.engine import Engine, ScoringEngine
 from sandbox.isolation import SandboxConfig
@@ -99,6 +99,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         check_directory(out)
     else:
         output_format(out)
+        check_output_folder(out)
     engine, session = _engine(args)
     specs = load_metrics(args.metrics, args.library) if args.metrics else list_builtin_metrics()
     if not specs:

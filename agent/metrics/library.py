@@ -298,6 +298,8 @@ def load_library_metric(ref: str, library: Path) -> MetricSpec:
         raise UserError(f"{ref}: a library metric is lib:NAME or lib:NAME@VERSION")
     name, wanted = match.group("name"), match.group("version")
     versions = _versions_on_disk(library, name)
+    if not versions and not library.is_dir():
+        raise UserError(f"{ref}: the library {library} does not exist (--library, or $METRICSMITH_LIBRARY)")
     if not versions:
         raise UserError(f"{ref}: no metric named {name} in the library {library}")
     version = int(wanted) if wanted else versions[-1]

@@ -58,6 +58,19 @@ def output_format(path: Path) -> OutputFormat:
     raise UserError(f"{path}: unknown output extension {suffix!r}; use .csv, .jsonl or .parquet")
 
 
+def check_output_folder(path: Path) -> None:
+    """Refuse, before any scoring, an output whose folder can't be made or written: after the run it was an
+    error about a temporary file (`OUT.partial`, `.OUT.xxxx`) the user never named."""
+    folder = path.absolute().parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {path}: {existing} is a file, so no folder can be made in it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {path}: {existing} is not writable")
+
+
 def journal_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
@@ -67,6 +80,11 @@ def readable_format(path: Path) -> OutputFormat:
     or `OUT.partial.N`, one kept from a run that stopped)."""
     if path.suffix == ".partial" or (path.suffix[1:].isdigit() and Path(path.stem).suffix == ".partial"):
         return "jsonl"
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson", ".parquet"):
+        raise UserError(
+            f"{path}: not a score file by its name; score files are .csv, .jsonl or .parquet (or a folder of "
+            "Parquet parts), as `metricsmith score --out` writes them"
+        )
     return output_format(path)
 
 
