@@ -198,5 +198,5 @@ def test_a_library_folder_that_does_not_exist_is_named_as_such(tmp_path: Path) -
     from agent.errors import UserError
     from agent.metrics.library import load_library_metric
 
-    with pytest.raises(UserError, match="the library .*nowhere does not exist"):
+    with pytest.raises(UserError, match=r"the library .*nowhere does not exist"):
         load_library_metric("lib:foo", tmp_path / "nowhere")
