@@ -221,3 +221,27 @@ def test_approving_code_that_failed_validation_asks_again(run_dir: Path, tmp_pat
     assert "this code did not pass validation, so it cannot be approved: edit, reject or skip it" in lines
     assert list_candidates(run_dir)[0].status == "pending"
     assert not (tmp_path / "lib").exists()
+
+
+def test_an_edit_that_breaks_the_contract_keeps_the_review_going_and_shows_no_stale_validation(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    # It ended the review ("metric.py:1: syntax error", no path), and the next showed the broken code beside
+    # the old code's "validation: passed", histogram and figures.
+    editor = f"{sys.executable} -c \"import sys,pathlib; pathlib.Path(sys.argv[1]).write_text('def score(:')\""
+    first = review(run_dir, "e\ns\n", tmp_path / "lib", editor=editor)
+    assert first.returncode == 0, first.stderr
+    metric = run_dir / "candidates" / list_candidates(run_dir)[0].id / "metric.py"
+    assert any(line.startswith(f"{metric}:") and "it stays pending, not validated" in line for line in said(first))
+    record = list_candidates(run_dir)[0]
+    assert record.status == "pending" and not record.validation_passed and record.evaluation is None
+    assert not (metric.parent / "validation.json").exists() and not (metric.parent / "scores.csv").exists()
+    again = review(run_dir, "s\n", tmp_path / "lib")
+    assert "validation: none for this code (it was edited, and it did not load as a metric)" in again.stdout
+    assert "validation: passed" not in again.stdout
+
+
+def test_an_editor_that_cannot_run_is_named(run_dir: Path, tmp_path: Path) -> None:
+    result = review(run_dir, "e\n", tmp_path / "lib", editor="/nonexistent/editor")
+    assert result.returncode == 2
+    assert "cannot run the editor $EDITOR ('/nonexistent/editor'): No such file or directory" in result.stderr

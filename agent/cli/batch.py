@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from agent.authoring.candidates import CandidateRecord, author_runs, list_candidates, twins
+from agent.authoring.candidates import CandidateRecord, author_runs, list_candidates, load_candidate, twins
 from agent.cli.console import (
     EXIT_INFRASTRUCTURE,
     EXIT_INTERRUPTED,
@@ -26,6 +26,7 @@ from agent.cli.console import (
     worker_count,
 )
 from agent.errors import UserError
+from agent.metrics.contract import MetricFileError
 from agent.metrics.library import check_library_folder, default_library_dir
 from agent.review.editing import edit_candidate
 from agent.review.gate import approve, promote_candidate, reject
@@ -239,7 +240,14 @@ def _review_candidate(
             tally.rejected.append(record.id)
             return True
         elif choice == "edit":
-            record = _edit(run, record)
+            try:
+                record = _edit(run, record)
+            except MetricFileError as error:  # the edit is recorded, not validated: edit again, reject or skip
+                stderr.print(
+                    f"{error}; it stays pending, not validated: edit it again, reject or skip it", markup=False
+                )
+                record = load_candidate(run, record.id)
+                continue
             if record.validation_passed:
                 _show(run, record, everything, open_sheet)  # the new code, for a decision on it
                 continue

@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.authoring.candidates import CandidateRecord, candidate_dir, save_candidate, write_json_atomic
 from agent.authoring.validation import ValidationReport, validate
 from agent.authoring.validation_set import load_validation_set
+from agent.errors import UserError
 from agent.metrics.contract import MetricSpec, code_sha256, parse_metric_source
 from agent.review.gate import current_approver, record_edit
 from sandbox.isolation import SandboxConfig
@@ -28,8 +29,13 @@ Editor = Callable[[Path], None]
 
 def open_in_editor(path: Path) -> None:
     """$VISUAL, else $EDITOR, else vi, on `path`; returns when the editor exits."""
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    subprocess.run([*shlex.split(editor), str(path)], check=False)
+    variable = "VISUAL" if os.environ.get("VISUAL") else "EDITOR" if os.environ.get("EDITOR") else None
+    editor = os.environ.get(variable) if variable else "vi"
+    try:
+        subprocess.run([*shlex.split(editor or "vi"), str(path)], check=False)
+    except (OSError, ValueError) as error:  # not found, not executable, unbalanced quotes
+        named = f"${variable} ({editor!r})" if variable else "vi (set $EDITOR to choose another)"
+        raise UserError(f"cannot run the editor {named}: {getattr(error, 'strerror', None) or error}") from None
 
 
 def revalidate_candidate(
@@ -44,7 +50,7 @@ def revalidate_candidate(
     source = path.read_text(encoding="utf-8")
     if code_sha256(source) != record.code_sha256:
         record = record_edit(run, record.id, source, by=current_approver())
-    spec = parse_metric_source(source, path="metric.py")
+    spec = parse_metric_source(source, path=str(path))  # breaking the contract: a UserError naming the file
     report = validate(spec, load_validation_set(run / "validation-set"), sandbox or SandboxConfig(), library=library)
     write_json_atomic(path.parent / "validation.json", report)
     updated = record.model_copy(update={"validation_passed": report.passed})

@@ -140,6 +140,9 @@ def record_edit(run_dir: Path, candidate_id: str, new_code: str, by: str | None 
     temporary.write_text(new_code, encoding="utf-8")
     os.replace(temporary, path)
     decision = Decision(action="edit", code_sha256=sha, by=by or current_approver(), at=now_iso())
+    # What was measured of the old code says nothing of the new: shown beside it, it read as the new code's.
+    for stale in ("validation.json", "scores.csv", "report.html"):
+        (path.parent / stale).unlink(missing_ok=True)
     updated = record.model_copy(
         update={
             "status": "pending",
@@ -147,6 +150,8 @@ def record_edit(run_dir: Path, candidate_id: str, new_code: str, by: str | None 
             "rejection": None,
             "code_sha256": sha,
             "validation_passed": False,
+            "evaluation": None,
+            "usefulness": None,
         }
     )
     save_candidate(run_dir, updated)

@@ -41,12 +41,16 @@ def histogram(values: list[float], bins: int = 12, width: int = 40) -> list[str]
 def show_candidate(console: Console, run: Path, record: CandidateRecord) -> None:
     """Everything a reviewer needs to decide on one candidate of the authoring run `run`."""
     folder = run / "candidates" / record.id
-    validation = json.loads((folder / "validation.json").read_text())
+    validation_path = folder / "validation.json"
+    validation = json.loads(validation_path.read_text()) if validation_path.exists() else None
     console.rule(f"{record.id}  ({record.level}, suspicious {record.suspicious})")
     console.print(f"idea: {record.idea}", markup=False)
     console.print(Syntax((folder / "metric.py").read_text(encoding="utf-8"), "python", line_numbers=True))
     rationale = (folder / "rationale.md").read_text(encoding="utf-8") if (folder / "rationale.md").exists() else ""
     console.print(rationale.strip(), markup=False)
+    if validation is None:  # an edit removed the old code's validation, and the new code broke the contract
+        console.print("validation: none for this code (it was edited, and it did not load as a metric)")
+        return
     checks = ", ".join(f"{check['name']} {check['status']}" for check in validation["checks"])
     console.print(f"validation: {'passed' if validation['passed'] else 'FAILED'} ({checks})")
     stats = validation["stats"]
