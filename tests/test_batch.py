@@ -126,12 +126,16 @@ def test_a_batch_run_authors_every_idea_and_says_how_to_review(demo: Path, model
     assert (run_dir / "report.html").stat().st_size > 1000
     for idea in manifest["ideas"]:
         assert (run_dir / "ideas" / idea["id"] / "transcript.jsonl").exists()
-    # A pending candidate of a batch run is approved through the run directory itself.
+    # A pending candidate of a batch run is approved through the run directory itself, unless two ideas wrote
+    # the same code (the scripted model writes one code for both): then through its idea's folder.
     candidate = summary["pending_review"][0]
-    approved = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "approve", str(run_dir), candidate, "--library", str(tmp_path / "lib")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    approve = [sys.executable, "-m", "agent.cli", "approve"]
+    library = ["--library", str(tmp_path / "lib")]
+    twins = subprocess.run([*approve, str(run_dir), candidate, *library], capture_output=True, text=True, timeout=120)
+    assert twins.returncode == 2 and f"{candidate} is a candidate of 2 ideas" in twins.stderr
+    first_idea = run_dir / "ideas" / manifest["ideas"][0]["id"]
+    approved = subprocess.run([*approve, str(first_idea), candidate, *library], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
     assert approved.returncode == 0, approved.stderr
 
 
@@ -247,3 +251,23 @@ def test_ctrl_c_while_model_requests_hang_exits_at_once_and_starts_no_queued_ide
     assert "interrupted: the finished ideas are kept" in stderr and "Traceback" not in stderr
     started_ideas = sorted(path.name for path in (run_dir / "ideas").iterdir())
     assert started_ideas == ["01-boxes-with-almost-no-edges", "02-boxes-that-are-not-on-a-panda"]
+
+
+def test_a_start_that_failed_while_brainstorming_is_started_again_not_stuck(
+    demo: Path, model_server: str, tmp_path: Path
+) -> None:
+    # It left only brainstorm.jsonl: --out said "not empty", --resume "not a batch run directory".
+    from agent.errors import UserError
+    from agent.sessions.batch import load_manifest
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "brainstorm.jsonl").write_text('{"kind": "meta"}\n')
+    with pytest.raises(UserError, match="stopped while brainstorming, before any idea was set"):
+        load_manifest(run_dir)
+    config = write_config(tmp_path / "config", demo, model_server)  # brainstorm = 2
+    result = batch(str(config), "--out", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "manifest.json").exists() and (run_dir / "brainstorm.failed-1.jsonl").exists()
+    both = batch(str(config), "--out", str(run_dir), "--resume", str(run_dir))
+    assert both.returncode == 2 and "give --resume RUN_DIR (to finish a run) or --out RUN_DIR" in both.stderr

@@ -77,6 +77,8 @@ def _batch_progress(event: str, data: dict[str, Any]) -> None:
         stderr.print(f"  {escape(data['idea_id'])}: {verdict} {escape(said)}", markup=True)
         if data.get("usefulness"):
             stderr.print(f"    usefulness on injected errors: {data['usefulness']}", markup=False)
+    elif event == "note":
+        stderr.print(f"note: {data['text']}", markup=False)
     elif event == "ceiling":
         stderr.print(f"  cost ceiling reached (${data['spent']:.2f} > ${data['ceiling']:.2f}): no new ideas")
 
@@ -95,6 +97,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         ("library",): str(args.library.resolve()) if args.library else None,
     }
     config = load_batch_config(args.config, overrides=overrides)
+    if args.resume is not None and args.out is not None:  # one of the two would be ignored
+        raise UserError("give --resume RUN_DIR (to finish a run) or --out RUN_DIR (for a new one), not both")
     run_dir = args.resume or args.out or new_run_dir("batch")
     stderr.print(f"batch run in {run_dir} with the {config.model.backend} backend")
     try:

@@ -205,7 +205,14 @@ def _brainstorm(config: BatchConfig, backend: ModelBackend, run_dir: Path) -> li
 
 
 def _start(config: BatchConfig, run_dir: Path, backend: ModelBackend) -> BatchManifest:
-    if run_dir.exists() and any(run_dir.iterdir()):
+    left = sorted(path.name for path in run_dir.iterdir()) if run_dir.exists() else []
+    if left and not (run_dir / "manifest.json").exists() and all(name.startswith("brainstorm") for name in left):
+        # A start that failed while brainstorming (a dead server) left its transcript and no manifest: nothing to
+        # resume, so this start takes the folder over, keeping that transcript aside.
+        failed = run_dir / "brainstorm.jsonl"
+        if failed.exists():
+            failed.rename(run_dir / f"brainstorm.failed-{len(left)}.jsonl")
+    elif left:
         raise UserError(f"{run_dir} is not empty: pass a new --out, or --resume {run_dir} to finish it")
     run_dir.mkdir(parents=True, exist_ok=True)
     brainstormed = config.brainstorm is not None
@@ -227,6 +234,11 @@ def load_manifest(run_dir: Path) -> BatchManifest:
     try:
         return BatchManifest.model_validate_json((run_dir / "manifest.json").read_bytes())
     except FileNotFoundError:
+        if (run_dir / "brainstorm.jsonl").exists():
+            raise UserError(
+                f"{run_dir} stopped while brainstorming, before any idea was set: there is nothing to resume; "
+                f"start it again with --out {run_dir}"
+            ) from None
         raise UserError(f"{run_dir} holds no manifest.json: not a batch run directory") from None
     except ValueError as error:
         raise UserError(f"{run_dir / 'manifest.json'}: unreadable: {str(error).splitlines()[0]}") from None
@@ -378,6 +390,15 @@ def run_batch(
     done = _read_results(run_dir)
     todo = [idea for idea in manifest.ideas if idea.id not in done]
     progress("start", {"ideas": len(manifest.ideas), "done": len(done), "todo": len(todo)})
+    if (
+        resume
+        and config.brainstorm is None
+        and [text for text, _ in config.idea_entries()] != [idea.text for idea in manifest.ideas]
+    ):  # the run's own ideas are what it finishes: a silently ignored list would look authored
+        progress(
+            "note",
+            {"text": f"the config's ideas differ from the run's; --resume finishes the run's {len(manifest.ideas)}"},
+        )
     for idea in todo:
         _set_aside_partial(run_dir, idea)
     log = _ResultLog(run_dir / "results.jsonl")
