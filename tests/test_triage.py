@@ -325,3 +325,25 @@ def test_label_studio_tasks_quote_the_file_name_into_the_url(tmp_path: Path) -> 
         == "/data/local-files/?d=sub/a%20b%26c%23d%3F%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.jpg"
     )
     assert task["data"]["file_name"] == f"sub/{name}"
+
+
+@pytest.mark.parametrize("change", ["category", "file_name", "empty"])
+def test_a_triage_file_of_another_dataset_is_refused_by_the_report(
+    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str
+) -> None:
+    # Ids alone match across datasets: the report showed another dataset's boxes as this one's.
+    items = (run["out"] / "triage.jsonl").read_text().splitlines()
+    first = json.loads(items[0])
+    if change == "category":
+        first["category"] = "zebra"
+    elif change == "file_name":
+        first["file_name"] = "elsewhere.jpg"
+    other = tmp_path / "triage.jsonl"
+    other.write_text("" if change == "empty" else "\n".join([json.dumps(first), *items[1:]]) + "\n")
+    capsys.readouterr()
+    code = main(["report", "--annotations", str(run["annotations"]), "--metric", "builtin:brightness",
+                 "--triage", str(other), "--out", str(tmp_path / "r.html"), "--workers", "1"])  # fmt: skip
+    assert code == 2 and not (tmp_path / "r.html").exists()
+    error = capsys.readouterr().err
+    expected = {"category": "a zebra there, a ", "file_name": "on elsewhere.jpg there", "empty": "holds no boxes"}
+    assert expected[change] in error, error

@@ -480,11 +480,26 @@ def _triage_tiles(
     errors: Sequence[ErrorLabel] | None,
     count: int,
 ) -> list[TriageTile]:
-    known = {annotation.id for annotation in dataset.annotations}
     boxes = [item for item in items if item.level == "object"]
-    stale = [item.annotation_id for item in boxes if item.annotation_id not in known]
-    if stale:
-        raise UserError(f"the triage file names annotation {stale[0]}, not in this dataset: is it of another dataset?")
+    if not boxes:
+        raise UserError("the triage file holds no boxes: it is empty, or not a triage.jsonl of `metricsmith triage`")
+    # Ids alone match across datasets (1, 2, 3 ...): each box must be the same box here, on the same image.
+    here = {annotation.id: annotation for annotation in dataset.annotations}
+    names = {image.id: image.file_name for image in dataset.images}
+    classes = {category.id: category.name for category in dataset.categories}
+    for item in boxes:
+        annotation = here.get(item.annotation_id)  # type: ignore[arg-type]
+        if annotation is None:
+            what = "not in this dataset"
+        elif annotation.image_id != item.image_id or names.get(item.image_id) != item.file_name:
+            what = f"on {item.file_name} there, on {names.get(annotation.image_id)} here"
+        elif classes.get(annotation.category_id, str(annotation.category_id)) != item.category:
+            what = f"a {item.category} there, a {classes.get(annotation.category_id)} here"
+        else:
+            continue
+        raise UserError(
+            f"the triage file names annotation {item.annotation_id}, {what}: is it a triage of another dataset?"
+        )
     types = object_error_types(errors or ())
     tiles = []
     for item in sorted(boxes, key=lambda item: item.rank)[:count]:
