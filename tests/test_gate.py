@@ -213,3 +213,20 @@ def test_review_of_a_folder_that_is_no_run_is_an_error_not_nothing_pending(tmp_p
     (tmp_path / "file.toml").write_text("ideas = []\n")
     result = _cli("review", str(tmp_path / given))
     assert result.returncode == 2 and "give the run folder that `metricsmith author` or `batch` wrote" in result.stderr
+
+
+def test_an_approve_and_a_reject_at_once_decide_once(tmp_path: Path) -> None:
+    # Both read the candidate pending; both were logged, and the last write won whatever the log said.
+    for round_number in range(3):
+        run_dir = tmp_path / f"run{round_number}"
+        candidate = make_candidate(run_dir)
+        base = [sys.executable, "-m", "agent.cli"]
+        approving = subprocess.Popen([*base, "approve", str(run_dir), candidate, "--no-promote"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        rejecting = subprocess.Popen([*base, "reject", str(run_dir), candidate, "--reason", "no"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        codes = {"approve": approving.wait(timeout=60), "reject": rejecting.wait(timeout=60)}
+        winners = [action for action, code in codes.items() if code == 0]
+        assert len(winners) == 1, codes
+        assert [d["action"] for d in decisions(run_dir)] == winners
+        assert load_candidate(run_dir, candidate).status == {"approve": "approved", "reject": "rejected"}[winners[0]]

@@ -20,11 +20,15 @@ transcript. Nothing here prompts anyone: asking is the CLI's job.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import getpass
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from agent.authoring.candidates import (
     CandidateRecord,
@@ -77,6 +81,26 @@ def _append_decision(run_dir: Path, candidate_id: str, decision: Decision) -> No
         append_event(transcript, "decision", record)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _one_decision_at_a_time(decide: Callable[Concatenate[Path, P], R]) -> Callable[Concatenate[Path, P], R]:
+    """Run a decision on a run's candidates under the run's lock: an approve and a reject of the same
+    candidate from two processes each read it pending, and both were logged, the last write winning."""
+
+    @functools.wraps(decide)
+    def locked(run_dir: Path, *args: P.args, **kwargs: P.kwargs) -> R:
+        with open(Path(run_dir) / ".decisions.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                return decide(run_dir, *args, **kwargs)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return locked
+
+
 def _checked(run_dir: Path, candidate_id: str) -> tuple[CandidateRecord, str]:
     """The record and its code's current hash; a changed file sends the candidate back to pending."""
     record = load_candidate(run_dir, candidate_id)
@@ -95,6 +119,7 @@ def _checked(run_dir: Path, candidate_id: str) -> tuple[CandidateRecord, str]:
     return record, sha
 
 
+@_one_decision_at_a_time
 def approve(
     run_dir: Path, candidate_id: str, by: str | None = None, note: str | None = None, policy: str | None = None
 ) -> CandidateRecord:
@@ -113,6 +138,7 @@ def approve(
     return updated
 
 
+@_one_decision_at_a_time
 def reject(run_dir: Path, candidate_id: str, reason: str, by: str | None = None) -> CandidateRecord:
     """pending -> rejected, with the reason."""
     if not reason.strip():
@@ -129,6 +155,7 @@ def reject(run_dir: Path, candidate_id: str, reason: str, by: str | None = None)
     return updated
 
 
+@_one_decision_at_a_time
 def record_edit(run_dir: Path, candidate_id: str, new_code: str, by: str | None = None) -> CandidateRecord:
     """New code for a candidate: saved, back to pending, approval void, validation to be run again."""
     record = load_candidate(run_dir, candidate_id)
@@ -159,6 +186,7 @@ def record_edit(run_dir: Path, candidate_id: str, new_code: str, by: str | None 
     return updated
 
 
+@_one_decision_at_a_time
 def promote_candidate(run_dir: Path, candidate_id: str, library: Path, by: str | None = None) -> LibraryEntry:
     """approved -> promoted: the approved code goes into the library as a new version of its NAME."""
     record, sha = _checked(run_dir, candidate_id)
