@@ -551,3 +551,11 @@ def test_a_url_no_request_can_go_to_is_refused_before_any_request(
     monkeypatch.setenv("OPENAI_BASE_URL", url)
     with pytest.raises(UserError, match=re.escape(f"OPENAI_BASE_URL {url!r} is not a server URL")):
         OpenAIBackend("m")
+
+
+def test_a_server_that_drops_the_connection_mid_reply_is_not_called_unreachable(server: FakeOpenAI) -> None:
+    # It was "cannot connect ... is the server running and the URL right?", which sent the user to the wrong fix.
+    server.script(Answer(body=chat_body("x" * 200), cut_after=40))
+    with pytest.raises(ModelUnreachable) as caught:
+        backend(server, max_attempts=2).complete(chat_request())
+    assert "closed the connection in the middle of its reply" in str(caught.value), str(caught.value)

@@ -148,3 +148,9 @@ def test_an_idea_may_name_its_targets(tmp_path: Path) -> None:
     assert config.idea_entries() == [("boxes too big for their animal", ("shift", "loose")), ("flag blurry images", ())]
     with pytest.raises(ConfigInvalid, match="unknown target 'lose'"):
         load_batch_config(write(tmp_path, text.replace('"loose"', '"lose"')), environ={})
+
+
+def test_a_bad_value_from_the_environment_is_not_blamed_on_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ConfigInvalid, match=r"model.backend: .* \(set by \$METRICSMITH_BACKEND, not in the file\)"):
+        load_batch_config(path, environ={"METRICSMITH_BACKEND": "bogus"})

@@ -132,9 +132,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if summary.pending_review:
         stderr.print(f"{len(summary.pending_review)} candidates wait for you: metricsmith review {run_dir}")
     elif not summary.approved:
+        advice = (
+            "A capable model does better: a larger one in [model] model"
+            if config.model.backend == "openai"
+            else 'A capable model does better: set [model] backend = "openai" in the config'
+        )
         stderr.print(
-            f"no candidate passed validation; each attempt and transcript is in {run_dir}/ideas/. "
-            'A capable model does better: set [model] backend = "openai" in the config.',
+            f"no candidate passed validation; each attempt and transcript is in {run_dir}/ideas/. {advice}.",
             markup=False,
         )
     if summary.unreachable:

@@ -209,12 +209,15 @@ def load_batch_config(
         if keys and keys[0] in data and not isinstance(data[keys[0]], dict):
             raise ConfigInvalid(path, [f"{keys[0]}: must be a table ([{keys[0]}]), got {data[keys[0]]!r}"])
     environ = os.environ if environ is None else environ
+    given_by: dict[str, str] = {}  # a key set from outside the file, and by what: a bad value is not the file's
     for variable, keys in _ENVIRONMENT.items():
         if environ.get(variable):
             _set(data, keys, environ[variable])
+            given_by[".".join(keys)] = f"${variable}"
     for keys, value in (overrides or {}).items():
         if value is not None:
             _set(data, keys, value)
+            given_by[".".join(keys)] = "the command line"
     try:
         config = BatchConfig.model_validate(data)
     except ValidationError as error:
@@ -222,6 +225,8 @@ def load_batch_config(
         for item in error.errors():
             where = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-after"))
             message = item["msg"].removeprefix("Value error, ")
+            if where in given_by:
+                message += f" (set by {given_by[where]}, not in the file)"
             problems.append(f"{where}: {message}" if where else message)
         raise ConfigInvalid(path, problems) from None
     return _relative_to(path.resolve().parent, config)

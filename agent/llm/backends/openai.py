@@ -326,6 +326,10 @@ class OpenAIBackend:
                 "raise --request-timeout (request_timeout in a batch config's [model]) or try again"
             )
         if isinstance(exc, openai.APIConnectionError):
+            # The HTTP client's own error says which: it never connected, or the connection broke off mid-reply.
+            cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else ""
+            if cause in ("RemoteProtocolError", "ReadError"):
+                return f"{where} closed the connection in the middle of its reply ({tries}); is it crashing?"
             return f"cannot connect to {where} ({tries}); is the server running and the URL right?"
         if isinstance(exc, _UNREADABLE):
             return f"{where} kept sending unreadable replies ({tries}); is it really an OpenAI-compatible API?"

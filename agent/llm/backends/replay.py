@@ -64,9 +64,15 @@ class ReplayBackend:
         exchanges = self.transcript.exchanges
         index = self._position
         if index >= len(exchanges):
+            why = (
+                "its last line is torn (the recording was killed while writing it), so the session it recorded "
+                "did not end"
+                if self.transcript.torn_tail
+                else "the loop now makes more requests than when it was recorded"
+            )
             raise ReplayMismatch(
                 f"replay mismatch at request {index}{self._source()}: the recording ends after "
-                f"{_exchanges(len(exchanges))}; the loop now makes more requests than when it was recorded"
+                f"{_exchanges(len(exchanges))}; {why}"
             )
         recorded = exchanges[index]
         recorded_text, new_text = _comparable(recorded.request), _comparable(request)
