@@ -154,3 +154,9 @@ def test_a_bad_value_from_the_environment_is_not_blamed_on_the_file(tmp_path: Pa
     path = write(tmp_path, GOOD)
     with pytest.raises(ConfigInvalid, match=r"model.backend: .* \(set by \$METRICSMITH_BACKEND, not in the file\)"):
         load_batch_config(path, environ={"METRICSMITH_BACKEND": "bogus"})
+
+
+def test_a_description_file_that_is_not_there_is_a_config_problem(tmp_path: Path) -> None:
+    text = GOOD.replace('description = "Pandas, bears and foxes"', 'description_file = "nope.md"')
+    with pytest.raises(ConfigInvalid, match=r"dataset.description_file: no such file .*nope.md"):
+        load_batch_config(write(tmp_path, text), environ={})

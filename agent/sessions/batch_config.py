@@ -229,4 +229,8 @@ def load_batch_config(
                 message += f" (set by {given_by[where]}, not in the file)"
             problems.append(f"{where}: {message}" if where else message)
         raise ConfigInvalid(path, problems) from None
-    return _relative_to(path.resolve().parent, config)
+    config = _relative_to(path.resolve().parent, config)
+    described = config.dataset.description_file
+    if described is not None and not described.is_file():  # found now, not after the run folder is made
+        raise ConfigInvalid(path, [f"dataset.description_file: no such file {described}"])
+    return config
