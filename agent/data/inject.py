@@ -238,7 +238,8 @@ def _plan(corruptible: int, classes: int, rate: float, types: Sequence[str]) -> 
     wanted = list(dict.fromkeys(types))
     if "swap" in wanted and classes < 2:
         wanted.remove("swap")
-        notes.append("a single-class dataset: no swap errors (there is no other class to swap to)")
+        what = "a single-class dataset" if classes == 1 else "a dataset with no class in use"
+        notes.append(f"{what}: no swap errors (there is no other class to swap to)")
     per_type = round(rate * corruptible / max(len(wanted), 1))
     consuming = [t for t in wanted if t != "spurious"]
     boxes = f"{corruptible} box{'es' if corruptible != 1 else ''} that can be corrupted"
