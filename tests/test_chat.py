@@ -123,6 +123,8 @@ def test_unknown_commands_and_missing_context_get_a_helpful_message(demo: Path, 
         assert "no current candidate: /implement an idea first" in said(out)
         chat.dispatch("/implement 2")
         assert 'no ideas yet: /ideas first, or /implement "your idea"' in said(out)
+        chat.dispatch('/implement "dark boxes" --target')  # it became the idea "dark boxes" --target
+        assert "--target needs the error types it should catch, like --target shift,loose" in said(out)
         assert chat.dispatch("/exit") is False
 
 

@@ -314,6 +314,8 @@ class ChatSession:
         if aimed is not None:
             settings = dataclasses.replace(settings, targets=parse_targets(aimed.group(1)))
             argument = argument[: aimed.start()].strip()
+        elif re.search(r"(^|\s)--target\s*$", argument):  # it would have become part of the idea's text
+            raise UserError("--target needs the error types it should catch, like --target shift,loose")
         if not argument:
             raise UserError('/implement K (an idea from /ideas) or /implement "your idea" [--target TYPES]')
         if argument.isdigit():
