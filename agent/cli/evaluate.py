@@ -198,6 +198,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agent.evaluation.report import build_report, human_size, render_html, write_report  # jinja2: only here
 
     triage = load_jsonl(args.triage) if args.triage is not None else ()
+    if args.triage is not None and not triage:
+        raise UserError(f"--triage {args.triage}: the file is empty; give the triage.jsonl `metricsmith triage` wrote")
     report = build_report(
         dataset, rows, directions, errors=errors, specs=known, top_k=args.top, selftest=selftest, triage=triage
     )

@@ -481,8 +481,8 @@ def _triage_tiles(
     count: int,
 ) -> list[TriageTile]:
     boxes = [item for item in items if item.level == "object"]
-    if not boxes:
-        raise UserError("the triage file holds no boxes: it is empty, or not a triage.jsonl of `metricsmith triage`")
+    if items and not boxes:
+        raise UserError("the triage file holds no boxes: it is not a triage.jsonl of `metricsmith triage`")
     # Ids alone match across datasets (1, 2, 3 ...): each box must be the same box here, on the same image.
     here = {annotation.id: annotation for annotation in dataset.annotations}
     names = {image.id: image.file_name for image in dataset.images}
