@@ -131,3 +131,31 @@ def test_a_number_no_run_can_use_is_refused_while_parsing(argv: list[str], messa
 
     with pytest.raises(UserError, match=re.escape(message)):
         build_parser(argv[0]).parse_args(argv)
+
+
+def test_a_full_disk_is_one_line_saying_what_was_being_written(tmp_path: Path) -> None:
+    # /dev/full fails every write with ENOSPC, as a full disk does; the error from a write names no file.
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "library", "list", "--library", str(tmp_path / "lib")],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: No space left on device (while writing)"
+
+
+def test_a_full_disk_under_a_command_with_an_output_names_it() -> None:
+    import argparse
+    import errno
+
+    from agent.cli.main import _while_writing
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert _while_writing(full, argparse.Namespace(out="scores.csv")) == (
+        " (while writing scores.csv; free space on its disk, or choose another --out)"
+    )
+    assert _while_writing(OSError(errno.ENOSPC, "No space left on device", "x.csv"), None) == ""  # it names its file
+    assert _while_writing(OSError(errno.EACCES, "Permission denied"), argparse.Namespace(out="x")) == ""

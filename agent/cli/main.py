@@ -13,6 +13,7 @@ traceback as well.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
@@ -128,9 +129,18 @@ def run_command(args: argparse.Namespace) -> int:
     return int(args.handler(args))
 
 
+def _while_writing(error: OSError, args: argparse.Namespace | None) -> str:
+    """Where a full disk was hit, when the error can't say: a write to an open file names no path."""
+    if error.filename or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    out = getattr(args, "out", None)
+    return f" (while writing {out}; free space on its disk, or choose another --out)" if out else " (while writing)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    args: argparse.Namespace | None = None
     try:
         args = build_parser(_command_named(argv)).parse_args(argv)
         return run_command(args)
@@ -156,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         where = f"{error.filename}: " if error.filename else ""
-        stderr.print(f"error: {scrub_text(f'{where}{error.strerror or error}')}", markup=False)
+        stderr.print(
+            f"error: {scrub_text(f'{where}{error.strerror or error}{_while_writing(error, args)}')}", markup=False
+        )
         return EXIT_USAGE
     except Exception as error:  # a bug in metricsmith: say so in one line, keep the traceback for --debug
         if debug:
