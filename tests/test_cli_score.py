@@ -540,3 +540,15 @@ def test_an_output_whose_folder_cannot_be_made_is_refused_before_scoring(tmp_pat
     assert (
         result.stderr.strip() == f"error: --out {out}: {tmp_path / 'afile'} is a file, so no folder can be made in it"
     )
+
+
+def test_an_output_folder_no_file_can_be_made_in_is_refused_before_scoring(tmp_path: Path) -> None:
+    # /proc passes a permission check for root, yet takes no new file: it failed after the whole run.
+    annotations = make_dataset(tmp_path / "data")
+    out = Path("/proc/o.csv")
+    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", str(out))
+    assert result.returncode == 2
+    why = "no file can be made in /proc: " if os.geteuid() == 0 else "/proc is not writable"
+    assert result.stderr.strip().startswith(f"error: --out {out}: {why}")
+    assert "sandbox" not in result.stderr  # refused before any worker started
+    assert not list(Path("/proc").glob(".metricsmith-probe-*"))

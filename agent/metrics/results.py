@@ -25,6 +25,7 @@ import json
 import math
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,6 +70,13 @@ def check_output_folder(path: Path) -> None:
         raise UserError(f"--out {path}: {existing} is a file, so no folder can be made in it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {path}: {existing} is not writable")
+    if existing == folder:
+        # Permission bits don't tell everything (root may write anywhere they allow, yet not into /proc or
+        # a read-only mount): a file made and removed at once does.
+        try:
+            tempfile.TemporaryFile(dir=folder, prefix=".metricsmith-probe-").close()
+        except OSError as error:
+            raise UserError(f"--out {path}: no file can be made in {folder}: {error.strerror or error}") from error
 
 
 def journal_path(path: Path) -> Path:
