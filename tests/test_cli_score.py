@@ -552,3 +552,13 @@ def test_an_output_folder_no_file_can_be_made_in_is_refused_before_scoring(tmp_p
     assert result.stderr.strip().startswith(f"error: --out {out}: {why}")
     assert "sandbox" not in result.stderr  # refused before any worker started
     assert not list(Path("/proc").glob(".metricsmith-probe-*"))
+
+
+def test_a_report_into_a_folder_no_file_can_be_made_in_names_the_out_not_a_temporary_file(tmp_path: Path) -> None:
+    # It named the report's temporary file (/proc/.r.html.1a2b3c4d.tmp), which the user never gave.
+    annotations = make_dataset(tmp_path / "data")
+    out = Path("/proc/r.html")
+    result = run_cli("report", "--annotations", str(annotations), "--scores", str(tmp_path / "s.csv"), "--out", str(out))
+    assert result.returncode == 2
+    why = "no file can be made in /proc: " if os.geteuid() == 0 else "/proc is not writable"
+    assert result.stderr.strip().startswith(f"error: --out {out}: {why}")

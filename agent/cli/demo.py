@@ -40,6 +40,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 _BYTES_PER_IMAGE = 64 * 1024
 
 
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
+
+
 def _check_room(out_dir: Path, images: int) -> None:
     """Refuse, before writing anything, a set larger than the free space where it would go."""
     existing = out_dir.absolute()
@@ -51,6 +55,4 @@ def _check_room(out_dir: Path, images: int) -> None:
         return  # nothing to measure: the writes will say what is wrong
     needed = images * _BYTES_PER_IMAGE
     if needed > free:
-        raise UserError(
-            f"{images} demo images need about {needed / 1e9:.1f} GB, and {existing} has {free / 1e9:.1f} GB free"
-        )
+        raise UserError(f"{images} demo images need about {_size(needed)}, and {existing} has {_size(free)} free")

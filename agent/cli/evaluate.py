@@ -35,6 +35,7 @@ from agent.evaluation.triage import load_jsonl
 from agent.metrics.contract import BUILTIN_PREFIX, MetricSpec, builtin_metric_names, load_metric_file
 from agent.metrics.results import (
     RecordedMetric,
+    check_output_folder,
     combine_recorded,
     distinct_score_files,
     read_rows,
@@ -183,6 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError("metricsmith report: give at least one --scores FILE or --metric FILE")
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"{args.out}: the report is HTML; name it with .html")
+    check_output_folder(args.out)
     distinct_score_files(args.scores)
     for path in args.scores:
         if not path.is_dir():  # a directory of Parquet parts (`score --out DIR/`) reads as one file
