@@ -554,11 +554,21 @@ def test_an_output_folder_no_file_can_be_made_in_is_refused_before_scoring(tmp_p
     assert not list(Path("/proc").glob(".metricsmith-probe-*"))
 
 
-def test_a_report_into_a_folder_no_file_can_be_made_in_names_the_out_not_a_temporary_file(tmp_path: Path) -> None:
-    # It named the report's temporary file (/proc/.r.html.1a2b3c4d.tmp), which the user never gave.
+@pytest.mark.parametrize(
+    ("command", "out"),
+    [
+        # It named the report's temporary file (/proc/.r.html.1a2b3c4d.tmp), which the user never gave.
+        (["report", "--scores", "s.csv"], "/proc/r.html"),
+        # These failed making the folder, after the injection or after the whole scoring run.
+        (["inject"], "/proc/injected"),
+        (["triage", "--metric", "builtin:brightness"], "/proc/triaged"),
+    ],
+)
+def test_an_out_no_file_can_be_made_in_is_refused_first_and_named_as_given(
+    tmp_path: Path, command: list[str], out: str
+) -> None:
     annotations = make_dataset(tmp_path / "data")
-    out = Path("/proc/r.html")
-    result = run_cli("report", "--annotations", str(annotations), "--scores", str(tmp_path / "s.csv"), "--out", str(out))
+    result = run_cli(command[0], "--annotations", str(annotations), *command[1:], "--out", out, cwd=tmp_path)
     assert result.returncode == 2
     why = "no file can be made in /proc: " if os.geteuid() == 0 else "/proc is not writable"
-    assert result.stderr.strip().startswith(f"error: --out {out}: {why}")
+    assert result.stderr.strip().startswith(f"error: --out {out}: {why}"), result.stderr

@@ -12,6 +12,7 @@ from agent.cli.console import EXIT_OK, non_negative_int, stderr
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES, inject_errors
 from agent.errors import UserError
+from agent.metrics.results import check_output_folder
 
 __all__ = ["cmd_inject", "register"]
 
@@ -47,6 +48,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     dataset = coco_from_document(document, args.annotations, args.images)  # every problem, before any writing
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise UserError(f"{args.out} exists and is not an empty folder: give --out a new folder")
+    check_output_folder(args.out, folder=args.out)
     injection = inject_errors(document, rate=args.rate, seed=args.seed, types=args.types)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "annotations.json").write_text(json.dumps(injection.document), encoding="utf-8")

@@ -59,10 +59,13 @@ def output_format(path: Path) -> OutputFormat:
     raise UserError(f"{path}: unknown output extension {suffix!r}; use .csv, .jsonl or .parquet")
 
 
-def check_output_folder(path: Path) -> None:
+def check_output_folder(path: Path, folder: Path | None = None) -> None:
     """Refuse, before any scoring, an output whose folder can't be made or written: after the run it was an
-    error about a temporary file (`OUT.partial`, `.OUT.xxxx`) the user never named."""
-    folder = path.absolute().parent
+    error about a temporary file (`OUT.partial`, `.OUT.xxxx`) the user never named.
+
+    `path` is the `--out` as given; `folder` the folder its files go into (by default the one `path` is in).
+    """
+    folder = path.absolute().parent if folder is None else folder.absolute()
     existing = folder
     while not existing.exists():
         existing = existing.parent
@@ -70,13 +73,12 @@ def check_output_folder(path: Path) -> None:
         raise UserError(f"--out {path}: {existing} is a file, so no folder can be made in it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {path}: {existing} is not writable")
-    if existing == folder:
-        # Permission bits don't tell everything (root may write anywhere they allow, yet not into /proc or
-        # a read-only mount): a file made and removed at once does.
-        try:
-            tempfile.TemporaryFile(dir=folder, prefix=".metricsmith-probe-").close()
-        except OSError as error:
-            raise UserError(f"--out {path}: no file can be made in {folder}: {error.strerror or error}") from error
+    # Permission bits don't tell everything (root may write anywhere they allow, yet not into /proc or a
+    # read-only mount): a file made and removed at once does, in the folder or where its folders will be made.
+    try:
+        tempfile.TemporaryFile(dir=existing, prefix=".metricsmith-probe-").close()
+    except OSError as error:
+        raise UserError(f"--out {path}: no file can be made in {existing}: {error.strerror or error}") from error
 
 
 def journal_path(path: Path) -> Path:

@@ -22,6 +22,7 @@ from agent.evaluation.exports.label_studio import DEFAULT_IMAGE_URL, write_label
 from agent.evaluation.exports.splits import DEFAULT_SHARES, assign_splits, image_values, write_splits
 from agent.evaluation.ranking import MetricScores
 from agent.evaluation.triage import TriageResult, write_jsonl
+from agent.metrics.results import check_output_folder
 
 __all__ = ["EXPORTS", "ExportOptions", "check_out_folder", "parse_exports", "remove_stale_exports", "write_all"]
 
@@ -61,6 +62,7 @@ def check_out_folder(out: Path, inputs: Sequence[Path]) -> None:
         raise UserError(f"--out {out}: is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "triage.jsonl").is_file():
         raise UserError(f"--out {out}: not empty and not an earlier triage run's folder; choose a new folder")
+    check_output_folder(out, folder=out)  # before the scoring, not after it
     resolved = out.resolve()
     for path in inputs:
         if resolved in Path(path).resolve().parents:
