@@ -30,8 +30,14 @@ from agent.metrics.contract import (
     load_metric_files,
     parse_metric_source,
 )
-from agent.metrics.learned import TrainingCopy, cross_fitted_scores, cross_fitted_scores_each, fold_of
-from agent.metrics.scoring import score_dataset
+from agent.metrics.learned import (
+    CLASS_CODES,
+    TrainingCopy,
+    cross_fitted_scores,
+    cross_fitted_scores_each,
+    fold_of,
+)
+from agent.metrics.scoring import _class_codes, score_dataset
 from sandbox.isolation import SandboxConfig
 
 # A cheap learned metric for the sandbox runs: the box's geometry, and its overlap with the others.
@@ -364,6 +370,20 @@ def test_one_metric_per_type_and_a_single_class_dataset_gets_no_swap_scores(demo
     # The n/a column alone would leave the user guessing why: the summary says it.
     assert by_metric["test_learned_swap"].note is not None and "single-class" in by_metric["test_learned_swap"].note
     assert by_metric["test_learned_duplicate"].note is None
+
+
+def test_a_dataset_of_more_classes_than_the_classifier_has_bins_is_scored(demo: Path, tmp_path: Path) -> None:
+    # COCO's 80 classes: HistGradientBoosting refused the class feature (more categories than its 63 bins), and
+    # the whole run ended in an internal error, its scores unwritten.
+    document = json.loads(demo.read_text())
+    document["categories"] = [{"id": c, "name": f"class{c}"} for c in range(1, 81)]
+    document["annotations"] = [{**a, "category_id": 1 + i % 80} for i, a in enumerate(document["annotations"])]
+    many = coco_from_document(document, demo)
+    codes = _class_codes(many)
+    assert max(codes.values()) == CLASS_CODES - 1 < len(codes) - 1  # the rarest share the last code
+    outcome = score_dataset(many, _spec(tmp_path, ["swap"]), SandboxConfig(workers=2))
+    assert outcome.failed == 0
+    assert outcome.summaries[0].scored > 0.9 * len(many.annotations)
 
 
 def test_the_builtin_detectors_find_their_type_on_the_demo(demo: Path) -> None:

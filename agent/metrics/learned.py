@@ -54,7 +54,7 @@ from agent.data.coco import AnnotationInfo, Dataset
 from agent.data.inject import Injection, Injector
 
 __all__ = [
-    "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy",
+    "CLASS_CODES", "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy",
     "cross_fitted_scores", "cross_fitted_scores_each", "fold_of", "prepare_fits_in_background",
     "training_copies",
 ]  # fmt: skip
@@ -79,6 +79,9 @@ _CLASSIFIER = {
     "early_stopping": False,
     "random_state": 0,
 }
+# How many distinct values the box's class (a categorical feature) may take: HistGradientBoosting refuses a
+# categorical feature with more categories than it has bins. COCO's 80 classes raised exactly that.
+CLASS_CODES = int(_CLASSIFIER["max_bins"])
 
 
 @dataclass(frozen=True)

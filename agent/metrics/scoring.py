@@ -34,6 +34,7 @@ from agent.errors import UserError
 from agent.metrics.contract import MetricSpec
 from agent.metrics.inputs import metric_inputs
 from agent.metrics.learned import (
+    CLASS_CODES,
     MIN_TRAINING,
     TrainingCopy,
     cross_fitted_scores_each,
@@ -785,14 +786,12 @@ def _feature_rows(vectors: Sequence[Sequence[float]], classes: Sequence[int]) ->
     return matrix
 
 
-_MAX_CLASS_CODES = 250  # HistGradientBoosting's categories must be fewer than its 255 bins
-
-
 def _class_codes(dataset: Dataset) -> dict[int, int]:
-    """Each category id as the classifier's categorical feature: 0, 1, ... (the rarest beyond 250 share one)."""
+    """Each category id as the classifier's categorical feature: 0, 1, ... by frequency; the rarest share the
+    last code when there are more classes than `CLASS_CODES`."""
     counts = Counter(annotation.category_id for annotation in dataset.annotations)
     ranked = sorted({category.id for category in dataset.categories} | set(counts), key=lambda c: (-counts[c], c))
-    return {category: min(rank, _MAX_CLASS_CODES) for rank, category in enumerate(ranked)}
+    return {category: min(rank, CLASS_CODES - 1) for rank, category in enumerate(ranked)}
 
 
 def score_dataset(
