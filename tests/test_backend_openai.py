@@ -559,3 +559,37 @@ def test_a_server_that_drops_the_connection_mid_reply_is_not_called_unreachable(
     with pytest.raises(ModelUnreachable) as caught:
         backend(server, max_attempts=2).complete(chat_request())
     assert "closed the connection in the middle of its reply" in str(caught.value), str(caught.value)
+
+
+def test_a_key_the_server_echoes_into_the_reply_reaches_no_file_and_the_run_still_replays(
+    server: FakeOpenAI, tmp_path: Path
+) -> None:
+    # The transcript was scrubbed, but the candidate's metric.py and rationale.md kept the key (and approving
+    # would have put it in the library); the scrubbed transcript then replayed to another code hash. A lone
+    # surrogate (a JSON escape no UTF-8 file can hold) ended the run in an internal error.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transcripts"))
+    import record_fixtures as fixtures
+
+    demo = generate_demo_dataset(tmp_path / "demo", n_images=24, seed=0)
+    code = fixtures.CENTRE_RIM.replace("\n", f"  # request key {API_KEY}\n", 1)
+    prose = f"Here it is (proxy debug: Authorization: Bearer {API_KEY}) \ud800."
+    server.script(Answer(body=chat_body(fixtures.fenced(code, prose))))
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "agent.cli", "author", fixtures.SPURIOUS_IDEA, "--annotations", str(demo),
+        "--backend", "openai", "--model", "test-model", "--base-url", server.url, "--target", "spurious",
+        "--samples", "1", "--out", str(run), "--workers", "2",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = [path for path in run.rglob("*") if path.is_file()]
+    assert any(path.name == "metric.py" for path in written) and any(p.name == "rationale.md" for p in written)
+    for path in written:
+        assert "SECRET" not in path.read_text(errors="replace"), path
+    assert "SECRET" not in done.stdout + done.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "replay", str(run / "transcript.jsonl"), "--out", str(tmp_path / "again"),
+         "--workers", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0 and "same outcome as recorded" in again.stdout, again.stdout + again.stderr

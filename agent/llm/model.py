@@ -26,9 +26,10 @@ import json
 from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.errors import MetricsmithError
+from agent.llm.secrets import clean_reply_text
 
 __all__ = [
     "ForwardingBackend",
@@ -106,6 +107,13 @@ class ModelReply(_Frozen):
     usage: Usage
     model: str
     latency_s: float = Field(ge=0.0)
+
+    @field_validator("text")
+    @classmethod
+    def _kept_clean(cls, text: str) -> str:
+        # Scrubbed here, where every backend's reply passes, and not only when a transcript is written: the
+        # code and rationale drawn from the text are written too, and a server may echo the key into it.
+        return clean_reply_text(text)
 
 
 @runtime_checkable
