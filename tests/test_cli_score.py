@@ -572,3 +572,36 @@ def test_an_out_no_file_can_be_made_in_is_refused_first_and_named_as_given(
     assert result.returncode == 2
     why = "no file can be made in /proc: " if os.geteuid() == 0 else "/proc is not writable"
     assert result.stderr.strip().startswith(f"error: --out {out}: {why}"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "runner"),
+    [
+        (["selftest"], "agent.cli.selftest", "run_selftest"),
+        (["triage", "--out", "t"], "agent.cli.triage", "run_triage"),
+    ],
+)
+def test_selftest_and_triage_refuse_a_dataset_without_its_images_before_any_copy(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    module: str,
+    runner: str,
+) -> None:
+    # They made every seed's injected copy first: minutes and gigabytes on a COCO-sized file, then this line.
+    import importlib
+
+    from agent.cli.main import main
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the copies were made before the images were looked for")
+
+    monkeypatch.setattr(importlib.import_module(module), runner, never)
+    monkeypatch.chdir(tmp_path)
+    annotations = make_dataset(tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    code = main([command[0], "--annotations", str(annotations), "--images", str(tmp_path / "empty"), *command[1:]])
+    assert code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: none of the ") and "give the folder that holds them with --images" in line

@@ -24,6 +24,7 @@ from agent.evaluation.selftest import (
     sample_images,
 )
 from agent.metrics.library import library_metrics
+from agent.metrics.scoring import require_an_image
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["cmd_selftest", "register"]
@@ -64,6 +65,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         _, specs = library_metrics(args.library)
     document = read_coco_json(args.annotations)
     dataset = coco_from_document(document, args.annotations, args.images)  # every problem of the input, first
+    require_an_image(dataset)  # before the copies are made, not after: minutes on a large dataset
     if args.sample_images:
         document = sample_images(document, args.sample_images)
     with ProgressBar() as (progress, _):

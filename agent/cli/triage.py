@@ -30,6 +30,7 @@ from agent.metrics.results import (
     recorded_metrics,
     scored_twice,
 )
+from agent.metrics.scoring import require_an_image
 from sandbox.isolation import SandboxConfig
 
 __all__ = ["cmd_triage", "register"]
@@ -146,6 +147,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
         # The learned built-ins train a classifier per scored version: K+1 times their cost, on top of triage's own.
         specs = [spec for spec in every if spec.combine != "learned" or spec.origin != "builtin"]
     recorded = scores_of_rows(rows, {}) if rows else []
+    if specs:
+        require_an_image(dataset)  # before the copies are made, not after: minutes on a large dataset
     with ProgressBar() as (progress, _):
         result = run_triage(
             document, dataset, specs, sandbox=SandboxConfig(workers=args.workers),

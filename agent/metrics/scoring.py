@@ -329,11 +329,13 @@ def image_paths(dataset: Dataset) -> dict[int, str]:
     return {image.id: os.path.realpath(dataset.image_path(image.id)) for image in dataset.images}
 
 
-def _require_an_image(dataset: Dataset, paths: dict[int, str]) -> None:
+def require_an_image(dataset: Dataset, paths: dict[int, str] | None = None) -> None:
     """Refuse a run in which no image is where the dataset says: a wrong image folder, not a run of failures.
 
-    Stops at the first image found (one look on a dataset that has its images).
+    Stops at the first image found (one look on a dataset that has its images). Commands that do much before
+    they score (selftest's and triage's injected copies) call it first themselves.
     """
+    paths = image_paths(dataset) if paths is None else paths
     if not paths:
         raise UserError(f"{dataset.annotations_path} lists no images: there is nothing to score")
     if not any(os.path.isfile(path) for path in paths.values()):
@@ -813,7 +815,7 @@ def score_dataset(
     `on_written` counts the rows written so far.
     """
     paths = image_paths(dataset)
-    _require_an_image(dataset, paths)
+    require_an_image(dataset, paths)
     collector = _Collector(dataset, specs, on_rows, config.workers, writer, on_written)
     training = _Training(dataset, specs, collector.codes, config.workers)
     tasks = _with_training(dataset, build_tasks(dataset, specs, paths), training, paths)
@@ -861,7 +863,7 @@ def score_versions(
         plans.append((index, spec.level, reads.depends_on(spec.level), tuple(sorted(reads.obj_keys or ()))))
     reads_scene = any(kind == "scene" for _, _, kind, _ in plans)
     paths = image_paths(first)
-    _require_an_image(first, paths)
+    require_an_image(first, paths)
     # Per distinct key, its one real call: (task number, metric, object), as its result comes back.
     # Per version, each of its calls (metric, image id, object) with the real call that answers it.
     where: dict[Hashable, tuple[int, int, int | None]] = {}
