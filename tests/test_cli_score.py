@@ -605,3 +605,16 @@ def test_selftest_and_triage_refuse_a_dataset_without_its_images_before_any_copy
     assert code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: none of the ") and "give the folder that holds them with --images" in line
+
+
+def test_scores_are_never_written_over_the_annotations_file(tmp_path: Path) -> None:
+    # `--out` the annotations' own path (a .jsonl-named COCO file) replaced the user's dataset with score rows.
+    annotations = make_dataset(tmp_path / "data")
+    renamed = annotations.rename(annotations.with_suffix(".jsonl"))
+    before = renamed.read_bytes()
+    result = run_cli("score", "--annotations", str(renamed), "--metric", "builtin:brightness", "--out", str(renamed))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: --out {renamed} is the annotations file: the scores would replace your dataset; choose another"
+    )
+    assert renamed.read_bytes() == before

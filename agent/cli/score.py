@@ -100,6 +100,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         output_format(out)
         check_output_folder(out)
+    if out.resolve() == Path(args.annotations).resolve():
+        raise UserError(f"--out {out} is the annotations file: the scores would replace your dataset; choose another")
     engine, session = _engine(args)
     specs = load_metrics(args.metrics, args.library) if args.metrics else list_builtin_metrics()
     if not specs:
