@@ -84,7 +84,8 @@ class ModelSection(_Section):
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     completion: bool = False
     grammar: bool | None = None  # None: agent.authoring.loop.model_defaults decides
-    request_timeout: float | None = Field(default=None, gt=0)  # None: agent.llm.backends.openai decides
+    # None: agent.llm.backends.openai decides. At most a day, as --request-timeout: the timers take no more.
+    request_timeout: float | None = Field(default=None, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _replay_needs_a_recording(self) -> ModelSection:
@@ -100,7 +101,7 @@ class Budgets(_Section):
     max_improvements: int = Field(default=2, ge=0, le=20)
     samples: int | None = Field(default=None, ge=1, le=64)  # None: agent.authoring.loop.model_defaults decides
     keep_unproven: bool = False
-    cost_ceiling_usd: float | None = Field(default=None, gt=0)
+    cost_ceiling_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class IdeaEntry(_Section):
