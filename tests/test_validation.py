@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -250,6 +251,32 @@ def score(image, obj, scene):
     assert [c.name for c in report.checks if c.status == "failed"] == ["time_budget"]
     assert report.timing.mean_item_s is not None and report.timing.mean_item_s >= 0.02
     assert report.first_failure is not None and report.first_failure.message.startswith("too slow")
+
+
+def test_a_metric_that_never_returns_stops_validation_at_its_first_timeout(
+    validation: ValidationSet, tmp_path: Path
+) -> None:
+    # Every item of both runs took the whole limit: 12 minutes at the default 10 s before the model heard.
+    body = """
+def score(image, obj, scene):
+    while True:
+        pass
+"""
+    started = time.monotonic()
+    report = validate(metric(tmp_path, "forever", body), validation, CONFIG.model_copy(update={"timeout_s": 1.0}))
+    elapsed = time.monotonic() - started
+    items = len(validation.dataset.annotations)
+    assert elapsed < items * 1.0 / CONFIG.workers / 2, (elapsed, items)  # far from every item's second
+    assert not report.passed
+    assert [(c.name, c.status) for c in report.checks][:2] == [("loads", "passed"), ("error_rate", "skipped")]
+    assert report.check("time_budget").status == "failed"
+    assert [c.status for c in report.checks].count("skipped") == 6
+    failure = report.first_failure
+    assert failure is not None and failure.check == "time_budget" and failure.error_kind in ("timeout", "hard_timeout")
+    assert failure.item is not None and "validation stopped there" in failure.message
+    assert len(report.timing.runs_s) == 1 and report.timing.timeouts == 1
+    context = repair_context(report, validation)
+    assert context.check == "time_budget" and "ran past the 1 s limit" in context.message
 
 
 def test_a_module_level_crash_fails_loads_and_skips_the_rest(validation: ValidationSet, tmp_path: Path) -> None:

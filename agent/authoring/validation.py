@@ -17,7 +17,8 @@ determinism check) and runs these checks, in this order, each named in the repor
     class_scope     for an idea about one class's boxes ("fox boxes that ..."; prompting.idea_class_scope):
                     boxes of the other classes get None, so that only that class is ranked
     deterministic   the second run gives the same result for every item
-    time_budget     no call timed out, and the mean wall time per item is within the budget
+    time_budget     no call timed out, and the mean wall time per item is within the budget; the first
+                    call past the limit ends validation there (the other checks are skipped)
     not_duplicate   with library metrics given: Spearman |rho| < 0.95 with each one of the same level
 
 Every check runs (bar `loads` failing), so one round shows the model everything that is wrong; the
@@ -188,7 +189,10 @@ def validate(
     `scope`: the class whose boxes the idea is about (`agent.authoring.prompting.idea_class_scope`), if one."""
     if not 0.0 <= max_error_rate <= 1.0 or time_budget_s <= 0:
         raise ValueError(f"need 0 <= max_error_rate <= 1 and time_budget_s > 0, got {max_error_rate}, {time_budget_s}")
-    first, first_s = _timed_run(validation.dataset, [spec], config)
+    try:
+        first, first_s = _timed_run(validation.dataset, [spec], config, stop_at_a_timeout=True)
+    except _TimedOut as stopped:
+        return _stopped_at_a_timeout(spec, validation, config, stopped, max_error_rate, time_budget_s)
     rows = {_key(row): row for row in first.rows}
     load_error = first.metric_errors.get(spec.name)
     checker = _Checker(spec, validation, rows, max_error_rate)
@@ -242,13 +246,83 @@ def validate(
     )
 
 
+def _stopped_at_a_timeout(
+    spec: MetricSpec,
+    validation: ValidationSet,
+    config: SandboxConfig,
+    stopped: _TimedOut,
+    max_error_rate: float,
+    time_budget_s: float,
+) -> ValidationReport:
+    """The report of a first run that a call past the time limit ended: the time budget failed on that item,
+    and the checks that need every item were not run."""
+    row = stopped.row
+    timing = Timing(
+        runs_s=[stopped.elapsed_s],
+        workers=_workers_used(validation.dataset, spec, config),
+        mean_item_s=None,
+        budget_s=time_budget_s,
+        timeout_s=config.timeout_s,
+        timeouts=1,
+    )
+    message = (
+        f"a call ran past the {config.timeout_s:g} s limit, so validation stopped there (budget "
+        f"{time_budget_s * 1000:.0f} ms per item); look for a loop that never ends or work far too slow per call"
+    )
+    checker = _Checker(spec, validation, {_key(row): row}, max_error_rate)
+    failure = checker._failure("time_budget", row, message)
+    not_run = "not run: validation stopped at the first call past the time limit"
+    checks = [
+        CheckResult(name="loads", status="passed", detail="module-level code ran"),
+        *(
+            CheckResult(name=name, status="failed", detail=message)
+            if name == "time_budget"
+            else CheckResult(name=name, status="skipped", detail=not_run)
+            for name in _LATER_CHECKS
+        ),
+    ]
+    return ValidationReport(
+        metric=spec.name,
+        level=spec.level,
+        output=spec.output,
+        code_sha256=spec.code_sha256,
+        passed=False,
+        max_error_rate=max_error_rate,
+        checks=checks,
+        first_failure=failure,
+        stats=_stats([]),
+        edge_cases=[],
+        correlations=[],
+        timing=timing,
+    )
+
+
 # Every check after `loads`, in the report's order: what a metric that did not load skips.
 _LATER_CHECKS: tuple[CheckName, ...] = get_args(CheckName)[1:]
 
 
-def _timed_run(dataset: Dataset, specs: list[MetricSpec], config: SandboxConfig) -> tuple[ScoreOutcome, float]:
+class _TimedOut(Exception):
+    """A call ran past the time limit: the run stops there (`_timed_run`)."""
+
+    def __init__(self, row: ScoreRow, elapsed_s: float) -> None:
+        super().__init__(row.error)
+        self.row, self.elapsed_s = row, elapsed_s
+
+
+def _timed_run(
+    dataset: Dataset, specs: list[MetricSpec], config: SandboxConfig, stop_at_a_timeout: bool = False
+) -> tuple[ScoreOutcome, float]:
+    """One run and its wall time. With `stop_at_a_timeout`, the first call past the limit ends it (`_TimedOut`):
+    the time budget has failed then whatever the other items do, and a metric that loops forever would hold
+    every item of both runs for the whole limit (a dozen minutes on the default set) before the model heard."""
     started = time.monotonic()
-    outcome = score_dataset(dataset, specs, config)
+
+    def look(rows: list[ScoreRow]) -> None:
+        timed_out = next((row for row in rows if row.error_kind in _TIMEOUT_KINDS), None)
+        if timed_out is not None:
+            raise _TimedOut(timed_out, time.monotonic() - started)
+
+    outcome = score_dataset(dataset, specs, config, on_rows=look if stop_at_a_timeout else lambda rows: None)
     elapsed = time.monotonic() - started
     if outcome.interrupted:
         # A half-scored set would fail checks for reasons that have nothing to do with the metric.
