@@ -21,8 +21,9 @@ determinism check) and runs these checks, in this order, each named in the repor
                     call past the limit ends validation there (the other checks are skipped)
     not_duplicate   with library metrics given: Spearman |rho| < 0.95 with each one of the same level
 
-Every check runs (bar `loads` failing, or a call past the time limit), so one round shows the model everything that is wrong; the
-first failure is spelled out with the item, the error kind and the trimmed traceback.
+Every check runs (bar `loads` failing, or a call past the time limit), so one round shows the model
+everything that is wrong; the first failure is spelled out with the item, the error kind and the
+trimmed traceback.
 
 Time per item is measured from outside, as the run's wall time × workers used / items: an upper
 bound (it includes worker start-up, about 0.1 s per run), since the sandbox reports no per-call
