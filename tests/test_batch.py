@@ -271,3 +271,32 @@ def test_a_start_that_failed_while_brainstorming_is_started_again_not_stuck(
     assert (run_dir / "manifest.json").exists() and (run_dir / "brainstorm.failed-1.jsonl").exists()
     both = batch(str(config), "--out", str(run_dir), "--resume", str(run_dir))
     assert both.returncode == 2 and "give --resume RUN_DIR (to finish a run) or --out RUN_DIR" in both.stderr
+
+
+def test_a_dead_server_stops_the_queue_and_resume_authors_those_ideas_once_it_answers(
+    demo: Path, model_server: str, tmp_path: Path
+) -> None:
+    # Every idea spent the whole retry budget on a dead server (some ten minutes each by default), and --resume
+    # counted those ideas as done: the run could never be finished.
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: every request is refused
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    config = write_config(tmp_path, demo, dead, IDEAS)
+    run_dir = tmp_path / "run"
+    first = batch(str(config), "--out", str(run_dir), "--concurrency", "1")
+    assert isinstance(first, subprocess.CompletedProcess)
+    assert first.returncode == 3, first.stderr
+    verdicts = [result.verdict for result in results(run_dir)]
+    # The idea under way when the second failed finishes; the last one never starts.
+    assert verdicts in (["unreachable"] * 2, ["unreachable"] * 3), first.stderr
+    assert "unreachable for 2 ideas in a row: no new ideas" in first.stderr
+    assert f"--resume {run_dir} authors them again" in first.stderr
+    assert "A capable model does better" not in first.stderr  # an outage says nothing of the model
+    again = batch(str(config), "--resume", str(run_dir), "--base-url", model_server)
+    assert isinstance(again, subprocess.CompletedProcess)
+    assert again.returncode == 0, again.stderr
+    assert "4 ideas: 0 done earlier, 4 to author" in again.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["passed"], summary["unreachable"], summary["finished"]) == (4, 0, 4)

@@ -79,6 +79,11 @@ def _batch_progress(event: str, data: dict[str, Any]) -> None:
             stderr.print(f"    usefulness on injected errors: {data['usefulness']}", markup=False)
     elif event == "note":
         stderr.print(f"note: {data['text']}", markup=False)
+    elif event == "unreachable":
+        stderr.print(
+            f"  the model server was unreachable for {data['in_a_row']} ideas in a row: no new ideas "
+            "(--resume authors them, and these, once it answers)"
+        )
     elif event == "ceiling":
         stderr.print(f"  cost ceiling reached (${data['spent']:.2f} > ${data['ceiling']:.2f}): no new ideas")
 
@@ -131,7 +136,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             stderr.print(f"report: {summary.report}")
     if summary.pending_review:
         stderr.print(f"{len(summary.pending_review)} candidates wait for you: metricsmith review {run_dir}")
-    elif not summary.approved:
+    elif not summary.approved and not summary.unreachable:  # an outage says nothing of the model's skill
         advice = (
             "A capable model does better: a larger one in [model] model"
             if config.model.backend == "openai"
@@ -142,6 +147,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
             markup=False,
         )
     if summary.unreachable:
+        stderr.print(
+            f"the model server was unreachable for {summary.unreachable} ideas; once it answers, "
+            f"metricsmith batch CONFIG --resume {run_dir} authors them again",
+            markup=False,
+        )
         return EXIT_INFRASTRUCTURE
     return EXIT_SOME_FAILED if summary.gave_up else EXIT_OK
 

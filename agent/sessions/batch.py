@@ -119,6 +119,10 @@ class BatchOptions:
 Progress = Callable[[str, dict[str, Any]], None]
 
 
+# After this many ideas in a row found the model server unreachable, no queued idea starts.
+UNREACHABLE_IN_A_ROW = 2
+
+
 def _idea_id(index: int, text: str) -> str:
     words = "".join(ch if ch.isalnum() else "-" for ch in text.lower()).split("-")
     slug = "-".join(word for word in words if word)[:40].strip("-") or "idea"
@@ -137,7 +141,9 @@ def _read_results(run_dir: Path) -> dict[str, BatchResult]:
             result = BatchResult.model_validate_json(line)
         except ValueError:
             continue  # a line torn by a kill: that idea is simply not finished
-        results.setdefault(result.idea_id, result)
+        # The latest line of an idea wins: an idea the model server was unreachable for is authored again on
+        # --resume, and its new line follows the old.
+        results[result.idea_id] = result
     return results
 
 
@@ -387,7 +393,8 @@ def run_batch(
         check_library_folder(config.library)
     backend = backend_for(config)
     manifest = load_manifest(run_dir) if resume else _start(config, run_dir, backend)
-    done = _read_results(run_dir)
+    # An outage is not a verdict on an idea: those that found the server unreachable are authored again.
+    done = {key: result for key, result in _read_results(run_dir).items() if result.verdict != "unreachable"}
     todo = [idea for idea in manifest.ideas if idea.id not in done]
     progress("start", {"ideas": len(manifest.ideas), "done": len(done), "todo": len(todo)})
     if (
@@ -405,16 +412,26 @@ def run_batch(
     spent = sum(result.cost_usd or 0.0 for result in done.values())
     ceiling = config.budgets.cost_ceiling_usd
     pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
+    unreachable_in_a_row = 0
     try:
         futures = {}
         for idea in todo:
             futures[pool.submit(_author_one, idea, config, backend, run_dir, options)] = idea
         for future in as_completed(futures):
+            if future.cancelled():  # a queued idea the ceiling or an outage stopped: --resume authors it
+                continue
             result = future.result()
             log.append(result)
             spent += result.cost_usd or 0.0
             write_json_atomic(run_dir / "summary.json", summarise(run_dir, manifest))
             progress("idea", result.model_dump(mode="json"))
+            unreachable_in_a_row = unreachable_in_a_row + 1 if result.verdict == "unreachable" else 0
+            if unreachable_in_a_row == UNREACHABLE_IN_A_ROW and any(not pending.done() for pending in futures):
+                # Each idea would spend the whole retry budget on a server that is down: a dead server cost
+                # some ten minutes an idea before the user heard.
+                progress("unreachable", {"in_a_row": unreachable_in_a_row})
+                for pending in futures:
+                    pending.cancel()
             if ceiling is not None and spent > ceiling:
                 progress("ceiling", {"spent": spent, "ceiling": ceiling})
                 for pending in futures:
