@@ -593,3 +593,26 @@ def test_a_key_the_server_echoes_into_the_reply_reaches_no_file_and_the_run_stil
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert again.returncode == 0 and "same outcome as recorded" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_stream_of_keep_alives_alone_is_a_timeout_not_a_wait_for_ever(server: FakeOpenAI) -> None:
+    # Comments (": keep-alive") kept each read within the HTTP client's timeout: the chat waited for ever.
+    keep_alives = ": keep-alive\n\n" * 400
+    server.script(Answer(body=keep_alives, content_type="text/event-stream", drip_s=0.01))
+    pieces: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(ModelUnreachable, match="did not answer in time"):
+        backend(server, timeout_s=0.5, max_attempts=2).complete(chat_request(), pieces.append)
+    assert time.monotonic() - started < 3, "it waited on the keep-alives"
+    assert pieces == [] and len(server.received) == 2  # nothing shown, so the attempt was retried
+
+
+def test_a_stream_that_drips_past_the_timeout_ends_where_it_got_to(server: FakeOpenAI) -> None:
+    server.script(Answer(body=STREAMED, content_type="text/event-stream", drip_s=0.004))  # an event in 0.7 s
+    pieces: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(ModelUnreachable, match="broke off while streaming"):
+        backend(server, timeout_s=2.0).complete(chat_request(), pieces.append)  # the whole stream takes 3.1 s
+    assert time.monotonic() - started < 4
+    assert pieces and "".join(pieces) != "def score(image, scene):\n    return 1.0\n"  # a part, shown once
+    assert len(server.received) == 1

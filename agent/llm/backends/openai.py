@@ -21,15 +21,17 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import os
+import queue
 import random
 import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
@@ -263,12 +265,12 @@ class OpenAIBackend:
         if self.base_url == DEFAULT_BASE_URL.rstrip("/"):
             # OpenAI sends a stream's usage only when asked; some compatible servers reject the option.
             extra["stream_options"] = {"include_usage": True}
-        stream = self._create(request, timeout, **extra)
+        stream = self._within(timeout, lambda: self._create(request, timeout, **extra))
         parts: list[str] = []
         finish: str | None = None
         last: Any = None
         try:
-            for chunk in stream:
+            for chunk in _until(stream, started + timeout):
                 last = chunk if getattr(chunk, "usage", None) is not None or last is None else last
                 for choice in getattr(chunk, "choices", None) or ():
                     delta = getattr(choice, "delta", None)
@@ -279,7 +281,7 @@ class OpenAIBackend:
                         parts.append(piece)
                         on_text(piece)
                     finish = getattr(choice, "finish_reason", None) or finish
-        except (openai.OpenAIError, *_UNREADABLE) as exc:
+        except (openai.OpenAIError, _TotalTimeout, *_UNREADABLE) as exc:
             if parts:
                 raise _BrokenStream(exc) from exc
             raise
@@ -433,6 +435,44 @@ def _first_choice(response: Any) -> Any:
     if isinstance(response, str) or not choices:
         raise _UnreadableReply(f"no choices in the reply: {str(response)[:100]!r}")
     return choices[0]
+
+
+def _until(stream: Any, deadline: float) -> Iterator[Any]:
+    """The stream's chunks, or `_TotalTimeout` once `deadline` (time.perf_counter()) has passed.
+
+    The HTTP client's timeout is per read, and a server that sends keep-alive comments, or a word a second,
+    never trips it: a chat waited on one for ever. The chunks are read on a daemon thread and handed over
+    here, so this thread (the one that shows them, and that Ctrl-C reaches) never blocks past the deadline;
+    when it stops early, the stream is closed, which ends the reading thread too.
+    """
+    handed: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for chunk in stream:
+                handed.put(("chunk", chunk))
+            handed.put(("end", None))
+        except BaseException as error:  # handed to the waiting thread as it is
+            handed.put(("error", error))
+
+    threading.Thread(target=read, name="model-stream", daemon=True).start()
+    ended = False
+    try:
+        while True:
+            try:
+                kind, value = handed.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                raise _TotalTimeout("no whole reply in time") from None
+            if kind == "end":
+                ended = True
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        if not ended:
+            with contextlib.suppress(Exception):
+                stream.close()
 
 
 def _is_transient(exc: BaseException) -> bool:
