@@ -616,3 +616,12 @@ def test_a_stream_that_drips_past_the_timeout_ends_where_it_got_to(server: FakeO
     assert time.monotonic() - started < 4
     assert pieces and "".join(pieces) != "def score(image, scene):\n    return 1.0\n"  # a part, shown once
     assert len(server.received) == 1
+
+
+def test_a_refusal_is_the_reply_not_an_empty_one(server: FakeOpenAI) -> None:
+    # It was reported as an empty reply "(a base model without a chat template ...)", the refusal lost.
+    body = chat_body(None)
+    body["choices"][0]["message"]["refusal"] = "I'm sorry, but I can't help with that request."
+    server.script(Answer(body=body))
+    reply = backend(server).complete(chat_request())
+    assert reply.text == "I'm sorry, but I can't help with that request."

@@ -247,7 +247,9 @@ class OpenAIBackend:
         latency = time.perf_counter() - started
         choice = _first_choice(response)
         message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) or ""
+        # A refusal comes without content, in a field of its own: kept as the reply, it is recorded and shown
+        # as the model's words, not mistaken for an empty reply (which points at a base model).
+        text = getattr(message, "content", None) or getattr(message, "refusal", None) or ""
         return self._reply(response, choice, text, text, _prompt_text(request), latency)
 
     def _send_completion(self, request: ModelRequest, timeout: float) -> ModelReply:
