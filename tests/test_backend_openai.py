@@ -625,3 +625,12 @@ def test_a_refusal_is_the_reply_not_an_empty_one(server: FakeOpenAI) -> None:
     server.script(Answer(body=body))
     reply = backend(server).complete(chat_request())
     assert reply.text == "I'm sorry, but I can't help with that request."
+
+
+def test_a_429_asking_to_wait_longer_than_we_would_fails_at_once_saying_how_long(server: FakeOpenAI) -> None:
+    # It retried, each wait capped, for four silent minutes, and then never said the server asked for 28 hours.
+    server.script(Answer(429, error_body("slow down"), {"retry-after": "100000"}))
+    started = time.monotonic()
+    with pytest.raises(ModelUnreachable, match=r"asks to wait 27\.8 h before the next request \(HTTP 429\)"):
+        backend(server).complete(chat_request())
+    assert time.monotonic() - started < 2 and len(server.received) == 1

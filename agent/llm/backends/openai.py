@@ -183,7 +183,7 @@ class OpenAIBackend:
         retrying = Retrying(
             stop=stop_after_attempt(self._max_attempts) | stop_before_delay(self._budget_s),
             wait=self._wait,
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception(self._worth_retrying),
             reraise=True,
         )
         try:
@@ -193,6 +193,14 @@ class OpenAIBackend:
             raise ModelUnreachable(f"{explained} (the reply broke off while streaming)") from broken.cause
         except (openai.OpenAIError, _TotalTimeout, *_UNREADABLE) as exc:  # a bug of ours stays a traceback
             raise ModelUnreachable(self._explain(exc, attempts, time.monotonic() - start)) from exc
+
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        """Transient, and not a server asking to wait longer than we would: that one failed minutes later anyway."""
+        if isinstance(exc, openai.APIStatusError):
+            asked = _retry_after_s(exc)
+            if asked is not None and asked > self._max_retry_after_s:
+                return False
+        return _is_transient(exc)
 
     def _wait(self, state: RetryCallState) -> float:
         # Full-jitter exponential backoff, but never shorter than what the server asked for.
@@ -347,6 +355,9 @@ class OpenAIBackend:
                     "check the model name, or load the model on the server"
                 )
             if status == 429:
+                asked = _retry_after_s(exc)
+                if asked is not None and asked > self._max_retry_after_s:
+                    return f"{where} asks to wait {_duration(asked)} before the next request (HTTP 429); try again then"
                 return f"{where} kept rate-limiting the requests (HTTP 429, {tries}); wait and try again"
             if status >= 500 or status == 408:
                 return (
@@ -483,6 +494,12 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 429) or exc.status_code >= 500
     return isinstance(exc, _UNREADABLE)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _retry_after_s(exc: openai.APIStatusError) -> float | None:
