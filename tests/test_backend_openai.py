@@ -634,3 +634,13 @@ def test_a_429_asking_to_wait_longer_than_we_would_fails_at_once_saying_how_long
     with pytest.raises(ModelUnreachable, match=r"asks to wait 27\.8 h before the next request \(HTTP 429\)"):
         backend(server).complete(chat_request())
     assert time.monotonic() - started < 2 and len(server.received) == 1
+
+
+def test_a_reply_far_past_max_tokens_is_cut_and_marked_cut(server: FakeOpenAI) -> None:
+    # A server that ignored max_tokens sent 50 MB: stored whole twice (transcript, rationale) and shown by review.
+    from agent.llm.model import MAX_REPLY_CHARS
+
+    server.script(Answer(body=chat_body("def score(image, scene):\n    return 1.0\n" + "x" * (2 * MAX_REPLY_CHARS))))
+    reply = backend(server).complete(chat_request())
+    assert len(reply.text) == MAX_REPLY_CHARS and reply.finish_reason == "length"
+    assert reply.text.startswith("def score(image, scene):")

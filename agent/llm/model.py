@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.errors import MetricsmithError
 from agent.llm.secrets import clean_reply_text
 
 __all__ = [
+    "MAX_REPLY_CHARS",
     "ForwardingBackend",
     "Message",
     "ModelBackend",
@@ -98,6 +99,10 @@ class Usage(_Frozen):
         return self.prompt_tokens + self.completion_tokens
 
 
+# Far above any metric and its rationale (requests ask for a few thousand tokens at most).
+MAX_REPLY_CHARS = 200_000
+
+
 class ModelReply(_Frozen):
     """What came back. `text` is the whole reply (in completion mode, prefix included)."""
 
@@ -107,6 +112,16 @@ class ModelReply(_Frozen):
     usage: Usage
     model: str
     latency_s: float = Field(ge=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _capped(cls, data: Any) -> Any:
+        # A server that ignores max_tokens sent 50 MB, stored twice and shown whole by `review`: past the cap
+        # the reply is cut, and marked as cut, as a reply that ran into max_tokens is.
+        text = data.get("text") if isinstance(data, dict) else None
+        if isinstance(text, str) and len(text) > MAX_REPLY_CHARS:
+            return {**data, "text": text[:MAX_REPLY_CHARS], "finish_reason": "length"}
+        return data
 
     @field_validator("text")
     @classmethod
