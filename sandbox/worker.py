@@ -404,9 +404,11 @@ def _check_size(path: str, image: np.ndarray, scene: dict) -> str | None:
     info = scene.get("image", {})
     expected = (info.get("height"), info.get("width"))
     if expected != image.shape[:2]:
+        # Decoding turns a photo as its EXIF orientation tag says: a file stored 640x480 may read as 480x640.
+        turned = " (turned as its EXIF orientation tag says? then the annotations were made on the stored pixels)"
         return (
             f"{os.path.basename(path)} is {image.shape[1]}x{image.shape[0]} but the annotations say "
-            f"{expected[1]}x{expected[0]}"
+            f"{expected[1]}x{expected[0]}" + (turned if expected == image.shape[1::-1] else "")
         )
     return None
 

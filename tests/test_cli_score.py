@@ -618,3 +618,34 @@ def test_scores_are_never_written_over_the_annotations_file(tmp_path: Path) -> N
         f"error: --out {renamed} is the annotations file: the scores would replace your dataset; choose another"
     )
     assert renamed.read_bytes() == before
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF segment holding only the orientation tag (0x0112), right after its start marker."""
+    import struct
+
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    segment = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment + jpeg[2:]
+
+
+def test_an_image_its_exif_tag_turns_says_so_when_its_size_disagrees(tmp_path: Path) -> None:
+    # "x.jpg is 48x64 but the annotations say 64x48" sent the user to a file that really is 64x48 as stored.
+    (tmp_path / "images").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", pixels)
+    assert ok
+    (tmp_path / "images" / "turned.jpg").write_bytes(_with_exif_orientation(encoded.tobytes(), 6))
+    document = {
+        "images": [{"id": 1, "file_name": "turned.jpg", "width": 64, "height": 48}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps(document))
+    out = tmp_path / "s.jsonl"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", str(out))
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["error_kind"] == "image_unreadable", result.stderr
+    assert row["error"].startswith("turned.jpg is 48x64 but the annotations say 64x48 (turned as its EXIF orientation")
