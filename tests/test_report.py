@@ -25,6 +25,7 @@ from agent.evaluation.report import (
     count_outliers,
     fences,
     histogram,
+    image_reader,
     image_thumbnail,
     object_thumbnail,
     rank_extremes,
@@ -367,3 +368,16 @@ def test_chromium_is_installed_in_ci() -> None:
     """CI installs what the browser test needs with apt, next to the sandbox's packages."""
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert re.search(r"apt-get install .*\bchromium\b", ci)
+
+
+def test_the_image_cache_holds_no_more_pixels_than_its_bound(tmp_path: Path) -> None:
+    # 32 decoded photos of 48 megapixels each took 4.6 GB for a page of thumbnails.
+    for bound, kept in ((2 * 320 * 240 * 3, [True, True, False]), (None, [True, True, True])):
+        demo = generate_demo_dataset(tmp_path / str(bound), n_images=3, seed=0, width=320, height=240)
+        dataset = load_coco(demo)
+        ids = [image.id for image in dataset.images]
+        read = image_reader(dataset) if bound is None else image_reader(dataset, cache_bytes=bound)  # two images
+        assert all(read(image_id) is not None for image_id in ids)
+        for image_id in ids:
+            Path(dataset.image_path(image_id)).unlink()  # from here on, only what is kept can be read
+        assert [read(image_id) is not None for image_id in reversed(ids)] == kept  # the oldest went first
