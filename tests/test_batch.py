@@ -300,3 +300,26 @@ def test_a_dead_server_stops_the_queue_and_resume_authors_those_ideas_once_it_an
     assert "4 ideas: 0 done earlier, 4 to author" in again.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["passed"], summary["unreachable"], summary["finished"]) == (4, 0, 4)
+
+
+def test_a_resume_while_the_run_still_runs_is_refused_in_one_line(
+    demo: Path, model_server: str, tmp_path: Path
+) -> None:
+    # Both processes set aside each other's ideas and failed with "... is not empty: give --out a new folder".
+    import fcntl
+
+    config = write_config(tmp_path, demo, model_server, IDEAS[:1])
+    run_dir = tmp_path / "run"
+    first = batch(str(config), "--out", str(run_dir))
+    assert isinstance(first, subprocess.CompletedProcess) and first.returncode == 0, first.stderr
+    before = (run_dir / "results.jsonl").read_text()
+    with open(run_dir / "manifest.json", "rb") as running:  # as the running batch holds it
+        fcntl.flock(running, fcntl.LOCK_EX)
+        again = batch(str(config), "--resume", str(run_dir))
+    assert isinstance(again, subprocess.CompletedProcess)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: {run_dir} is being run by another metricsmith batch right now; let it finish (or stop it), "
+        f"then --resume {run_dir} if ideas are left"
+    )
+    assert (run_dir / "results.jsonl").read_text() == before

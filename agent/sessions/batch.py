@@ -20,9 +20,11 @@ be given explicitly, and each such approval is recorded as a policy, with its cr
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,6 +395,38 @@ def run_batch(
         check_library_folder(config.library)
     backend = backend_for(config)
     manifest = load_manifest(run_dir) if resume else _start(config, run_dir, backend)
+    with _only_run(run_dir):
+        return _author_ideas(config, run_dir, manifest, backend, resume=resume, options=options, progress=progress)
+
+
+@contextlib.contextmanager
+def _only_run(run_dir: Path) -> Iterator[None]:
+    """Hold the run's manifest locked while its ideas are authored: a second process on the same run (a --resume
+    while it still runs) set both aside each other's ideas and failed with a message about --out."""
+    with open(run_dir / "manifest.json", "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{run_dir} is being run by another metricsmith batch right now; let it finish (or stop it), "
+                f"then --resume {run_dir} if ideas are left"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _author_ideas(
+    config: BatchConfig,
+    run_dir: Path,
+    manifest: BatchManifest,
+    backend: ModelBackend,
+    *,
+    resume: bool,
+    options: BatchOptions,
+    progress: Progress,
+) -> BatchSummary:
     # An outage is not a verdict on an idea: those that found the server unreachable are authored again.
     done = {key: result for key, result in _read_results(run_dir).items() if result.verdict != "unreachable"}
     todo = [idea for idea in manifest.ideas if idea.id not in done]
