@@ -357,14 +357,29 @@ def _read(path: str) -> tuple[np.ndarray | None, str | None]:
     except Exception as error:
         return None, f"cannot decode {os.path.basename(path)}: {error}"
     if image is None:
-        reason = "file not found" if not os.path.exists(path) else "not a readable image"
-        return None, f"cannot decode {os.path.basename(path)}: {reason}"
+        return None, f"cannot decode {os.path.basename(path)}: {_why_unreadable(path)}"
     if _cut_short_jpeg(path):
         return None, f"cannot decode {os.path.basename(path)}: the JPEG file ends before its image does (truncated)"
     if not _DECODES_RGB:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     image.setflags(write=False)
     return image, None
+
+
+def _why_unreadable(path: str) -> str:
+    """What is wrong with a file the decoder gave nothing for, as far as the file system tells."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return "a link that leads nowhere (its target is missing, or links loop)"
+    if not os.path.exists(path):
+        return "file not found"
+    if os.path.isdir(path):
+        return "a folder, not an image file"
+    try:
+        if os.path.getsize(path) == 0:
+            return "an empty file (0 bytes)"
+    except OSError:
+        pass
+    return "not a readable image (an unknown format, or a damaged file)"
 
 
 def _cut_short_jpeg(path: str) -> bool:

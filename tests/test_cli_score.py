@@ -649,3 +649,30 @@ def test_an_image_its_exif_tag_turns_says_so_when_its_size_disagrees(tmp_path: P
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["error_kind"] == "image_unreadable", result.stderr
     assert row["error"].startswith("turned.jpg is 48x64 but the annotations say 64x48 (turned as its EXIF orientation")
+
+
+def test_an_unreadable_image_file_says_what_it_is(tmp_path: Path) -> None:
+    # A folder, an empty file and a link that loops all read "not a readable image" or "file not found".
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "folder.jpg").mkdir()
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "loop.jpg").symlink_to(images / "loop.jpg")
+    (images / "garbage.jpg").write_bytes(b"not an image at all")
+    names = ["folder.jpg", "empty.jpg", "loop.jpg", "garbage.jpg"]
+    document = {
+        "images": [{"id": i, "file_name": name, "width": 8, "height": 8} for i, name in enumerate(names, start=1)],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(json.dumps(document))
+    out = tmp_path / "s.jsonl"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", str(out))
+    errors = {json.loads(line)["image_id"]: json.loads(line)["error"] for line in out.read_text().splitlines()}
+    assert errors == {
+        1: "cannot decode folder.jpg: a folder, not an image file",
+        2: "cannot decode empty.jpg: an empty file (0 bytes)",
+        3: "cannot decode loop.jpg: a link that leads nowhere (its target is missing, or links loop)",
+        4: "cannot decode garbage.jpg: not a readable image (an unknown format, or a damaged file)",
+    }, result.stderr
