@@ -196,6 +196,11 @@ def test_no_secret_reaches_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         (f'{{"Authorization": "Bearer {BEARER}"}}', f'{{"Authorization": {REDACTED}'),
         (f"token Bearer {BEARER} end", f"token Bearer {REDACTED} end"),
         ("x-api-key: abcdefgh12345678", f"x-api-key: {REDACTED}"),
+        # A value already redacted stays, and so does what follows it: an error line's advice was cut off.
+        (
+            f"(server: Authorization: {REDACTED}), after 5 attempts",
+            f"(server: Authorization: {REDACTED}), after 5 attempts",
+        ),
         ("hf_" + "a1" * 17, REDACTED),
         # Credentials in a URL (a --base-url in an error message): the user info, and secret-named parameters.
         ("at http://admin:pw-S3cret@127.0.0.1:9/v1 down", f"at http://{REDACTED}@127.0.0.1:9/v1 down"),

@@ -24,7 +24,9 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # `Authorization: Basic abc`, `"Authorization": "Bearer x"`, `x-api-key=...`: the value runs to the end
     # of the line, because header values may contain spaces and we would rather redact too much.
     (
-        re.compile(r"""(?i)\b((?:proxy-)?authorization|x-api-key)(["']?\s*[:=]\s*)[^\r\n]+"""),
+        # A value already redacted is left as it is: scrubbed again, the text after it (an error line's advice,
+        # appended to a quoted server reply) was cut off.
+        re.compile(r"""(?i)\b((?:proxy-)?authorization|x-api-key)(["']?\s*[:=]\s*+)(?!\[REDACTED\])[^\r\n]+"""),
         r"\1\2" + REDACTED,
     ),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]{8,}=*"), r"\1" + REDACTED),
