@@ -362,6 +362,10 @@ def test_a_prompt_too_long_for_the_servers_context_says_to_start_it_with_a_large
     assert "too small a context" in message and "--n_ctx 4096" in message and "2054 in your prompt" in message
     assert "check the model name" not in message
     assert len(server.received) == 1  # a request that cannot fit is not retried
+    # A server whose context is already 4096 is told of a larger one (it was told "e.g. 4096").
+    server.script(Answer(400, error_body(too_long.replace("2048", "4096"))))
+    with pytest.raises(ModelUnreachable, match=r"e\.g\. 8192 tokens \(llama_cpp\.server --n_ctx 8192"):
+        backend(server).complete(chat_request())
 
 
 def test_404_names_the_missing_model(server: FakeOpenAI) -> None:

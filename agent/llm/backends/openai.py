@@ -366,10 +366,11 @@ class OpenAIBackend:
                 )
             quoted = self._quote(exc)
             if _CONTEXT_TOO_SMALL.search(quoted):
+                larger = _larger_context(quoted)
                 return (
                     f"{where} has too small a context for this prompt and its reply (HTTP {status}: "
-                    f"{quoted}); start the server with a larger one, e.g. 4096 tokens "
-                    "(llama_cpp.server --n_ctx 4096, llama-server -c 4096, Ollama's num_ctx)"
+                    f"{quoted}); start the server with a larger one, e.g. {larger} tokens "
+                    f"(llama_cpp.server --n_ctx {larger}, llama-server -c {larger}, Ollama's num_ctx)"
                 )
             return f"{where} rejected the request (HTTP {status}: {quoted}); check the model name and options"
         return f"the request to {where} failed ({type(exc).__name__}: {self._quote(exc)})"
@@ -486,6 +487,14 @@ def _until(stream: Any, deadline: float) -> Iterator[Any]:
         if not ended:
             with contextlib.suppress(Exception):
                 stream.close()
+
+
+def _larger_context(said: str) -> int:
+    """A context size to suggest: twice the one the server names (it said 4096 and was told "e.g. 4096"), at
+    least 4096, a power of two."""
+    named = re.search(r"(?i)(?:context(?: length| size| window)?|n_ctx)\D{0,12}?(\d{3,7})\b", said)
+    wanted = max(4096, 2 * int(named.group(1)) if named else 0)
+    return 1 << (wanted - 1).bit_length()
 
 
 def _is_transient(exc: BaseException) -> bool:
