@@ -162,3 +162,13 @@ def test_a_description_file_that_is_not_there_is_a_config_problem(tmp_path: Path
     text = GOOD.replace('description = "Pandas, bears and foxes"', 'description_file = "nope.md"')
     with pytest.raises(ConfigInvalid, match=r"dataset.description_file: no such file .*nope.md"):
         load_batch_config(write(tmp_path, text), environ={})
+
+
+def test_a_bad_model_value_in_the_config_is_blamed_on_its_key_not_on_a_flag(tmp_path: Path) -> None:
+    # They read "--base-url '127.0.0.1:8080/v1' is not a server URL" and "--backend openai needs --model NAME".
+    no_scheme = GOOD.replace('model = "gpt-4o-mini"', 'model = "gpt-4o-mini"\nbase_url = "127.0.0.1:8080/v1"')
+    with pytest.raises(UserError, match=r"model\.base_url.*'127\.0\.0\.1:8080/v1' is not a server URL"):
+        load_batch_config(write(tmp_path, no_scheme), environ={})
+    no_model = GOOD.replace('model = "gpt-4o-mini"', 'model = ""')
+    with pytest.raises(UserError, match=r"backend 'openai' needs model = \"NAME\""):
+        load_batch_config(write(tmp_path, no_model), environ={})

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.data.json_files import read_text_file
 from agent.errors import UserError
@@ -92,6 +93,24 @@ class ModelSection(_Section):
         if self.backend == "replay" and self.transcript is None:
             raise ValueError("backend 'replay' needs transcript = \"RECORDING.jsonl\"")
         return self
+
+    # Checked here, so a problem names the config's key; the backend's own checks name the command's flags.
+    @model_validator(mode="after")
+    def _openai_needs_a_model(self) -> ModelSection:
+        if self.backend == "openai" and not (self.model or "").strip():
+            raise ValueError(
+                "backend 'openai' needs model = \"NAME\" (e.g. gpt-4o-mini, or the name your server serves)"
+            )
+        return self
+
+    @field_validator("base_url")
+    @classmethod
+    def _a_server_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} is not a server URL: it must start with http:// or https:// and name a host")
+        return url
 
 
 class Budgets(_Section):
