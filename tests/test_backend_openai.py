@@ -492,6 +492,23 @@ def test_a_reasoning_model_gets_the_parameters_it_accepts(server: FakeOpenAI, mo
         assert (body["temperature"], body["max_tokens"]) == (0.2, 1500) and "max_completion_tokens" not in body
 
 
+def _author_spurious_over_http(server: FakeOpenAI, demo: Path, run: Path, samples: int) -> subprocess.CompletedProcess:
+    """`metricsmith author` of the fixtures' spurious-box idea, through the real SDK, against `server`."""
+    import record_fixtures as fixtures
+
+    command = [
+        sys.executable, "-m", "agent.cli", "author", fixtures.SPURIOUS_IDEA, "--annotations", str(demo),
+        "--backend", "openai", "--model", "test-model", "--base-url", server.url, "--target", "spurious",
+        "--samples", str(samples), "--out", str(run), "--workers", "2",
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+
+
+def _replay(transcript: Path, out: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "agent.cli", "replay", str(transcript), "--out", str(out), "--workers", "2"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
 def test_author_with_a_target_over_http_samples_improves_and_replays(server: FakeOpenAI, tmp_path: Path) -> None:
     """The usefulness loop through the real openai SDK against a scripted server on loopback."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transcripts"))
@@ -505,12 +522,7 @@ def test_author_with_a_target_over_http_samples_improves_and_replays(server: Fak
         fixtures.SATURATION, fixtures.OVERLAP, fixtures.CENTRE_RIM, fixtures.SATURATION,
     )))  # fmt: skip
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "agent.cli", "author", fixtures.SPURIOUS_IDEA, "--annotations", str(demo),
-        "--backend", "openai", "--model", "test-model", "--base-url", server.url, "--target", "spurious",
-        "--samples", "2", "--out", str(run), "--workers", "2",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+    done = _author_spurious_over_http(server, demo, run, samples=2)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(server.received) == 4
     seeds = [received.body.get("seed") for received in server.received]
@@ -525,11 +537,7 @@ def test_author_with_a_target_over_http_samples_improves_and_replays(server: Fak
     # No key in what was written.
     assert API_KEY not in (run / "transcript.jsonl").read_text()
 
-    again = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "replay", str(run / "transcript.jsonl"), "--out", str(tmp_path / "again"),
-         "--workers", "2"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    again = _replay(run / "transcript.jsonl", tmp_path / "again")
     assert again.returncode == 0 and "same outcome as recorded: passed after 4 exchanges" in again.stdout, (
         again.stdout + again.stderr
     )
@@ -579,23 +587,14 @@ def test_a_key_the_server_echoes_into_the_reply_reaches_no_file_and_the_run_stil
     prose = f"Here it is (proxy debug: Authorization: Bearer {API_KEY}) \ud800."
     server.script(Answer(body=chat_body(fixtures.fenced(code, prose))))
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "agent.cli", "author", fixtures.SPURIOUS_IDEA, "--annotations", str(demo),
-        "--backend", "openai", "--model", "test-model", "--base-url", server.url, "--target", "spurious",
-        "--samples", "1", "--out", str(run), "--workers", "2",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+    done = _author_spurious_over_http(server, demo, run, samples=1)
     assert done.returncode == 0, done.stdout + done.stderr
     written = [path for path in run.rglob("*") if path.is_file()]
     assert any(path.name == "metric.py" for path in written) and any(p.name == "rationale.md" for p in written)
     for path in written:
         assert "SECRET" not in path.read_text(errors="replace"), path
     assert "SECRET" not in done.stdout + done.stderr
-    again = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "replay", str(run / "transcript.jsonl"), "--out", str(tmp_path / "again"),
-         "--workers", "2"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    again = _replay(run / "transcript.jsonl", tmp_path / "again")
     assert again.returncode == 0 and "same outcome as recorded" in again.stdout, again.stdout + again.stderr
 
 

@@ -620,6 +620,17 @@ def test_scores_are_never_written_over_the_annotations_file(tmp_path: Path) -> N
     assert renamed.read_bytes() == before
 
 
+def _brightness_rows(folder: Path, images: list[dict]) -> list[dict]:
+    """The rows of `score --metric builtin:brightness` on a dataset of these images (in folder/images), no boxes."""
+    document = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    annotations = folder / "annotations.json"
+    annotations.write_text(json.dumps(document))
+    out = folder / "s.jsonl"
+    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", str(out))
+    assert out.exists(), result.stderr
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     """The JPEG with an EXIF segment holding only the orientation tag (0x0112), right after its start marker."""
     import struct
@@ -637,17 +648,8 @@ def test_an_image_its_exif_tag_turns_says_so_when_its_size_disagrees(tmp_path: P
     ok, encoded = cv2.imencode(".jpg", pixels)
     assert ok
     (tmp_path / "images" / "turned.jpg").write_bytes(_with_exif_orientation(encoded.tobytes(), 6))
-    document = {
-        "images": [{"id": 1, "file_name": "turned.jpg", "width": 64, "height": 48}],
-        "annotations": [],
-        "categories": [{"id": 1, "name": "thing"}],
-    }
-    annotations = tmp_path / "annotations.json"
-    annotations.write_text(json.dumps(document))
-    out = tmp_path / "s.jsonl"
-    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", str(out))
-    [row] = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["error_kind"] == "image_unreadable", result.stderr
+    [row] = _brightness_rows(tmp_path, [{"id": 1, "file_name": "turned.jpg", "width": 64, "height": 48}])
+    assert row["error_kind"] == "image_unreadable"
     assert row["error"].startswith("turned.jpg is 48x64 but the annotations say 64x48 (turned as its EXIF orientation")
 
 
@@ -660,19 +662,11 @@ def test_an_unreadable_image_file_says_what_it_is(tmp_path: Path) -> None:
     (images / "loop.jpg").symlink_to(images / "loop.jpg")
     (images / "garbage.jpg").write_bytes(b"not an image at all")
     names = ["folder.jpg", "empty.jpg", "loop.jpg", "garbage.jpg"]
-    document = {
-        "images": [{"id": i, "file_name": name, "width": 8, "height": 8} for i, name in enumerate(names, start=1)],
-        "annotations": [],
-        "categories": [{"id": 1, "name": "thing"}],
-    }
-    annotations = tmp_path / "annotations.json"
-    annotations.write_text(json.dumps(document))
-    out = tmp_path / "s.jsonl"
-    result = run_cli("score", "--annotations", str(annotations), "--metric", "builtin:brightness", "--out", str(out))
-    errors = {json.loads(line)["image_id"]: json.loads(line)["error"] for line in out.read_text().splitlines()}
+    images_listed = [{"id": i, "file_name": name, "width": 8, "height": 8} for i, name in enumerate(names, start=1)]
+    errors = {row["image_id"]: row["error"] for row in _brightness_rows(tmp_path, images_listed)}
     assert errors == {
         1: "cannot decode folder.jpg: a folder, not an image file",
         2: "cannot decode empty.jpg: an empty file (0 bytes)",
         3: "cannot decode loop.jpg: a link that leads nowhere (its target is missing, or links loop)",
         4: "cannot decode garbage.jpg: not a readable image (an unknown format, or a damaged file)",
-    }, result.stderr
+    }
