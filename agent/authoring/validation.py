@@ -228,8 +228,31 @@ def validate(
             checker.time_budget(timing),
             checker.not_duplicate(correlations, library is not None and len(library) > 0),
         ]
+    return _report(
+        spec,
+        max_error_rate,
+        results,
+        stats=_stats(rows.values()),
+        edge_cases=checker.edge_case_outcomes(),
+        correlations=correlations,
+        timing=timing,
+        load_error=load_error,
+    )
+
+
+def _report(
+    spec: MetricSpec,
+    max_error_rate: float,
+    results: Sequence[tuple[CheckResult, Failure | None]],
+    *,
+    stats: ScoreStats,
+    edge_cases: list[EdgeCaseOutcome],
+    correlations: list[LibraryCorrelation],
+    timing: Timing,
+    load_error: str | None = None,
+) -> ValidationReport:
+    """The report of the checks' (result, failure) pairs: passed when none failed, the first failure spelled out."""
     checks = [check for check, _ in results]
-    first_failure = next((failure for check, failure in results if check.status == "failed"), None)
     return ValidationReport(
         metric=spec.name,
         level=spec.level,
@@ -238,9 +261,9 @@ def validate(
         passed=all(check.status != "failed" for check in checks),
         max_error_rate=max_error_rate,
         checks=checks,
-        first_failure=first_failure,
-        stats=_stats(rows.values()),
-        edge_cases=checker.edge_case_outcomes(),
+        first_failure=next((failure for check, failure in results if check.status == "failed"), None),
+        stats=stats,
+        edge_cases=edge_cases,
         correlations=correlations,
         timing=timing,
         load_error=load_error,
@@ -270,32 +293,18 @@ def _stopped_at_a_timeout(
         f"a call ran past the {config.timeout_s:g} s limit, so validation stopped there (budget "
         f"{time_budget_s * 1000:.0f} ms per item); look for a loop that never ends or work far too slow per call"
     )
-    checker = _Checker(spec, validation, {_key(row): row}, max_error_rate)
-    failure = checker._failure("time_budget", row, message)
+    failure = _Checker(spec, validation, {_key(row): row}, max_error_rate)._failure("time_budget", row, message)
     not_run = "not run: validation stopped at the first call past the time limit"
-    checks = [
-        CheckResult(name="loads", status="passed", detail="module-level code ran"),
+    results: list[tuple[CheckResult, Failure | None]] = [
+        (CheckResult(name="loads", status="passed", detail="module-level code ran"), None),
         *(
-            CheckResult(name=name, status="failed", detail=message)
+            (CheckResult(name=name, status="failed", detail=message), failure)
             if name == "time_budget"
-            else CheckResult(name=name, status="skipped", detail=not_run)
+            else (CheckResult(name=name, status="skipped", detail=not_run), None)
             for name in _LATER_CHECKS
         ),
     ]
-    return ValidationReport(
-        metric=spec.name,
-        level=spec.level,
-        output=spec.output,
-        code_sha256=spec.code_sha256,
-        passed=False,
-        max_error_rate=max_error_rate,
-        checks=checks,
-        first_failure=failure,
-        stats=_stats([]),
-        edge_cases=[],
-        correlations=[],
-        timing=timing,
-    )
+    return _report(spec, max_error_rate, results, stats=_stats([]), edge_cases=[], correlations=[], timing=timing)
 
 
 # Every check after `loads`, in the report's order: what a metric that did not load skips.
