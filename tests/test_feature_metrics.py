@@ -87,6 +87,39 @@ def test_the_search_split_over_threads_is_the_search_in_one_range(threads: int) 
         assert np.array_equal(nearest_neighbours(vectors, k, in_threads(threads)), nearest_neighbours(vectors, k))
 
 
+def _reference_neighbours(vectors: np.ndarray, k: int) -> list[list[int]]:
+    """Plain Python: the sequential sum of squared differences, ties to the lower index."""
+    table = []
+    for row in range(len(vectors)):
+        distances = []
+        for other in range(len(vectors)):
+            total = 0.0
+            for a, b in zip(vectors[row], vectors[other], strict=True):
+                total += (float(a) - float(b)) ** 2
+            distances.append((total, other))
+        table.append([other for _, other in sorted(d for d in distances if d[1] != row)[:k]])
+    return table
+
+
+def test_vectors_too_long_for_the_product_take_the_exact_path() -> None:
+    # Squared lengths past 1e100 could overflow the product's terms: every pair's exact sums decide alone.
+    rng = np.random.default_rng(8)
+    vectors = rng.integers(0, 3, size=(60, 3)) * 1e60
+    assert nearest_neighbours(vectors, k=5).tolist() == _reference_neighbours(vectors, 5)
+
+
+def test_the_products_candidates_hold_every_exact_neighbour_even_at_near_ties() -> None:
+    # Many distances equal in exact arithmetic and a hair apart in floating point, with large and small
+    # lengths side by side: the product's rounding reorders them, the candidates' exact sums must not.
+    rng = np.random.default_rng(9)
+    base = rng.integers(0, 3, size=(200, 6)) / 10
+    vectors = np.vstack([base, base[:40] + 1e-9, base[:40] * 1000])
+    for k in (1, 4, 9):
+        found = nearest_neighbours(vectors, k)
+        assert found.tolist() == _reference_neighbours(vectors, k)
+        assert np.array_equal(found, neighbours._exact_rows(np.ascontiguousarray(vectors.T), 0, len(vectors), k))
+
+
 def test_a_constant_feature_is_ignored() -> None:
     scores = class_disagreement([[1.0, 0.0], [1.0, 0.1], [1.0, 5.0], [1.0, 5.1]], [1, 1, 2, 2], k=1)
     assert scores == [0.0, 0.0, 0.0, 0.0]
@@ -226,16 +259,7 @@ def test_neighbours_follow_feature_by_feature_arithmetic_whatever_the_blas() -> 
     # squared differences, ties going to the lower index, which every IEEE machine computes alike.
     rng = np.random.default_rng(5)
     vectors = rng.integers(0, 4, size=(120, 5)) / 10
-    found = nearest_neighbours(vectors, k=6)
-    for row in range(len(vectors)):
-        distances = []
-        for other in range(len(vectors)):
-            total = 0.0
-            for a, b in zip(vectors[row], vectors[other], strict=True):
-                total += (float(a) - float(b)) ** 2
-            distances.append((total, other))
-        expected = [other for _, other in sorted(d for d in distances if d[1] != row)[:6]]
-        assert found[row].tolist() == expected, row
+    assert nearest_neighbours(vectors, k=6).tolist() == _reference_neighbours(vectors, 6)
 
 
 def test_vectors_reach_the_host_as_8_byte_floats(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

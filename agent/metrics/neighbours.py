@@ -6,14 +6,15 @@ gathers every box's vector and scores each box here, with plain numpy:
 
 1. Each feature is standardised over the dataset (mean 0, standard deviation 1; a constant
    feature is dropped), so no feature dominates the distance by its units alone.
-2. The k nearest other boxes by Euclidean distance are found by brute force, in blocks of rows
-   small enough (`_BLOCK_BYTES`) that one block's distances stay in the CPU cache across the
-   passes over the features: the passes are memory-bound, and cache-sized blocks make them about
-   3x faster than 64 MB ones, with the very same arithmetic. Squared distances are
-   summed feature by feature with elementwise operations, not with a matrix product: IEEE
-   rounds each of those the same way on every CPU, while a BLAS product's rounding depends on
-   the kernel and thread count that the machine picks, and on a near tie that changes which
-   boxes are neighbours. Exact ties go to the lower index.
+2. The k nearest other boxes by Euclidean distance are found by brute force, exactly: the squared
+   distance is the sum of squared differences taken feature by feature with elementwise operations
+   (IEEE rounds each of those the same way on every CPU), ties going to the lower index. A BLAS
+   matrix product (|a|² + |b|² - 2a·b) is used only to find the candidates: its rounding depends on
+   the kernel and thread count a machine picks, so near a tie it could pick other boxes. Its error
+   has a proven bound (`_ROUNDING`), and every box within twice that bound of the k-th nearest by
+   the product is a candidate; the candidates' exact distances then decide, and the boxes they pick
+   are the ones an exact search of all boxes picks. The product and a partial sort cost about a
+   third of the exact sums over every pair.
 3. The score is the share of those k neighbours whose class differs from the box's own label:
    0 when every neighbour agrees, 1 when none does. High is suspicious.
 
@@ -31,12 +32,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "RowFunction", "RowMapper", "class_disagreement", "in_threads", "nearest_neighbours", "neighbours_of_rows",
 ]  # fmt: skip
 
 _BLOCK_BYTES = 2 * 1024 * 1024
+_EPSILON = float(np.finfo(np.float64).eps)
+_TINY = float(np.finfo(np.float64).tiny)
+# Past this squared length a product's terms could overflow; such (unstandardised) vectors take the exact path.
+_LARGEST_NORM = 1e100
+_STRIDE = 4
+
+
+def _rounding(features: int) -> float:
+    """A bound, relative to |a|² + |b|², on how far the product's squared distance may lie from the exact sums'.
+
+    Both approximate the true value: the feature-by-feature sum within (d + 2)·eps of twice |a|² + |b|²,
+    the product (a dot product in any order, two squared lengths, two additions) within (2d + 4)·eps/2 of
+    it, d features. So they differ by at most (2d + 4)·eps·(|a|² + |b|²): this is four times that.
+    """
+    return 4 * (2 * features + 4) * _EPSILON
 
 
 def _standardised(vectors: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -58,6 +75,45 @@ def neighbours_of_rows(columns: NDArray[np.float64], start: int, stop: int, k: i
     Each row's answer depends on that row and the columns only, never on which rows share its block,
     so any split of the rows into ranges gives the very same table.
     """
+    squared = np.einsum("fi,fi->i", columns, columns)
+    if not squared.size or not np.isfinite(squared).all() or squared.max() > _LARGEST_NORM:
+        return _exact_rows(columns, start, stop, k)
+    features, count = columns.shape
+    points = np.ascontiguousarray(columns.T)
+    slack = _rounding(features) * (squared + squared.max()) + 8 * features * _TINY  # per row: what rounding moves
+    block = max(1, _BLOCK_BYTES // (8 * count))
+    stride = _STRIDE if count >= _STRIDE * (k + 2) else 1  # every row keeps k others among the sampled
+    result = np.empty((stop - start, k), dtype=np.intp)
+    for first in range(start, stop, block):
+        last = min(first + block, stop)
+        rows = np.arange(last - first)
+        approximate = points[first:last] @ points.T
+        approximate *= -2
+        approximate += squared[first:last, None]
+        approximate += squared[None, :]
+        approximate[rows, rows + first] = np.inf
+        # An upper bound on each row's k-th smallest product distance: the k-th smallest of every `stride`-th
+        # box's (a quarter of the sorting; a few more candidates below).
+        kth = np.partition(approximate[:, ::stride], k - 1, axis=1)[:, k - 1]
+        # Every box whose exact distance could be among the k smallest (ties at the k-th too): one at the exact
+        # k-th distance lies within one slack of the k-th smallest product distance, which is within one slack
+        # of the exact one, and no greater than `kth`.
+        row, candidate = np.nonzero(approximate <= (kth + 2 * slack[first:last])[:, None])
+        exact = np.zeros(len(row))
+        difference = np.empty_like(exact)
+        for feature in columns:
+            np.subtract(feature[row + first], feature[candidate], out=difference)
+            np.multiply(difference, difference, out=difference)
+            np.add(exact, difference, out=exact)
+        order = np.lexsort((candidate, exact, row))  # by row, then distance, then the lower index
+        starts = np.searchsorted(row[order], rows)  # each row has k candidates or more
+        result[first - start : last - start] = candidate[order][starts[:, None] + np.arange(k)]
+    return result
+
+
+def _exact_rows(columns: NDArray[np.float64], start: int, stop: int, k: int) -> NDArray[np.intp]:
+    """`neighbours_of_rows` from the exact distances of every pair: for vectors too long for the product (and
+    the search before the product found candidates, `benchmarks/neighbour_search.py`)."""
     count = columns.shape[1]
     block = max(1, _BLOCK_BYTES // (16 * count))  # the distances and one feature's differences
     result = np.empty((stop - start, k), dtype=np.intp)
@@ -119,7 +175,10 @@ def nearest_neighbours(vectors: NDArray[np.float64], k: int, map_rows: RowMapper
     if k < 1:
         return np.empty((count, 0), dtype=np.intp)
     columns = np.ascontiguousarray(vectors.T)  # one contiguous row per feature
-    return (map_rows or _here)(neighbours_of_rows, columns, k)
+    # The candidates' products are many small ones, side by side in `map_rows`'s threads: BLAS's own threads
+    # for each only wait on one another (5x slower on 2 cores). The limit is the process's, so it is set here.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return (map_rows or _here)(neighbours_of_rows, columns, k)
 
 
 def class_disagreement(
