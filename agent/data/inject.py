@@ -188,6 +188,11 @@ def _is_crowd(annotation: dict[str, Any]) -> bool:
 class Injector:
     """Noisy copies of one COCO document, any number of them; `document` is not modified.
 
+    A copy's annotations are dicts of its own, but the values inside them that no error changed (a box's
+    coordinate list, an extra field's dict) are `document`'s own objects: neither may be changed in place.
+    A deep copy of every annotation cost more than the rest of an injection (the learned metrics make six
+    copies of a dataset per run).
+
     What every copy needs to know of the document (its images, which annotations may be corrupted,
     its number format, its classes) is learned once, here, rather than once per copy: selftest draws
     a copy per seed, and the learned metrics a copy per error type. The document must not change
@@ -280,7 +285,11 @@ def _inject(
     stream: str,
 ) -> Injection:
     rng = np.random.default_rng([seed, int.from_bytes(stream.encode(), "big")])
-    annotations = [{k: _json_copy(v) for k, v in a.items() if k != "segmentation"} for a in document["annotations"]]
+    # New dicts, the values shared (see Injector): an error sets a key (a new box list, a class), never changes
+    # a value in place.
+    annotations = [dict(a) for a in document["annotations"]]
+    for annotation in annotations:
+        annotation.pop("segmentation", None)
     wanted, per_type, notes = _plan(len(corruptible), len(present), rate, types)
     consuming = [t for t in wanted if t != "spurious"]
 
