@@ -120,6 +120,20 @@ def test_the_products_candidates_hold_every_exact_neighbour_even_at_near_ties() 
         assert np.array_equal(found, neighbours._exact_rows(np.ascontiguousarray(vectors.T), 0, len(vectors), k))
 
 
+@pytest.mark.parametrize("blas_threads", [1, 2, 4])
+def test_the_table_does_not_depend_on_how_blas_computes_the_product(blas_threads: int) -> None:
+    # The product's rounding changes with BLAS's threads and kernels; it only proposes candidates, so the table
+    # must not. (`nearest_neighbours` itself runs BLAS on one thread: here the row function runs under others.)
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(10)
+    vectors = np.vstack([rng.integers(0, 3, size=(400, 8)) / 10, rng.normal(size=(400, 8))])
+    columns = np.ascontiguousarray(vectors.T)
+    expected = neighbours._exact_rows(columns, 0, len(vectors), 7)
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        assert np.array_equal(neighbours.neighbours_of_rows(columns, 0, len(vectors), 7), expected)
+
+
 def test_a_constant_feature_is_ignored() -> None:
     scores = class_disagreement([[1.0, 0.0], [1.0, 0.1], [1.0, 5.0], [1.0, 5.1]], [1, 1, 2, 2], k=1)
     assert scores == [0.0, 0.0, 0.0, 0.0]
