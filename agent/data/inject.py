@@ -191,7 +191,7 @@ class Injector:
     A copy's annotations are dicts of its own, but the values inside them that no error changed (a box's
     coordinate list, an extra field's dict) are `document`'s own objects: neither may be changed in place.
     A deep copy of every annotation cost more than the rest of an injection (the learned metrics make six
-    copies of a dataset per run).
+    to twenty-four copies of a dataset per run).
 
     What every copy needs to know of the document (its images, which annotations may be corrupted,
     its number format, its classes) is learned once, here, rather than once per copy: selftest draws

@@ -11,7 +11,7 @@ gathers every box's vector and scores each box here, with plain numpy:
    (IEEE rounds each of those the same way on every CPU), ties going to the lower index. A BLAS
    matrix product (|a|² + |b|² - 2a·b) is used only to find the candidates: its rounding depends on
    the kernel and thread count a machine picks, so near a tie it could pick other boxes. Its error
-   has a proven bound (`_ROUNDING`), and every box within twice that bound of the k-th nearest by
+   has a proven bound (`_rounding`), and every box within twice that bound of the k-th nearest by
    the product is a candidate; the candidates' exact distances then decide, and the boxes they pick
    are the ones an exact search of all boxes picks. The product and a partial sort cost about a
    third of the exact sums over every pair.
@@ -49,9 +49,11 @@ _STRIDE = 4
 def _rounding(features: int) -> float:
     """A bound, relative to |a|² + |b|², on how far the product's squared distance may lie from the exact sums'.
 
-    Both approximate the true value: the feature-by-feature sum within (d + 2)·eps of twice |a|² + |b|²,
-    the product (a dot product in any order, two squared lengths, two additions) within (2d + 4)·eps/2 of
-    it, d features. So they differ by at most (2d + 4)·eps·(|a|² + |b|²): this is four times that.
+    Both approximate the true squared distance t of two vectors a and b of d features. The sum of d rounded
+    squared differences lies within (d + 2)·eps/2 of t, relatively, and t is at most 2(|a|² + |b|²); the
+    product (a dot product summed in any order, two squared lengths, two additions) lies within about
+    (d + 2)·eps·(|a|² + |b|²) of t too. So the two differ by at most (2d + 4)·eps·(|a|² + |b|²): this is
+    four times that, for the squared lengths' own rounding and a margin.
     """
     return 4 * (2 * features + 4) * _EPSILON
 
@@ -112,8 +114,8 @@ def neighbours_of_rows(columns: NDArray[np.float64], start: int, stop: int, k: i
 
 
 def _exact_rows(columns: NDArray[np.float64], start: int, stop: int, k: int) -> NDArray[np.intp]:
-    """`neighbours_of_rows` from the exact distances of every pair: for vectors too long for the product (and
-    the search before the product found candidates, `benchmarks/neighbour_search.py`)."""
+    """`neighbours_of_rows` from the exact distances of every pair: for vectors too long for the product. It was
+    every search until 2026-12-07; `benchmarks/neighbour_search.py` times the two side by side."""
     count = columns.shape[1]
     block = max(1, _BLOCK_BYTES // (16 * count))  # the distances and one feature's differences
     result = np.empty((stop - start, k), dtype=np.intp)
@@ -176,7 +178,8 @@ def nearest_neighbours(vectors: NDArray[np.float64], k: int, map_rows: RowMapper
         return np.empty((count, 0), dtype=np.intp)
     columns = np.ascontiguousarray(vectors.T)  # one contiguous row per feature
     # The candidates' products are many small ones, side by side in `map_rows`'s threads: BLAS's own threads
-    # for each only wait on one another (5x slower on 2 cores). The limit is the process's, so it is set here.
+    # for each only wait on one another (several times slower on 2 cores). The limit is the process's, so it is
+    # set here, once.
     with threadpool_limits(limits=1, user_api="blas"):
         return (map_rows or _here)(neighbours_of_rows, columns, k)
 
