@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from process_helpers import ctrl_c_once_a_child_starts
 
 from agent.metrics.contract import load_metric_file
 from agent.metrics.results import json_line
@@ -340,19 +341,6 @@ def test_ctrl_c_kills_workers_and_keeps_what_was_scored(tmp_path: Path) -> None:
     assert ours == [], "every worker was killed"
 
 
-def _fork_server_of(pid: int) -> int | None:
-    """The pid of multiprocessing's fork server started by process `pid`, if it runs."""
-    for entry in Path("/proc").iterdir():
-        try:
-            status = (entry / "status").read_text()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status and b"multiprocessing.forkserver" in command:
-            return int(entry.name)
-    return None
-
-
 def test_ctrl_c_while_the_fitting_processes_start_prints_no_traceback(tmp_path: Path) -> None:
     # A terminal's Ctrl-C goes to its whole process group. The learned metrics' fork server, importing
     # scikit-learn for a second or two, died of it with a traceback; and the processes the host had asked it
@@ -360,21 +348,10 @@ def test_ctrl_c_while_the_fitting_processes_start_prints_no_traceback(tmp_path: 
     from agent.data.demo import generate_demo_dataset
 
     annotations = generate_demo_dataset(tmp_path / "demo", n_images=30, seed=0)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric", "builtin:learned",
-         "--out", str(tmp_path / "scores.jsonl"), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's disposition (see above)
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None and _fork_server_of(process.pid) is None:
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before its fork server started"
-    time.sleep(0.1)  # the server is importing what it preloads
-    os.killpg(process.pid, signal.SIGINT)
-    # The pipes end when every process holding them has: what the server and its processes print is read too.
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    command = [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric",
+               "builtin:learned", "--out", str(tmp_path / "scores.jsonl"), "--workers", "2"]  # fmt: skip
+    returncode, stdout, stderr = ctrl_c_once_a_child_starts(command, b"multiprocessing.forkserver")
+    assert returncode == 130, stderr
     assert "interrupted" in stderr
     assert "Traceback" not in stdout + stderr
 

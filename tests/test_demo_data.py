@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from process_helpers import ctrl_c_once_a_child_starts
 
 from agent.data import demo as demo_data
 from agent.data.demo import generate_demo_dataset
@@ -229,6 +231,16 @@ def test_a_set_larger_than_the_free_space_is_refused_before_anything_is_written(
     error = capsys.readouterr().err
     assert f"{10**12} demo images need about 65536000.0 GB" in error and "GB free" in error, error
     assert not out.exists()
+
+
+def test_ctrl_c_while_the_render_processes_start_prints_no_traceback(tmp_path: Path) -> None:
+    # A render process ignores SIGINT once its initializer runs, after it has imported the command's main
+    # module (a second, in "spawn"); a Ctrl-C before that printed its traceback under "interrupted".
+    command = [sys.executable, "-m", "agent.cli", "demo-data", str(tmp_path / "demo"), "--images", "400"]
+    returncode, stdout, stderr = ctrl_c_once_a_child_starts(command, b"multiprocessing.spawn")
+    assert returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stdout + stderr
 
 
 def test_render_processes_leave_ctrl_c_to_the_parent() -> None:
