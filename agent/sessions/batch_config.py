@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.data.json_files import read_text_file
 from agent.errors import UserError
 from agent.evaluation.usefulness import parse_targets
+from agent.llm.backends import server_url_problem
 
 __all__ = ["BatchConfig", "ConfigInvalid", "load_batch_config"]
 
@@ -106,10 +106,9 @@ class ModelSection(_Section):
     @field_validator("base_url")
     @classmethod
     def _a_server_url(cls, url: str | None) -> str | None:
-        if url is not None:
-            parts = urllib.parse.urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"{url!r} is not a server URL: it must start with http:// or https:// and name a host")
+        problem = None if url is None else server_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"{url!r} is not a server URL: {problem}")
         return url
 
 

@@ -30,7 +30,6 @@ import random
 import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
@@ -39,6 +38,7 @@ import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from agent.errors import UserError
+from agent.llm.backends import server_url_problem
 from agent.llm.model import Mode, ModelReply, ModelRequest, ModelUnreachable, TextSink, Usage, estimate_tokens
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIBackend"]
@@ -74,19 +74,7 @@ _TIMEOUTS = (openai.APITimeoutError, _TotalTimeout)
 
 
 def _check_url(url: str, given_as: str) -> None:
-    """Refuse a server URL no request can go to, before any request: it was retried as a dead server, or
-    raised inside the HTTP client."""
-    problem = None
-    try:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            problem = "it must start with http:// or https://"
-        elif not parts.hostname:
-            problem = "it names no host"
-        else:
-            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number from 0 to 65535
-    except ValueError as error:
-        problem = str(error)
+    problem = server_url_problem(url)
     if problem is not None:
         raise UserError(f"{given_as} {url!r} is not a server URL: {problem}")
 
