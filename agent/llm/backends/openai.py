@@ -184,11 +184,12 @@ class OpenAIBackend:
 
     def _worth_retrying(self, exc: BaseException) -> bool:
         """Transient, and not a server asking to wait longer than we would: that one failed minutes later anyway."""
-        if isinstance(exc, openai.APIStatusError):
-            asked = _retry_after_s(exc)
-            if asked is not None and asked > self._max_retry_after_s:
-                return False
-        return _is_transient(exc)
+        return _is_transient(exc) and self._too_long_a_wait(exc) is None
+
+    def _too_long_a_wait(self, exc: BaseException) -> float | None:
+        """The wait the server asked for (Retry-After), when it is longer than we wait; else None."""
+        asked = _retry_after_s(exc) if isinstance(exc, openai.APIStatusError) else None
+        return asked if asked is not None and asked > self._max_retry_after_s else None
 
     def _wait(self, state: RetryCallState) -> float:
         # Full-jitter exponential backoff, but never shorter than what the server asked for.
@@ -343,8 +344,8 @@ class OpenAIBackend:
                     "check the model name, or load the model on the server"
                 )
             if status == 429:
-                asked = _retry_after_s(exc)
-                if asked is not None and asked > self._max_retry_after_s:
+                asked = self._too_long_a_wait(exc)
+                if asked is not None:
                     return f"{where} asks to wait {_duration(asked)} before the next request (HTTP 429); try again then"
                 return f"{where} kept rate-limiting the requests (HTTP 429, {tries}); wait and try again"
             if status >= 500 or status == 408:
