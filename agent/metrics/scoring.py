@@ -329,19 +329,19 @@ def image_paths(dataset: Dataset) -> dict[int, str]:
     return {image.id: os.path.realpath(dataset.image_path(image.id)) for image in dataset.images}
 
 
-def require_an_image(dataset: Dataset, paths: dict[int, str] | None = None) -> None:
+def require_an_image(dataset: Dataset) -> None:
     """Refuse a run in which no image is where the dataset says: a wrong image folder, not a run of failures.
 
-    Stops at the first image found (one look on a dataset that has its images). Commands that do much before
-    they score (selftest's and triage's injected copies) call it first themselves.
+    Stops at the first image found (one look on a dataset that has its images; no path of the others is
+    worked out). Commands that do much before they score (selftest's and triage's injected copies) call it
+    first themselves.
     """
-    paths = image_paths(dataset) if paths is None else paths
-    if not paths:
+    if not dataset.images:
         raise UserError(f"{dataset.annotations_path} lists no images: there is nothing to score")
-    if not any(os.path.isfile(path) for path in paths.values()):
+    if not any(os.path.isfile(dataset.image_path(image.id)) for image in dataset.images):
         first = dataset.image_path(dataset.images[0].id)
         raise UserError(
-            f"none of the {len(paths)} images of {dataset.annotations_path} is in {dataset.image_root} "
+            f"none of the {len(dataset.images)} images of {dataset.annotations_path} is in {dataset.image_root} "
             f"(the first would be {first}); give the folder that holds them with --images"
         )
 
@@ -814,8 +814,8 @@ def score_dataset(
     engine can) instead of being gathered: the outcome's `rows` is then empty, its summaries the same.
     `on_written` counts the rows written so far.
     """
+    require_an_image(dataset)
     paths = image_paths(dataset)
-    require_an_image(dataset, paths)
     collector = _Collector(dataset, specs, on_rows, config.workers, writer, on_written)
     training = _Training(dataset, specs, collector.codes, config.workers)
     tasks = _with_training(dataset, build_tasks(dataset, specs, paths), training, paths)
@@ -862,8 +862,8 @@ def score_versions(
         reads = metric_inputs(spec.source, spec.level)
         plans.append((index, spec.level, reads.depends_on(spec.level), tuple(sorted(reads.obj_keys or ()))))
     reads_scene = any(kind == "scene" for _, _, kind, _ in plans)
+    require_an_image(first)
     paths = image_paths(first)
-    require_an_image(first, paths)
     # Per distinct key, its one real call: (task number, metric, object), as its result comes back.
     # Per version, each of its calls (metric, image id, object) with the real call that answers it.
     where: dict[Hashable, tuple[int, int, int | None]] = {}
