@@ -219,20 +219,9 @@ def _start_processes(count: int) -> None:
     try:
         context = multiprocessing.get_context("forkserver")
         # Imported once, in the server; an import that fails there is tried again, and reported, by the fit.
-        # The main module too: a console script's imports then happen once there, not in each process. First
-        # (after the main module, which the server always imports first) `fitting_server`, which sends what
-        # the server and its processes would print to /dev/null: they report through the pool.
-        preload = ["__main__", f"{__package__}.fitting_server", __name__, "sklearn.ensemble", "threadpoolctl"]
-        context.set_forkserver_preload(preload)
+        # The main module too: a console script's imports then happen once there, not in each process.
+        context.set_forkserver_preload(["__main__", __name__, "sklearn.ensemble", "threadpoolctl"])
         pool = ProcessPoolExecutor(count, mp_context=context, initializer=_fitting_process_setup)
-        # A Ctrl-C at the terminal reaches every process of its group, the fork server too, which ignores SIGINT
-        # only once it has imported what it preloads (scikit-learn: a second or two): until then it died of it,
-        # printing a traceback under the host's own "interrupted". A process starts with the signal mask of the
-        # thread that started it, so SIGINT is blocked on this thread, which only starts the processes: the
-        # server starts with it blocked, and the host still gets it on its other threads. Blocked here, after
-        # the pool is made: making it starts multiprocessing's resource tracker, which unblocks SIGINT on the
-        # thread that starts it. The fitting processes ignore it (`_fitting_process_setup`).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         for started in [pool.submit(os.getpid) for _ in range(count)]:  # one call each starts all of them now
             started.result()
     except Exception:  # no processes here (no process slots, a server that failed to start): fit on threads
