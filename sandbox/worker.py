@@ -35,9 +35,9 @@ import numpy as np
 
 from sandbox import landlock, seccomp_filter
 from sandbox.framing import MAX_FEATURES, PRINTED_MARKER, encode_frame, read_frame_blocking
+from sandbox.parent_death import die_with_parent, prctl
 from sandbox.paths import SYSTEM_READ_ONLY, python_runtime_dirs
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
@@ -76,18 +76,6 @@ class _SoftTimeout(BaseException):
 
 class _InvalidOutput(Exception):
     pass
-
-
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
-
-def _bind_to_parent(parent_pid: int | None) -> None:
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(70)  # the host died before the death signal was armed
 
 
 def _take_protocol_fds() -> tuple[int, int]:
@@ -579,8 +567,8 @@ class _Worker:
 
 def main() -> None:
     settings = _Settings(**json.loads(sys.argv[1]))
-    _bind_to_parent(settings.parent_pid)
-    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    die_with_parent(settings.parent_pid)
+    prctl(_PR_SET_NO_NEW_PRIVS, 1)
     cv2.setNumThreads(1)
     proto_in, proto_out = _take_protocol_fds()
     layers = _confine(settings)

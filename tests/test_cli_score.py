@@ -11,10 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from process_helpers import ctrl_c_once_a_child_starts
 
 from agent.metrics.contract import load_metric_file
 from agent.metrics.results import json_line
@@ -670,3 +672,61 @@ def test_an_unreadable_image_file_says_what_it_is(tmp_path: Path) -> None:
         3: "cannot decode loop.jpg: a link that leads nowhere (its target is missing, or links loop)",
         4: "cannot decode garbage.jpg: not a readable image (an unknown format, or a damaged file)",
     }
+
+
+def _code_of_the_import_system(source: str) -> dict[str, Any]:
+    """Run `source` as if it were Python's import system: its frames carry importlib's file name."""
+    scope: dict[str, Any] = {"signal": signal}
+    exec(compile(source, "<frozen importlib._bootstrap>", "exec"), scope)
+    return scope
+
+
+def test_ctrl_c_inside_the_import_system_is_delivered_once_out_of_it() -> None:
+    # Python's own handler raised KeyboardInterrupt wherever the main thread was; inside a weakref callback
+    # (the import system's module locks have them, and run them all through a command's first seconds) it
+    # was printed as "Exception ignored" and dropped, and the command went on as if nothing was pressed.
+    import gc
+    import weakref
+
+    from agent.cli.main import ctrl_c_outside_imports
+
+    scope = _code_of_the_import_system("def callback(ref):\n    signal.raise_signal(signal.SIGINT)\n")
+
+    class Lock:
+        pass
+
+    with ctrl_c_outside_imports():
+        lock = Lock()
+        ref = weakref.ref(lock, scope["callback"])
+        with pytest.raises(KeyboardInterrupt):
+            del lock
+            gc.collect()
+            time.sleep(5)
+        assert ref() is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Python's handler is back afterwards"
+
+
+def test_ctrl_c_outside_the_import_system_raises_at_once() -> None:
+    from agent.cli.main import ctrl_c_outside_imports
+
+    with ctrl_c_outside_imports():
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5)
+        assert time.monotonic() - started < 1
+
+
+def test_ctrl_c_while_the_fitting_processes_start_prints_no_traceback(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C goes to its whole process group. The learned metrics' fork server, importing
+    # scikit-learn for a second or two, died of it with a traceback; processes the host had asked it for
+    # just before it left failed to start, each with a traceback of its own, all on the terminal.
+    from agent.data.demo import generate_demo_dataset
+
+    annotations = generate_demo_dataset(tmp_path / "demo", n_images=30, seed=0)
+    command = [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric",
+               "builtin:learned", "--out", str(tmp_path / "scores.jsonl"), "--workers", "2"]  # fmt: skip
+    returncode, stdout, stderr = ctrl_c_once_a_child_starts(command, b"multiprocessing.forkserver")
+    assert returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stdout + stderr

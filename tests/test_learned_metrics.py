@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -235,6 +237,46 @@ def test_a_fitting_process_killed_leaves_its_fits_to_this_process(monkeypatch: p
     each = cross_fitted_scores_each(clean, clean_images, problems, folds, threads=2)
     assert each == [cross_fitted_scores(clean, clean_images, rows, images, folds) for rows, images in problems]
     assert learned._fitting_pool() is None, "a broken pool is not used again"
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (a zombie waits only for its parent to read its status)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_fitting_processes_end_with_a_host_that_left_without_stopping_them(tmp_path: Path) -> None:
+    # Each fitting process holds both ends of the pool's queues, so a host that left without telling it
+    # to stop (a Ctrl-C while the pool starts can do that) left it waiting for work forever, holding
+    # whatever the host's terminal was. They die with their fork server, which ends with the host.
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import os, sys\n"
+        "from agent.metrics import learned\n"
+        "if __name__ == '__main__':\n"
+        "    learned.prepare_fits_in_background(2)\n"
+        "    pool = learned._fitting_pool()\n"
+        "    print(*pool._processes, flush=True)\n"
+        "    os._exit(0)  # no shutdown: the processes are left as they are\n"
+    )
+    printed = tmp_path / "printed.txt"
+    with printed.open("w") as output:  # a file, not a pipe: a process left running must not hold the test up
+        host = subprocess.run(
+            [sys.executable, str(script)], stdout=output, stderr=subprocess.STDOUT, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )  # fmt: skip
+    assert host.returncode == 0, printed.read_text()
+    pids = [int(pid) for pid in printed.read_text().split()]
+    assert len(pids) == 2, printed.read_text()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.05)
+    alive = [pid for pid in pids if _running(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive == [], "fitting processes outlived their host"
 
 
 def test_too_little_to_train_on_leaves_the_scores_none() -> None:

@@ -35,6 +35,7 @@ import functools
 import hashlib
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import re
 import signal
@@ -52,6 +53,8 @@ from numpy.typing import NDArray
 
 from agent.data.coco import AnnotationInfo, Dataset
 from agent.data.inject import Injection, Injector
+from agent.metrics import fitting_server
+from sandbox.parent_death import die_with_parent
 
 __all__ = [
     "CLASS_CODES", "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy",
@@ -219,9 +222,19 @@ def _start_processes(count: int) -> None:
     try:
         context = multiprocessing.get_context("forkserver")
         # Imported once, in the server; an import that fails there is tried again, and reported, by the fit.
-        # The main module too: a console script's imports then happen once there, not in each process.
-        context.set_forkserver_preload(["__main__", __name__, "sklearn.ensemble", "threadpoolctl"])
+        # The main module too, so that a console script's imports happen once there, not in each process
+        # (Python 3.11 never tells its server the main module's path, so there each process imports it itself:
+        # a tenth of a second). First `fitting_server`, which sends what the server and its processes would
+        # print to /dev/null, and whose pid the fitting processes die with.
+        preload = [f"{__package__}.fitting_server", "__main__", __name__, "sklearn.ensemble", "threadpoolctl"]
+        context.set_forkserver_preload(preload)
         pool = ProcessPoolExecutor(count, mp_context=context, initializer=_fitting_process_setup)
+        # A Ctrl-C reaches every process of the terminal's group, the server too. It starts with SIGINT blocked
+        # (a process starts with the signal mask of the thread that started it; this thread only starts the
+        # processes), which `fitting_server` unblocks once it has sent the server's output to /dev/null.
+        # Blocked after the pool is made: making it starts multiprocessing's resource tracker, which unblocks
+        # SIGINT on the thread that starts it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         for started in [pool.submit(os.getpid) for _ in range(count)]:  # one call each starts all of them now
             started.result()
     except Exception:  # no processes here (no process slots, a server that failed to start): fit on threads
@@ -234,6 +247,16 @@ def _start_processes(count: int) -> None:
 def _fitting_process_setup() -> None:
     # Ctrl-C reaches the whole process group: the host stops the fits, and these must not print tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Each process holds both ends of the pool's queues, so it would wait for work forever if the host left
+    # without telling it to stop (a Ctrl-C while the pool starts can do that), holding the terminal open.
+    # So these die with the server, and the server ends when the host does: when the last copy of the
+    # host's end of a pipe to it closes. multiprocessing gives each forked process a copy (for processes
+    # of its own, which these never start), which would keep the server, and so these, alive: closed here.
+    die_with_parent(fitting_server.server_pid)
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)  # for the process's life: BLAS and OpenMP on one thread, as on the host
