@@ -58,8 +58,8 @@ def test_help_loads_no_command_module() -> None:
     script = (
         "import sys, agent.cli.main as cli\n"
         "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in sys.modules if m.startswith('agent.cli.') and m != 'agent.cli.main'"
-        " and m != 'agent.cli.console'))"
+        "print(sorted(m for m in sys.modules if m.startswith('agent.cli.')"
+        " and m not in {'agent.cli.main', 'agent.cli.console', 'agent.cli.entry'}))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -159,3 +159,31 @@ def test_a_full_disk_under_a_command_with_an_output_names_it() -> None:
     )
     assert _while_writing(OSError(errno.ENOSPC, "No space left on device", "x.csv"), None) == ""  # it names its file
     assert _while_writing(OSError(errno.EACCES, "Permission denied"), argparse.Namespace(out="x")) == ""
+
+
+def test_ctrl_c_while_the_command_line_is_still_importing_says_interrupted() -> None:
+    # A Ctrl-C in a command's first tenth of a second lands while its own modules are being imported, before
+    # `main` can handle anything: it printed a KeyboardInterrupt traceback. Here the import of the command
+    # line raises it, as a Ctrl-C there does.
+    script = (
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'agent.cli.main':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from agent.cli.entry import run\n"
+        "sys.exit(run())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "score"], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")
+
+
+def test_the_console_script_and_python_m_start_where_ctrl_c_is_handled() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"metricsmith": "agent.cli.entry:run"}
+    assert "from agent.cli.entry import run" in (REPO / "agent" / "cli" / "__main__.py").read_text()

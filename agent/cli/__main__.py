@@ -1,5 +1,5 @@
 import sys
 
-from agent.cli.main import main
+from agent.cli.entry import run
 
-sys.exit(main())
+sys.exit(run())

@@ -12,17 +12,12 @@ traceback as well.
 
 from __future__ import annotations
 
-import _thread
 import argparse
-import contextlib
 import errno
 import importlib
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Iterator, Sequence
-from types import FrameType
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from agent.cli.console import (
@@ -33,6 +28,7 @@ from agent.cli.console import (
     ArgumentParser,
     stderr,
 )
+from agent.cli.entry import no_lost_ctrl_c
 from agent.data.coco import DatasetInvalid
 from agent.errors import MetricsmithError
 from agent.llm.model import ModelUnreachable
@@ -40,7 +36,7 @@ from agent.llm.transcript import scrub_text
 from sandbox.engine import ClusterUnreachable, OutputUnwritable, WorkerStartFailed
 from sandbox.isolation import IsolationUnavailable
 
-__all__ = ["COMMANDS", "build_parser", "ctrl_c_outside_imports", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 
 class Command(NamedTuple):
@@ -142,45 +138,12 @@ def _while_writing(error: OSError, args: argparse.Namespace | None) -> str:
     return f" (while writing {out}; free space on its disk, or choose another --out)" if out else " (while writing)"
 
 
-def _on_ctrl_c(signum: int, frame: FrameType | None) -> None:
-    # Python's own handler raises KeyboardInterrupt wherever the main thread is. Raised in a weakref
-    # callback, it is printed as "Exception ignored ... KeyboardInterrupt" and dropped, and the command
-    # goes on as if nothing had been pressed. The import system runs such callbacks (for its module locks)
-    # all through a command's first seconds, while the command still imports what it needs: there the
-    # signal is delivered again a moment later, until the main thread is outside the import system.
-    if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
-        again = threading.Timer(0.01, _thread.interrupt_main, (signum,))
-        again.daemon = True
-        again.start()
-        return
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def ctrl_c_outside_imports() -> Iterator[None]:
-    """Within this, Ctrl-C raises KeyboardInterrupt as usual, but never inside Python's import system.
-
-    Changes nothing where SIGINT is not Python's default handler (ignored, as for a background job, or
-    handled by a caller), or off the main thread, where no handler can be set.
-    """
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    signal.signal(signal.SIGINT, _on_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     args: argparse.Namespace | None = None
     try:
-        with ctrl_c_outside_imports():
+        with no_lost_ctrl_c():
             args = build_parser(_command_named(argv)).parse_args(argv)
             return run_command(args)
     except DatasetInvalid as error:

@@ -253,8 +253,8 @@ def _fitting_process_setup() -> None:
     # host's end of a pipe to it closes. multiprocessing gives each forked process a copy (for processes
     # of its own, which these never start), which would keep the server, and so these, alive: closed here.
     die_with_parent(fitting_server.server_pid)
-    server = multiprocessing.forkserver._forkserver
-    if server._forkserver_alive_fd is not None:
+    server = multiprocessing.forkserver._forkserver  # private: a Python that names it otherwise keeps the copy
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
         os.close(server._forkserver_alive_fd)
         server._forkserver_alive_fd = None
     from threadpoolctl import threadpool_limits
