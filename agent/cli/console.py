@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from agent.cli.entry import EXIT_INTERRUPTED  # defined where the command starts, before anything heavy
 from agent.errors import UserError
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
     "stdout",
 ]
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 # The model or its server could not be reached: the environment's problem, not the user's input.
 EXIT_INFRASTRUCTURE = 3
 

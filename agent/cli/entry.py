@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 __all__ = ["EXIT_INTERRUPTED", "no_lost_ctrl_c", "run"]
 
-EXIT_INTERRUPTED = 130  # agent.cli.console's too, which imports rich: too heavy to wait for here
+EXIT_INTERRUPTED = 130  # here, not in agent.cli.console, which imports rich: too heavy to wait for
 
 
 @contextlib.contextmanager
