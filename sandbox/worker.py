@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 
 from sandbox import landlock, seccomp_filter
+from sandbox.child_processes import die_with_parent, prctl
 from sandbox.framing import MAX_FEATURES, PRINTED_MARKER, encode_frame, read_frame_blocking
-from sandbox.parent_death import die_with_parent, prctl
 from sandbox.paths import SYSTEM_READ_ONLY, python_runtime_dirs
 
 _PR_SET_NO_NEW_PRIVS = 38

@@ -28,7 +28,6 @@ import os
 import re
 import signal
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
 from pathlib import Path
 
 import cv2
@@ -38,6 +37,7 @@ from numpy.typing import NDArray
 from agent.data.inject import inject_errors
 from agent.data.label_errors import ERRORS_DESCRIPTION
 from agent.errors import UserError
+from sandbox.child_processes import new_processes_start_without_sigint
 
 __all__ = [
     "CATEGORIES",
@@ -685,17 +685,10 @@ def generate_demo_dataset(
         # spawn, not fork: forking a process that may already run OpenCV or other threads can
         # deadlock, and the per-worker start-up is small next to the rendering work.
         context = multiprocessing.get_context("spawn")
-        # A process starts with the signal mask of the thread that starts it: with SIGINT blocked while they
-        # start, the workers ignore a Ctrl-C from their first instruction, not only from `_init_worker` on,
-        # after a second of imports (one pressed before printed each worker's traceback). A Ctrl-C meanwhile
-        # waits, blocked, and is raised here as soon as they are started. multiprocessing's resource tracker
-        # is started first: starting it unblocks SIGINT on the thread that does.
-        resource_tracker.ensure_running()
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        # The workers ignore a Ctrl-C from their first instruction, not only from `_init_worker` on, after
+        # a second of imports (one pressed before printed each worker's traceback).
+        with new_processes_start_without_sigint():
             pool = context.Pool(n_workers, initializer=_init_worker)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         with pool:
             chunk = max(1, n_images // (n_workers * 8))
             per_image = pool.map(_write_scene, tasks, chunksize=chunk)

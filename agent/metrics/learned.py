@@ -54,7 +54,7 @@ from numpy.typing import NDArray
 from agent.data.coco import AnnotationInfo, Dataset
 from agent.data.inject import Injection, Injector
 from agent.metrics import fitting_server
-from sandbox.parent_death import die_with_parent
+from sandbox.child_processes import die_with_parent, new_processes_start_without_sigint
 
 __all__ = [
     "CLASS_CODES", "FOLDS", "MAX_COPIES", "MAX_NEGATIVES", "MAX_RATE", "POSITIVES_WANTED", "STREAM", "TrainingCopy",
@@ -229,14 +229,11 @@ def _start_processes(count: int) -> None:
         preload = [f"{__package__}.fitting_server", "__main__", __name__, "sklearn.ensemble", "threadpoolctl"]
         context.set_forkserver_preload(preload)
         pool = ProcessPoolExecutor(count, mp_context=context, initializer=_fitting_process_setup)
-        # A Ctrl-C reaches every process of the terminal's group, the server too. It starts with SIGINT blocked
-        # (a process starts with the signal mask of the thread that started it; this thread only starts the
-        # processes), which `fitting_server` unblocks once it has sent the server's output to /dev/null.
-        # Blocked after the pool is made: making it starts multiprocessing's resource tracker, which unblocks
-        # SIGINT on the thread that starts it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        for started in [pool.submit(os.getpid) for _ in range(count)]:  # one call each starts all of them now
-            started.result()
+        # The server starts with SIGINT blocked, which `fitting_server` unblocks once it has sent the server's
+        # output to /dev/null: a Ctrl-C while it starts then ends it quietly.
+        with new_processes_start_without_sigint():
+            for started in [pool.submit(os.getpid) for _ in range(count)]:  # one call each starts them all now
+                started.result()
     except Exception:  # no processes here (no process slots, a server that failed to start): fit on threads
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
