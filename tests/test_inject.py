@@ -291,6 +291,7 @@ def test_the_command_writes_a_copy_next_to_the_users_images_and_eval_reads_it(tm
     out = tmp_path / "noisy"
     result = _cli("inject", "--annotations", str(source), "--out", str(out), "--seed", "2", "--rate", "0.3")
     assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr, result.stderr
     assert source.read_bytes() == before, "the user's file is left as it was"
     assert (out / "images").is_symlink() and (out / "images").resolve() == (tmp_path / "data" / "images").resolve()
     ids = json.loads((out / "ids.json").read_text())
@@ -303,6 +304,23 @@ def test_the_command_writes_a_copy_next_to_the_users_images_and_eval_reads_it(tm
     )
     again = _cli("inject", "--annotations", str(source), "--out", str(out), "--seed", "2")
     assert again.returncode == 2 and "is not an empty folder" in again.stderr
+
+
+def test_a_folder_without_the_images_is_warned_of_and_the_copy_still_written(tmp_path: Path) -> None:
+    # inject reads no pixel, so it need not refuse; but the copy's images/ link would lead nowhere, which
+    # the user used to learn only when the copy was scored.
+    annotations = tmp_path / "a.json"
+    annotations.write_text(json.dumps(_synthetic("int", 3)))
+    (tmp_path / "elsewhere").mkdir()
+    out = tmp_path / "noisy"
+    result = _cli(
+        "inject", "--annotations", str(annotations), "--images", str(tmp_path / "elsewhere"), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert warnings == [f"warning: {annotations}: images: none of the 3 image files is in {tmp_path / 'elsewhere'} "
+                        f"(the first would be {tmp_path / 'elsewhere' / '1.jpg'})"], result.stderr  # fmt: skip
+    assert (out / "annotations.json").is_file() and (out / "images").resolve() == (tmp_path / "elsewhere").resolve()
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,11 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from agent.cli.entry import EXIT_INTERRUPTED  # defined where the command starts, before anything heavy
 from agent.errors import UserError
@@ -26,6 +27,7 @@ __all__ = [
     "new_run_dir",
     "positive_float",
     "positive_int",
+    "print_warnings",
     "stderr",
     "stdout",
 ]
@@ -42,6 +44,19 @@ SHORT_TYPE_NAMES = {"spurious": "spur.", "duplicate": "dupl."}
 # where a `[/i]` made rich raise and end the command, and a `[b]` vanished.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, width=None if sys.stderr.isatty() else 120)
 stdout = Console(highlight=False, soft_wrap=True, markup=False, width=None if sys.stdout.isatty() else 120)
+
+
+def print_warnings(source: Path | str, warnings: Sequence[object], limit: int = 10) -> None:
+    """The first `limit` warnings about an input file (a dataset's missing images, boxes past a border), then a count.
+
+    The commands that read the images, or link to them, show them (`score`, `inject`, `selftest`, `triage`):
+    `inject` linked a copy to a folder holding none of the images without a word, and the user learned
+    of it only when the copy was scored. `eval` reads no image, and `report` draws a placeholder for each missing one.
+    """
+    for warning in warnings[:limit]:
+        stderr.print(f"[yellow]warning[/]: {escape(f'{source}: {warning}')}", markup=True)
+    if len(warnings) > limit:
+        stderr.print(f"[yellow]warning[/]: ... and {len(warnings) - limit} more warnings", markup=True)
 
 
 class ArgumentParser(argparse.ArgumentParser):

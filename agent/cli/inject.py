@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from agent.cli.console import EXIT_OK, non_negative_int, stderr
+from agent.cli.console import EXIT_OK, non_negative_int, print_warnings, stderr
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES, inject_errors
 from agent.errors import UserError
@@ -50,6 +50,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out} exists and is not an empty folder: give --out a new folder")
     check_output_folder(args.out, folder=args.out)
     injection = inject_errors(document, rate=args.rate, seed=args.seed, types=args.types)
+    print_warnings(args.annotations, dataset.warnings)  # once the input is known good: a refusal stays one line
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "annotations.json").write_text(json.dumps(injection.document), encoding="utf-8")
     (args.out / "errors.json").write_text(injection.errors.model_dump_json(indent=1) + "\n", encoding="utf-8")

@@ -20,6 +20,7 @@ from agent.cli.console import (
     EXIT_SOME_FAILED,
     megabytes,
     positive_int,
+    print_warnings,
     seconds,
     stderr,
     worker_count,
@@ -107,10 +108,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not specs:
         raise UserError("no metrics given and no built-in metrics installed; pass --metric FILE")
     dataset = load_coco(args.annotations, args.images)
-    for warning in dataset.warnings[:10]:
-        stderr.print(f"[yellow]warning[/]: {escape(f'{args.annotations}: {warning}')}", markup=True)
-    if len(dataset.warnings) > 10:
-        stderr.print(f"[yellow]warning[/]: ... and {len(dataset.warnings) - 10} more warnings", markup=True)
+    print_warnings(args.annotations, dataset.warnings)
     config = SandboxConfig(
         workers=args.workers or os.cpu_count() or 1,
         timeout_s=args.timeout,

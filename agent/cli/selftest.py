@@ -9,7 +9,16 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from agent.cli.console import EXIT_OK, SHORT_TYPE_NAMES, positive_int, seed_count, stderr, stdout, worker_count
+from agent.cli.console import (
+    EXIT_OK,
+    SHORT_TYPE_NAMES,
+    positive_int,
+    print_warnings,
+    seed_count,
+    stderr,
+    stdout,
+    worker_count,
+)
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.data.inject import INJECT_TYPES
@@ -66,6 +75,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     document = read_coco_json(args.annotations)
     dataset = coco_from_document(document, args.annotations, args.images)  # every problem of the input, first
     require_an_image(dataset)  # before the copies are made, not after: minutes on a large dataset
+    print_warnings(args.annotations, dataset.warnings)  # once the input is known good: a refusal stays one line
     if args.sample_images:
         document = sample_images(document, args.sample_images)
     with ProgressBar() as (progress, _):

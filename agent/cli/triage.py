@@ -9,7 +9,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from agent.cli.console import EXIT_OK, positive_int, seed_count, stderr, stdout, worker_count
+from agent.cli.console import EXIT_OK, positive_int, print_warnings, seed_count, stderr, stdout, worker_count
 from agent.cli.metric_options import ProgressBar, add_library_option, load_metrics
 from agent.data.coco import coco_from_document, read_coco_json
 from agent.errors import UserError
@@ -149,6 +149,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
     recorded = scores_of_rows(rows, {}) if rows else []
     if specs:
         require_an_image(dataset)  # before the copies are made, not after: minutes on a large dataset
+    print_warnings(args.annotations, dataset.warnings)  # once the input is known good: a refusal stays one line
     with ProgressBar() as (progress, _):
         result = run_triage(
             document, dataset, specs, sandbox=SandboxConfig(workers=args.workers),
