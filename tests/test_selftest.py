@@ -99,6 +99,11 @@ def test_selftest_reports_each_metric_over_the_seeds_and_says_it_is_an_estimate(
     assert "box_tightness" in shown.stdout and "lift" in shown.stdout
     loose = rows["box_tightness"]["by_type"]["loose"]
     assert f"loose box_tightness {loose['mean']:.3f} ({loose['lift']:.1f}x)" in shown.stdout.replace("\n", " ")
+    # And the same pick judged on seeds it was not made on (each seed left out in turn).
+    judged = {b.error: b for b in best_by_type(SelftestReport.model_validate(report))}["loose"]
+    assert judged.left_out is not None and len(judged.left_out_picks) == 2
+    assert "picked on the other seeds, measured on the seed left out" in shown.stdout
+    assert f"loose {judged.left_out.mean:.3f} ({judged.left_out.lift:.1f}x" in shown.stdout.replace("\n", " ")
 
 
 def _figures(metric: str, level: str, by_type: dict[str, tuple[float, float]]) -> MetricFigures:
@@ -123,6 +128,38 @@ def test_the_best_metric_per_type_is_the_one_with_the_highest_lift_and_never_a_b
     )  # fmt: skip
     best = {b.error: (b.metric, b.level) for b in best_by_type(report)}
     assert best == {"shift": ("edges", "object"), "drop": ("brightness", "image"), "swap": ("aardvark", "object")}
+
+
+def _seeded(metric: str, per_seed: list[float | None], random: float = 0.05) -> MetricFigures:
+    known = [v for v in per_seed if v is not None]
+    mean = sum(known) / len(known)
+    figure = Figure(mean=mean, spread=0.0, per_seed=per_seed, random=random, lift=mean / random)
+    return MetricFigures(metric=metric, level="object", ap=figure, by_type={"shift": figure})
+
+
+def test_the_best_per_type_is_also_judged_on_seeds_it_was_not_picked_on() -> None:
+    # "lucky" is best on the three seeds together only by its first seed; picked without that seed, "steady" wins.
+    report = SelftestReport(
+        dataset="a.json", dataset_sha256="0" * 64, seeds=[0, 1, 2], rate=0.2, images=10, annotations=40,
+        errors_by_type={"shift": 2}, calls=Calls(run=1, without_reuse=1),
+        metrics=[_seeded("lucky", [0.9, 0.1, 0.1]), _seeded("steady", [0.3, 0.3, 0.3]),
+                 _seeded("combined", [0.95, 0.95, 0.95])],
+    )  # fmt: skip
+    (best,) = best_by_type(report)
+    assert (best.metric, round(best.figure.lift or 0, 2)) == ("lucky", 7.33)
+    assert best.left_out_picks == ("steady", "lucky", "lucky")  # seed 0 left out, then 1, then 2
+    assert best.left_out is not None and best.left_out.per_seed == [0.3, 0.1, 0.1]
+    assert round(best.left_out.mean or 0, 4) == 0.1667 and round(best.left_out.lift or 0, 2) == 3.33
+    assert best.judged_lift == best.left_out.lift
+    one_seed = report.model_copy(update={"seeds": [0], "metrics": [_seeded("lucky", [0.9]), _seeded("steady", [0.3])]})
+    (alone,) = best_by_type(one_seed)
+    assert alone.left_out is None and alone.left_out_picks == () and alone.judged_lift == alone.figure.lift
+    # A seed where the pick has no AP (no positive of the type) is left out of the mean, not counted as 0.
+    gap = report.model_copy(
+        update={"metrics": [_seeded("lucky", [0.9, None, 0.1]), _seeded("steady", [0.3, 0.3, 0.3])]}
+    )
+    (with_gap,) = best_by_type(gap)
+    assert with_gap.left_out is not None and with_gap.left_out.per_seed == [0.3, None, 0.1]
 
 
 def test_a_sample_of_images_is_what_gets_measured(clean: Path) -> None:
@@ -212,6 +249,11 @@ def test_report_shows_the_selftest_as_an_estimate_for_its_own_dataset(clean: Pat
     assert f"{tightness['ap']['mean']:.3f} ± {tightness['ap']['spread']:.3f}" in section
     assert "Selftest (an estimate on injected errors" in html[html.index('id="metric-box_tightness"') :]
     assert "Best per error type, by lift over random's AP: <b>swap</b> <code>box_tightness</code>" in section
+    # One metric: every left-out pick is the overall best, so no "picked ..." list, only the left-out figures.
+    swap = {b.error: b for b in best_by_type(SelftestReport.model_validate(figures))}["swap"]
+    assert swap.left_out is not None and swap.left_out.mean is not None
+    assert "Picked on the other seeds and measured on the seed left out (each in turn): <b>swap</b> " \
+           f"{swap.left_out.mean:.3f} (" in section and "; picked" not in section  # fmt: skip
 
     # Figures about another file, or a file that is not a selftest, are one line and exit 2.
     noisy = clean.parent / "annotations.json"
