@@ -151,6 +151,7 @@ def test_the_best_per_type_is_also_judged_on_seeds_it_was_not_picked_on() -> Non
     assert best.left_out is not None and best.left_out.per_seed == [0.3, 0.1, 0.1]
     assert round(best.left_out.mean or 0, 4) == 0.1667 and round(best.left_out.lift or 0, 2) == 3.33
     assert best.judged_lift == best.left_out.lift
+    assert best.picks_vary  # "steady" was picked once: the picks are shown
     one_seed = report.model_copy(update={"seeds": [0], "metrics": [_seeded("lucky", [0.9]), _seeded("steady", [0.3])]})
     (alone,) = best_by_type(one_seed)
     assert alone.left_out is None and alone.left_out_picks == () and alone.judged_lift == alone.figure.lift

@@ -109,7 +109,7 @@ def _left_out(best: BestForType) -> str:
     """A type's left-out figure: mean AP, lift, and the picks when they were not all the overall best."""
     assert best.left_out is not None and best.left_out.mean is not None
     lift = f"{best.left_out.lift:.1f}x" if best.left_out.lift is not None else "-"
-    picks = "" if set(best.left_out_picks) == {best.metric} else f"; picked {', '.join(best.left_out_picks)}"
+    picks = f"; picked {', '.join(best.left_out_picks)}" if best.picks_vary else ""
     return f"{best.error} {best.left_out.mean:.3f} ({lift}{picks})"
 
 

@@ -173,6 +173,11 @@ class BestForType:
     left_out_picks: tuple[str, ...] = ()  # the metric picked for each left-out seed, in seed order
 
     @property
+    def picks_vary(self) -> bool:
+        """Whether some left-out seed's pick was another metric than `metric`: then the picks are worth showing."""
+        return any(picked != self.metric for picked in self.left_out_picks)
+
+    @property
     def judged_lift(self) -> float | None:
         """The lift to judge the type by: the left-out one where there is one (it was not selected on)."""
         return self.left_out.lift if self.left_out is not None else self.figure.lift
