@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -246,7 +248,67 @@ def test_ctrl_c_while_the_render_processes_start_prints_no_traceback(tmp_path: P
 def test_render_processes_leave_ctrl_c_to_the_parent() -> None:
     # Ctrl-C reaches every process of the group; a render process that took it printed its traceback.
     import multiprocessing
-    import signal
 
     with multiprocessing.get_context("spawn").Pool(1, initializer=demo_data._init_worker) as pool:
         assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _images_written(folder: Path) -> int:
+    return len(list((folder / "images").glob("*.jpg"))) if (folder / "images").is_dir() else 0
+
+
+def test_a_killed_render_process_costs_time_not_the_dataset(tmp_path: Path) -> None:
+    # multiprocessing.Pool lost a killed process's images and waited for them forever. Now the images not yet
+    # returned are rendered in this process: the same files, byte for byte, as rendered in one process.
+    import threading
+    import time
+
+    from process_helpers import child_of
+
+    images = 600
+    out = tmp_path / "killed"
+    outcome: list[object] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(generate_demo_dataset(out, n_images=images, workers=2)), daemon=True
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while _images_written(out) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    render_process = child_of(os.getpid(), b"multiprocessing.spawn")
+    assert render_process is not None and _images_written(out) < images, "killed before the rendering ended"
+    os.kill(render_process, signal.SIGKILL)
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "demo-data waited forever for the killed process's images"
+    assert outcome == [out / "annotations.json"]
+    reference = generate_demo_dataset(tmp_path / "one", n_images=images, workers=1).parent
+    assert _files(out) == _files(reference)
+
+
+def test_ctrl_c_while_rendering_stops_every_render_process(tmp_path: Path) -> None:
+    # The render processes ignore SIGINT, so the parent must stop them: left to finish the chunks they held,
+    # they wrote hundreds more images (a chunk is 2000 / 16 = 125 here) before the command could end.
+    import subprocess
+    import time
+
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "agent.cli", "demo-data", str(out), "--images", "2000"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while _images_written(out) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    at_ctrl_c = _images_written(out)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in stderr, stderr
+    at_exit = _images_written(out)
+    time.sleep(1)
+    assert at_exit - at_ctrl_c < 40, f"{at_exit - at_ctrl_c} images written after the Ctrl-C"
+    assert _images_written(out) == at_exit, "a render process went on writing after the command ended"

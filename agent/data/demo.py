@@ -27,6 +27,8 @@ import multiprocessing
 import os
 import re
 import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -582,6 +584,37 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _render_in_processes(tasks: list[tuple[str, int, int, int, int]], workers: int) -> list[list[dict[str, object]]]:
+    """`_write_scene` of the tasks in `workers` processes: the annotations of the first tasks, in order.
+
+    All of them, unless a process was killed (the OOM killer, a signal): then those rendered before it,
+    and the caller renders the rest. (multiprocessing.Pool waited forever for a killed process's images.)
+    """
+    # spawn, not fork: forking a process that may already run OpenCV or other threads can deadlock, and the
+    # per-worker start-up is small next to the rendering work.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+    rendered: list[list[dict[str, object]]] = []
+    try:
+        # map() submits every chunk at once, which starts the processes. They ignore a Ctrl-C from their first
+        # instruction, not only from `_init_worker` on, after a second of imports (one pressed before printed
+        # each process's traceback).
+        with new_processes_start_without_sigint():
+            results = pool.map(_write_scene, tasks, chunksize=max(1, len(tasks) // (workers * 8)))
+        for annotations in results:  # in task order; those before a killed process's chunk are kept
+            rendered.append(annotations)
+    except BrokenProcessPool:
+        pool.shutdown(wait=True)  # the other processes are stopped and waited for: none writes an image now
+    except BaseException:
+        # A Ctrl-C or a failed image: the processes ignore SIGINT and would render their chunk to its end.
+        # (Python 3.11's executor has no public way to stop them: its private table of processes.)
+        for process in dict(getattr(pool, "_processes", None) or {}).values():
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return rendered
+
+
 def _is_previous_demo(out_dir: Path) -> bool:
     """Whether out_dir holds what this module writes, complete or from an interrupted run."""
     annotations = out_dir / "annotations.json"
@@ -681,19 +714,9 @@ def generate_demo_dataset(
 
     tasks = [(str(images_dir), index, seed, width, height) for index in range(1, n_images + 1)]
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), n_images)
-    if n_workers > 1 and n_images >= _POOL_MIN_IMAGES:
-        # spawn, not fork: forking a process that may already run OpenCV or other threads can
-        # deadlock, and the per-worker start-up is small next to the rendering work.
-        context = multiprocessing.get_context("spawn")
-        # The workers ignore a Ctrl-C from their first instruction, not only from `_init_worker` on, after
-        # a second of imports (one pressed before printed each worker's traceback).
-        with new_processes_start_without_sigint():
-            pool = context.Pool(n_workers, initializer=_init_worker)
-        with pool:
-            chunk = max(1, n_images // (n_workers * 8))
-            per_image = pool.map(_write_scene, tasks, chunksize=chunk)
-    else:
-        per_image = [_write_scene(task) for task in tasks]
+    per_image = _render_in_processes(tasks, n_workers) if n_workers > 1 and n_images >= _POOL_MIN_IMAGES else []
+    # Whatever the processes did not render (all of it without them, the rest when one was killed), here.
+    per_image.extend(_write_scene(task) for task in tasks[len(per_image) :])
 
     images, annotations = [], []
     for index, image_annotations in enumerate(per_image, start=1):
