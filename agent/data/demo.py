@@ -606,10 +606,12 @@ def _render_in_processes(tasks: list[tuple[str, int, int, int, int]], workers: i
         pool.shutdown(wait=True)  # the other processes are stopped and waited for: none writes an image now
     except BaseException:
         # A Ctrl-C or a failed image: the processes ignore SIGINT and would render their chunk to its end.
-        # (Python 3.11's executor has no public way to stop them: its private table of processes.)
-        for process in dict(getattr(pool, "_processes", None) or {}).values():
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        if hasattr(pool, "kill_workers"):  # Python 3.14 and later
+            pool.kill_workers()
+        else:  # before, the executor had no public way to stop them: its private table of processes
+            for process in dict(getattr(pool, "_processes", None) or {}).values():
+                process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
     return rendered
