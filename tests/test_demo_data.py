@@ -308,6 +308,7 @@ def test_ctrl_c_while_rendering_stops_every_render_process(tmp_path: Path) -> No
     at_ctrl_c = _images_written(out)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
     at_exit = _images_written(out)
     time.sleep(1)
     assert at_exit - at_ctrl_c < 40, f"{at_exit - at_ctrl_c} images written after the Ctrl-C"

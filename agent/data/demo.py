@@ -593,28 +593,32 @@ def _render_in_processes(tasks: list[tuple[str, int, int, int, int]], workers: i
     # spawn, not fork: forking a process that may already run OpenCV or other threads can deadlock, and the
     # per-worker start-up is small next to the rendering work.
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+    size = max(1, len(tasks) // (workers * 8))
     rendered: list[list[dict[str, object]]] = []
     try:
-        # map() submits every chunk at once, which starts the processes. They ignore a Ctrl-C from their first
-        # instruction, not only from `_init_worker` on, after a second of imports (one pressed before printed
-        # each process's traceback).
+        # The first submissions start the processes. They ignore a Ctrl-C from their first instruction, not
+        # only from `_init_worker` on, after a second of imports (one pressed before printed their tracebacks).
+        # Chunks of our own, not map(): map cancels what is left when interrupted, and Python 3.11's pool,
+        # finding its processes killed after that, printed a traceback for each cancelled chunk.
         with new_processes_start_without_sigint():
-            results = pool.map(_write_scene, tasks, chunksize=max(1, len(tasks) // (workers * 8)))
-        for annotations in results:  # in task order; those before a killed process's chunk are kept
-            rendered.append(annotations)
+            chunks = [pool.submit(_write_scenes, tasks[i : i + size]) for i in range(0, len(tasks), size)]
+        for chunk in chunks:  # in task order; the chunks before a killed process's are kept
+            rendered.extend(chunk.result())
     except BrokenProcessPool:
         pool.shutdown(wait=True)  # the other processes are stopped and waited for: none writes an image now
     except BaseException:
-        # A Ctrl-C or a failed image: the processes ignore SIGINT and would render their chunk to its end.
-        if hasattr(pool, "kill_workers"):  # Python 3.14 and later
-            pool.kill_workers()
-        else:  # before, the executor had no public way to stop them: its private table of processes
-            for process in dict(getattr(pool, "_processes", None) or {}).values():
-                process.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
+        # A Ctrl-C or a failed image: the processes ignore SIGINT and would render their chunks to the end.
+        # Python 3.11's executor has no public way to stop them (3.14's kill_workers): its table of processes.
+        for process in dict(getattr(pool, "_processes", None) or {}).values():
+            process.kill()
+        pool.shutdown(wait=True)  # quick: the pool finds its processes killed
         raise
     pool.shutdown(wait=True)
     return rendered
+
+
+def _write_scenes(tasks: list[tuple[str, int, int, int, int]]) -> list[list[dict[str, object]]]:
+    return [_write_scene(task) for task in tasks]
 
 
 def _is_previous_demo(out_dir: Path) -> bool:
