@@ -22,16 +22,22 @@ def child_of(pid: int, marker: bytes) -> int | None:
     return None
 
 
-def ctrl_c_once_a_child_starts(command: list[str], marker: bytes, timeout_s: float = 60) -> tuple[int, str, str]:
-    """Run `command` in a process group of its own and, as soon as a child holding `marker` starts (while it
-    is still starting up), send SIGINT to the whole group, as a terminal's Ctrl-C does. (exit code, stdout,
-    stderr), read until every process that held the pipes has let go of them: what helpers print counts."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+def start_as_from_a_terminal(command: list[str], *, own_group: bool = False) -> subprocess.Popen[str]:
+    """`command` started with its output piped and with SIGINT as a terminal leaves it; `own_group`: in a process
+    group of its own, so that `os.killpg` reaches its children too, as a terminal's Ctrl-C does."""
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=own_group,
         # A suite started in the background by a shell inherits SIGINT ignored, and Python then never turns it
         # into KeyboardInterrupt: give the command the disposition a terminal gives it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
+
+
+def ctrl_c_once_a_child_starts(command: list[str], marker: bytes, timeout_s: float = 60) -> tuple[int, str, str]:
+    """Run `command` in a process group of its own and, as soon as a child holding `marker` starts (while it
+    is still starting up), send SIGINT to the whole group, as a terminal's Ctrl-C does. (exit code, stdout,
+    stderr), read until every process that held the pipes has let go of them: what helpers print counts."""
+    process = start_as_from_a_terminal(command, own_group=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None and child_of(process.pid, marker) is None:
         time.sleep(0.01)

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from process_helpers import start_as_from_a_terminal
 
 from agent.data.demo import generate_demo_dataset
 from agent.sessions.batch import BatchResult
@@ -233,8 +234,7 @@ def test_ctrl_c_while_model_requests_hang_exits_at_once_and_starts_no_queued_ide
     config.write_text(config.read_text() + "request_timeout = 100\n")
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "agent.cli", "batch", str(config), "--out", str(run_dir), "--concurrency", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    process = start_as_from_a_terminal(command)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(list((run_dir / "ideas").glob("*/transcript.jsonl"))) < 2:

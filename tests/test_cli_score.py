@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from process_helpers import ctrl_c_once_a_child_starts
+from process_helpers import ctrl_c_once_a_child_starts, start_as_from_a_terminal
 
 from agent.metrics.contract import load_metric_file
 from agent.metrics.results import json_line
@@ -311,13 +311,9 @@ def test_ctrl_c_kills_workers_and_keeps_what_was_scored(tmp_path: Path) -> None:
     metric = tmp_path / "stuck.py"
     metric.write_text(STUCK_AFTER_TWO)
     out = tmp_path / "scores.jsonl"
-    process = subprocess.Popen(
+    process = start_as_from_a_terminal(
         [sys.executable, "-m", "agent.cli", "score", "--annotations", str(annotations), "--metric", str(metric),
-         "--out", str(out), "--workers", "2", "--timeout", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # A suite started in the background by a shell inherits SIGINT ignored, and Python then never
-        # turns it into KeyboardInterrupt: give the command the disposition a terminal gives it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+         "--out", str(out), "--workers", "2", "--timeout", "600"]
     )  # fmt: skip
     journal = tmp_path / "scores.jsonl.partial"
     deadline = time.monotonic() + 120

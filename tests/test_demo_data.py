@@ -6,13 +6,15 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from process_helpers import ctrl_c_once_a_child_starts
+from process_helpers import child_of, ctrl_c_once_a_child_starts, start_as_from_a_terminal
 
 from agent.data import demo as demo_data
 from agent.data.demo import generate_demo_dataset
@@ -264,11 +266,6 @@ def _images_written(folder: Path) -> int:
 def test_a_killed_render_process_costs_time_not_the_dataset(tmp_path: Path) -> None:
     # multiprocessing.Pool lost a killed process's images and waited for them forever. Now the images not yet
     # returned are rendered in this process: the same files, byte for byte, as rendered in one process.
-    import threading
-    import time
-
-    from process_helpers import child_of
-
     images = 600
     out = tmp_path / "killed"
     outcome: list[object] = []
@@ -292,15 +289,9 @@ def test_a_killed_render_process_costs_time_not_the_dataset(tmp_path: Path) -> N
 def test_ctrl_c_while_rendering_stops_every_render_process(tmp_path: Path) -> None:
     # The render processes ignore SIGINT, so the parent must stop them: left to finish the chunks they held,
     # they wrote hundreds more images (a chunk is 2000 / 16 = 125 here) before the command could end.
-    import subprocess
-    import time
-
     out = tmp_path / "demo"
     command = [sys.executable, "-m", "agent.cli", "demo-data", str(out), "--images", "2000"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C finds it
-    )  # fmt: skip
+    process = start_as_from_a_terminal(command, own_group=True)
     deadline = time.monotonic() + 60
     while _images_written(out) < 30 and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -605,15 +605,15 @@ def _render_in_processes(tasks: list[tuple[str, int, int, int, int]], workers: i
         for chunk in chunks:  # in task order; the chunks before a killed process's are kept
             rendered.extend(chunk.result())
     except BrokenProcessPool:
-        pool.shutdown(wait=True)  # the other processes are stopped and waited for: none writes an image now
+        pass  # a process was killed: the pool stops the others, and the caller renders what is left
     except BaseException:
         # A Ctrl-C or a failed image: the processes ignore SIGINT and would render their chunks to the end.
         # Python 3.11's executor has no public way to stop them (3.14's kill_workers): its table of processes.
         for process in dict(getattr(pool, "_processes", None) or {}).values():
             process.kill()
-        pool.shutdown(wait=True)  # quick: the pool finds its processes killed
         raise
-    pool.shutdown(wait=True)
+    finally:
+        pool.shutdown(wait=True)  # every process has ended, so none writes an image after this returns
     return rendered
 
 
