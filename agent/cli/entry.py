@@ -10,11 +10,13 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 __all__ = ["EXIT_INTERRUPTED", "no_lost_ctrl_c", "run"]
 
 EXIT_INTERRUPTED = 130  # here, not in agent.cli.console, which imports rich: too heavy to wait for
+_HOOK_RETURN_S = 0.05
 
 
 @contextlib.contextmanager
@@ -31,10 +33,20 @@ def no_lost_ctrl_c() -> Iterator[None]:
     def deliver_again(unraisable: sys.UnraisableHookArgs) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt) and callable(signal.getsignal(signal.SIGINT)):
             # A real signal, to the main thread, so that a call waiting there is interrupted too; sent from
-            # another thread, since raised here, in the hook, it would be dropped again.
-            again = threading.Timer(0.001, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
-            again.daemon = True
-            again.start()
+            # another thread, since raised here, in the hook, it would be dropped again. So it is sent only
+            # once the hook is done: a fixed 1 ms after the thread started could land while this thread was
+            # still waiting in start() for the GIL (seen on a loaded machine), and was dropped there.
+            hook_done = threading.Event()
+            main = threading.main_thread().ident
+            assert main is not None  # the main thread is running: it is the one in this hook
+
+            def send_again() -> None:
+                hook_done.wait()
+                time.sleep(_HOOK_RETURN_S)  # for the hook's return, past a switch of the GIL (5 ms)
+                signal.pthread_kill(main, signal.SIGINT)
+
+            threading.Thread(target=send_again, daemon=True).start()
+            hook_done.set()
             return
         previous(unraisable)
 
